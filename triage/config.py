@@ -1,0 +1,82 @@
+"""Settings: where data and weights live, limits, thresholds and the risk policy.
+
+Every value can be overridden with an environment variable ``TRIAGE_<NAME>``. Paths are
+resolved from the package location, never from the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+
+# Malignancy prior per class (see triage/risk.py for the clinical reasoning).
+DEFAULT_RISK_WEIGHTS: dict[str, float] = {
+    "no_tumor": 0.0,
+    "glioma": 1.0,
+    "meningioma": 0.35,
+    "pituitary": 0.2,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Build with :func:`get_settings` to apply env overrides."""
+
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "brain-triage")
+    weights_dir: Path = REPO_DIR / "weights"
+    shared_data_dir: Path = REPO_DIR.parent / "shared" / "data"
+    # Input limits: files bigger than this are refused before decoding.
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 32
+    # A case is "uncertain" when the top probability is below this.
+    uncertain_below: float = 0.6
+    # Minimum mask area (fraction of brain crop) before the classifier/segmenter disagree.
+    disagreement_mask_fraction: float = 0.01
+    # Flagged cases never rank below this risk (uncertain / OOD / disagreement).
+    review_risk_floor: float = 0.5
+    risk_weights: dict = field(default_factory=lambda: dict(DEFAULT_RISK_WEIGHTS))
+    # Privacy: keep DICOM patient identifiers only when explicitly allowed.
+    allow_phi: bool = False
+    torch_threads: int = 2
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "worklist.sqlite3"
+
+    @property
+    def scans_dir(self) -> Path:
+        return self.data_dir / "scans"
+
+
+def _coerce(value: str, current: object) -> object:
+    if isinstance(current, bool):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, Path):
+        return Path(value).expanduser()
+    if isinstance(current, dict):
+        return json.loads(value)
+    return value
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings with ``TRIAGE_*`` environment overrides applied, then explicit ``overrides``."""
+    base = Settings()
+    env: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = os.environ.get(f"TRIAGE_{f.name.upper()}")
+        if raw is None and f.name == "shared_data_dir":
+            raw = os.environ.get("TRIAGE_SHARED_DATA")
+        if raw is not None:
+            env[f.name] = _coerce(raw, getattr(base, f.name))
+    env.update(overrides)
+    return replace(base, **env)

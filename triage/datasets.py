@@ -1,0 +1,263 @@
+"""Training/evaluation data: manifests, folder layouts, de-duplication, splits and the crop cache.
+
+One documented layout is understood everywhere: a ``manifest.csv`` with at least ``path`` and
+``label`` (optional ``mask_path``, ``split``, ``patient_id``, ``sha1``), paths relative to the
+manifest's folder — the format of every dataset in ``../shared/data``. A class-folder tree
+(``glioma/ meningioma/ no_tumor/ pituitary/`` with aliases, optional ``masks/``) is converted
+to the same records by :func:`scan_class_folders`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from triage.errors import DatasetError, InvalidScanError
+from triage.io import IMAGE_SUFFIXES, read_path
+from triage.preprocess import crop_brain, pad_to_square
+from triage.records import CLASSES, normalize_label
+
+log = logging.getLogger(__name__)
+
+# Near-duplicate rule used by the shared datasets' READMEs: 64x64 grey thumbnail, cosine >= 0.99.
+NEAR_DUP_COSINE = 0.99
+THUMB = 64
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image on disk. ``label`` is a class name or ``"tumor"`` (binary sets)."""
+
+    path: Path
+    label: str
+    dataset: str
+    split: str = ""
+    mask_path: Path | None = None
+    patient_id: str = ""
+    sha1: str = ""
+
+
+def load_manifest(dataset_dir: str | Path, name: str | None = None) -> list[Sample]:
+    """Read ``manifest.csv`` of a dataset folder into samples (labels normalised)."""
+    root = Path(dataset_dir)
+    mf = root / "manifest.csv"
+    if not mf.is_file():
+        raise DatasetError(f"{root} has no manifest.csv")
+    name = name or root.name
+    out = []
+    with mf.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
+            raise DatasetError(f"{mf} needs at least the columns 'path' and 'label'")
+        for row in reader:
+            raw = (row.get("label") or "").strip()
+            label = normalize_label(raw) or ("tumor" if raw.lower() in {"yes", "tumor"} else None)
+            if label is None:
+                raise DatasetError(f"{mf}: unknown label {raw!r} for {row['path']}")
+            mp = (row.get("mask_path") or "").strip()
+            out.append(Sample(
+                path=(root / row["path"]).resolve(), label=label, dataset=name,
+                split=(row.get("split") or "").strip(), mask_path=(root / mp).resolve() if mp else None,
+                patient_id=(row.get("patient_id") or "").strip(), sha1=(row.get("sha1") or "").strip()))
+    return out
+
+
+def load_navoneel(dataset_dir: str | Path) -> list[Sample]:
+    """navoneel yes/no: ``yes`` becomes the binary label ``tumor``."""
+    return load_manifest(dataset_dir, "navoneel_brain_mri_yes_no")
+
+
+def scan_class_folders(root: str | Path) -> tuple[list[Sample], list[str]]:
+    """Walk a class-folder tree. Returns samples and human-readable notes on skipped files.
+
+    Masks are matched by file stem in any folder named ``masks`` (or ``<stem>_mask.*`` beside
+    the image).
+    """
+    root = Path(root)
+    masks: dict[str, Path] = {}
+    for p in root.rglob("*"):
+        if p.is_file() and "masks" in [q.lower() for q in p.relative_to(root).parts[:-1]]:
+            masks[p.stem] = p
+        elif p.is_file() and p.stem.endswith("_mask"):
+            masks[p.stem[:-5]] = p
+    samples, notes = [], []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        rel = p.relative_to(root)
+        parts = [q.lower() for q in rel.parts[:-1]]
+        if "masks" in parts or p.stem.endswith("_mask") or p.name == "manifest.csv":
+            continue
+        label = next((normalize_label(q) for q in reversed(parts) if normalize_label(q)), None)
+        if label is None:
+            notes.append(f"{rel}: not inside a class folder, skipped")
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.suffix == "":
+            notes.append(f"{rel}: not an image file, skipped")
+            continue
+        split = "test" if any(q in ("test", "testing") for q in parts) else (
+            "train" if any(q in ("train", "training") for q in parts) else "")
+        samples.append(Sample(path=p, label=label, dataset=root.name, split=split,
+                              mask_path=masks.get(p.stem)))
+    return samples, notes
+
+
+def file_sha1(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def thumbnail_vector(img: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) -> unit-norm float32 (4096,) thumbnail used for near-duplicate checks."""
+    t = cv2.resize(img, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    n = np.linalg.norm(t)
+    return t / n if n > 0 else t
+
+
+def near_duplicate_of(query: np.ndarray, reference: np.ndarray, threshold: float = NEAR_DUP_COSINE,
+                      chunk: int = 2048) -> np.ndarray:
+    """For each row of ``query`` (N, D), True if any row of ``reference`` (M, D) has cosine >= threshold."""
+    if len(query) == 0 or len(reference) == 0:
+        return np.zeros(len(query), bool)
+    hit = np.zeros(len(query), bool)
+    ref = reference.T.copy()
+    for i in range(0, len(query), chunk):
+        hit[i:i + chunk] = (query[i:i + chunk] @ ref).max(axis=1) >= threshold
+    return hit
+
+
+def dedup_groups(vectors: np.ndarray, sha1s: list[str], threshold: float = NEAR_DUP_COSINE) -> np.ndarray:
+    """Keep-mask that drops exact (sha1) and near duplicates inside one set, keeping the first."""
+    keep = np.ones(len(vectors), bool)
+    seen: set[str] = set()
+    for i, s in enumerate(sha1s):
+        if s and s in seen:
+            keep[i] = False
+        seen.add(s)
+    sims = vectors @ vectors.T
+    for i in range(len(vectors)):
+        if not keep[i]:
+            continue
+        dup = np.nonzero(sims[i, i + 1:] >= threshold)[0] + i + 1
+        keep[dup] = False
+    return keep
+
+
+def stratified_split(labels: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask selecting ``fraction`` of each label (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    sel = np.zeros(len(labels), bool)
+    labels_arr = np.asarray(labels)
+    for lab in sorted(set(labels)):
+        idx = np.nonzero(labels_arr == lab)[0]
+        rng.shuffle(idx)
+        sel[idx[: int(round(fraction * len(idx)))]] = True
+    return sel
+
+
+@dataclass
+class CachedSet:
+    """Pre-cropped, square, resized images (uint8 N x S x S), masks (bool or None) and thumbnails."""
+
+    samples: list[Sample]
+    images: np.ndarray
+    masks: np.ndarray | None
+    thumbs: np.ndarray
+    sha1s: list[str]
+    rejected: list[tuple[str, str]]
+
+    def subset(self, keep: np.ndarray) -> CachedSet:
+        idx = np.nonzero(keep)[0]
+        return CachedSet([self.samples[i] for i in idx], self.images[idx],
+                         None if self.masks is None else self.masks[idx], self.thumbs[idx],
+                         [self.sha1s[i] for i in idx], list(self.rejected))
+
+    def labels(self) -> list[str]:
+        return [s.label for s in self.samples]
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.labels()))
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Binary mask (threshold 128, as the BRISC README requires) resized to ``shape`` if needed."""
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        from PIL import Image
+        m = np.asarray(Image.open(path).convert("L"))
+    if m.shape != shape:
+        raise DatasetError(f"mask {path.name} is {m.shape[::-1]} but its image is {shape[::-1]}")
+    return m >= 128
+
+
+def prepare_sample(img: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Crop the brain exactly as inference does, pad to square and resize to ``size``."""
+    crop = crop_brain(img)
+    x0, y0, x1, y1 = crop.bbox
+    sq, _ = pad_to_square(crop.image)
+    interp = cv2.INTER_AREA if sq.shape[0] > size else cv2.INTER_LINEAR
+    out = cv2.resize(sq, (size, size), interpolation=interp)
+    mout = None
+    if mask is not None:
+        msq, _ = pad_to_square(mask[y0:y1, x0:x1].astype(np.uint8) * 255)
+        mout = cv2.resize(msq, (size, size), interpolation=cv2.INTER_LINEAR) >= 128
+    return out, mout
+
+
+def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
+                with_masks: bool = True, progress: bool = False) -> CachedSet:
+    """Decode, crop and resize every sample once (cached as .npz keyed by the sample list)."""
+    key = hashlib.sha1(("|".join(f"{s.path}:{s.label}:{s.mask_path}" for s in samples)
+                        + f"|{size}|{with_masks}|v2").encode()).hexdigest()[:16]
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"cache_{size}_{key}.npz"
+        if cache_file.exists():
+            z = np.load(cache_file, allow_pickle=False)
+            keep = z["keep"]
+            kept = [s for s, k in zip(samples, keep) if k]
+            rejected = [(str(s.path), "unreadable") for s, k in zip(samples, keep) if not k]
+            masks = z["masks"] if with_masks and z["masks"].size else None
+            return CachedSet(kept, z["images"], masks, z["thumbs"], list(z["sha1s"]), rejected)
+    images, masks, thumbs, sha1s, keep, rejected = [], [], [], [], [], []
+    it = samples
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(samples, desc=f"caching {size}px", unit="img")
+    for s in it:
+        try:
+            scan = read_path(s.path)[0]
+            m = read_mask(s.mask_path, scan.shape) if (with_masks and s.mask_path) else None
+        except (InvalidScanError, DatasetError, OSError) as exc:
+            rejected.append((str(s.path), str(exc)))
+            keep.append(False)
+            continue
+        img, mk = prepare_sample(scan.pixels, m, size)
+        images.append(img)
+        masks.append(mk if mk is not None else np.zeros((size, size), bool))
+        thumbs.append(thumbnail_vector(scan.pixels))
+        sha1s.append(s.sha1 or file_sha1(s.path))
+        keep.append(True)
+    kept = [s for s, k in zip(samples, keep) if k]
+    images_a = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    masks_a = np.stack(masks) if (masks and with_masks) else np.zeros((0, size, size), bool)
+    thumbs_a = np.stack(thumbs) if thumbs else np.zeros((0, THUMB * THUMB), np.float32)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        np.savez(cache_file, images=images_a, masks=masks_a, thumbs=thumbs_a,
+                 sha1s=np.asarray(sha1s), keep=np.asarray(keep))
+    return CachedSet(kept, images_a, masks_a if with_masks else None, thumbs_a, sha1s, rejected)
+
+
+def class_counts(samples: list[Sample]) -> dict[str, int]:
+    c = Counter(s.label for s in samples)
+    return {k: c.get(k, 0) for k in CLASSES}
+
+
+def with_split(samples: list[Sample], split: str) -> list[Sample]:
+    return [replace(s, split=split) for s in samples]

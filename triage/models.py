@@ -1,0 +1,166 @@
+"""Build models from their model card and load/save versioned model folders.
+
+A model version is a folder ``weights/<task>/<version>/`` with ``model.safetensors`` (weights
+only, never pickle) and ``metadata.json`` (architecture, class order, input size,
+normalisation, Grad-CAM layer, temperature, data, metrics). ``weights/<task>/ACTIVE`` names the
+active version; promotion rewrites it atomically. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from triage.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classifier", "segmenter")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def build_model(meta: dict) -> nn.Module:
+    """Instantiate an untrained network from a metadata dict (``arch`` + ``arch_kwargs``).
+
+    ``timm:<name>`` builds a timm classifier with ``pretrained=False``; ``monai:UNet`` builds a
+    MONAI 2D U-Net. Unknown architectures raise ValueError.
+    """
+    arch = meta["arch"]
+    kwargs = dict(meta.get("arch_kwargs", {}))
+    if arch.startswith("timm:"):
+        import timm
+
+        return timm.create_model(arch[5:], pretrained=False, **kwargs)
+    if arch == "monai:UNet":
+        from monai.networks.nets import UNet
+
+        kwargs.setdefault("spatial_dims", 2)
+        return UNet(**kwargs)
+    raise ValueError(f"unknown architecture {arch!r}; expected 'timm:<name>' or 'monai:UNet'")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its metadata and folder."""
+
+    task: str
+    version: str
+    path: Path
+    meta: dict
+    net: nn.Module
+    extras: dict
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.meta.get("trained", False))
+
+
+def task_dir(weights_dir: Path, task: str) -> Path:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return Path(weights_dir) / task
+
+
+def list_versions(weights_dir: Path, task: str) -> list[str]:
+    """Version folder names that hold a model, oldest first by name."""
+    d = task_dir(weights_dir, task)
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if (p / "metadata.json").is_file() and (p / "model.safetensors").is_file())
+
+
+def active_version(weights_dir: Path, task: str) -> str:
+    """The version named in ``ACTIVE`` (or the newest one if the pointer is missing)."""
+    d = task_dir(weights_dir, task)
+    pointer = d / "ACTIVE"
+    versions = list_versions(weights_dir, task)
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8").strip()
+        if name in versions:
+            return name
+        log.warning("ACTIVE points at missing version %r for %s", name, task)
+    if not versions:
+        raise ModelNotFoundError(
+            f"no {task} model in {d}; train one with `python -m triage train {task}` or restore weights/")
+    return versions[-1]
+
+
+def set_active(weights_dir: Path, task: str, version: str) -> None:
+    """Atomically point ``ACTIVE`` at ``version`` (which must exist)."""
+    if version not in list_versions(weights_dir, task):
+        raise ModelNotFoundError(f"{task} version {version!r} does not exist")
+    d = task_dir(weights_dir, task)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".ACTIVE.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(version + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, d / "ACTIVE")
+
+
+def read_metadata(weights_dir: Path, task: str, version: str) -> dict:
+    return json.loads((task_dir(weights_dir, task) / version / "metadata.json").read_text(encoding="utf-8"))
+
+
+def load_model(weights_dir: Path, task: str, version: str | None = None) -> LoadedModel:
+    """Load a model version (the active one by default) from safetensors + JSON, in eval mode."""
+    version = version or active_version(weights_dir, task)
+    if not _VERSION_RE.match(version):
+        raise ModelNotFoundError(f"invalid version name {version!r}")
+    folder = task_dir(weights_dir, task) / version
+    try:
+        meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+        state = load_file(str(folder / "model.safetensors"))
+    except FileNotFoundError as exc:
+        raise ModelNotFoundError(f"{task} version {version!r} is incomplete: {exc}") from exc
+    net = build_model(meta)
+    net.load_state_dict(state)
+    net.eval()
+    extras = {}
+    extra_file = folder / "extras.safetensors"
+    if extra_file.is_file():
+        extras = load_file(str(extra_file))
+    return LoadedModel(task=task, version=version, path=folder, meta=meta, net=net, extras=extras)
+
+
+def save_model(folder: Path, net: nn.Module, meta: dict, extras: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model.safetensors`` (+ optional ``extras.safetensors``) and ``metadata.json``.
+
+    The folder is written under a temporary name and renamed at the end, so a crash never
+    leaves a half-written version that ``list_versions`` would pick up.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} already exists; versions are never overwritten")
+    if not _VERSION_RE.match(folder.name):
+        raise ValueError(f"invalid version name {folder.name!r}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    if extras:
+        save_file({k: v.detach().cpu().contiguous() for k, v in extras.items()}, str(tmp / "extras.safetensors"))
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n",
+                                       encoding="utf-8")
+    os.replace(tmp, folder)
+    return folder
+
+
+def resolve_module(net: nn.Module, dotted: str) -> nn.Module:
+    """``"layer4"`` / ``"blocks.-1"`` -> the submodule (negative indexes allowed)."""
+    mod: nn.Module = net
+    for part in dotted.split("."):
+        if part.lstrip("-").isdigit():
+            mod = list(mod.children())[int(part)] if not isinstance(mod, nn.Sequential) else mod[int(part)]
+        else:
+            mod = getattr(mod, part)
+    return mod
