@@ -1,0 +1,553 @@
+"""The worklist: a persistent, risk-ordered queue of analysed cases in SQLite.
+
+Safe for several threads (Streamlit sessions) and processes: every operation opens its own
+connection, the database runs in WAL mode with a busy timeout, and every write is a single
+``BEGIN IMMEDIATE`` transaction, so a crash (even SIGKILL) never leaves a half-written case.
+The ``audit`` table is append-only (enforced by triggers) and records who changed what.
+Rejected uploads go to ``rejections``; they never become cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from triage.errors import TriageError
+from triage.records import CLASSES
+
+log = logging.getLogger(__name__)
+
+REVIEW_STATUSES: tuple[str, ...] = ("unreviewed", "confirmed", "corrected", "signed_off")
+PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CLASSES)
+CASE_COLUMNS: tuple[str, ...] = (
+    "scan_id", "name", "stored_path", "received_at", "label", *PROB_COLUMNS, "risk", "flags",
+    "ood", "tumor_area_px", "tumor_area_mm2", "mask_path", "thumbnail", "classifier_version",
+    "segmenter_version", "truth_label", "truth_mask_path", "review_status", "reviewed_label",
+    "mask_rejected", "note", "reviewer", "reviewed_at", "extra",
+)
+# Columns add_case() accepts; review columns are only written by review().
+_INPUT_COLUMNS: tuple[str, ...] = (
+    "scan_id", "name", "stored_path", "received_at", "label", *PROB_COLUMNS, "risk", "flags",
+    "ood", "tumor_area_px", "tumor_area_mm2", "mask_path", "thumbnail", "classifier_version",
+    "segmenter_version", "truth_label", "truth_mask_path", "extra",
+)
+_REVIEW_COLUMNS = frozenset(CASE_COLUMNS) - frozenset(_INPUT_COLUMNS)
+_REQUIRED_INPUT: tuple[str, ...] = ("scan_id", "label", *PROB_COLUMNS, "risk")
+CSV_COLUMNS: tuple[str, ...] = tuple(c for c in CASE_COLUMNS if c != "thumbnail")
+
+BUSY_TIMEOUT_S = 10.0
+MAX_THUMBNAIL_BYTES = 1024 * 1024
+MAX_NOTE_CHARS = 10_000
+_CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+_SCHEMA_V1: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS cases (
+        scan_id TEXT PRIMARY KEY NOT NULL CHECK (length(scan_id) > 0),
+        name TEXT NOT NULL DEFAULT '',
+        stored_path TEXT NOT NULL DEFAULT '',
+        received_at TEXT NOT NULL,
+        label TEXT NOT NULL,
+        {", ".join(f"{c} REAL NOT NULL" for c in PROB_COLUMNS)},
+        risk REAL NOT NULL,
+        flags TEXT NOT NULL DEFAULT '[]',
+        ood INTEGER NOT NULL DEFAULT 0 CHECK (ood IN (0, 1)),
+        tumor_area_px INTEGER NOT NULL DEFAULT 0,
+        tumor_area_mm2 REAL,
+        mask_path TEXT,
+        thumbnail BLOB,
+        classifier_version TEXT NOT NULL DEFAULT '',
+        segmenter_version TEXT NOT NULL DEFAULT '',
+        truth_label TEXT,
+        truth_mask_path TEXT,
+        review_status TEXT NOT NULL DEFAULT 'unreviewed'
+            CHECK (review_status IN ({", ".join(f"'{s}'" for s in REVIEW_STATUSES)})),
+        reviewed_label TEXT,
+        mask_rejected INTEGER NOT NULL DEFAULT 0 CHECK (mask_rejected IN (0, 1)),
+        note TEXT NOT NULL DEFAULT '',
+        reviewer TEXT,
+        reviewed_at TEXT,
+        extra TEXT NOT NULL DEFAULT '{{}}'
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_cases_risk ON cases (risk DESC, received_at ASC)",
+    """CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scan_id TEXT NOT NULL REFERENCES cases (scan_id),
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        field TEXT,
+        old_value TEXT,
+        new_value TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_audit_scan ON audit (scan_id, id)",
+    """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+       BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+       BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+    """CREATE TABLE IF NOT EXISTS rejections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at TEXT NOT NULL,
+        name TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        sha256 TEXT
+    )""",
+)
+# MIGRATIONS[i] upgrades a database from user_version i to i + 1. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class WorklistError(TriageError):
+    """A worklist operation was refused (invalid case, label, reviewer, newer schema...)."""
+
+
+class CaseNotFoundError(WorklistError):
+    """No case with the given scan_id is in the worklist."""
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _iso_utc(value: object) -> str:
+    """Normalise a datetime or ISO string to ISO-8601 UTC (naive values are taken as UTC)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise WorklistError(f"received_at is not an ISO-8601 time: {value!r}") from exc
+    if not isinstance(value, datetime):
+        raise WorklistError(f"received_at must be a datetime or ISO string, got {type(value).__name__}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _json_default(obj: object) -> object:
+    """JSON fallback for numpy scalars/arrays, paths and anything else (as text)."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, default=_json_default, sort_keys=True)
+
+
+def _check_label(label: object, what: str = "label") -> str:
+    if label not in CLASSES:
+        raise WorklistError(f"{what} must be one of {', '.join(CLASSES)}; got {label!r}")
+    return str(label)
+
+
+def _finite(value: object, column: str) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise WorklistError(f"{column} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise WorklistError(f"{column} must be finite, got {number}")
+    return number
+
+
+def _encode_flags(flags: object) -> str:
+    if flags is None:
+        return "[]"
+    if isinstance(flags, str):
+        flags = [flags]
+    if not isinstance(flags, (list, tuple, set, frozenset)):
+        raise WorklistError(f"flags must be a list of strings, got {type(flags).__name__}")
+    return json.dumps([str(f) for f in flags])
+
+
+def _encode_thumbnail(thumbnail: object) -> bytes | None:
+    if thumbnail is None:
+        return None
+    if not isinstance(thumbnail, (bytes, bytearray, memoryview)):
+        raise WorklistError("thumbnail must be PNG bytes")
+    data = bytes(thumbnail)
+    if len(data) > MAX_THUMBNAIL_BYTES:
+        raise WorklistError(f"thumbnail is {len(data)} bytes; the limit is {MAX_THUMBNAIL_BYTES}")
+    return data
+
+
+def _case_values(case: dict) -> dict:
+    """Validate a case dict and turn it into column values (unknown keys go to ``extra``)."""
+    case = dict(case)
+    probs = case.pop("probs", None)
+    if probs is not None and not any(c in case for c in PROB_COLUMNS):
+        if len(probs) != len(CLASSES):
+            raise WorklistError(f"probs must have {len(CLASSES)} values (order {', '.join(CLASSES)})")
+        case.update(zip(PROB_COLUMNS, probs))
+    forbidden = sorted(_REVIEW_COLUMNS & case.keys())
+    if forbidden:
+        raise WorklistError(f"add_case cannot set review fields {forbidden}; use review()")
+    missing = [c for c in _REQUIRED_INPUT if case.get(c) in (None, "")]
+    if missing:
+        raise WorklistError(f"case is missing required fields: {', '.join(missing)}")
+    extra = dict(case.pop("extra", None) or {})
+    extra.update({k: case.pop(k) for k in list(case) if k not in _INPUT_COLUMNS})
+    return _column_values(case, extra)
+
+
+def _column_values(case: dict, extra: dict) -> dict:
+    values = {
+        "scan_id": str(case["scan_id"]),
+        "name": str(case.get("name") or ""),
+        "stored_path": str(case.get("stored_path") or ""),
+        "received_at": _iso_utc(case["received_at"]) if case.get("received_at") else utc_now(),
+        "label": _check_label(case["label"]),
+        "risk": _finite(case["risk"], "risk"),
+        "flags": _encode_flags(case.get("flags")),
+        "ood": int(bool(case.get("ood", False))),
+        "tumor_area_px": int(case.get("tumor_area_px") or 0),
+        "tumor_area_mm2": (None if case.get("tumor_area_mm2") is None
+                           else _finite(case["tumor_area_mm2"], "tumor_area_mm2")),
+        "mask_path": None if case.get("mask_path") is None else str(case["mask_path"]),
+        "thumbnail": _encode_thumbnail(case.get("thumbnail")),
+        "classifier_version": str(case.get("classifier_version") or ""),
+        "segmenter_version": str(case.get("segmenter_version") or ""),
+        "truth_label": (None if case.get("truth_label") is None
+                        else _check_label(case["truth_label"], "truth_label")),
+        "truth_mask_path": None if case.get("truth_mask_path") is None else str(case["truth_mask_path"]),
+        "extra": _dumps(extra),
+    }
+    values.update({c: _finite(case[c], c) for c in PROB_COLUMNS})
+    return values
+
+
+def _row_to_case(row: sqlite3.Row) -> dict:
+    """A plain dict with flags/extra decoded and 0/1 columns as bools."""
+    case = dict(row)
+    if "flags" in case:
+        case["flags"] = json.loads(case["flags"] or "[]")
+    if "extra" in case:
+        case["extra"] = json.loads(case["extra"] or "{}")
+    for col in ("ood", "mask_rejected"):
+        if col in case:
+            case[col] = bool(case[col])
+    return case
+
+
+def _audit_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def _filter_sql(label: str | None, review_status: str | None, flag: str | None,
+                search: str | None) -> tuple[str, list]:
+    """WHERE clause and parameters for the list filters (label = effective label)."""
+    clauses: list[str] = []
+    params: list = []
+    if label is not None:
+        clauses.append("COALESCE(reviewed_label, label) = ?")
+        params.append(_check_label(label))
+    if review_status is not None:
+        if review_status not in REVIEW_STATUSES:
+            raise WorklistError(f"review_status must be one of {', '.join(REVIEW_STATUSES)}")
+        clauses.append("review_status = ?")
+        params.append(review_status)
+    if flag is not None:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(cases.flags) WHERE json_each.value = ?)")
+        params.append(flag)
+    if search:
+        clauses.append("instr(py_casefold(name), ?) > 0")
+        params.append(search.casefold())
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+_ORDER_SQL = " ORDER BY risk DESC, received_at ASC, scan_id ASC"
+
+
+def _csv_cell(value: object) -> object:
+    """A CSV-safe cell: lists joined by ';', dicts as JSON, formula-like text defused."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        value = ";".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        value = _dumps(value)
+    if isinstance(value, str) and value.startswith(_CSV_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+class Worklist:
+    """Risk-ordered case queue in one SQLite file. Cheap to construct; the schema is made lazily."""
+
+    def __init__(self, db_path: Path | str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.db_path = Path(db_path).expanduser()
+        self.busy_timeout_s = busy_timeout_s
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Worklist({str(self.db_path)!r})"
+
+    # -- connections -------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """A new autocommit connection with the per-connection pragmas applied."""
+        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.create_function("py_casefold", 1, lambda s: None if s is None else str(s).casefold(),
+                             deterministic=True)
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        self._ensure_schema()
+        with closing(self._open()) as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        self._ensure_schema()
+        with closing(self._open()) as conn, _immediate(conn):
+            yield conn
+
+    def _ensure_schema(self) -> None:
+        """Create the folder, switch to WAL and apply pending migrations (once per instance)."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(self._open()) as conn:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    log.warning("worklist %s: journal_mode is %s, not wal", self.db_path, mode)
+                self._migrate(conn)
+            self._ready = True
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if _user_version(conn) == SCHEMA_VERSION:
+            return
+        with _immediate(conn):
+            version = _user_version(conn)
+            if version > SCHEMA_VERSION:
+                raise WorklistError(f"worklist {self.db_path} has schema v{version}; this app knows "
+                                    f"v{SCHEMA_VERSION}. Update the app.")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target - 1]:
+                    conn.execute(statement)
+                log.info("worklist %s: migrated schema to v%d", self.db_path, target)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- cases -------------------------------------------------------------------------
+
+    def add_case(self, case: dict, actor: str = "system") -> bool:
+        """Insert a case; False (and nothing written) when its scan_id is already present."""
+        values = _case_values(case)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._write() as conn:
+            cur = conn.execute(f"INSERT INTO cases ({cols}) VALUES ({marks}) "
+                               "ON CONFLICT (scan_id) DO NOTHING", tuple(values.values()))
+            if cur.rowcount == 0:
+                log.info("worklist: case %s already present, not added", values["scan_id"])
+                return False
+            _append_audit(conn, values["scan_id"], actor, "added", None, None, values["label"])
+        log.info("worklist: added case %s (%s, risk %.3f)", values["scan_id"], values["label"],
+                 values["risk"])
+        return True
+
+    def get(self, scan_id: str) -> dict | None:
+        """The case as a plain dict, or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM cases WHERE scan_id = ?", (scan_id,)).fetchone()
+        return None if row is None else _row_to_case(row)
+
+    def list_cases(self, label: str | None = None, review_status: str | None = None,
+                   flag: str | None = None, search: str | None = None,
+                   limit: int | None = None) -> list[dict]:
+        """Cases by risk (highest first), then arrival (oldest first), optionally filtered."""
+        where, params = _filter_sql(label, review_status, flag, search)
+        sql = "SELECT * FROM cases" + where + _ORDER_SQL + " LIMIT ?"
+        with self._read() as conn:
+            rows = conn.execute(sql, [*params, -1 if limit is None else int(limit)]).fetchall()
+        return [_row_to_case(r) for r in rows]
+
+    def neighbours(self, scan_id: str, label: str | None = None, review_status: str | None = None,
+                   flag: str | None = None, search: str | None = None) -> tuple[str | None, str | None]:
+        """(previous, next) scan_ids around ``scan_id`` in the filtered list order."""
+        where, params = _filter_sql(label, review_status, flag, search)
+        with self._read() as conn:
+            ids = [r[0] for r in conn.execute("SELECT scan_id FROM cases" + where + _ORDER_SQL, params)]
+        if scan_id not in ids:
+            return None, None
+        i = ids.index(scan_id)
+        return (ids[i - 1] if i > 0 else None), (ids[i + 1] if i + 1 < len(ids) else None)
+
+    def count(self) -> int:
+        """Number of cases."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
+
+    def reviewed_cases(self) -> list[dict]:
+        """Cases a reviewer has looked at (status != unreviewed), for retraining."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT * FROM cases WHERE review_status != 'unreviewed'"
+                                + _ORDER_SQL).fetchall()
+        return [_row_to_case(r) for r in rows]
+
+    # -- review and ground truth -------------------------------------------------------
+
+    def review(self, scan_id: str, reviewer: str, label: str | None = None,
+               mask_rejected: bool | None = None, note: str | None = None,
+               sign_off: bool = False) -> dict:
+        """Record a reviewer's decision; one audit row per changed field. Returns the case."""
+        reviewer = _check_reviewer(reviewer)
+        if label is not None:
+            _check_label(label)
+        if note is not None and len(note) > MAX_NOTE_CHARS:
+            raise WorklistError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        action = "sign_off" if sign_off else "review"
+        with self._write() as conn:
+            row = _fetch(conn, scan_id)
+            new = _review_values(row, reviewer, label, mask_rejected, note, sign_off)
+            changed = {k: v for k, v in new.items() if row[k] != v}
+            if changed:
+                _update(conn, scan_id, {**changed, "reviewed_at": utc_now()})
+                for field, value in changed.items():
+                    _append_audit(conn, scan_id, reviewer, action, field, row[field], value)
+            result = _row_to_case(_fetch(conn, scan_id))
+        log.info("worklist: %s of %s by %s changed %s", action, scan_id, reviewer, sorted(changed))
+        return result
+
+    def set_truth(self, scan_id: str, truth_label: str, truth_mask_path: str | Path | None = None,
+                  actor: str = "system") -> dict:
+        """Attach the ground-truth label (and mask path) to a case; audited. Returns the case."""
+        new = {"truth_label": _check_label(truth_label, "truth_label")}
+        if truth_mask_path is not None:
+            new["truth_mask_path"] = str(truth_mask_path)
+        with self._write() as conn:
+            row = _fetch(conn, scan_id)
+            changed = {k: v for k, v in new.items() if row[k] != v}
+            if changed:
+                _update(conn, scan_id, changed)
+                for field, value in changed.items():
+                    _append_audit(conn, scan_id, actor, "truth", field, row[field], value)
+            return _row_to_case(_fetch(conn, scan_id))
+
+    # -- audit and rejections ----------------------------------------------------------
+
+    def audit(self, scan_id: str | None = None) -> list[dict]:
+        """Audit rows, oldest first (all cases, or one)."""
+        sql = "SELECT * FROM audit" + (" WHERE scan_id = ?" if scan_id is not None else "") + " ORDER BY id"
+        with self._read() as conn:
+            rows = conn.execute(sql, () if scan_id is None else (scan_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def log_rejection(self, name: str, reason: str, sha256: str | None = None) -> int:
+        """Record a refused upload (it does not become a case). Returns the row id."""
+        with self._write() as conn:
+            cur = conn.execute("INSERT INTO rejections (received_at, name, reason, sha256) "
+                               "VALUES (?, ?, ?, ?)", (utc_now(), str(name), str(reason), sha256))
+            row_id = int(cur.lastrowid or 0)
+        log.warning("worklist: rejected %r: %s", name, reason)
+        return row_id
+
+    def rejections(self, limit: int = 100) -> list[dict]:
+        """Refused uploads, newest first."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (int(limit),)).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- maintenance and export --------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """'ok' when SQLite finds no corruption, else its messages joined by newlines."""
+        with self._read() as conn:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(r[0]) for r in rows)
+
+    def export_csv(self, rows: Sequence[dict] | None = None) -> bytes:
+        """UTF-8 CSV of ``rows`` (default: the whole worklist in order), without thumbnails."""
+        if rows is None:
+            rows = self.list_cases()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _csv_cell(row.get(c)) for c in CSV_COLUMNS})
+        return buf.getvalue().encode("utf-8")
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _fetch(conn: sqlite3.Connection, scan_id: str) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM cases WHERE scan_id = ?", (scan_id,)).fetchone()
+    if row is None:
+        raise CaseNotFoundError(f"no case {scan_id!r} in the worklist")
+    return row
+
+
+def _update(conn: sqlite3.Connection, scan_id: str, values: dict) -> None:
+    assignments = ", ".join(f"{col} = ?" for col in values)  # column names are ours, not user input
+    conn.execute(f"UPDATE cases SET {assignments} WHERE scan_id = ?", [*values.values(), scan_id])
+
+
+def _append_audit(conn: sqlite3.Connection, scan_id: str, actor: str, action: str,
+                  field: str | None, old: object, new: object) -> None:
+    conn.execute("INSERT INTO audit (scan_id, at, actor, action, field, old_value, new_value) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (scan_id, utc_now(), actor, action, field, _audit_text(old), _audit_text(new)))
+
+
+def _check_reviewer(reviewer: object) -> str:
+    if not isinstance(reviewer, str) or not reviewer.strip():
+        raise WorklistError("a reviewer name is required")
+    return reviewer.strip()
+
+
+def _review_values(row: sqlite3.Row, reviewer: str, label: str | None, mask_rejected: bool | None,
+                   note: str | None, sign_off: bool) -> dict:
+    """New values of the review fields. The reviewed label defaults to the current effective one."""
+    reviewed_label = label if label is not None else (row["reviewed_label"] or row["label"])
+    if sign_off:
+        status = "signed_off"
+    else:
+        status = "corrected" if reviewed_label != row["label"] else "confirmed"
+    return {
+        "reviewed_label": reviewed_label,
+        "mask_rejected": row["mask_rejected"] if mask_rejected is None else int(bool(mask_rejected)),
+        "note": row["note"] if note is None else note,
+        "review_status": status,
+        "reviewer": reviewer,
+    }
