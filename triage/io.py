@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
+import re
 import warnings
 from pathlib import Path
 
@@ -36,10 +38,55 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_name(name: object, default: str = "upload") -> str:
+    """A display-safe file name: the last path component, no control characters.
+
+    Uploads carry a client-chosen name (``../../x.png``, ``C:\\tmp\\x.png``, ``a\\nb.png``);
+    only its base name is kept so it can never act as a path. Empty results become ``default``.
+    """
+    text = _CONTROL_CHARS.sub("", str(name or ""))
+    text = re.split(r"[/\\]", text)[-1].strip()
+    if text in ("", ".", ".."):
+        return default
+    if len(text) > 200:  # keep the extension, shorten the stem
+        stem, dot, ext = text.rpartition(".")
+        text = (stem[: 200 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 10 else text[:200]
+    return text
+
+
+# Magic numbers of the formats handed to Pillow (and of formats refused by name).
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
+    (b"BM", "bmp"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+)
+_PIL_KINDS = {"png", "jpeg", "tiff", "bmp"}
+# Pillow plugins allowed to open uploads. Everything else (EPS -> Ghostscript, PSD, ICO,
+# FITS...) is refused before any plugin code runs on attacker-chosen bytes.
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # JPEG also opens MPO (camera multi-picture)
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
+SUPPORTED = "PNG, JPEG, TIFF, BMP or DICOM"
+
+
 def _sniff(data: bytes) -> str:
-    head = data[:1024].lstrip()
+    """Guess the content type from the bytes only (the file name is never trusted)."""
     if data[128:132] == b"DICM":
         return "dicom"
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    head = data[:1024].lstrip()
     if head.startswith(b"%PDF"):
         return "pdf"
     lower = head[:256].lower()
@@ -53,7 +100,12 @@ def _sniff(data: bytes) -> str:
             return "text"
     except UnicodeDecodeError:
         pass
-    return "image"
+    return "unknown"
+
+
+def _looks_like_raw_dicom(data: bytes) -> bool:
+    """A DICOM data set without the 128-byte preamble starts with a group 0002/0008 tag."""
+    return data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
 def to_uint8(arr: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -82,18 +134,22 @@ def to_uint8(arr: np.ndarray, window: tuple[float, float] | None = None) -> np.n
 
 def _to_grey(img: Image.Image) -> np.ndarray:
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return to_uint8(np.asarray(img))
-    if mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if mode.startswith("I") or mode == "F":  # I, I;16, I;16B, I;16L, I;16N, I;16S, I;32...
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+        return to_uint8(arr)
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA") if ("transparency" in img.info or mode == "PA") else img.convert("RGB")
         mode = img.mode
-    if mode in ("RGBA", "LA"):
+    if mode in ("RGBA", "LA", "La", "RGBa"):
         # Composite over black: transparent areas become background, not white.
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
         rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
         return to_uint8(rgb @ np.array([0.299, 0.587, 0.114], np.float32), window=(127.5, 255.0))
     if mode == "1":
         img = img.convert("L")
+        mode = "L"
     if mode not in ("L", "RGB"):
         img = img.convert("RGB")
     return np.asarray(img.convert("L"))
@@ -109,125 +165,287 @@ def _check_dims(h: int, w: int, settings: Settings) -> None:
             f"image is only {w}x{h} pixels; at least {settings.min_side} px per side is needed")
 
 
-def _decode_pil(data: bytes, name: str, settings: Settings) -> list[tuple[np.ndarray, int | None]]:
+def _total_budget(settings: Settings) -> int:
+    """Pixels allowed across all frames of one file (bounds memory for multi-frame bombs)."""
+    return 2 * settings.max_pixels
+
+
+def _check_total(total: int, n_frames: int, settings: Settings) -> None:
+    if total > _total_budget(settings):
+        raise InvalidScanError(
+            f"file has {n_frames} frames totalling {total:,} pixels, over the limit of "
+            f"{_total_budget(settings):,}; split the series into smaller files")
+
+
+def _bomb_message(exc: Exception, settings: Settings) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" ({int(m.group(1)):,} pixels)" if m else ""
+    return (f"image is too large to decode safely{size}, over the limit of {settings.max_pixels:,} "
+            "pixels (possible decompression bomb); export the slice at a normal size")
+
+
+def _is_reduced_resolution(frame: Image.Image) -> bool:
+    """TIFF thumbnail / pyramid pages (NewSubfileType bit 0) are not slices of their own."""
+    tags = getattr(frame, "tag_v2", None)
+    try:
+        return bool(tags is not None and int(tags.get(254, 0)) & 1)
+    except (TypeError, ValueError):
+        return False
+
+
+def _decode_pil(data: bytes, settings: Settings, kind: str = "image",
+                ) -> tuple[list[tuple[np.ndarray, int | None]], str]:
+    """Decode PNG/JPEG/TIFF/BMP bytes with Pillow into (uint8 frame, frame index) pairs and the format."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            # Our own limit (_check_dims, before any pixel is decoded) is stricter and names the
+            # size; Pillow's DecompressionBombError still guards the >2x-its-limit case.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.init()  # register every plugin so the ``formats`` allow-list resolves
+            img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+            fmt = (img.format or "image").lower()
             w, h = img.size
             _check_dims(h, w, settings)
-            n_frames = getattr(img, "n_frames", 1)
+            n_frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
             if n_frames > MAX_FRAMES:
                 raise InvalidScanError(f"file has {n_frames} frames; at most {MAX_FRAMES} are accepted")
-            frames = []
+            frames: list[tuple[np.ndarray, int | None]] = []
+            total = 0
             for i, frame in enumerate(ImageSequence.Iterator(img)):
+                if i >= n_frames:
+                    break
+                if n_frames > 1 and _is_reduced_resolution(frame):
+                    continue
                 fw, fh = frame.size
                 _check_dims(fh, fw, settings)
+                total += fw * fh
+                _check_total(total, n_frames, settings)
                 frame.load()
                 frames.append((_to_grey(frame), i if n_frames > 1 else None))
-            return frames
+            return frames, fmt
     except InvalidScanError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidScanError(f"image is too large to decode safely (decompression bomb): {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise InvalidScanError(_bomb_message(exc, settings)) from exc
     except UnidentifiedImageError as exc:
-        raise InvalidScanError("not a readable image: the bytes are not PNG, JPEG, TIFF, BMP or DICOM") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
-        raise InvalidScanError(f"image file is corrupt or truncated ({exc})") from exc
+        if kind in _PIL_KINDS:
+            raise InvalidScanError(
+                f"the file starts like a {kind.upper()} image but its header is corrupt or truncated") from exc
+        raise InvalidScanError(f"not a readable image: the bytes are not {SUPPORTED}") from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ValueError...
+        log.info("image decode failed: %s: %s", type(exc).__name__, exc)
+        raise InvalidScanError(f"image file is corrupt or truncated ({_short(exc)})") from exc
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first(value: object) -> object:
+    """First item of a DICOM multi-valued element, or the value itself."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return value[0] if len(value) else None  # type: ignore[index]
+    return value
+
+
+def _finite_float(value: object) -> float | None:
+    try:
+        f = float(_first(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _safe_get(ds: object, keyword: str) -> object:
+    """``ds.get(keyword)`` that returns None instead of raising on malformed values."""
+    try:
+        return ds.get(keyword)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - pydicom raises many types converting broken raw values
+        return None
+
+
+def _fg_item(ds: object, frame: int, seq: str) -> object:
+    """The ``seq`` item for ``frame`` from the per-frame, else shared, functional groups."""
+    for groups, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        try:
+            fg = _safe_get(ds, groups)
+            if fg is not None and len(fg) > idx:
+                inner = _safe_get(fg[idx], seq)
+                if inner is not None and len(inner):
+                    return inner[0]
+        except Exception as exc:  # noqa: BLE001 - malformed sequence: fall back to the top level
+            log.debug("ignoring malformed %s: %s", groups, exc)
+    return None
+
+
+def _dicom_attr(ds: object, frame: int, seq: str, keyword: str) -> object:
+    """An attribute from the enhanced-DICOM functional groups, else the top-level data set."""
+    item = _fg_item(ds, frame, seq)
+    if item is not None:
+        value = _safe_get(item, keyword)
+        if value is not None:
+            return value
+    return _safe_get(ds, keyword)
+
+
+def _dicom_window(ds: object, frame: int) -> tuple[float, float] | None:
+    c = _finite_float(_dicom_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
+    wd = _finite_float(_dicom_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
+    if c is None or wd is None or wd <= 0:
+        return None
+    return c, wd
+
+
+def _dicom_spacing(ds: object) -> tuple[float, float] | None:
+    ps = _dicom_attr(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
+    try:
+        if ps is None or isinstance(ps, (str, bytes)) or len(ps) != 2:  # type: ignore[arg-type]
+            return None
+        row, col = float(ps[0]), float(ps[1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):
+        return None
+    return row, col
+
+
+def _dicom_rescale(ds: object, frame: int, arr: np.ndarray) -> np.ndarray:
+    """Modality LUT / rescale slope+intercept (frame-specific for enhanced multi-frame)."""
+    from pydicom.pixels import apply_modality_lut
+
+    if _safe_get(ds, "ModalityLUTSequence"):
+        try:
+            return np.asarray(apply_modality_lut(arr, ds), np.float32)
+        except Exception as exc:  # noqa: BLE001 - a broken LUT falls back to stored values
+            log.info("modality LUT ignored: %s", exc)
+            return arr.astype(np.float32)
+    slope = _finite_float(_dicom_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _finite_float(_dicom_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
+    out = arr.astype(np.float32)
+    if slope is not None and slope != 0:
+        out = out * np.float32(slope)
+    if intercept is not None:
+        out = out + np.float32(intercept)
+    return out
+
+
+def _dicom_str(value: object) -> str:
+    return _CONTROL_CHARS.sub(" ", str(value)).strip()
 
 
 def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[tuple[np.ndarray, int | None]], tuple | None, dict]:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
-        raise InvalidScanError(f"DICOM file is corrupt or truncated ({exc})") from exc
-    if "PixelData" not in ds:
-        raise InvalidScanError("DICOM file has no pixel data (a structured report or header-only file?)")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_dims(rows, cols, settings)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if n_frames > MAX_FRAMES:
-        raise InvalidScanError(f"DICOM has {n_frames} frames; at most {MAX_FRAMES} are accepted")
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for missing codecs / short data
-        raise InvalidScanError(f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
-    if ds.get("SamplesPerPixel", 1) not in (1, None) and arr.ndim >= 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    frames_arr = arr if (n_frames > 1 and arr.ndim == 3) else arr[None, ...]
-
-    from pydicom.pixels import apply_modality_lut
-
-    window = None
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is not None and width is not None:
-        c = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        wd = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-        if wd > 0:
-            window = (c, wd)
-    invert = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-    frames = []
-    for i, fr in enumerate(frames_arr):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about every malformed element
         try:
-            real = apply_modality_lut(fr, ds).astype(np.float32)
-        except Exception:  # no modality LUT in the file: use stored values
-            real = fr.astype(np.float32)
-        img8 = to_uint8(real, window)
-        if invert:
-            img8 = 255 - img8
-        frames.append((img8, i if n_frames > 1 else None))
-    spacing = None
-    ps = ds.get("PixelSpacing")
-    if ps is not None and len(ps) == 2:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        except Exception as exc:  # InvalidDicomError, struct.error, EOFError, OverflowError...
+            raise InvalidScanError(f"DICOM file is corrupt or truncated ({_short(exc)})") from exc
         try:
-            spacing = (float(ps[0]), float(ps[1]))
-        except (TypeError, ValueError):
-            spacing = None
-    meta = {t: str(ds.get(t)) for t in _SAFE_DICOM_TAGS if ds.get(t) not in (None, "")}
-    if settings.allow_phi:
-        meta.update({t: str(ds.get(t)) for t in _PHI_DICOM_TAGS if ds.get(t) not in (None, "")})
+            has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        except Exception:  # noqa: BLE001 - unparseable data set
+            has_pixels = False
+        if not has_pixels:
+            raise InvalidScanError("DICOM file has no pixel data (a report, a header-only or a truncated file?)")
+        rows = int(_finite_float(_safe_get(ds, "Rows")) or 0)
+        cols = int(_finite_float(_safe_get(ds, "Columns")) or 0)
+        _check_dims(rows, cols, settings)
+        n_frames = int(_finite_float(_safe_get(ds, "NumberOfFrames")) or 1)
+        if n_frames > MAX_FRAMES:
+            raise InvalidScanError(f"DICOM has {n_frames} frames; at most {MAX_FRAMES} are accepted")
+        n_frames = max(n_frames, 1)
+        _check_total(rows * cols * n_frames, n_frames, settings)
+        try:
+            arr = np.asarray(ds.pixel_array)
+        except Exception as exc:  # pydicom raises many types for missing codecs / short data
+            raise InvalidScanError(
+                f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
+        photometric = str(_safe_get(ds, "PhotometricInterpretation") or "").strip().upper()
+        if photometric == "PALETTE COLOR":
+            try:
+                from pydicom.pixels import apply_color_lut
+
+                arr = np.asarray(apply_color_lut(arr, ds))
+            except Exception as exc:
+                raise InvalidScanError(f"DICOM palette cannot be applied ({_short(exc)})") from exc
+        spp = int(_finite_float(_safe_get(ds, "SamplesPerPixel")) or 1)
+        is_colour = (spp > 1 or photometric == "PALETTE COLOR") and arr.ndim >= 3 and arr.shape[-1] in (3, 4)
+        if is_colour:
+            arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        frames_arr = arr if (n_frames > 1 and arr.ndim == 3) else arr[None, ...]
+        invert = photometric == "MONOCHROME1"
+        frames = []
+        for i, fr in enumerate(frames_arr):
+            real = fr.astype(np.float32) if is_colour else _dicom_rescale(ds, i, fr)
+            img8 = to_uint8(real, None if is_colour else _dicom_window(ds, i))
+            if invert:
+                img8 = 255 - img8
+            frames.append((img8, i if n_frames > 1 else None))
+        spacing = _dicom_spacing(ds)
+        tags = _SAFE_DICOM_TAGS + (_PHI_DICOM_TAGS if settings.allow_phi else ())
+        meta = {}
+        for t in tags:
+            v = _safe_get(ds, t)
+            if v not in (None, ""):
+                meta[t] = _dicom_str(v)
     return frames, spacing, meta
 
 
 def read_scans(data: bytes, name: str = "upload", settings: Settings | None = None) -> list[Scan]:
     """Decode file bytes into one :class:`Scan` per frame.
 
-    Raises InvalidScanError for empty, oversized, truncated, non-image or pixel-less input.
+    The format is recognised from the bytes (never from ``name``). ``name`` is only kept, as
+    :func:`safe_name`, for display. Raises InvalidScanError for empty, oversized, truncated,
+    non-image or pixel-less input; no other exception escapes.
     """
     settings = settings or get_settings()
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidScanError("expected file bytes")
     data = bytes(data)
+    display = safe_name(name)
     if len(data) == 0:
         raise InvalidScanError("file is empty (0 bytes)")
     if len(data) > settings.max_file_bytes:
         raise InvalidScanError(
             f"file is {len(data) / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.0f} MB limit")
-    kind = _sniff(data)
-    suffix = Path(name).suffix.lower()
-    if kind in ("pdf", "html", "text", "zip"):
-        raise InvalidScanError(f"this is a {kind.upper() if kind != 'text' else 'text'} file, not an image")
-    spacing, meta, fmt = None, {}, "image"
-    if kind == "dicom" or suffix in (".dcm", ".dicom"):
-        frames, spacing, meta = _decode_dicom(data, settings)
-        fmt = "dicom"
-    else:
-        frames = _decode_pil(data, name, settings)
-        fmt = (Image.open(io.BytesIO(data)).format or "image").lower()
+    try:
+        frames, spacing, meta, fmt = _decode(data, display, settings)
+    except InvalidScanError:
+        raise
+    except Exception as exc:  # last line of defence: the contract is InvalidScanError only
+        log.warning("unexpected %s while decoding %r", type(exc).__name__, display, exc_info=True)
+        raise InvalidScanError(f"file cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
     base = content_id(data)
     scans = []
     for pixels, frame in frames:
         if pixels.ndim != 2:
             raise InvalidScanError(f"unexpected pixel array shape {pixels.shape}")
         sid = base if frame is None else f"{base}-f{frame}"
-        scans.append(Scan(scan_id=sid, name=name, pixels=np.ascontiguousarray(pixels),
-                          pixel_spacing=spacing, source_format=fmt, frame=frame, meta=meta))
+        scans.append(Scan(scan_id=sid, name=display, pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
+                          pixel_spacing=spacing, source_format=fmt, frame=frame, meta=dict(meta)))
     if not scans:
         raise InvalidScanError("file contains no image frames")
     return scans
+
+
+def _decode(data: bytes, name: str, settings: Settings):
+    kind = _sniff(data)
+    suffix = Path(name).suffix.lower()
+    if kind in ("pdf", "html", "text", "zip"):
+        raise InvalidScanError(f"this is a {kind.upper() if kind != 'text' else 'text'} file, not an image")
+    if kind in ("gif", "webp"):
+        raise InvalidScanError(f"{kind.upper()} images are not supported; export the slice as {SUPPORTED}")
+    if kind in _PIL_KINDS:
+        frames, fmt = _decode_pil(data, settings, kind)
+        return frames, None, {}, fmt
+    if kind == "dicom" or (suffix in DICOM_SUFFIXES and _looks_like_raw_dicom(data)):
+        frames, spacing, meta = _decode_dicom(data, settings)
+        return frames, spacing, meta, "dicom"
+    if suffix in DICOM_SUFFIXES and suffix:
+        raise InvalidScanError("not a readable DICOM file: no DICOM header (DICM) and no recognisable data set")
+    raise InvalidScanError(f"not a readable image: the bytes are not {SUPPORTED}")
 
 
 def read_scan(data: bytes, name: str = "upload", settings: Settings | None = None) -> Scan:

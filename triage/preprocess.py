@@ -1,4 +1,5 @@
-"""Brain crop (seed 000: largest contour, extreme points, margin) and model-input preparation.
+"""Brain crop (largest bright region + nearby scalp pieces, extreme points, margin) and
+model-input preparation.
 
 All arrays are numpy; tensors are made in the model modules.
 """
@@ -8,46 +9,81 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from triage.io import to_uint8
 from triage.records import BrainCrop
 
+# Bump when the crop changes, so caches of cropped training images can be keyed on it.
+# v2: scalp/skull fragments next to the largest component are part of the head (v1 cut them off).
+CROP_VERSION = 2
 
-def find_head_mask(img: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) -> bool mask of the largest bright connected region (the head).
+
+def _as_grey_u8(img: np.ndarray) -> np.ndarray:
+    """Accept what callers actually pass (uint8 grey, RGB, 16-bit, float) and return uint8 (H, W)."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        img = img[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2D greyscale image, got shape {img.shape}")
+    if img.dtype != np.uint8:
+        img = to_uint8(img.astype(np.float32) if img.dtype == bool else img)
+    return np.ascontiguousarray(img)
+
+
+def find_head_mask(img: np.ndarray, join: float = 0.03) -> np.ndarray:
+    """uint8 (H, W) -> bool mask of the head: the largest bright connected region plus the
+    bright regions within ``join`` x the image side of it.
 
     Threshold is relative (half of Otsu, clamped) so dark and bright acquisitions both work;
-    opening removes text annotations and thin lines before the largest contour is taken.
+    opening removes text annotations and thin lines before components are taken. On T1 the
+    bright scalp is often separated from the brain by dark bone and CSF: the nearby pieces
+    keep it in the head, while annotations in the corners stay out.
     """
+    img = _as_grey_u8(img)
+    if img.size == 0:
+        return np.zeros(img.shape, bool)
     blur = cv2.GaussianBlur(img, (5, 5), 0)
     otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     thr = float(np.clip(otsu * 0.5, 8, 60))
     binary = (blur > thr).astype(np.uint8)
-    k = max(3, int(round(min(img.shape) / 100)) | 1)
+    k = max(3, round(min(img.shape) / 100) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel, iterations=2)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
         return np.zeros(img.shape, bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == largest
+    mask = labels == largest
+    if n > 2 and join > 0:
+        d = max(2, round(join * min(img.shape)))
+        near = cv2.dilate(mask.astype(np.uint8),
+                          cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * d + 1, 2 * d + 1)))
+        ids = np.unique(labels[near.astype(bool)])
+        ids = ids[(ids != 0) & (ids != largest)]
+        if ids.size:
+            mask |= np.isin(labels, ids)
+    return mask
 
 
 def crop_brain(img: np.ndarray, margin: float = 0.04) -> BrainCrop:
-    """Crop the head region by the extreme points of its largest contour.
+    """Crop the head region by the extreme points of its mask (:func:`find_head_mask`) plus a margin.
 
     img: uint8 (H, W). Returns the crop and its bbox in ``img`` coordinates; when no head is
     found (blank image) the full image is returned with ``found=False``.
     """
+    img = _as_grey_u8(img)
     h, w = img.shape
     mask = find_head_mask(img)
     area = int(mask.sum())
-    if area < 0.01 * h * w:
-        return BrainCrop(image=img, bbox=(0, 0, w, h), found=False, head_fraction=area / (h * w))
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    c = max(contours, key=cv2.contourArea)
-    x_left, x_right = int(c[:, :, 0].min()), int(c[:, :, 0].max())
-    y_top, y_bottom = int(c[:, :, 1].min()), int(c[:, :, 1].max())
-    mx = int(round(margin * (x_right - x_left + 1)))
-    my = int(round(margin * (y_bottom - y_top + 1)))
+    if h * w == 0 or area < 0.01 * h * w:
+        return BrainCrop(image=img, bbox=(0, 0, w, h), found=False, head_fraction=area / max(h * w, 1))
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    y_top, y_bottom = int(ys[0]), int(ys[-1])
+    x_left, x_right = int(xs[0]), int(xs[-1])
+    mx = round(margin * (x_right - x_left + 1))
+    my = round(margin * (y_bottom - y_top + 1))
     x0, y0 = max(0, x_left - mx), max(0, y_top - my)
     x1, y1 = min(w, x_right + 1 + mx), min(h, y_bottom + 1 + my)
     return BrainCrop(image=img[y0:y1, x0:x1], bbox=(x0, y0, x1, y1), found=True,
@@ -83,7 +119,13 @@ def from_model_output(prob: np.ndarray, crop_shape: tuple[int, int]) -> np.ndarr
 def paste_into_scan(crop_map: np.ndarray, bbox: tuple[int, int, int, int], scan_shape: tuple[int, int],
                     fill: float = 0.0) -> np.ndarray:
     """Place a crop-sized map back into a scan-sized array at ``bbox``."""
-    out = np.full(scan_shape, fill, crop_map.dtype)
-    x0, y0, x1, y1 = bbox
+    x0, y0, x1, y1 = (int(v) for v in bbox)
+    h, w = int(scan_shape[0]), int(scan_shape[1])
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"bbox {bbox} is not inside a scan of shape {(h, w)}")
+    if crop_map.shape[:2] != (y1 - y0, x1 - x0):
+        raise ValueError(f"crop map of shape {crop_map.shape[:2]} does not fit bbox {bbox} "
+                         f"({y1 - y0}x{x1 - x0})")
+    out = np.full((h, w) + crop_map.shape[2:], fill, crop_map.dtype)
     out[y0:y1, x0:x1] = crop_map
     return out

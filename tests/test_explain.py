@@ -1,0 +1,166 @@
+"""Grad-CAM heatmaps on a tiny random classifier: shape/range, hooks, threads, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from triage.explain import EXPLAIN_LOCK, METHODS, explain, explain_to_scan
+from triage.models import build_model
+from triage.records import CLASSES
+
+torch.set_num_threads(1)
+
+META = {"arch": "timm:regnetx_004", "arch_kwargs": {"num_classes": 4, "in_chans": 1},
+        "input_size": 64, "normalization": {"mean": 0.2, "std": 0.25}, "gradcam_layer": "s4"}
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(META)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def crop() -> np.ndarray:
+    """A 48 x 40 uint8 'brain crop' with a bright blob (non-square, to exercise the padding)."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(40, 120, size=(48, 40)).astype(np.uint8)
+    img[10:22, 8:20] = 220
+    return img
+
+
+def forward_hook_count(net: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in net.modules())
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_and_class_gives_unit_map_at_crop_size(net: nn.Module, crop: np.ndarray,
+                                                           method: str) -> None:
+    for cls in CLASSES:
+        heat = explain(net, META, crop, cls, method=method)
+        assert heat.shape == crop.shape and heat.dtype == np.float32
+        assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
+    assert forward_hook_count(net) == 0
+
+
+def test_hooks_removed_and_weights_untouched(net: nn.Module, crop: np.ndarray) -> None:
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    explain(net, META, crop, "glioma")
+    assert forward_hook_count(net) == 0
+    assert all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_works_under_inference_mode_and_frozen_weights(net: nn.Module, crop: np.ndarray) -> None:
+    ref = explain(net, META, crop, "meningioma")
+    net.requires_grad_(False)
+    try:
+        with torch.inference_mode():
+            heat = explain(net, META, crop, "meningioma")
+    finally:
+        net.requires_grad_(True)
+    np.testing.assert_allclose(heat, ref, atol=1e-5)
+
+
+def test_fallback_to_last_conv_when_layer_missing(net: nn.Module, crop: np.ndarray) -> None:
+    meta = {**META, "gradcam_layer": ""}
+    heat = explain(net, meta, crop, "pituitary")
+    assert heat.shape == crop.shape and 0.0 <= heat.min() and heat.max() <= 1.0
+    assert forward_hook_count(net) == 0
+
+
+def test_concurrent_calls_match_sequential(net: nn.Module, crop: np.ndarray) -> None:
+    classes = ("glioma", "no_tumor")
+    expected = {c: explain(net, META, crop, c) for c in classes}
+    results: dict[str, np.ndarray] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(classes))
+
+    def work(cls: str) -> None:
+        try:
+            barrier.wait()
+            for _ in range(3):
+                results[cls] = explain(net, META, crop, cls)
+                assert np.allclose(results[cls], expected[cls], atol=1e-5)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in classes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    for c in classes:
+        assert np.allclose(results[c], expected[c], atol=1e-5)
+    assert not EXPLAIN_LOCK.locked()
+    assert forward_hook_count(net) == 0
+
+
+def test_custom_lock_is_used(net: nn.Module, crop: np.ndarray) -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    out: list[np.ndarray] = []
+    t = threading.Thread(target=lambda: out.append(explain(net, META, crop, "glioma", lock=lock)))
+    t.start()
+    t.join(timeout=0.3)
+    assert t.is_alive() and not out  # waiting for our lock
+    lock.release()
+    t.join(timeout=60)
+    assert len(out) == 1
+
+
+def test_invalid_names_raise(net: nn.Module, crop: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unknown class"):
+        explain(net, META, crop, "astrocytoma")
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        explain(net, META, crop, "glioma", method="scorecam")
+    assert forward_hook_count(net) == 0
+
+
+def test_bad_layer_raises_and_leaves_no_hooks(net: nn.Module, crop: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="gradcam_layer"):
+        explain(net, {**META, "gradcam_layer": "s4.99"}, crop, "glioma")
+    with pytest.raises(ValueError, match="gradcam_layer"):
+        explain(net, {**META, "gradcam_layer": "nope"}, crop, "glioma")
+    assert forward_hook_count(net) == 0
+
+
+def test_exception_inside_cam_propagates_and_releases_hooks(crop: np.ndarray) -> None:
+    class Boom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.conv(x)
+            raise IndexError("boom")  # grad-cam's __exit__ would swallow this
+
+    boom = Boom()
+    with pytest.raises(IndexError, match="boom"):
+        explain(boom, {**META, "gradcam_layer": "conv"}, crop, "glioma")
+    assert forward_hook_count(boom) == 0
+
+
+def test_bad_crop_rejected(net: nn.Module) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        explain(net, META, np.zeros((8, 8), np.float32), "glioma")
+    with pytest.raises(ValueError, match="2D"):
+        explain(net, META, np.zeros((8, 8, 3), np.uint8), "glioma")
+
+
+def test_explain_to_scan_places_crop_map() -> None:
+    heat = np.full((4, 6), 0.5, np.float32)
+    out = explain_to_scan(heat, (2, 3, 8, 7), (10, 12))
+    assert out.shape == (10, 12) and out.dtype == np.float32
+    assert np.all(out[3:7, 2:8] == 0.5) and out.sum() == pytest.approx(0.5 * 24)
+    with pytest.raises(ValueError):
+        explain_to_scan(heat, (0, 0, 5, 4), (10, 12))
+    with pytest.raises(ValueError):
+        explain_to_scan(heat, (8, 0, 14, 4), (10, 12))

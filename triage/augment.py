@@ -1,0 +1,92 @@
+"""Batch augmentation on tensors, built for cross-scanner / cross-sequence robustness.
+
+Geometry (flip, rotation, scale, shift) and resizing are fused into one ``grid_sample``;
+intensity jitter (random monotonic tone curve, gamma, contrast, bias field, blur, noise)
+imitates other scanners and sequences. Input images are float (N, 1, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_affine_grid(n: int, size: int, rot_deg: float, scale: tuple[float, float], shift: float,
+                       hflip_p: float, gen: torch.Generator) -> torch.Tensor:
+    """Sampling grid (N, size, size, 2) for a random rotation/scale/shift/flip per image."""
+    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rot_deg)
+    sc = torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
+    flip = torch.where(torch.rand(n, generator=gen) < hflip_p, -1.0, 1.0)
+    tx = (torch.rand(n, generator=gen) * 2 - 1) * shift
+    ty = (torch.rand(n, generator=gen) * 2 - 1) * shift
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    return F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+
+
+def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Random tone curve, gamma, contrast, bias field, blur and noise; keeps values in [0, 1]."""
+    n = x.shape[0]
+    dev = x.device
+    # Random monotonic piecewise-linear tone curve (5 knots): other sequences/scanners map
+    # tissue intensities differently; a monotonic remap keeps anatomy but changes contrast.
+    knots = torch.sort(torch.rand(n, 4, generator=gen), dim=1).values
+    knots = torch.cat([torch.zeros(n, 1), knots, torch.ones(n, 1)], 1)
+    base = torch.linspace(0, 1, 6).expand(n, 6)
+    curve = base + strength * 0.35 * (knots - base)
+    apply = (torch.rand(n, generator=gen) < 0.5).float().unsqueeze(1)
+    curve = apply * curve + (1 - apply) * base
+    idx = (x.clamp(0, 1) * 5).clamp(max=4.999)
+    lo = idx.floor().long()
+    frac = idx - lo
+    c = curve.to(dev).view(n, 1, 1, 1, 6).expand(-1, *x.shape[1:], 6)
+    v0 = torch.gather(c, -1, lo.unsqueeze(-1)).squeeze(-1)
+    v1 = torch.gather(c, -1, (lo + 1).unsqueeze(-1)).squeeze(-1)
+    x = v0 + frac * (v1 - v0)
+    # Gamma and contrast/brightness.
+    gamma = torch.exp(torch.randn(n, generator=gen) * 0.3 * strength).view(n, 1, 1, 1)
+    x = x.clamp(1e-6, 1) ** gamma
+    contrast = (1 + (torch.rand(n, generator=gen) * 2 - 1) * 0.25 * strength).view(n, 1, 1, 1)
+    bright = ((torch.rand(n, generator=gen) * 2 - 1) * 0.08 * strength).view(n, 1, 1, 1)
+    x = (x - 0.5) * contrast + 0.5 + bright
+    # Smooth multiplicative bias field (coil inhomogeneity).
+    h, w = x.shape[-2:]
+    field = torch.randn(n, 1, 3, 3, generator=gen) * 0.12 * strength
+    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
+    use_field = (torch.rand(n, generator=gen) < 0.4).float().view(n, 1, 1, 1)
+    x = x * (1 + use_field * field)
+    # Blur (thicker slices / lower resolution) or noise.
+    if torch.rand(1, generator=gen).item() < 0.3:
+        sigma = 0.5 + torch.rand(1, generator=gen).item() * 1.0
+        k = torch.arange(-3, 4, dtype=torch.float32)
+        g = torch.exp(-(k**2) / (2 * sigma**2))
+        g = (g / g.sum()).to(dev)
+        x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="reflect"), g.view(1, 1, 1, 7))
+        x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="reflect"), g.view(1, 1, 7, 1))
+    noise_sd = (torch.rand(n, generator=gen) < 0.3).float() * torch.rand(n, generator=gen) * 0.04 * strength
+    x = x + torch.randn(x.shape, generator=gen) * noise_sd.view(n, 1, 1, 1)
+    return x.clamp(0, 1)
+
+
+def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
+                  train: bool = True, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8/float (N, 1, S, S) -> float (N, 1, size, size) in [0, 1] (+ masks resampled the same way)."""
+    x = images.float()
+    if x.max() > 1.5:
+        x = x / 255.0
+    n = x.shape[0]
+    if train:
+        grid = random_affine_grid(n, size, rot_deg=15, scale=(0.85, 1.15), shift=0.06, hflip_p=0.5, gen=gen)
+    else:
+        theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(n, 2, 3)
+        grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mout = None
+    if masks is not None:
+        mout = (F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False) >= 0.5).float()
+    if train:
+        out = intensity_jitter(out, gen, strength)
+    return out, mout

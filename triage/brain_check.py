@@ -1,0 +1,42 @@
+"""Cheap image-level checks that reject inputs which cannot be a brain-MRI slice.
+
+These run before the models and only catch the unambiguous cases (blank, pure noise, colour
+photographs, no head-shaped region). Subtler out-of-distribution inputs are caught by the
+classifier's Mahalanobis score (see :mod:`triage.classify`) and, when extreme, rejected by
+the service.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from triage.records import BrainCrop, Scan
+
+MIN_DYNAMIC_RANGE = 16
+MIN_NEIGHBOUR_CORRELATION = 0.35
+MAX_COLORFULNESS = 25.0
+
+
+def neighbour_correlation(img: np.ndarray) -> float:
+    """Correlation of horizontally adjacent pixels: ~1 for real images, ~0 for white noise."""
+    a = img[:, :-1].astype(np.float32).ravel()
+    b = img[:, 1:].astype(np.float32).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 1.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def not_brain_reason(scan: Scan, crop: BrainCrop) -> str | None:
+    """A sentence saying why ``scan`` is not a brain-MRI slice, or None if it may be one."""
+    img = scan.pixels
+    lo, hi = np.percentile(img, [1, 99])
+    if hi - lo < MIN_DYNAMIC_RANGE:
+        return "not a brain MRI: the image is blank or almost uniform"
+    if neighbour_correlation(img) < MIN_NEIGHBOUR_CORRELATION:
+        return "not a brain MRI: the image looks like random noise"
+    colorfulness = float(scan.meta.get("colorfulness", 0.0) or 0.0)
+    if colorfulness > MAX_COLORFULNESS:
+        return f"not a brain MRI: a colour image (colourfulness {colorfulness:.0f}); MRI slices are greyscale"
+    if not crop.found:
+        return "not a brain MRI: no head region found on a dark background"
+    return None

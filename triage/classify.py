@@ -1,0 +1,64 @@
+"""Calibrated class probabilities and an out-of-distribution score for brain crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from triage.models import LoadedModel
+from triage.preprocess import to_model_input
+from triage.records import CLASSES, Prediction
+
+
+class Classifier:
+    """Wraps a loaded classifier version: temperature-scaled softmax + Mahalanobis OOD score."""
+
+    def __init__(self, model: LoadedModel):
+        meta = model.meta
+        if list(meta.get("classes", CLASSES)) != list(CLASSES):
+            raise ValueError(f"model class order {meta.get('classes')} differs from {list(CLASSES)}")
+        self.model = model
+        self.net = model.net
+        self.size = int(meta["input_size"])
+        self.mean = float(meta["normalization"]["mean"])
+        self.std = float(meta["normalization"]["std"])
+        self.temperature = float(meta.get("temperature", 1.0))
+        ood = meta.get("ood", {})
+        self.ood_threshold = float(ood.get("threshold", float("inf")))
+        self._ood_means = model.extras.get("ood_means")
+        self._ood_precision = model.extras.get("ood_precision")
+
+    def tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """uint8 crops -> normalised float tensor (N, 1, S, S)."""
+        arr = np.stack([to_model_input(c, self.size) for c in crops])
+        return (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
+
+    @torch.inference_mode()
+    def logits_and_scores(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits (N, C) and OOD scores (N,) (min class Mahalanobis distance, higher = stranger)."""
+        x = self.tensor(crops)
+        feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        logits = self.net.get_classifier()(feats) if hasattr(self.net, "get_classifier") else self.net(x)
+        if self._ood_means is None or self._ood_precision is None:
+            scores = torch.zeros(len(crops))
+        else:
+            d = feats[:, None, :] - self._ood_means[None]
+            scores = torch.einsum("ncd,de,nce->nc", d, self._ood_precision, d).min(1).values
+        return logits.float().numpy(), scores.float().numpy()
+
+    def predict(self, crops: list[np.ndarray]) -> list[Prediction]:
+        """Calibrated predictions for a batch of uint8 brain crops."""
+        if not crops:
+            return []
+        logits, scores = self.logits_and_scores(crops)
+        z = logits / self.temperature
+        z = z - z.max(1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(1, keepdims=True)
+        out = []
+        for p, s in zip(probs, scores):
+            i = int(p.argmax())
+            ent = float(-(p * np.log(np.clip(p, 1e-12, 1))).sum() / np.log(len(CLASSES)))
+            out.append(Prediction(probs=p.astype(np.float32), label=CLASSES[i], confidence=float(p[i]),
+                                  entropy=ent, ood_score=float(s), ood=bool(s > self.ood_threshold)))
+        return out

@@ -1,0 +1,211 @@
+"""Command-line entry points, thin over :mod:`triage.service`, :mod:`triage.training_run` and
+:mod:`triage.evaluate`. Run ``python -m triage --help``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from triage import __version__
+
+log = logging.getLogger("triage")
+
+CSV_COLUMNS = ["path", "status", "error", "label", "p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary",
+               "risk", "ood", "flags", "tumor_area_px", "tumor_area_mm2", "mask_path", "frame", "ms"]
+
+
+def iter_inputs(paths: list[str]) -> Iterator[Path]:
+    """Files given directly, and every file under given folders (recursive, sorted, hidden skipped)."""
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts):
+                    yield f
+        else:
+            yield p
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from triage.io import read_path
+    from triage.errors import InvalidScanError
+    from triage.records import CaseResult
+    from triage.service import TriageService, case_row, mask_png
+
+    service = TriageService()
+    service.models()  # load once, fail early with a clear message
+    files = list(iter_inputs(args.paths))
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        print(f"error: no such file or folder: {', '.join(missing[:5])}", file=sys.stderr)
+        return 2
+    masks_dir = Path(args.masks_dir) if args.masks_dir else None
+    if masks_dir:
+        masks_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    counts = {"ok": 0, "rejected": 0}
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        bar = tqdm(total=len(files), unit="file", desc="analyze", disable=args.quiet)
+        for start in range(0, len(files), args.batch_size):
+            batch = files[start:start + args.batch_size]
+            t0 = time.perf_counter()
+            pending: list[tuple[Path, list]] = []
+            for f in batch:
+                try:
+                    pending.append((f, read_path(f, service.settings)))
+                except InvalidScanError as exc:
+                    pending.append((f, [CaseResult(name=f.name, status="rejected", error=str(exc))]))
+            scans = [s for _, items in pending for s in items if not isinstance(s, CaseResult)]
+            analysed = iter(service.analyze_scans(scans, explain=args.explain))
+            ms = (time.perf_counter() - t0) * 1000 / max(1, len(batch))
+            for f, items in pending:
+                for item in items:
+                    result = item if isinstance(item, CaseResult) else next(analysed)
+                    row = case_row(result)
+                    row.update(path=str(f), ms=round(ms, 1), frame="" if result.scan is None or result.scan.frame is None
+                               else result.scan.frame, mask_path="")
+                    seg = result.segmentation
+                    if masks_dir and result.ok and seg is not None and seg.area_px > 0:
+                        suffix = f"_f{result.scan.frame}" if result.scan.frame is not None else ""
+                        mp = masks_dir / f"{f.stem}_{result.scan_id[:8]}{suffix}_mask.png"
+                        mp.write_bytes(mask_png(seg.mask))
+                        row["mask_path"] = str(mp)
+                    writer.writerow(row)
+                    counts[result.status] = counts.get(result.status, 0) + 1
+            fh.flush()
+            bar.update(len(batch))
+        bar.close()
+    print(f"{len(files)} files: {counts.get('ok', 0)} scans analysed, {counts.get('rejected', 0)} rejected -> {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from triage.config import get_settings
+    from triage.models import set_active
+    from triage.training_run import run_training
+
+    settings = get_settings()
+    out = Path(args.out)
+    weights_dir = Path(args.weights_dir) if args.weights_dir else settings.weights_dir
+    run_dir = Path(args.run_dir) if args.run_dir else settings.data_dir / "runs" / f"{args.task}-{out.name}"
+    cache_dir = Path(args.cache_dir) if args.cache_dir else settings.data_dir / "cache"
+    overrides = {k: getattr(args, k) for k in ("epochs", "threads", "time_budget_min", "seed")
+                 if getattr(args, k) is not None}
+    folder = run_training(args.task, Path(args.data), out, preset=args.preset, run_dir=run_dir,
+                          cache_dir=cache_dir, weights_dir=weights_dir, init_from=args.init_from,
+                          progress=not args.quiet, **overrides)
+    print(f"saved {folder}")
+    if args.activate:
+        set_active(folder.parent.parent, args.task, folder.name)
+        print(f"{args.task} version {folder.name} is now active")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from triage.evaluate import run_evaluation
+
+    report = run_evaluation(Path(args.data), Path(args.out), folds=args.folds, limit=args.limit,
+                            progress=not args.quiet)
+    print(report["summary_line"])
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from triage.config import get_settings
+    from triage.models import active_version, list_versions, read_metadata
+
+    wd = get_settings().weights_dir
+    for task in ("classifier", "segmenter"):
+        try:
+            active = active_version(wd, task)
+        except Exception:  # noqa: BLE001 - listing must not fail on an empty folder
+            active = ""
+        for v in list_versions(wd, task):
+            meta = read_metadata(wd, task, v)
+            mark = "*" if v == active else " "
+            print(f"{mark} {task:10s} {v:20s} trained={meta.get('trained', False)} created={meta.get('created', '')}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from triage.config import get_settings
+    from triage.models import set_active
+
+    set_active(get_settings().weights_dir, args.task, args.version)
+    print(f"{args.task} version {args.version} is now active")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m triage", description=(
+        "Brain-MRI triage: classify (no tumor / glioma / meningioma / pituitary), segment, explain and rank "
+        "MRI slices by malignancy risk. A triage aid, not a diagnosis."))
+    p.add_argument("--version", action="version", version=f"triage {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="analyse files or folders and write one CSV row per scan")
+    a.add_argument("paths", nargs="+", help="image/DICOM files or folders (searched recursively)")
+    a.add_argument("--out", required=True, help="CSV file to write")
+    a.add_argument("--masks-dir", help="write predicted tumor masks (0/255 PNG at input resolution) here")
+    a.add_argument("--explain", action="store_true", help="also compute Grad-CAM (slower)")
+    a.add_argument("--batch-size", type=int, default=16, help="files analysed per model batch")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_analyze)
+
+    t = sub.add_parser("train", help="train a classifier or segmenter into a new weights version")
+    t.add_argument("task", choices=["classifier", "segmenter"])
+    t.add_argument("--data", required=True, help="../shared/data (standard recipe) or one dataset folder")
+    t.add_argument("--out", required=True, help="new version folder, e.g. weights/classifier/v2")
+    t.add_argument("--preset", choices=["quick", "full"], default="full")
+    t.add_argument("--run-dir", help="log/checkpoint folder; rerun with the same folder to resume")
+    t.add_argument("--cache-dir", help="where decoded crops are cached")
+    t.add_argument("--weights-dir", help="weights folder (for --init-from)")
+    t.add_argument("--init-from", help="fine-tune from this existing version of the same task")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--time-budget-min", type=float, dest="time_budget_min")
+    t.add_argument("--activate", action="store_true", help="make the new version active when done")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate the active models on a dataset and write a report")
+    e.add_argument("--data", required=True, help="a dataset folder with manifest.csv (e.g. ../shared/data/brisc2025)")
+    e.add_argument("--out", required=True, help="report path (.md; a .json is written beside it)")
+    e.add_argument("--folds", type=int, default=0, help="k-fold cross-validation with the quick preset")
+    e.add_argument("--limit", type=int, help="evaluate a fixed subset of N images")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    v = sub.add_parser("versions", help="list model versions (* = active)")
+    v.set_defaults(func=cmd_versions)
+    pr = sub.add_parser("promote", help="make a model version active")
+    pr.add_argument("task", choices=["classifier", "segmenter"])
+    pr.add_argument("version")
+    pr.set_defaults(func=cmd_promote)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from triage.errors import TriageError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except TriageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

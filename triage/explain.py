@@ -1,0 +1,147 @@
+"""Class-activation heatmaps (Grad-CAM family) for the classifier, via pytorch-grad-cam.
+
+The map is computed on the same model input as a prediction (brain crop -> zero-pad to
+square -> resize to ``meta["input_size"]`` -> ``(x - mean) / std``) and mapped back to the
+crop, then optionally pasted into the full scan with :func:`explain_to_scan`.
+
+Thread safety: the library registers forward hooks on a layer of the (shared) model, so two
+concurrent calls on the same model would record each other's activations. Every call is
+serialised with :data:`EXPLAIN_LOCK` (or the lock passed in). Plain predictions on the same
+model that may run while a heatmap is computed should take the same lock.
+
+Hook clean-up: ``BaseCAM.__exit__`` in grad-cam 1.5.7 prints and *swallows* ``IndexError``
+(e.g. a bad layer index), so the context manager is not used; hooks are released in a
+``try/finally`` and every exception propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from triage.models import resolve_module
+from triage.preprocess import from_model_output, paste_into_scan, to_model_input
+from triage.records import CLASSES
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "eigencam": EigenCAM,  # class-agnostic: first principal component of the activations
+    "layercam": LayerCAM,
+}
+
+# Serialises every heatmap computation on shared models (hooks are not thread-safe).
+EXPLAIN_LOCK = threading.Lock()
+
+# Used only when a model card has no normalisation block (same values as triage.train).
+_DEFAULT_MEAN, _DEFAULT_STD = 0.2, 0.25
+
+
+def explain(net: nn.Module, meta: dict, crop_image: np.ndarray, target_class: str,
+            method: str = "gradcam", lock: threading.Lock | None = None) -> np.ndarray:
+    """Heatmap of the evidence for ``target_class`` in a brain crop.
+
+    net: the classifier (kept in eval mode; its parameters are not changed). meta: its model
+    card (``input_size``, ``normalization``, ``gradcam_layer``). crop_image: uint8 (h, w)
+    brain crop. target_class: one of ``CLASSES``. method: a key of :data:`METHODS`.
+    Returns float32 (h, w) in [0, 1] at the crop's resolution (1 = strongest evidence).
+    Raises ValueError for an unknown class, method or layer, or a bad crop.
+    """
+    cam_cls = _method_class(method)
+    class_index = _class_index(target_class)
+    crop = _check_crop(crop_image)
+    size = int(meta["input_size"])
+    x = _normalised_input(crop, size, meta)
+    with lock or EXPLAIN_LOCK:
+        cam_sq = _run_cam(net, cam_cls, _target_layer(net, meta), x, class_index)
+    heat = from_model_output(cam_sq, crop.shape)
+    return np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0).astype(np.float32)
+
+
+def explain_to_scan(heatmap_crop: np.ndarray, bbox: tuple[int, int, int, int],
+                    scan_shape: tuple[int, int]) -> np.ndarray:
+    """Place a crop heatmap (float (h, w) in [0, 1]) into the scan: float32 (H, W), 0 outside."""
+    heat = np.asarray(heatmap_crop, dtype=np.float32)
+    x0, y0, x1, y1 = bbox
+    if heat.ndim != 2 or heat.shape != (y1 - y0, x1 - x0):
+        raise ValueError(f"heatmap shape {heat.shape} does not match bbox {bbox} "
+                         f"(expected {(y1 - y0, x1 - x0)})")
+    if not (0 <= x0 < x1 <= scan_shape[1] and 0 <= y0 < y1 <= scan_shape[0]):
+        raise ValueError(f"bbox {bbox} is outside the scan of shape {tuple(scan_shape)}")
+    return paste_into_scan(heat, bbox, (int(scan_shape[0]), int(scan_shape[1])), fill=0.0)
+
+
+def _run_cam(net: nn.Module, cam_cls: type[BaseCAM], layer: nn.Module, x: np.ndarray,
+             class_index: int) -> np.ndarray:
+    """Run one CAM on float32 (S, S) input ``x`` with hooks on ``layer`` (always removed).
+
+    Returns float32 (S, S) in [0, 1].
+    """
+    # Grad-CAM needs autograd even when the caller is inside no_grad / inference_mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        cam = cam_cls(model=net, target_layers=[layer])
+        try:
+            # Made here (not under a caller's inference_mode); requires_grad on the input so the
+            # activations get gradients even when the weights are frozen.
+            inp = torch.from_numpy(x)[None, None].to(cam.device).requires_grad_(True)
+            out = cam(input_tensor=inp, targets=[ClassifierOutputTarget(class_index)])
+        finally:
+            cam.activations_and_grads.release()
+            cam.outputs = None
+            net.zero_grad(set_to_none=True)
+    return np.asarray(out[0], dtype=np.float32)
+
+
+def _target_layer(net: nn.Module, meta: dict) -> nn.Module:
+    """The module named by ``meta["gradcam_layer"]``, or the last Conv2d when it is not set."""
+    name = str(meta.get("gradcam_layer") or "").strip()
+    if name:
+        try:
+            return resolve_module(net, name)
+        except (AttributeError, IndexError) as exc:
+            raise ValueError(f"gradcam_layer {name!r} not found in the model: {exc}") from exc
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("model card has no gradcam_layer and the model has no Conv2d layer")
+    log.debug("no gradcam_layer in model card; using the last Conv2d")
+    return convs[-1]
+
+
+def _normalised_input(crop: np.ndarray, size: int, meta: dict) -> np.ndarray:
+    """uint8 (h, w) crop -> float32 (size, size), ``(x / 255 - mean) / std``."""
+    norm = meta.get("normalization") or {}
+    mean = float(norm.get("mean", _DEFAULT_MEAN))
+    std = float(norm.get("std", _DEFAULT_STD))
+    x = (to_model_input(crop, size) - mean) / std
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _method_class(method: str) -> type[BaseCAM]:
+    try:
+        return METHODS[method]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown explanation method {method!r}; expected one of {sorted(METHODS)}") from None
+
+
+def _class_index(target_class: str) -> int:
+    if target_class not in CLASSES:
+        raise ValueError(f"unknown class {target_class!r}; expected one of {CLASSES}")
+    return CLASSES.index(target_class)
+
+
+def _check_crop(crop: np.ndarray) -> np.ndarray:
+    crop = np.asarray(crop)
+    if crop.ndim != 2 or crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise ValueError(f"crop_image must be a non-empty 2D (h, w) array, got shape {crop.shape}")
+    if crop.dtype != np.uint8:
+        raise ValueError(f"crop_image must be uint8, got {crop.dtype}")
+    return crop

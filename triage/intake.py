@@ -1,0 +1,91 @@
+"""Put analysed uploads into the worklist: content-addressed storage + one case row per scan.
+
+Uploaded bytes are written under ``<data_dir>/scans/<sha256>.<ext>``; the user's file name is
+kept only as display text and never used to build a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from triage.records import CaseResult
+from triage.service import TriageService, case_row, mask_png
+from triage.worklist import Worklist
+
+log = logging.getLogger(__name__)
+
+_SAFE_EXT = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm", "mpo": ".jpg"}
+
+
+def display_name(name: str) -> str:
+    """Last path component of an uploaded name, with control characters removed (display only)."""
+    base = PureWindowsPath(PurePosixPath(str(name)).name).name or "upload"
+    return "".join(ch for ch in base if ch.isprintable())[:200] or "upload"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def store_upload(data: bytes, fmt: str, scans_dir: Path) -> Path:
+    """Write bytes under their SHA-256 name (idempotent) and return the path."""
+    digest = hashlib.sha256(data).hexdigest()
+    path = Path(scans_dir) / f"{digest}{_SAFE_EXT.get(fmt, '.bin')}"
+    _atomic_write(path, data)
+    return path
+
+
+def ingest(service: TriageService, worklist: Worklist, data: bytes, name: str,
+           truth_label: str | None = None, truth_mask: bytes | None = None) -> list[CaseResult]:
+    """Analyse one upload and record it: cases for good scans, a rejection entry otherwise.
+
+    Returns the analysis results (one per frame). A scan already in the worklist is not added
+    twice. Truth labels/masks, when given, are attached to the new cases.
+    """
+    shown = display_name(name)
+    results = service.analyze_bytes(data, shown)
+    versions = service.models().versions if any(r.ok for r in results) else {}
+    scans_dir = service.settings.scans_dir
+    for r in results:
+        if not r.ok:
+            worklist.log_rejection(shown, r.error, hashlib.sha256(data).hexdigest() if data else None)
+            continue
+        stored = store_upload(data, r.scan.source_format, scans_dir)
+        mask_path = None
+        if r.segmentation is not None and r.segmentation.area_px > 0:
+            mask_path = scans_dir / f"{r.scan_id}_mask.png"
+            _atomic_write(mask_path, mask_png(r.segmentation.mask))
+        truth_path = None
+        if truth_mask is not None:
+            truth_path = store_upload(truth_mask, "png", scans_dir / "truth")
+        from triage.overlay import thumbnail_png
+
+        row = case_row(r)
+        case = {
+            "scan_id": r.scan_id, "name": shown, "stored_path": str(stored), "label": row["label"],
+            "risk": r.risk, "flags": list(r.flags), "ood": bool(r.prediction.ood),
+            "tumor_area_px": r.segmentation.area_px if r.segmentation else 0,
+            "tumor_area_mm2": r.segmentation.area_mm2 if r.segmentation else None,
+            "mask_path": str(mask_path) if mask_path else None,
+            "thumbnail": thumbnail_png(r.scan.pixels),
+            "classifier_version": versions.get("classifier", ""), "segmenter_version": versions.get("segmenter", ""),
+            "truth_label": truth_label, "truth_mask_path": str(truth_path) if truth_path else None,
+            "frame": r.scan.frame, "ood_score": r.prediction.ood_score,
+            "pixel_spacing": list(r.scan.pixel_spacing) if r.scan.pixel_spacing else None,
+            "dicom": r.scan.meta,
+            **{k: row[k] for k in row if k.startswith("p_")},
+        }
+        worklist.add_case(case)
+    return results

@@ -1,0 +1,62 @@
+"""Tumor mask for a brain crop, mapped back to the scan's resolution."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from triage.metrics import mask_bbox
+from triage.models import LoadedModel
+from triage.preprocess import from_model_output, paste_into_scan, to_model_input
+from triage.records import BrainCrop, Segmentation
+
+
+def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
+    """Drop connected components smaller than ``min_area`` pixels (bool in, bool out)."""
+    if min_area <= 0 or not mask.any():
+        return mask
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    return np.isin(lab, keep)
+
+
+class Segmenter:
+    """Wraps a loaded U-Net version: threshold and minimum component area come from its card."""
+
+    def __init__(self, model: LoadedModel):
+        meta = model.meta
+        self.model = model
+        self.net = model.net
+        self.size = int(meta["input_size"])
+        self.mean = float(meta["normalization"]["mean"])
+        self.std = float(meta["normalization"]["std"])
+        self.threshold = float(meta.get("threshold", 0.5))
+        self.min_area_frac = float(meta.get("min_area_frac", 0.0))
+
+    @torch.inference_mode()
+    def probabilities(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """Tumor probability maps, float32 (h, w) in [0, 1] at each crop's resolution."""
+        if not crops:
+            return []
+        arr = np.stack([to_model_input(c, self.size) for c in crops])
+        x = (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
+        probs = torch.sigmoid(self.net(x)).squeeze(1).numpy()
+        return [from_model_output(p, c.shape[:2]) for p, c in zip(probs, crops)]
+
+    def segment(self, crops: list[BrainCrop], scan_shapes: list[tuple[int, int]],
+                spacings: list[tuple[float, float] | None]) -> list[Segmentation]:
+        """Binary masks at scan resolution with area (px, and mm² when spacing is known) and bbox."""
+        out = []
+        for crop, prob, shape, spacing in zip(crops, self.probabilities([c.image for c in crops]), scan_shapes,
+                                              spacings):
+            m = prob >= self.threshold
+            # min_area_frac is relative to the model's input square; scale to crop pixels.
+            side = max(crop.image.shape[:2])
+            m = remove_small_components(m, self.min_area_frac * side * side)
+            full = paste_into_scan(m, crop.bbox, shape, fill=False)
+            area = int(full.sum())
+            mm2 = float(area * spacing[0] * spacing[1]) if spacing else None
+            out.append(Segmentation(mask=full, area_px=area, area_mm2=mm2, bbox=mask_bbox(full),
+                                    max_prob=float(prob.max()) if prob.size else 0.0))
+        return out

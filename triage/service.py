@@ -1,0 +1,226 @@
+"""The facade the UI and the CLI call: analyse files, explain, store cases, manage model versions.
+
+Models are loaded lazily once per service and reloaded when a task's ``ACTIVE`` pointer
+changes, so a promoted model is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from triage.brain_check import not_brain_reason
+from triage.classify import Classifier
+from triage.config import Settings, get_settings
+from triage.errors import InvalidScanError
+from triage.io import content_id, read_scans
+from triage.models import active_version, load_model, set_active
+from triage.preprocess import crop_brain
+from triage.records import CLASSES, CaseResult, Explanation, Prediction, Scan, Segmentation
+
+log = logging.getLogger(__name__)
+
+# A Mahalanobis score this many times the in-distribution threshold is treated as "not a
+# brain MRI" and rejected; between 1x and this factor the case is kept and flagged 'ood'.
+OOD_REJECT_FACTOR = 3.0
+
+
+@dataclass
+class ModelBundle:
+    classifier: Classifier
+    segmenter: object
+    versions: dict
+    trained: bool
+    pointers: tuple
+
+
+def _pointer_state(weights_dir: Path) -> tuple:
+    state = []
+    for task in ("classifier", "segmenter"):
+        p = Path(weights_dir) / task / "ACTIVE"
+        try:
+            state.append(p.read_text(encoding="utf-8").strip())
+        except OSError:
+            state.append("")
+    return tuple(state)
+
+
+class TriageService:
+    """Thread-safe facade over the pipeline: bytes -> Scan -> crop -> prediction/mask/CAM -> case."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self._lock = threading.Lock()
+        self._cam_lock = threading.Lock()
+        self._bundle: ModelBundle | None = None
+        torch.set_num_threads(max(1, self.settings.torch_threads))
+
+    # ----- models -----------------------------------------------------------------------
+    def models(self) -> ModelBundle:
+        """The active models, loaded once and reloaded when a version is promoted."""
+        wd = self.settings.weights_dir
+        state = _pointer_state(wd)
+        with self._lock:
+            if self._bundle is None or self._bundle.pointers != state:
+                from triage.segment import Segmenter
+
+                cls = load_model(wd, "classifier")
+                seg = load_model(wd, "segmenter")
+                self._bundle = ModelBundle(
+                    classifier=Classifier(cls), segmenter=Segmenter(seg),
+                    versions={"classifier": cls.version, "segmenter": seg.version},
+                    trained=cls.trained and seg.trained, pointers=state)
+                log.info("loaded classifier %s and segmenter %s", cls.version, seg.version)
+            return self._bundle
+
+    def promote(self, task: str, version: str) -> None:
+        """Make ``version`` the active model for ``task`` (atomic; older versions are kept)."""
+        set_active(self.settings.weights_dir, task, version)
+
+    def active_versions(self) -> dict:
+        return {t: active_version(self.settings.weights_dir, t) for t in ("classifier", "segmenter")}
+
+    # ----- analysis ---------------------------------------------------------------------
+    def analyze_bytes(self, data: bytes, name: str, explain: bool = False) -> list[CaseResult]:
+        """Decode and analyse one uploaded file (one result per frame, or one rejected result)."""
+        t0 = time.perf_counter()
+        try:
+            scans = read_scans(data, name, self.settings)
+        except InvalidScanError as exc:
+            return [CaseResult(name=name, status="rejected", scan_id=content_id(data) if data else "",
+                               error=str(exc), flags=("rejected",))]
+        decode_ms = (time.perf_counter() - t0) * 1000 / len(scans)
+        results = self.analyze_scans(scans, explain=explain)
+        return [replace(r, timings_ms={"decode": decode_ms, **r.timings_ms}) for r in results]
+
+    def analyze_path(self, path: str | Path, explain: bool = False) -> list[CaseResult]:
+        p = Path(path)
+        try:
+            size = p.stat().st_size
+            if size > self.settings.max_file_bytes:
+                raise InvalidScanError(
+                    f"file is {size / 1e6:.1f} MB, over the {self.settings.max_file_bytes / 1e6:.0f} MB limit")
+            data = p.read_bytes()
+        except InvalidScanError as exc:
+            return [CaseResult(name=p.name, status="rejected", error=str(exc), flags=("rejected",))]
+        except OSError as exc:
+            return [CaseResult(name=p.name, status="rejected", error=f"cannot read file: {exc.strerror or exc}",
+                               flags=("rejected",))]
+        return self.analyze_bytes(data, p.name, explain=explain)
+
+    def analyze_scans(self, scans: list[Scan], explain: bool = False) -> list[CaseResult]:
+        """Analyse decoded scans as one batch: crop, brain check, classify, segment, reconcile, risk."""
+        from triage.risk import final_risk, triage_flags
+
+        bundle = self.models()
+        n = max(1, len(scans))
+        t = time.perf_counter()
+        crops = [crop_brain(s.pixels) for s in scans]
+        crop_ms = (time.perf_counter() - t) * 1000 / n
+        results: list[CaseResult | None] = [None] * len(scans)
+        keep = []
+        for i, (scan, crop) in enumerate(zip(scans, crops)):
+            reason = not_brain_reason(scan, crop)
+            if reason:
+                results[i] = CaseResult(name=scan.name, status="rejected", scan_id=scan.scan_id, error=reason,
+                                        scan=scan, crop=crop, flags=("rejected", "not_brain"))
+            else:
+                keep.append(i)
+        t = time.perf_counter()
+        preds = bundle.classifier.predict([crops[i].image for i in keep])
+        cls_ms = (time.perf_counter() - t) * 1000 / max(1, len(keep))
+        t = time.perf_counter()
+        segs = bundle.segmenter.segment([crops[i] for i in keep], [scans[i].shape for i in keep],
+                                        [scans[i].pixel_spacing for i in keep])
+        seg_ms = (time.perf_counter() - t) * 1000 / max(1, len(keep))
+        for i, pred, seg in zip(keep, preds, segs):
+            scan, crop = scans[i], crops[i]
+            if pred.ood_score > OOD_REJECT_FACTOR * bundle.classifier.ood_threshold:
+                results[i] = CaseResult(
+                    name=scan.name, status="rejected", scan_id=scan.scan_id, scan=scan, crop=crop, prediction=pred,
+                    error=(f"not a brain MRI: the image is far outside what the model was trained on "
+                           f"(out-of-distribution score {pred.ood_score:.0f}, limit "
+                           f"{OOD_REJECT_FACTOR * bundle.classifier.ood_threshold:.0f})"),
+                    flags=("rejected", "not_brain"))
+                continue
+            seg, disagreement = self.reconcile(pred, seg, crop.image.size)
+            flags = list(triage_flags(pred.probs, pred.ood, disagreement, self.settings.uncertain_below))
+            if not bundle.trained:
+                flags.append("untrained_model")
+            risk = final_risk(pred.probs, tuple(flags), self.settings)
+            results[i] = CaseResult(
+                name=scan.name, status="ok", scan_id=scan.scan_id, scan=scan, crop=crop, prediction=pred,
+                segmentation=seg, risk=risk, flags=tuple(flags),
+                timings_ms={"crop": crop_ms, "classify": cls_ms, "segment": seg_ms})
+        if explain:
+            results = [self.with_explanation(r) if r is not None and r.ok else r for r in results]
+        return [r for r in results if r is not None]
+
+    def reconcile(self, pred: Prediction, seg: Segmentation, crop_area: int) -> tuple[Segmentation, bool]:
+        """Seed 004's rule (segment only when the classifier sees a tumor) plus a disagreement flag.
+
+        Tumor class with an empty mask, or no_tumor with a mask larger than
+        ``disagreement_mask_fraction`` of the brain crop, is a disagreement kept for review.
+        A small mask under a no_tumor prediction is dropped.
+        """
+        tumor_predicted = pred.label != "no_tumor"
+        if tumor_predicted:
+            return seg, seg.area_px == 0
+        if seg.area_px > self.settings.disagreement_mask_fraction * crop_area:
+            return seg, True
+        empty = np.zeros_like(seg.mask)
+        return Segmentation(mask=empty, area_px=0, area_mm2=0.0 if seg.area_mm2 is not None else None,
+                            bbox=None, max_prob=seg.max_prob), False
+
+    def explain(self, result: CaseResult, target_class: str | None = None, method: str = "gradcam") -> Explanation:
+        """Class-activation heatmap at scan resolution for ``target_class`` (default: predicted)."""
+        from triage.explain import explain as run_cam
+        from triage.explain import explain_to_scan
+
+        if result.scan is None or result.crop is None:
+            raise ValueError("this result has no decoded scan to explain")
+        target = target_class or (result.prediction.label if result.prediction else CLASSES[0])
+        if target not in CLASSES:
+            raise ValueError(f"unknown class {target!r}; expected one of {CLASSES}")
+        clf = self.models().classifier
+        cam = run_cam(clf.net, clf.model.meta, result.crop.image, target, method=method, lock=self._cam_lock)
+        heat = explain_to_scan(cam, result.crop.bbox, result.scan.shape)
+        return Explanation(heatmap=heat, target_class=target, method=method)
+
+    def with_explanation(self, result: CaseResult) -> CaseResult:
+        t = time.perf_counter()
+        exp = self.explain(result)
+        return replace(result, explanation=exp,
+                       timings_ms={**result.timings_ms, "gradcam": (time.perf_counter() - t) * 1000})
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """bool (H, W) -> 0/255 single-channel PNG bytes."""
+    ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def case_row(result: CaseResult) -> dict:
+    """Flat dict of a result (CSV / worklist columns; no arrays)."""
+    p = result.prediction
+    seg = result.segmentation
+    row = {
+        "name": result.name, "scan_id": result.scan_id, "status": result.status, "error": result.error,
+        "label": p.label if p else "", "risk": round(result.risk, 4) if result.ok else "",
+        "ood": int(p.ood) if p else "", "ood_score": round(p.ood_score, 2) if p else "",
+        "flags": ";".join(result.flags),
+        "tumor_area_px": seg.area_px if seg else "",
+        "tumor_area_mm2": round(seg.area_mm2, 2) if (seg and seg.area_mm2 is not None) else "",
+    }
+    for i, c in enumerate(CLASSES):
+        row[f"p_{c}"] = round(float(p.probs[i]), 4) if p else ""
+    return row

@@ -1,0 +1,112 @@
+"""One function per training run, shared by the CLI and the retraining page's background process.
+
+``data`` is either the shared data folder (``../shared/data``: the standard leakage-free
+recipe of :mod:`triage.recipe`) or one dataset folder (a ``manifest.csv`` or class folders),
+which is de-duplicated and split stratified 85/15 here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from triage.datasets import (
+    CachedSet,
+    build_cache,
+    dedup_groups,
+    load_manifest,
+    near_duplicate_of,
+    scan_class_folders,
+    stratified_split,
+)
+from triage.errors import DatasetError
+from triage.recipe import CACHE_SIZE, SplitBundle, standard_split, write_split_file
+from triage.train import TrainConfig, train_classifier, train_segmenter
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGES_PER_CLASS = 5
+
+
+def is_shared_root(path: Path) -> bool:
+    return (Path(path) / "brisc2025" / "manifest.csv").is_file()
+
+
+def folder_split(data: Path, cache_dir: Path, seed: int = 0, val_fraction: float = 0.15,
+                 progress: bool = True) -> SplitBundle:
+    """De-duplicate and split one dataset folder (manifest.csv or class folders)."""
+    data = Path(data)
+    notes: list[str] = []
+    if (data / "manifest.csv").is_file():
+        samples = load_manifest(data)
+    else:
+        samples, notes = scan_class_folders(data)
+    samples = [s for s in samples if s.label != "tumor"]
+    if not samples:
+        raise DatasetError(f"no labelled images found in {data}")
+    cache = build_cache(samples, CACHE_SIZE, cache_dir, with_masks=True, progress=progress)
+    keep = dedup_groups(cache.thumbs, cache.sha1s)
+    removed = int((~keep).sum())
+    cache = cache.subset(keep)
+    counts = cache.counts()
+    if len(counts) < 2:
+        raise DatasetError(f"only one class present ({', '.join(counts)}); at least two are needed")
+    small = {k: v for k, v in counts.items() if v < MIN_IMAGES_PER_CLASS}
+    if small:
+        raise DatasetError(f"too few images for {small}; at least {MIN_IMAGES_PER_CLASS} per class are needed")
+    val_sel = stratified_split(cache.labels(), val_fraction, seed)
+    train, val = cache.subset(~val_sel), cache.subset(val_sel)
+    dup = near_duplicate_of(val.thumbs, train.thumbs)
+    val = val.subset(~dup)
+    info = {"recipe": "triage.training_run.folder_split", "source": str(data), "seed": seed,
+            "val_fraction": val_fraction, "duplicates_removed": removed,
+            "val_removed_as_duplicates_of_train": int(dup.sum()), "rejected": cache.rejected[:50],
+            "skipped": notes[:50], "train_counts": train.counts(), "val_counts": val.counts()}
+    return SplitBundle(train, val, info)
+
+
+def _segmentation_subset(s: CachedSet) -> CachedSet:
+    """Images usable for segmentation: those with a mask, plus tumor-free ones (empty mask)."""
+    keep = np.array([(x.mask_path is not None) or x.label == "no_tumor" for x in s.samples], bool)
+    return s.subset(keep)
+
+
+def _limit(s: CachedSet, n: int | None, seed: int) -> CachedSet:
+    if n is None or len(s.samples) <= n:
+        return s
+    sel = stratified_split(s.labels(), n / len(s.samples), seed)
+    return s.subset(sel)
+
+
+def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir: Path | None = None,
+                 cache_dir: Path | None = None, weights_dir: Path | None = None, init_from: str | None = None,
+                 progress: bool = True, **overrides: object) -> Path:
+    """Prepare data, train ``task`` and write the model version folder ``out``. Returns ``out``."""
+    out = Path(out)
+    run_dir = Path(run_dir) if run_dir else out.parent.parent.parent / "runs" / f"{task}-{out.name}"
+    cache_dir = Path(cache_dir) if cache_dir else run_dir.parent / "cache"
+    cfg = TrainConfig.from_preset(task, preset, init_from=init_from, **overrides)
+    if is_shared_root(data):
+        bundle = standard_split(Path(data), cache_dir, seed=cfg.seed, use_sartaj=(task == "classifier"),
+                                progress=progress)
+    else:
+        bundle = folder_split(Path(data), cache_dir, seed=cfg.seed, progress=progress)
+    train, val = bundle.train, bundle.val
+    if task == "segmenter":
+        train, val = _segmentation_subset(train), _segmentation_subset(val)
+        if train.masks is None or not train.masks.any():
+            raise DatasetError("no tumor masks found: the segmenter cannot be trained on this data")
+    train = _limit(train, cfg.max_train_images, cfg.seed)
+    val = _limit(val, None if cfg.max_train_images is None else max(200, cfg.max_train_images // 4), cfg.seed)
+    info = dict(bundle.info)
+    info.update({"used_train": len(train.samples), "used_val": len(val.samples)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    log.info("training %s on %d images (val %d)", task, len(train.samples), len(val.samples))
+    trainer = train_classifier if task == "classifier" else train_segmenter
+    folder = trainer(cfg, train, val, run_dir, out, info, weights_dir=weights_dir, progress=progress)
+    write_split_file(folder, SplitBundle(train, val, info))
+    return folder
