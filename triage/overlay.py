@@ -65,7 +65,7 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4,
 
 def auto_thickness(shape: tuple[int, ...]) -> int:
     """Line thickness in pixels for an image of ``shape``: 1 px per 256 px of the longer side."""
-    return max(1, int(round(max(shape[:2]) / 256)))
+    return max(1, round(max(shape[:2]) / 256))
 
 
 def mask_contour_overlay(image: np.ndarray, mask: np.ndarray, color: Color = PREDICTION_COLOR,
@@ -131,7 +131,7 @@ def thumbnail_png(image: np.ndarray, max_side: int = 128) -> bytes:
     h, w = image.shape[:2]
     scale = min(1.0, int(max_side) / max(h, w))
     if scale < 1.0:
-        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)

@@ -78,11 +78,12 @@ def validate_probs(probs: np.ndarray | Iterable[float]) -> np.ndarray:
 def validate_weights(weights: Mapping[str, float] | None) -> np.ndarray:
     """Risk weights dict (keys exactly ``CLASSES``, values in [0, 1]) -> float64 (4,) array.
 
-    ``None`` means :data:`triage.config.DEFAULT_RISK_WEIGHTS`. Raises ValueError.
+    ``None`` means :data:`triage.config.DEFAULT_RISK_WEIGHTS`. Raises ValueError (TypeError
+    when ``weights`` is not a mapping).
     """
     weights = DEFAULT_RISK_WEIGHTS if weights is None else weights
     if not isinstance(weights, Mapping):
-        raise ValueError(f"risk weights must be a dict keyed by class, got {type(weights).__name__}")
+        raise TypeError(f"risk weights must be a dict keyed by class, got {type(weights).__name__}")
     if set(weights) != set(CLASSES):
         raise ValueError(f"risk weights must have exactly the keys {sorted(CLASSES)}, got {sorted(map(str, weights))}")
     out = np.empty(len(CLASSES), np.float64)
@@ -158,11 +159,11 @@ def describe_policy(settings: Settings) -> str:
         "**Rules**",
         "",
         "- Risk = sum over classes of calibrated probability x weight, clipped to [0, 1].",
-        f"- *uncertain*: top probability < {settings.uncertain_below:.2f}, or tumour probability "
-        f"(1 - p(no_tumor)) between {lo:.2f} and {hi:.2f}.",
-        "- *ood*: the scan looks unlike the training data; *disagreement*: classifier and "
-        "segmenter disagree.",
-        f"- Any flagged case is ranked at risk >= {settings.review_risk_floor:.2f}, so it never "
-        "sinks to the bottom of the worklist.",
+        (f"- *uncertain*: top probability < {settings.uncertain_below:.2f}, or tumour probability "
+         f"(1 - p(no_tumor)) between {lo:.2f} and {hi:.2f}."),
+        ("- *ood*: the scan looks unlike the training data; *disagreement*: classifier and "
+         "segmenter disagree."),
+        (f"- Any flagged case is ranked at risk >= {settings.review_risk_floor:.2f}, so it never "
+         "sinks to the bottom of the worklist."),
         "- A triage ordering aid, not a diagnosis.",
     ])
