@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
 from triage.models import LoadedModel
 from triage.preprocess import to_model_input
 from triage.records import CLASSES, Prediction
+
+
+# Grad-CAM hangs hooks on the shared network while it runs; predictions from other sessions
+# must not pass through those hooks, so both take this lock (see TriageService.explain).
+MODEL_LOCK = threading.RLock()
 
 
 class Classifier:
@@ -37,8 +44,9 @@ class Classifier:
     def logits_and_scores(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits (N, C) and OOD scores (N,) (min class Mahalanobis distance, higher = stranger)."""
         x = self.tensor(crops)
-        feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-        logits = self.net.get_classifier()(feats) if hasattr(self.net, "get_classifier") else self.net(x)
+        with MODEL_LOCK:
+            feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+            logits = self.net.get_classifier()(feats)
         if self._ood_means is None or self._ood_precision is None:
             scores = torch.zeros(len(crops))
         else:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from triage.brain_check import not_brain_reason
-from triage.classify import Classifier
+from triage.classify import MODEL_LOCK, Classifier
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
 from triage.io import content_id, read_scans
@@ -58,7 +58,6 @@ class TriageService:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
         self._lock = threading.Lock()
-        self._cam_lock = threading.Lock()
         self._bundle: ModelBundle | None = None
         torch.set_num_threads(max(1, self.settings.torch_threads))
 
@@ -190,7 +189,7 @@ class TriageService:
         if target not in CLASSES:
             raise ValueError(f"unknown class {target!r}; expected one of {CLASSES}")
         clf = self.models().classifier
-        cam = run_cam(clf.net, clf.model.meta, result.crop.image, target, method=method, lock=self._cam_lock)
+        cam = run_cam(clf.net, clf.model.meta, result.crop.image, target, method=method, lock=MODEL_LOCK)
         heat = explain_to_scan(cam, result.crop.bbox, result.scan.shape)
         return Explanation(heatmap=heat, target_class=target, method=method)
 

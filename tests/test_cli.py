@@ -1,0 +1,74 @@
+"""`python -m triage` end to end on a folder mixing good and bad files."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import draw_synthetic_slice
+from tests.model_fixtures import make_tiny_weights
+from triage import __version__
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(args, env):
+    return subprocess.run([sys.executable, "-m", "triage", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    make_tiny_weights(root / "w")
+    e = dict(os.environ, TRIAGE_WEIGHTS_DIR=str(root / "w"), TRIAGE_DATA_DIR=str(root / "data"),
+             TRIAGE_TORCH_THREADS="1")
+    return e
+
+
+def test_help_and_version(env):
+    r = run_cli(["--help"], env)
+    assert r.returncode == 0 and "analyze" in r.stdout
+    r = run_cli(["--version"], env)
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_analyze_folder_writes_one_row_per_file(tmp_path, env):
+    inp = tmp_path / "in" / "sub"
+    inp.mkdir(parents=True)
+    img, _ = draw_synthetic_slice(shape=(240, 200))
+    cv2.imwrite(str(inp / "good.png"), img)
+    cv2.imwrite(str(inp.parent / "good2.jpg"), img)
+    (inp / "empty.png").write_bytes(b"")
+    (inp / "notes.png").write_text("hello")
+    cv2.imwrite(str(inp / "noise.png"), np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8))
+    out = tmp_path / "results.csv"
+    r = run_cli(["analyze", str(tmp_path / "in"), "--out", str(out), "--masks-dir", str(tmp_path / "masks"),
+                 "--quiet"], env)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 5
+    by_name = {Path(row["path"]).name: row for row in rows}
+    for col in ["path", "status", "error", "label", "p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary",
+                "risk", "ood", "tumor_area_px", "mask_path", "ms"]:
+        assert col in rows[0]
+    assert by_name["good.png"]["status"] == "ok"
+    assert by_name["empty.png"]["status"] == "rejected" and "empty" in by_name["empty.png"]["error"]
+    assert by_name["notes.png"]["status"] == "rejected"
+    assert by_name["noise.png"]["status"] == "rejected" and "noise" in by_name["noise.png"]["error"]
+    for row in rows:
+        if row["mask_path"]:
+            m = cv2.imread(row["mask_path"], cv2.IMREAD_GRAYSCALE)
+            assert m.shape == (240, 200) and set(np.unique(m)) <= {0, 255}
+
+
+def test_misuse_exits_nonzero(tmp_path, env):
+    r = run_cli(["analyze", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv")], env)
+    assert r.returncode == 2
+    r = run_cli(["analyze"], env)
+    assert r.returncode == 2

@@ -1,0 +1,79 @@
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import draw_synthetic_slice
+from triage.datasets import (
+    build_cache,
+    dedup_groups,
+    load_manifest,
+    near_duplicate_of,
+    scan_class_folders,
+    stratified_split,
+    thumbnail_vector,
+)
+from triage.errors import DatasetError
+
+
+def _write(path, img):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+
+
+def test_class_folders_with_aliases_and_masks(tmp_path):
+    for i, folder in enumerate(["notumor", "glioma_tumor", "meningioma", "pituitary_tumor"]):
+        img, mask = draw_synthetic_slice(seed=i, tumor=folder != "notumor")
+        _write(tmp_path / "Training" / folder / f"im{i}.png", img)
+        if folder != "notumor":
+            _write(tmp_path / "masks" / f"im{i}.png", mask.astype(np.uint8) * 255)
+    (tmp_path / "Training" / "glioma_tumor" / "readme.txt").write_text("x")
+    samples, notes = scan_class_folders(tmp_path)
+    labels = sorted(s.label for s in samples)
+    assert labels == ["glioma", "meningioma", "no_tumor", "pituitary"]
+    assert all(s.split == "train" for s in samples)
+    assert sum(s.mask_path is not None for s in samples) == 3
+    assert any("readme.txt" in n for n in notes)
+
+
+def test_manifest_loading_and_unknown_label(tmp_path):
+    img, _ = draw_synthetic_slice()
+    _write(tmp_path / "a.png", img)
+    (tmp_path / "manifest.csv").write_text("path,label\na.png,glioma_tumor\n")
+    s = load_manifest(tmp_path)
+    assert s[0].label == "glioma" and s[0].path.is_file()
+    (tmp_path / "manifest.csv").write_text("path,label\na.png,cat\n")
+    with pytest.raises(DatasetError, match="unknown label"):
+        load_manifest(tmp_path)
+
+
+def test_near_duplicates_found_but_different_slices_kept():
+    a, _ = draw_synthetic_slice(seed=1)
+    noisy = np.clip(a.astype(int) + 3, 0, 255).astype(np.uint8)
+    other, _ = draw_synthetic_slice(seed=2, axes=(60, 100), tumor_center=(180, 90))
+    va, vn, vo = (thumbnail_vector(x) for x in (a, noisy, other))
+    assert near_duplicate_of(np.stack([vn, vo]), np.stack([va])).tolist() == [True, False]
+    keep = dedup_groups(np.stack([va, vn, vo]), ["s1", "s2", "s3"])
+    assert keep.tolist() == [True, False, True]
+    keep = dedup_groups(np.stack([va, vo]), ["same", "same"])
+    assert keep.tolist() == [True, False]
+
+
+def test_stratified_split_is_deterministic_and_balanced():
+    labels = ["a"] * 50 + ["b"] * 30
+    s1 = stratified_split(labels, 0.2, seed=3)
+    assert s1.sum() == 16 and s1[:50].sum() == 10
+    assert (s1 == stratified_split(labels, 0.2, seed=3)).all()
+
+
+def test_build_cache_crops_and_rejects(tmp_path):
+    img, mask = draw_synthetic_slice(shape=(300, 260))
+    _write(tmp_path / "glioma" / "x.png", img)
+    _write(tmp_path / "masks" / "x.png", mask.astype(np.uint8) * 255)
+    (tmp_path / "glioma" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    samples, _ = scan_class_folders(tmp_path)
+    c = build_cache(samples, 64, cache_dir=tmp_path / "cache")
+    assert c.images.shape == (1, 64, 64) and c.masks.shape == (1, 64, 64)
+    assert c.masks[0].any()
+    assert len(c.rejected) == 1 and "broken" in c.rejected[0][0]
+    again = build_cache(samples, 64, cache_dir=tmp_path / "cache")
+    assert (again.images == c.images).all()

@@ -1,0 +1,108 @@
+"""The service facade on tiny random models: statuses, flags, rejection of non-brain input."""
+
+import io
+import socket
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import draw_synthetic_slice
+from tests.model_fixtures import make_tiny_weights
+from triage.config import get_settings
+from triage.records import CLASSES, Prediction, Segmentation
+from triage.service import TriageService, case_row
+
+
+def png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    return buf.tobytes()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("svc")
+    make_tiny_weights(root / "w")
+    return TriageService(get_settings(weights_dir=root / "w", data_dir=root / "data"))
+
+
+def test_synthetic_slice_is_analysed(service):
+    img, _ = draw_synthetic_slice(shape=(300, 280))
+    (r,) = service.analyze_bytes(png(img), "slice.png", explain=True)
+    assert r.status == "ok", r.error
+    assert r.prediction.probs.shape == (4,) and abs(r.prediction.probs.sum() - 1) < 1e-5
+    assert r.segmentation.mask.shape == (300, 280)
+    assert r.explanation.heatmap.shape == (300, 280)
+    assert "untrained_model" in r.flags
+    assert 0.0 <= r.risk <= 1.0
+    row = case_row(r)
+    assert set(f"p_{c}" for c in CLASSES) <= set(row)
+
+
+@pytest.mark.parametrize("kind", ["blank", "noise", "photo"])
+def test_non_brain_inputs_are_rejected(service, kind):
+    rng = np.random.default_rng(0)
+    if kind == "blank":
+        data = png(np.zeros((256, 256), np.uint8))
+    elif kind == "noise":
+        data = png(rng.integers(0, 256, (256, 256), dtype=np.uint8))
+    else:
+        from skimage import data as skdata
+
+        buf = io.BytesIO()
+        Image.fromarray(skdata.astronaut()).save(buf, format="JPEG")
+        data = buf.getvalue()
+    (r,) = service.analyze_bytes(data, f"{kind}.png")
+    assert r.status == "rejected"
+    assert "not a brain MRI" in r.error
+
+
+def test_unreadable_file_gives_reason(service):
+    (r,) = service.analyze_bytes(b"%PDF-1.4 hello", "report.pdf")
+    assert r.status == "rejected" and "PDF" in r.error
+
+
+def test_reconcile_flags_disagreements(service):
+    mask = np.zeros((100, 100), bool)
+    empty = Segmentation(mask=mask, area_px=0, area_mm2=None, bbox=None, max_prob=0.1)
+    big = mask.copy()
+    big[10:60, 10:60] = True
+    large = Segmentation(mask=big, area_px=int(big.sum()), area_mm2=None, bbox=(10, 10, 60, 60), max_prob=0.9)
+    small_m = mask.copy()
+    small_m[0:3, 0:3] = True
+    small = Segmentation(mask=small_m, area_px=9, area_mm2=None, bbox=(0, 0, 3, 3), max_prob=0.6)
+
+    def pred(label):
+        p = np.eye(4, dtype=np.float32)[CLASSES.index(label)]
+        return Prediction(probs=p, label=label, confidence=1.0, entropy=0.0, ood_score=0.0, ood=False)
+
+    assert service.reconcile(pred("glioma"), empty, 10000)[1] is True
+    assert service.reconcile(pred("glioma"), large, 10000)[1] is False
+    seg, flag = service.reconcile(pred("no_tumor"), large, 10000)
+    assert flag is True and seg.area_px > 0
+    seg, flag = service.reconcile(pred("no_tumor"), small, 10000)
+    assert flag is False and seg.area_px == 0
+
+
+def test_pipeline_makes_no_network_calls(service, monkeypatch):
+    """The whole analysis runs with sockets disabled (no downloads, no telemetry)."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    img, _ = draw_synthetic_slice()
+    fresh = TriageService(service.settings)  # reloads the models with the network off
+    (r,) = fresh.analyze_bytes(png(img), "offline.png", explain=True)
+    assert r.status == "ok"
+
+
+def test_promotion_is_picked_up_without_restart(tmp_path):
+    make_tiny_weights(tmp_path / "w", "a", seed=0)
+    make_tiny_weights(tmp_path / "w", "b", seed=1)
+    svc = TriageService(get_settings(weights_dir=tmp_path / "w", data_dir=tmp_path / "d"))
+    assert svc.models().versions["classifier"] == "b"
+    svc.promote("classifier", "a")
+    assert svc.models().versions["classifier"] == "a"
