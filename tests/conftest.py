@@ -86,6 +86,12 @@ def synthetic_slice() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     return draw_synthetic_slice
 
 
+@pytest.fixture
+def corner_text() -> Callable[..., np.ndarray]:
+    """Factory fixture: ``corner_text(img, text=..., corner="tl"|"tr"|"bl"|"br", scale, thickness)``."""
+    return put_corner_text
+
+
 def put_corner_text(img: np.ndarray, text: str = "L R 12/03/2024", corner: str = "tl",
                     scale: float = 0.8, thickness: int = 2) -> np.ndarray:
     """Burn a bright annotation into a corner of a copy of ``img`` (as scanners and PACS do)."""

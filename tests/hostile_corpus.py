@@ -24,12 +24,15 @@ The whole corpus takes well under a second to build and about 1 MB on disk.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import sys
+import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -83,12 +86,23 @@ def png_with_ihdr(width: int, height: int, idat: bytes | None = None, bit_depth:
 
 
 def zero_png_stream(width: int, height: int) -> bytes:
-    """Complete, valid zlib IDAT data for an all-black 8-bit grey image, made row by row."""
-    comp = zlib.compressobj(9)
+    """Complete, valid zlib IDAT data for an all-black 8-bit grey ``width`` x ``height`` image.
+
+    Fast for 100 MP: one block of rows is deflated once, ended by a full flush (which resets
+    the compressor), so its bytes can simply be repeated; header and Adler-32 are added here.
+    """
     row = b"\x00" * (width + 1)  # filter byte + pixels
-    parts = [comp.compress(row) for _ in range(height)]
-    parts.append(comp.flush())
-    return b"".join(parts)
+    rows_per_block = max(1, min(height, 4_000_000 // len(row)))
+    n_blocks, rest = divmod(height, rows_per_block)
+    block = row * rows_per_block
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.compress(row * rest) + comp.flush()
+    adler = 1
+    for _ in range(n_blocks):
+        adler = zlib.adler32(block, adler)
+    adler = zlib.adler32(row * rest, adler)
+    return b"\x78\xda" + deflated * n_blocks + tail + struct.pack(">I", adler & 0xFFFFFFFF)
 
 
 def tiff_with_dims(width: int, height: int) -> bytes:
@@ -190,161 +204,255 @@ def monochrome1_dicom():
 # --------------------------------------------------------------------------- the corpus
 
 
+class CorpusSpec(NamedTuple):
+    name: str
+    expectation: str
+    upload_name: str
+    make: Callable[[], bytes]
+
+
+@functools.cache
+def _base() -> dict[str, object]:
+    """The valid files the corrupt variants start from (built once per process)."""
+    brain = fake_brain(128)
+    grey = Image.fromarray(brain, "L")
+    rgb = Image.fromarray(np.stack([brain, brain, brain], -1), "RGB")
+    return {
+        "brain": brain, "grey": grey, "rgb": rgb,
+        "png": encode(grey, "PNG"), "jpg": encode(rgb, "JPEG", quality=90), "tif": encode(grey, "TIFF"),
+    }
+
+
+@functools.cache
+def _dcm() -> bytes:
+    return dicom_bytes(mr_small())
+
+
+def _b(key: str) -> Any:
+    return _base()[key]
+
+
+def _multipage(n: int, size: int, seeds: bool = True) -> bytes:
+    if seeds:
+        pages = [Image.fromarray(fake_brain(size, seed=s), "L") for s in range(n)]
+    else:
+        pages = [Image.fromarray(np.full((size, size), 100, np.uint8))] * n
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    return buf.getvalue()
+
+
+def _zip_of_png() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("scan.png", _b("png"))
+    return buf.getvalue()
+
+
+def _alpha_variants() -> tuple[np.ndarray, np.ndarray]:
+    brain = _b("brain")
+    alpha = np.full_like(brain, 255)
+    alpha[:, :16] = 0
+    return brain, alpha
+
+
+def _rgba() -> bytes:
+    brain, alpha = _alpha_variants()
+    return encode(Image.fromarray(np.dstack([brain, brain, brain, alpha]), "RGBA"), "PNG")
+
+
+def _la() -> bytes:
+    brain, alpha = _alpha_variants()
+    return encode(Image.fromarray(np.dstack([brain, alpha]), "LA"), "PNG")
+
+
+def _palette_transparency() -> bytes:
+    return encode(_b("grey").convert("P"), "PNG", transparency=0)
+
+
+def _dicom_variant(edit: Callable[[object], None]) -> Callable[[], bytes]:
+    def make() -> bytes:
+        ds = mr_small()
+        edit(ds)
+        return dicom_bytes(ds)
+    return make
+
+
+def _del_pixels(ds: Any) -> None:
+    del ds.PixelData
+
+
+def _set(**attrs: object) -> Callable[[object], None]:
+    def edit(ds: object) -> None:
+        for k, v in attrs.items():
+            setattr(ds, k, v)
+    return edit
+
+
+def _ihdr_bad_crc() -> bytes:
+    data = bytearray(_b("png"))
+    data[29] ^= 0xFF  # last CRC byte of IHDR
+    return bytes(data)
+
+
+def _tiff_ifd_past_eof() -> bytes:
+    data = bytearray(_b("tif"))
+    data[4:8] = struct.pack("<I", 0x7FFFFFF0)
+    return bytes(data)
+
+
+def _ztxt_bomb() -> bytes:
+    ztxt = zlib.compress(b"A" * (8 * 1024 * 1024), 9)  # 8 MB of text behind an 8 kB chunk
+    png = _b("png")
+    return png[:33] + png_chunk(b"zTXt", b"Comment\x00\x00" + ztxt) + png[33:]
+
+
+def _eps_dos() -> bytes:
+    eps_ps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n"
+    return b"\xc5\xd0\xd3\xc6" + struct.pack("<IIIIII", 30, len(eps_ps), 0, 0, 0, 0) + b"\xff\xff" + eps_ps
+
+
+def _random(seed: int, n: int = 4096) -> Callable[[], bytes]:
+    return lambda: np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def _skimage(name: str, fmt: str) -> Callable[[], bytes]:
+    def make() -> bytes:
+        from skimage import data as skdata
+
+        return encode(Image.fromarray(getattr(skdata, name)()), fmt)
+    return make
+
+
+def _flat(value: int) -> bytes:
+    return encode(Image.fromarray(np.full((128, 128), value, np.uint8)), "PNG")
+
+
+def corpus_specs() -> list[CorpusSpec]:
+    """Every corpus entry, cheap to list (bytes are made only by ``spec.make()``)."""
+    specs: list[CorpusSpec] = []
+
+    def add(name: str, make: Callable[[], bytes], expectation: str, upload_name: str | None = None) -> None:
+        assert expectation in EXPECTATIONS, expectation
+        specs.append(CorpusSpec(name, expectation, upload_name or name, make))
+
+    # ---- valid inputs in every supported flavour
+    add("grey8.png", lambda: _b("png"), OK)
+    add("rgb.jpg", lambda: _b("jpg"), OK)
+    add("grey_progressive.jpg", lambda: encode(_b("grey"), "JPEG", quality=85, progressive=True), OK)
+    add("grey16.png", lambda: encode(Image.fromarray(_b("brain").astype(np.uint16) * 257), "PNG"), OK)
+    add("grey16.tif", lambda: encode(Image.fromarray(_b("brain").astype(np.uint16) * 200), "TIFF",
+                                     compression="tiff_adobe_deflate"), OK)
+    add("int16_signed.tif",
+        lambda: encode(Image.fromarray(_b("brain").astype(np.int16) * 8 - 500), "TIFF"), OK)
+    add("float32.tif",
+        lambda: encode(Image.fromarray(_b("brain").astype(np.float32) / 255.0 - 0.3, "F"), "TIFF"), OK)
+    add("rgb.tif", lambda: encode(_b("rgb"), "TIFF", compression="tiff_lzw"), OK)
+    add("rgba.png", _rgba, OK)
+    add("grey_alpha.png", _la, OK)
+    add("palette.png",
+        lambda: encode(_b("rgb").convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG"), OK)
+    add("palette_transparency.png", _palette_transparency, OK)
+    add("bilevel.png", lambda: encode(_b("grey").point(lambda v: 255 if v > 100 else 0).convert("1"), "PNG"), OK)
+    add("cmyk.jpg", lambda: encode(_b("rgb").convert("CMYK"), "JPEG"), OK)
+    add("grey.bmp", lambda: encode(_b("grey"), "BMP"), OK)
+    add("multipage3.tif", lambda: _multipage(3, 96), OK)
+    add("min_side_32.png", lambda: encode(_b("grey").resize((32, 32)), "PNG"), OK)
+    add("mr_small.dcm", _dcm, OK)
+    add("mr_multiframe4.dcm", lambda: dicom_bytes(multiframe_dicom(4)), OK)
+    add("mr_monochrome1.dcm", lambda: dicom_bytes(monochrome1_dicom()), OK)
+    add("mr_no_preamble.dcm", lambda: _dcm()[132:], OK)  # old style: no 128-byte preamble, no DICM
+    add("mr_bad_window.dcm", lambda: patch_element(_dcm(), 0x0028, 0x1050, b"abc "), OK)  # WindowCenter
+    add("mr_bad_spacing.dcm", _dicom_variant(_set(PixelSpacing="0.5")), OK)  # VM 1 instead of 2
+    # wrong or missing extensions: content decides, not the name
+    add("png_named.dcm", lambda: _b("png"), OK)
+    add("jpeg_named.tif", lambda: _b("jpg"), OK)
+    add("dicom_named.png", _dcm, OK)
+    add("png_no_extension", lambda: _b("png"), OK)
+    add("UPPER.PNG", lambda: _b("png"), OK)
+    add("trailing_garbage.png", lambda: _b("png") + b"\x00garbage" * 100, OK)
+    # hostile names
+    add("säule_脑.png", lambda: _b("png"), OK)
+    add("..%2F..%2Fx.png", lambda: _b("png"), OK, upload_name="../../x.png")
+
+    # ---- decodes, but is not a brain (the pipeline's brain check must catch these)
+    add("camera.png", _skimage("camera", "PNG"), NOT_BRAIN)
+    add("astronaut.jpg", _skimage("astronaut", "JPEG"), NOT_BRAIN)
+    add("blank_zero.png", lambda: _flat(0), NOT_BRAIN)
+    add("blank_white.png", lambda: _flat(255), NOT_BRAIN)
+    add("noise.png", lambda: encode(Image.fromarray(
+        np.random.default_rng(1).integers(0, 256, (128, 128), dtype=np.uint8)), "PNG"), NOT_BRAIN)
+
+    # ---- empty / random / non-image content
+    add("empty.png", lambda: b"", REJECTED)
+    add("empty.dcm", lambda: b"", REJECTED)
+    add("empty.jpg", lambda: b"", REJECTED)
+    for seed, ext in enumerate(("png", "jpg", "dcm", "tif")):
+        add(f"random.{ext}", _random(seed), REJECTED)
+    add("nul_bytes.png", lambda: b"\x00" * 2048, REJECTED)
+    add("nul_bytes.dcm", lambda: b"\x00" * 2048, REJECTED)
+    add("text.png", lambda: b"This is not an image, it is a note about the patient.\n" * 20, REJECTED)
+    add("json.dcm", lambda: b'{"PatientName": "Doe^John", "Rows": 512}\n', REJECTED)
+    add("document.pdf",
+        lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
+        REJECTED)
+    add("pdf_named.png", lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n%%EOF", REJECTED)
+    add("page.html",
+        lambda: b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>", REJECTED)
+    add("html_named.jpg", lambda: b"<html><script>alert('x')</script></html>", REJECTED)
+    add("svg_named.png", lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>',
+        REJECTED)
+    add("archive_named.png", _zip_of_png, REJECTED)
+    add("animated.gif", lambda: encode(_b("grey"), "GIF"), REJECTED)  # not a supported format
+    add("eps_binary_named.png", _eps_dos, REJECTED)  # Pillow would hand this to Ghostscript
+
+    # ---- truncated and corrupt images
+    add("png_signature_only.png", lambda: _b("png")[:8], REJECTED)
+    add("png_truncated_header.png", lambda: _b("png")[:40], REJECTED)
+    add("png_truncated_half.png", lambda: _b("png")[: len(_b("png")) // 2], REJECTED)
+    add("png_bad_ihdr_crc.png", _ihdr_bad_crc, REJECTED)
+    add("png_flipped_idat.png", lambda: flip_bytes(_b("png"), 60, len(_b("png")) - 20, 12, seed=3), EITHER)
+    add("jpeg_soi_only.jpg", lambda: b"\xff\xd8", REJECTED)
+    add("jpeg_truncated_half.jpg", lambda: _b("jpg")[: len(_b("jpg")) // 2], REJECTED)
+    add("jpeg_flipped_scan.jpg",
+        lambda: flip_bytes(_b("jpg"), len(_b("jpg")) // 2, len(_b("jpg")) - 4, 8, seed=4), EITHER)
+    add("jpeg_zero_dims.jpg", lambda: jpeg_sof_dims(_b("jpg"), 0, 0), REJECTED)
+    add("tiff_header_only.tif", lambda: _b("tif")[:8], REJECTED)
+    add("tiff_truncated_half.tif", lambda: _b("tif")[: len(_b("tif")) // 2], REJECTED)
+    add("tiff_ifd_past_eof.tif", _tiff_ifd_past_eof, REJECTED)
+    add("tiff_ifd_loop.tif", lambda: tiff_ifd_loop(_b("tif")), EITHER)  # page 1 is fine; must not hang
+    add("dicom_truncated_pixels.dcm", lambda: _dcm()[: len(_dcm()) - 2000], REJECTED)
+    add("dicom_truncated_header.dcm", lambda: _dcm()[:200], REJECTED)
+    add("dicom_magic_then_garbage.dcm", lambda: b"\x00" * 128 + b"DICM" + _random(9, 2048)(), REJECTED)
+    add("dicom_no_pixel_data.dcm", _dicom_variant(_del_pixels), REJECTED)
+    add("dicom_zero_rows.dcm", _dicom_variant(_set(Rows=0)), REJECTED)
+
+    # ---- size attacks
+    add("one_pixel.png", lambda: encode(Image.fromarray(np.full((1, 1), 128, np.uint8)), "PNG"), REJECTED)
+    add("thin_8x512.png", lambda: encode(Image.fromarray(np.full((8, 512), 128, np.uint8)), "PNG"), REJECTED)
+    # 10000 x 10000 = 100 MP > Settings.max_pixels (40 MP): a complete, valid PNG of 100 kB
+    add("huge_10000x10000.png", lambda: png_with_ihdr(10000, 10000, zero_png_stream(10000, 10000)), REJECTED)
+    # 7000 x 7000 = 49 MP: over our 40 MP limit but under Pillow's own bomb warning (89 MP)
+    add("bomb_7000x7000_ihdr.png", lambda: png_with_ihdr(7000, 7000), REJECTED)
+    add("bomb_100000x100000_ihdr.png", lambda: png_with_ihdr(100000, 100000), REJECTED)
+    add("bomb_65500x65500.jpg", lambda: jpeg_sof_dims(_b("jpg"), 65500, 65500), REJECTED)
+    add("bomb_100000x100000.tif", lambda: tiff_with_dims(100000, 100000), REJECTED)
+    add("bomb_65535x65535.dcm", _dicom_variant(_set(Rows=65535, Columns=65535)), REJECTED)
+    add("dicom_100000_frames.dcm", _dicom_variant(_set(NumberOfFrames=100000)), REJECTED)
+    add("tiff_300_pages.tif", lambda: _multipage(300, 32, seeds=False), REJECTED)
+    add("ztxt_bomb.png", _ztxt_bomb, EITHER)  # Pillow caps text chunks; pixels may still decode
+    return specs
+
+
 def build_corpus(dest: Path) -> list[CorpusItem]:
     """Write the hostile corpus into ``dest`` and return ``(path, expectation, upload_name)`` items."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    items: list[CorpusItem] = []
-
-    def add(name: str, data: bytes, expectation: str, upload_name: str | None = None) -> None:
-        assert expectation in EXPECTATIONS, expectation
-        path = dest / name
-        path.write_bytes(data)
-        items.append(CorpusItem(path, expectation, upload_name or name))
-
-    brain = fake_brain(128)
-    grey = Image.fromarray(brain, "L")
-    rgb = Image.fromarray(np.stack([brain, brain, brain], -1), "RGB")
-    png = encode(grey, "PNG")
-    jpg = encode(rgb, "JPEG", quality=90)
-    tif = encode(grey, "TIFF")
-    dcm = dicom_bytes(mr_small())
-
-    # ---- valid inputs in every supported flavour (expectation ok)
-    add("grey8.png", png, OK)
-    add("rgb.jpg", jpg, OK)
-    add("grey_progressive.jpg", encode(grey, "JPEG", quality=85, progressive=True), OK)
-    add("grey16.png", encode(Image.fromarray(brain.astype(np.uint16) * 257), "PNG"), OK)
-    add("grey16.tif", encode(Image.fromarray(brain.astype(np.uint16) * 200), "TIFF",
-                             compression="tiff_adobe_deflate"), OK)
-    add("float32.tif", encode(Image.fromarray(brain.astype(np.float32) / 255.0 - 0.3, "F"), "TIFF"), OK)
-    add("rgb.tif", encode(rgb, "TIFF", compression="tiff_lzw"), OK)
-    alpha = np.full_like(brain, 255)
-    alpha[:, :16] = 0
-    add("rgba.png", encode(Image.fromarray(np.dstack([brain, brain, brain, alpha]), "RGBA"), "PNG"), OK)
-    add("grey_alpha.png", encode(Image.fromarray(np.dstack([brain, alpha]), "LA"), "PNG"), OK)
-    add("palette.png", encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG"), OK)
-    pal_t = grey.convert("P")
-    pal_t.info["transparency"] = 0
-    add("palette_transparency.png", encode(pal_t, "PNG", transparency=0), OK)
-    add("bilevel.png", encode(grey.point(lambda v: 255 if v > 100 else 0).convert("1"), "PNG"), OK)
-    add("cmyk.jpg", encode(rgb.convert("CMYK"), "JPEG"), OK)
-    add("grey.bmp", encode(grey, "BMP"), OK)
-    pages = [Image.fromarray(fake_brain(96, seed=s), "L") for s in range(3)]
-    buf = io.BytesIO()
-    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
-    add("multipage3.tif", buf.getvalue(), OK)
-    add("min_side_32.png", encode(grey.resize((32, 32)), "PNG"), OK)
-    add("mr_small.dcm", dcm, OK)
-    add("mr_multiframe4.dcm", dicom_bytes(multiframe_dicom(4)), OK)
-    add("mr_monochrome1.dcm", dicom_bytes(monochrome1_dicom()), OK)
-    add("mr_no_preamble.dcm", dcm[132:], OK)  # old-style file: no 128-byte preamble, no DICM
-    add("mr_bad_window.dcm", patch_element(dcm, 0x0028, 0x1050, b"abc "), OK)  # WindowCenter 'abc'
-    bad_spacing = mr_small()
-    bad_spacing.PixelSpacing = "0.5"  # VM 1 instead of 2
-    add("mr_bad_spacing.dcm", dicom_bytes(bad_spacing), OK)
-    # wrong or missing extensions: content decides, not the name
-    add("png_named.dcm", png, OK)
-    add("jpeg_named.tif", jpg, OK)
-    add("dicom_named.png", dcm, OK)
-    add("png_no_extension", png, OK)
-    add("UPPER.PNG", png, OK)
-    add("trailing_garbage.png", png + b"\x00garbage" * 100, OK)
-    # hostile names
-    add("säule_脑.png", png, OK)
-    add("..%2F..%2Fx.png", png, OK, upload_name="../../x.png")
-
-    # ---- decodes, but not a brain (the pipeline's brain check must catch these)
-    from skimage import data as skdata
-
-    add("camera.png", encode(Image.fromarray(skdata.camera()), "PNG"), NOT_BRAIN)
-    add("astronaut.jpg", encode(Image.fromarray(skdata.astronaut()), "JPEG", quality=85), NOT_BRAIN)
-    add("blank_zero.png", encode(Image.fromarray(np.zeros((128, 128), np.uint8)), "PNG"), NOT_BRAIN)
-    add("blank_white.png", encode(Image.fromarray(np.full((128, 128), 255, np.uint8)), "PNG"), NOT_BRAIN)
-    noise = np.random.default_rng(1).integers(0, 256, (128, 128), dtype=np.uint8)
-    add("noise.png", encode(Image.fromarray(noise), "PNG"), NOT_BRAIN)
-
-    # ---- empty / random / non-image content (rejected)
-    add("empty.png", b"", REJECTED)
-    add("empty.dcm", b"", REJECTED)
-    add("empty.jpg", b"", REJECTED)
-    rng = np.random.default_rng(7)
-    for ext in ("png", "jpg", "dcm", "tif"):
-        add(f"random.{ext}", rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(), REJECTED)
-    add("nul_bytes.png", b"\x00" * 2048, REJECTED)
-    add("nul_bytes.dcm", b"\x00" * 2048, REJECTED)
-    add("text.png", b"This is not an image, it is a note about the patient.\n" * 20, REJECTED)
-    add("json.dcm", b'{"PatientName": "Doe^John", "Rows": 512}\n', REJECTED)
-    add("document.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
-        REJECTED)
-    add("pdf_named.png", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n%%EOF", REJECTED)
-    add("page.html", b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>", REJECTED)
-    add("html_named.jpg", b"<html><script>alert('x')</script></html>", REJECTED)
-    add("svg_named.png", b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>', REJECTED)
-    zbuf = io.BytesIO()
-    import zipfile
-
-    with zipfile.ZipFile(zbuf, "w") as zf:
-        zf.writestr("scan.png", png)
-    add("archive_named.png", zbuf.getvalue(), REJECTED)
-    add("animated.gif", encode(grey, "GIF"), REJECTED)  # not a supported format
-    eps_ps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n"
-    eps_dos = b"\xc5\xd0\xd3\xc6" + struct.pack("<IIIIII", 30, len(eps_ps), 0, 0, 0, 0) + b"\xff\xff" + eps_ps
-    add("eps_binary_named.png", eps_dos, REJECTED)  # would launch Ghostscript if Pillow opened it
-
-    # ---- truncated and corrupt images
-    add("png_signature_only.png", png[:8], REJECTED)
-    add("png_truncated_header.png", png[:40], REJECTED)
-    add("png_truncated_half.png", png[: len(png) // 2], REJECTED)
-    ihdr_bad_crc = bytearray(png)
-    ihdr_bad_crc[29] ^= 0xFF  # last CRC byte of IHDR
-    add("png_bad_ihdr_crc.png", bytes(ihdr_bad_crc), REJECTED)
-    add("png_flipped_idat.png", flip_bytes(png, 60, len(png) - 20, 12, seed=3), EITHER)
-    add("jpeg_soi_only.jpg", b"\xff\xd8", REJECTED)
-    add("jpeg_truncated_half.jpg", jpg[: len(jpg) // 2], REJECTED)
-    add("jpeg_flipped_scan.jpg", flip_bytes(jpg, len(jpg) // 2, len(jpg) - 4, 8, seed=4), EITHER)
-    add("jpeg_zero_dims.jpg", jpeg_sof_dims(jpg, 0, 0), REJECTED)
-    add("tiff_header_only.tif", tif[:8], REJECTED)
-    add("tiff_truncated_half.tif", tif[: len(tif) // 2], REJECTED)
-    bad_ifd = bytearray(tif)
-    bad_ifd[4:8] = struct.pack("<I", 0x7FFFFFF0)
-    add("tiff_ifd_past_eof.tif", bytes(bad_ifd), REJECTED)
-    add("tiff_ifd_loop.tif", tiff_ifd_loop(tif), EITHER)  # page 1 is fine; the loop must not hang
-    add("dicom_truncated_pixels.dcm", dcm[: len(dcm) - 2000], REJECTED)
-    add("dicom_truncated_header.dcm", dcm[:200], REJECTED)
-    add("dicom_magic_then_garbage.dcm",
-        b"\x00" * 128 + b"DICM" + rng.integers(0, 256, 2048, dtype=np.uint8).tobytes(), REJECTED)
-    no_pixels = mr_small()
-    del no_pixels.PixelData
-    add("dicom_no_pixel_data.dcm", dicom_bytes(no_pixels), REJECTED)
-    zero_rows = mr_small()
-    zero_rows.Rows = 0
-    add("dicom_zero_rows.dcm", dicom_bytes(zero_rows), REJECTED)
-
-    # ---- size attacks
-    add("one_pixel.png", encode(Image.fromarray(np.full((1, 1), 128, np.uint8)), "PNG"), REJECTED)
-    add("thin_8x512.png", encode(Image.fromarray(np.full((8, 512), 128, np.uint8)), "PNG"), REJECTED)
-    # 10000 x 10000 = 100 MP > Settings.max_pixels (40 MP): complete and valid, 100 kB on disk
-    add("huge_10000x10000.png", png_with_ihdr(10000, 10000, zero_png_stream(10000, 10000)), REJECTED)
-    # 7000 x 7000 = 49 MP: over our 40 MP limit but under Pillow's own bomb warning (89 MP)
-    add("bomb_7000x7000_ihdr.png", png_with_ihdr(7000, 7000), REJECTED)
-    add("bomb_100000x100000_ihdr.png", png_with_ihdr(100000, 100000), REJECTED)
-    add("bomb_65500x65500.jpg", jpeg_sof_dims(jpg, 65500, 65500), REJECTED)
-    add("bomb_100000x100000.tif", tiff_with_dims(100000, 100000), REJECTED)
-    bomb_dcm = mr_small()
-    bomb_dcm.Rows, bomb_dcm.Columns = 65535, 65535
-    add("bomb_65535x65535.dcm", dicom_bytes(bomb_dcm), REJECTED)
-    many_frames = mr_small()
-    many_frames.NumberOfFrames = 100000
-    add("dicom_100000_frames.dcm", dicom_bytes(many_frames), REJECTED)
-    small = Image.fromarray(np.full((32, 32), 100, np.uint8))
-    buf = io.BytesIO()
-    small.save(buf, format="TIFF", save_all=True, append_images=[small] * 299)
-    add("tiff_300_pages.tif", buf.getvalue(), REJECTED)
-    ztxt = zlib.compress(b"A" * (8 * 1024 * 1024), 9)  # 8 MB of text behind a 8 kB chunk
-    ztxt_png = png[:33] + png_chunk(b"zTXt", b"Comment\x00\x00" + ztxt) + png[33:]
-    add("ztxt_bomb.png", ztxt_png, EITHER)  # Pillow caps text chunks; pixels may still decode
-
+    items = []
+    for spec in corpus_specs():
+        path = dest / spec.name
+        path.write_bytes(spec.make())
+        items.append(CorpusItem(path, spec.expectation, spec.upload_name))
     return items
 
 

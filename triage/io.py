@@ -1,8 +1,14 @@
 """Decode uploaded bytes into :class:`Scan` objects, refusing anything unsafe or unreadable.
 
-Supported: PNG, JPEG, TIFF (8/16-bit, float, grey/RGB/RGBA/palette, multi-page), BMP and
-DICOM (rescale slope/intercept, VOI window, MONOCHROME1 inversion, PixelSpacing).
-Every failure raises :class:`InvalidScanError` with a sentence a radiologist can act on.
+Supported: PNG, JPEG, TIFF (8/16-bit, signed, float, grey/RGB/RGBA/palette, multi-page), BMP
+and DICOM (rescale slope/intercept, VOI window, MONOCHROME1 inversion, PALETTE COLOR,
+PixelSpacing, multi-frame incl. enhanced per-frame functional groups).
+The format is recognised from the bytes, never from the file name; only Pillow's PNG, JPEG,
+TIFF and BMP plugins ever see upload bytes. Sizes are checked from headers before decoding.
+Colour sources record ``meta["colorfulness"]`` (for the pipeline's brain check); DICOM patient
+identifiers reach ``meta`` only with ``Settings.allow_phi``. Scan names are :func:`safe_name`.
+Every failure raises :class:`InvalidScanError` with a sentence a radiologist can act on; no
+other exception type escapes :func:`read_scans`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ""}
 MAX_FRAMES = 256
+_Frame = tuple[np.ndarray, int | None, dict]  # (uint8 pixels, frame index, per-frame meta)
 # DICOM attributes that are safe to keep; identifiers are added only with allow_phi.
 _SAFE_DICOM_TAGS = ("Modality", "SeriesDescription", "StudyDescription", "BodyPartExamined",
                     "MRAcquisitionType", "SliceThickness", "MagneticFieldStrength", "Manufacturer")
@@ -108,51 +115,81 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
     return data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
+_PERCENTILE_SAMPLE = 2_000_000
+
+
 def to_uint8(arr: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
     """Scale any numeric 2D array to uint8 [0, 255].
 
     With ``window=(center, width)`` a linear DICOM-style window is applied; otherwise uint8
-    passes through and other dtypes are stretched between the 0.5 and 99.5 percentiles.
+    passes through and other dtypes are stretched between the 0.5 and 99.5 percentiles
+    (estimated on a regular subsample of at most ~2 M pixels for big images). NaN and
+    infinities count as background (the lowest finite value).
     """
     arr = np.asarray(arr)
     if arr.dtype == np.uint8 and window is None:
         return arr
-    a = arr.astype(np.float32)
-    if not np.isfinite(a).all():
-        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    a = arr.astype(np.float32)  # always a copy: the arithmetic below works in place
+    finite = np.isfinite(a)
+    if not finite.all():
+        a[~finite] = float(a[finite].min()) if finite.any() else 0.0
     if window is not None:
-        center, width = window
+        center, width = float(window[0]), float(window[1])
         lo, hi = center - width / 2.0, center + width / 2.0
-    else:
-        lo, hi = np.percentile(a, [0.5, 99.5]) if a.size else (0.0, 1.0)
+    elif a.size:
+        sample = a.ravel()[:: max(1, a.size // _PERCENTILE_SAMPLE)]
+        lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
         if hi <= lo:
             lo, hi = float(a.min()), float(a.max())
-    if hi <= lo:
+    else:
+        lo, hi = 0.0, 1.0
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return np.zeros(a.shape, np.uint8)
-    return (np.clip((a - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    a -= np.float32(lo)
+    a /= np.float32(hi - lo)
+    np.clip(a, 0.0, 1.0, out=a)
+    a *= np.float32(255.0)
+    a += np.float32(0.5)
+    return a.astype(np.uint8)
 
 
-def _to_grey(img: Image.Image) -> np.ndarray:
+def colorfulness(rgb: np.ndarray) -> float:
+    """Hasler & Suesstrunk (2003) colourfulness of an (H, W, 3) 0-255 RGB array.
+
+    0 for grey images stored as RGB, ~10-20 for pseudo-colour MRI composites, 40+ for
+    photographs. Big images are measured on a regular subsample of about 1 M pixels.
+    """
+    step = max(1, math.ceil(math.sqrt(rgb.shape[0] * rgb.shape[1] / 1_000_000)))
+    sub = np.asarray(rgb[::step, ::step, :3], dtype=np.float32)
+    r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+
+
+def _to_grey(img: Image.Image) -> tuple[np.ndarray, float | None]:
+    """A Pillow frame -> (uint8 grey pixels, colourfulness or None for non-colour sources)."""
     mode = img.mode
     if mode.startswith("I") or mode == "F":  # I, I;16, I;16B, I;16L, I;16N, I;16S, I;32...
         arr = np.asarray(img)
         if arr.ndim == 3:
             arr = arr[..., 0]
-        return to_uint8(arr)
+        return to_uint8(arr), None
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L")), None
     if mode in ("P", "PA"):
         img = img.convert("RGBA") if ("transparency" in img.info or mode == "PA") else img.convert("RGB")
         mode = img.mode
-    if mode in ("RGBA", "LA", "La", "RGBa"):
-        # Composite over black: transparent areas become background, not white.
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
-        rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-        return to_uint8(rgb @ np.array([0.299, 0.587, 0.114], np.float32), window=(127.5, 255.0))
-    if mode == "1":
-        img = img.convert("L")
-        mode = "L"
-    if mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    return np.asarray(img.convert("L"))
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        # Composite over black: transparent areas become background, not white. (Pillow does
+        # it in 8 bits, without the 16 bytes/pixel float copies a numpy version needs.)
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        rgb = Image.alpha_composite(black, img.convert("RGBA")).convert("RGB")
+        if mode in ("LA", "La"):
+            return np.asarray(rgb.convert("L")), None
+    else:  # RGB, CMYK, YCbCr, LAB, HSV...
+        rgb = img if mode == "RGB" else img.convert("RGB")
+    return np.asarray(rgb.convert("L")), colorfulness(np.asarray(rgb))
 
 
 def _check_dims(h: int, w: int, settings: Settings) -> None:
@@ -193,14 +230,15 @@ def _is_reduced_resolution(frame: Image.Image) -> bool:
         return False
 
 
-def _decode_pil(data: bytes, settings: Settings, kind: str = "image",
-                ) -> tuple[list[tuple[np.ndarray, int | None]], str]:
-    """Decode PNG/JPEG/TIFF/BMP bytes with Pillow into (uint8 frame, frame index) pairs and the format."""
+def _decode_pil(data: bytes, settings: Settings, kind: str = "image") -> tuple[list[_Frame], str]:
+    """Decode PNG/JPEG/TIFF/BMP bytes with Pillow into (uint8 frame, frame index, frame meta)
+    triples and the format name."""
     try:
         with warnings.catch_warnings():
             # Our own limit (_check_dims, before any pixel is decoded) is stricter and names the
             # size; Pillow's DecompressionBombError still guards the >2x-its-limit case.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" etc.: not actionable
             Image.init()  # register every plugin so the ``formats`` allow-list resolves
             img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
             fmt = (img.format or "image").lower()
@@ -209,7 +247,7 @@ def _decode_pil(data: bytes, settings: Settings, kind: str = "image",
             n_frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
             if n_frames > MAX_FRAMES:
                 raise InvalidScanError(f"file has {n_frames} frames; at most {MAX_FRAMES} are accepted")
-            frames: list[tuple[np.ndarray, int | None]] = []
+            frames: list[_Frame] = []
             total = 0
             for i, frame in enumerate(ImageSequence.Iterator(img)):
                 if i >= n_frames:
@@ -221,7 +259,9 @@ def _decode_pil(data: bytes, settings: Settings, kind: str = "image",
                 total += fw * fh
                 _check_total(total, n_frames, settings)
                 frame.load()
-                frames.append((_to_grey(frame), i if n_frames > 1 else None))
+                grey, colour = _to_grey(frame)
+                frame_meta = {} if colour is None else {"colorfulness": round(colour, 2)}
+                frames.append((grey, i if n_frames > 1 else None, frame_meta))
             return frames, fmt
     except InvalidScanError:
         raise
@@ -238,7 +278,7 @@ def _decode_pil(data: bytes, settings: Settings, kind: str = "image",
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__  # one line, no control characters
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -334,7 +374,7 @@ def _dicom_str(value: object) -> str:
     return _CONTROL_CHARS.sub(" ", str(value)).strip()
 
 
-def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[tuple[np.ndarray, int | None]], tuple | None, dict]:
+def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[_Frame], tuple | None, dict]:
     import pydicom
 
     with warnings.catch_warnings():
@@ -360,6 +400,11 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[tuple[np.ndarra
         try:
             arr = np.asarray(ds.pixel_array)
         except Exception as exc:  # pydicom raises many types for missing codecs / short data
+            ts = _safe_get(getattr(ds, "file_meta", None) or {}, "TransferSyntaxUID")
+            if ts is not None and getattr(ts, "is_compressed", False):
+                raise InvalidScanError(
+                    f"DICOM pixel data is compressed as '{getattr(ts, 'name', ts)}', which cannot be decoded "
+                    f"here ({_short(exc, 80)}); export the series uncompressed") from exc
             raise InvalidScanError(
                 f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
         photometric = str(_safe_get(ds, "PhotometricInterpretation") or "").strip().upper()
@@ -372,7 +417,11 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[tuple[np.ndarra
                 raise InvalidScanError(f"DICOM palette cannot be applied ({_short(exc)})") from exc
         spp = int(_finite_float(_safe_get(ds, "SamplesPerPixel")) or 1)
         is_colour = (spp > 1 or photometric == "PALETTE COLOR") and arr.ndim >= 3 and arr.shape[-1] in (3, 4)
+        colour_meta: list[dict] = []
         if is_colour:
+            rgb = arr[..., :3] if arr.ndim == 4 else arr[None, ..., :3]
+            colour_meta = [{"colorfulness": round(colorfulness(to_uint8(f) if f.dtype != np.uint8 else f), 2)}
+                           for f in rgb]
             arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         frames_arr = arr if (n_frames > 1 and arr.ndim == 3) else arr[None, ...]
         invert = photometric == "MONOCHROME1"
@@ -382,7 +431,7 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[tuple[np.ndarra
             img8 = to_uint8(real, None if is_colour else _dicom_window(ds, i))
             if invert:
                 img8 = 255 - img8
-            frames.append((img8, i if n_frames > 1 else None))
+            frames.append((img8, i if n_frames > 1 else None, colour_meta[i] if i < len(colour_meta) else {}))
         spacing = _dicom_spacing(ds)
         tags = _SAFE_DICOM_TAGS + (_PHI_DICOM_TAGS if settings.allow_phi else ())
         meta = {}
@@ -419,12 +468,12 @@ def read_scans(data: bytes, name: str = "upload", settings: Settings | None = No
         raise InvalidScanError(f"file cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
     base = content_id(data)
     scans = []
-    for pixels, frame in frames:
+    for pixels, frame, frame_meta in frames:
         if pixels.ndim != 2:
             raise InvalidScanError(f"unexpected pixel array shape {pixels.shape}")
         sid = base if frame is None else f"{base}-f{frame}"
         scans.append(Scan(scan_id=sid, name=display, pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
-                          pixel_spacing=spacing, source_format=fmt, frame=frame, meta=dict(meta)))
+                          pixel_spacing=spacing, source_format=fmt, frame=frame, meta={**meta, **frame_meta}))
     if not scans:
         raise InvalidScanError("file contains no image frames")
     return scans
