@@ -14,7 +14,9 @@ from triage.records import BrainCrop, Scan
 
 MIN_DYNAMIC_RANGE = 16
 MIN_NEIGHBOUR_CORRELATION = 0.35
-MAX_COLORFULNESS = 25.0
+# Multi-sequence MRI stored as RGB (e.g. TCGA-LGG pre/FLAIR/post) reaches ~65, so only vivid
+# colour is rejected here; colour photographs below this are left to the OOD score.
+MAX_COLORFULNESS = 100.0
 
 
 def neighbour_correlation(img: np.ndarray) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import IMAGE_SUFFIXES, read_path
-from triage.preprocess import crop_brain, pad_to_square
+from triage.preprocess import CROP_VERSION, DEFAULT_CROP, crop_brain, pad_to_square
 from triage.records import CLASSES, normalize_label
 
 log = logging.getLogger(__name__)
@@ -196,11 +196,13 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return m >= 128
 
 
-def prepare_sample(img: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Crop the brain exactly as inference does, pad to square and resize to ``size``."""
-    crop = crop_brain(img)
-    x0, y0, x1, y1 = crop.bbox
-    sq, _ = pad_to_square(crop.image)
+def prepare_sample(img: np.ndarray, mask: np.ndarray | None, size: int,
+                   crop: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Crop the brain exactly as inference does (``crop`` = the model card's crop settings),
+    pad to square and resize to ``size``."""
+    head = crop_brain(img, **(crop or DEFAULT_CROP))
+    x0, y0, x1, y1 = head.bbox
+    sq, _ = pad_to_square(head.image)
     interp = cv2.INTER_AREA if sq.shape[0] > size else cv2.INTER_LINEAR
     out = cv2.resize(sq, (size, size), interpolation=interp)
     mout = None
@@ -211,10 +213,12 @@ def prepare_sample(img: np.ndarray, mask: np.ndarray | None, size: int) -> tuple
 
 
 def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
-                with_masks: bool = True, progress: bool = False) -> CachedSet:
-    """Decode, crop and resize every sample once (cached as .npz keyed by the sample list)."""
+                with_masks: bool = True, progress: bool = False, crop: dict | None = None) -> CachedSet:
+    """Decode, crop and resize every sample once (cached as .npz keyed by samples and crop)."""
+    crop = dict(crop or DEFAULT_CROP)
+    crop_key = "" if crop == {"margin": 0.04, "join": 0.0} else f"|crop{CROP_VERSION}:{sorted(crop.items())}"
     key = hashlib.sha1(("|".join(f"{s.path}:{s.label}:{s.mask_path}" for s in samples)
-                        + f"|{size}|{with_masks}|v2").encode()).hexdigest()[:16]
+                        + f"|{size}|{with_masks}|v2{crop_key}").encode()).hexdigest()[:16]
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"cache_{size}_{key}.npz"
         if cache_file.exists():
@@ -237,7 +241,7 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
             rejected.append((str(s.path), str(exc)))
             keep.append(False)
             continue
-        img, mk = prepare_sample(scan.pixels, m, size)
+        img, mk = prepare_sample(scan.pixels, m, size, crop)
         images.append(img)
         masks.append(mk if mk is not None else np.zeros((size, size), bool))
         thumbs.append(thumbnail_vector(scan.pixels))

@@ -15,6 +15,10 @@ from triage.records import BrainCrop
 # Bump when the crop changes, so caches of cropped training images can be keyed on it.
 # v2: scalp/skull fragments next to the largest component are part of the head (v1 cut them off).
 CROP_VERSION = 2
+# How a model's card describes its crop. Models trained before the card recorded a crop
+# (v1 weights) used v1: only the largest bright region (no nearby scalp pieces).
+DEFAULT_CROP = {"margin": 0.04, "join": 0.03}
+LEGACY_CROP = {"margin": 0.04, "join": 0.0}
 
 
 def _as_grey_u8(img: np.ndarray) -> np.ndarray:
@@ -84,7 +88,7 @@ def _head_mask(img: np.ndarray, join: float) -> np.ndarray:
     return mask
 
 
-def crop_brain(img: np.ndarray, margin: float = 0.04) -> BrainCrop:
+def crop_brain(img: np.ndarray, margin: float = 0.04, join: float = 0.03) -> BrainCrop:
     """Crop the head region by the extreme points of its mask (:func:`find_head_mask`) plus a margin.
 
     img: uint8 (H, W). Returns the crop and its bbox in ``img`` coordinates; when no head is
@@ -92,7 +96,7 @@ def crop_brain(img: np.ndarray, margin: float = 0.04) -> BrainCrop:
     """
     img = _as_grey_u8(img)
     h, w = img.shape
-    mask = find_head_mask(img)
+    mask = find_head_mask(img, join=join)
     area = int(mask.sum())
     if h * w == 0 or area < 0.01 * h * w:
         return BrainCrop(image=img, bbox=(0, 0, w, h), found=False, head_fraction=area / max(h * w, 1))

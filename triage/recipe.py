@@ -49,9 +49,10 @@ def dataset_samples(shared: Path, name: str, split: str | None = None) -> list[S
     return [s for s in samples if split is None or s.split == split]
 
 
-def cached(shared: Path, name: str, split: str | None, cache_dir: Path, progress: bool = True) -> CachedSet:
+def cached(shared: Path, name: str, split: str | None, cache_dir: Path, progress: bool = True,
+           crop: dict | None = None) -> CachedSet:
     return build_cache(dataset_samples(shared, name, split), CACHE_SIZE, cache_dir, with_masks=True,
-                       progress=progress)
+                       progress=progress, crop=crop)
 
 
 def _dup_mask(query: CachedSet, refs: list[CachedSet]) -> np.ndarray:
@@ -71,9 +72,9 @@ class SplitBundle:
 
 
 def standard_split(shared: Path, cache_dir: Path, seed: int = 0, val_fraction: float = 0.12,
-                   use_sartaj: bool = True, progress: bool = True) -> SplitBundle:
+                   use_sartaj: bool = True, progress: bool = True, crop: dict | None = None) -> SplitBundle:
     """Build the training and validation sets described in the module docstring."""
-    brisc_train = cached(shared, "brisc2025", "train", cache_dir, progress)
+    brisc_train = cached(shared, "brisc2025", "train", cache_dir, progress, crop)
     val_sel = stratified_split(brisc_train.labels(), val_fraction, seed)
     train = brisc_train.subset(~val_sel)
     val_cand = brisc_train.subset(val_sel)
@@ -86,7 +87,7 @@ def standard_split(shared: Path, cache_dir: Path, seed: int = 0, val_fraction: f
         "sources": {"brisc2025": {"train": len(train.samples), "val": len(val.samples)}},
     }
     if use_sartaj:
-        extra = cached(shared, "sartaj_brain_tumor_classification", "train", cache_dir, progress)
+        extra = cached(shared, "sartaj_brain_tumor_classification", "train", cache_dir, progress, crop)
         protect = [val, cached(shared, "brisc2025", "test", cache_dir, progress)]
         protect.append(cached(shared, "sartaj_brain_tumor_classification", "test", cache_dir, progress))
         for name in ("navoneel_brain_mri_yes_no", "lgg_kaggle_3m_subset"):

@@ -22,7 +22,8 @@ from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
 from triage.io import content_id, read_scans
 from triage.models import active_version, load_model, set_active
-from triage.preprocess import crop_brain
+from triage.io import safe_name
+from triage.preprocess import LEGACY_CROP, crop_brain
 from triage.records import CLASSES, CaseResult, Explanation, Prediction, Scan, Segmentation
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class TriageService:
     def analyze_bytes(self, data: bytes, name: str, explain: bool = False) -> list[CaseResult]:
         """Decode and analyse one uploaded file (one result per frame, or one rejected result)."""
         t0 = time.perf_counter()
+        name = safe_name(name)
         try:
             scans = read_scans(data, name, self.settings)
         except InvalidScanError as exc:
@@ -121,7 +123,8 @@ class TriageService:
         bundle = self.models()
         n = max(1, len(scans))
         t = time.perf_counter()
-        crops = [crop_brain(s.pixels) for s in scans]
+        crop_cfg = bundle.classifier.model.meta.get("crop", LEGACY_CROP)
+        crops = [crop_brain(s.pixels, **crop_cfg) for s in scans]
         crop_ms = (time.perf_counter() - t) * 1000 / n
         results: list[CaseResult | None] = [None] * len(scans)
         keep = []

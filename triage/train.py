@@ -29,6 +29,7 @@ from triage.datasets import CachedSet
 from triage.errors import TrainingError
 from triage.metrics import classification_report, dice_iou, expected_calibration_error
 from triage.models import build_model, load_model, save_model
+from triage.preprocess import DEFAULT_CROP
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class TrainConfig:
     # True: the LR schedule also follows wall time so the run always ends annealed inside
     # time_budget_min (not bit-reproducible on a busy machine). False: purely step-based.
     schedule_by_time: bool = True
+    # Brain-crop settings used for training; recorded in the model card so inference matches.
+    crop: dict = field(default_factory=lambda: dict(DEFAULT_CROP))
     init_from: str | None = None
     tumor_oversample: float = 1.0
     notes: dict = field(default_factory=dict)
@@ -360,8 +363,8 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
     meta.update({
         "version": Path(out_dir).name, "trained": True, "classes": list(CLASSES),
         "input_size": cfg.input_size, "in_chans": 1, "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
-        "preprocess": "crop_brain (largest contour, extreme points, 4% margin) -> zero-pad to square -> resize",
-        "gradcam_layer": GRADCAM_LAYERS.get(cfg.arch, ""), "temperature": temperature,
+        "preprocess": "crop_brain (head mask, extreme points, margin) -> zero-pad to square -> resize",
+        "crop": cfg.crop, "gradcam_layer": GRADCAM_LAYERS.get(cfg.arch, ""), "temperature": temperature,
         "ood": {"method": "min class Mahalanobis distance on pre-logit features (Ledoit-Wolf)",
                 "threshold": ood_threshold, "threshold_rule": "99.5th percentile of validation scores"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -522,8 +525,8 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
     meta.update({
         "version": Path(out_dir).name, "trained": True, "input_size": cfg.input_size, "in_chans": 1,
         "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
-        "preprocess": "crop_brain (largest contour, extreme points, 4% margin) -> zero-pad to square -> resize",
-        "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"],
+        "preprocess": "crop_brain (head mask, extreme points, margin) -> zero-pad to square -> resize",
+        "crop": cfg.crop, "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"],
         "loss": "MONAI DiceFocalLoss(sigmoid, batch=True, gamma=2)",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train_config": asdict(cfg), "history": history, "best_epoch": best["epoch"],

@@ -36,7 +36,7 @@ def is_shared_root(path: Path) -> bool:
 
 
 def folder_split(data: Path, cache_dir: Path, seed: int = 0, val_fraction: float = 0.15,
-                 progress: bool = True) -> SplitBundle:
+                 progress: bool = True, crop: dict | None = None) -> SplitBundle:
     """De-duplicate and split one dataset folder (manifest.csv or class folders)."""
     data = Path(data)
     notes: list[str] = []
@@ -47,7 +47,7 @@ def folder_split(data: Path, cache_dir: Path, seed: int = 0, val_fraction: float
     samples = [s for s in samples if s.label != "tumor"]
     if not samples:
         raise DatasetError(f"no labelled images found in {data}")
-    cache = build_cache(samples, CACHE_SIZE, cache_dir, with_masks=True, progress=progress)
+    cache = build_cache(samples, CACHE_SIZE, cache_dir, with_masks=True, progress=progress, crop=crop)
     keep = dedup_groups(cache.thumbs, cache.sha1s)
     removed = int((~keep).sum())
     cache = cache.subset(keep)
@@ -91,9 +91,9 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
     cfg = TrainConfig.from_preset(task, preset, init_from=init_from, **overrides)
     if is_shared_root(data):
         bundle = standard_split(Path(data), cache_dir, seed=cfg.seed, use_sartaj=(task == "classifier"),
-                                progress=progress)
+                                progress=progress, crop=cfg.crop)
     else:
-        bundle = folder_split(Path(data), cache_dir, seed=cfg.seed, progress=progress)
+        bundle = folder_split(Path(data), cache_dir, seed=cfg.seed, progress=progress, crop=cfg.crop)
     train, val = bundle.train, bundle.val
     if task == "segmenter":
         train, val = _segmentation_subset(train), _segmentation_subset(val)
