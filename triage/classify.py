@@ -30,6 +30,7 @@ class Classifier:
         self.mean = float(meta["normalization"]["mean"])
         self.std = float(meta["normalization"]["std"])
         self.temperature = float(meta.get("temperature", 1.0))
+        self.tta = bool(meta.get("tta", False))
         ood = meta.get("ood", {})
         self.ood_threshold = float(ood.get("threshold", float("inf")))
         self._ood_means = model.extras.get("ood_means")
@@ -47,6 +48,8 @@ class Classifier:
         with MODEL_LOCK:
             feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
             logits = self.net.get_classifier()(feats)
+            if self.tta:  # mirrored slice; OOD statistics stay on the unmirrored features
+                logits = (logits + self.net(x.flip(-1))) / 2
         if self._ood_means is None or self._ood_precision is None:
             scores = torch.zeros(len(crops))
         else:

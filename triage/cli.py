@@ -120,6 +120,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from triage.calibrate import recalibrate_classifier
+    from triage.config import get_settings
+
+    settings = get_settings()
+    entry = recalibrate_classifier(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache",
+                                   tta=not args.no_tta)
+    print(f"classifier {args.version}: temperature {entry['old_temperature']} -> {entry['temperature']:.3f}, "
+          f"validation ECE {entry['ece_before']:.3f} -> {entry['ece_after']:.3f}, accuracy {entry['val_accuracy']:.3f}")
+    return 0
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from triage.config import get_settings
     from triage.models import active_version, list_versions, read_metadata
@@ -187,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="evaluate a fixed subset of N images")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="re-fit a classifier version's temperature on its validation split")
+    c.add_argument("version")
+    c.add_argument("--data", required=True, help="the shared data folder the version was trained on")
+    c.add_argument("--no-tta", action="store_true", help="calibrate without mirror test-time augmentation")
+    c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("versions", help="list model versions (* = active)")
     v.set_defaults(func=cmd_versions)

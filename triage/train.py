@@ -86,6 +86,9 @@ class TrainConfig:
     schedule_by_time: bool = True
     # Brain-crop settings used for training; recorded in the model card so inference matches.
     crop: dict = field(default_factory=lambda: dict(DEFAULT_CROP))
+    # Test-time augmentation (mean of the slice and its mirror image) for the classifier;
+    # the temperature is fitted on TTA logits so calibration matches inference.
+    tta: bool = True
     init_from: str | None = None
     tumor_oversample: float = 1.0
     notes: dict = field(default_factory=dict)
@@ -169,14 +172,22 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(net: nn.Module, images: np.ndarray, size: int, bs: int = 64) -> np.ndarray:
-    """Logits for cached uint8 crops (N, S, S) resized to ``size`` without augmentation."""
+def predict_logits(net: nn.Module, images: np.ndarray, size: int, bs: int = 64, tta: bool = False) -> np.ndarray:
+    """Logits for cached uint8 crops (N, S, S) resized to ``size`` without augmentation.
+
+    ``tta``: average with the left-right mirrored image (as :class:`triage.classify.Classifier`
+    does when the model card says ``tta``).
+    """
     net.eval()
     out = []
     gen = torch.Generator()
     for i in range(0, len(images), bs):
         x, _ = augment_batch(_to_tensor(images[i:i + bs]), None, size, gen, train=False)
-        out.append(net(_normalize(x)).float())
+        x = _normalize(x)
+        logits = net(x).float()
+        if tta:
+            logits = (logits + net(x.flip(-1)).float()) / 2
+        out.append(logits)
     return torch.cat(out).numpy() if out else np.zeros((0, len(CLASSES)), np.float32)
 
 
@@ -352,7 +363,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
     from safetensors.torch import load_file
     net.load_state_dict(load_file(str(best_path)))
     net = net.to(memory_format=torch.contiguous_format).eval()
-    val_logits = predict_logits(net, val.images, cfg.input_size)
+    val_logits = predict_logits(net, val.images, cfg.input_size, tta=cfg.tta)
     temperature = fit_temperature(val_logits, y_val)
     before = classification_report(y_val, softmax(val_logits))
     after = classification_report(y_val, softmax(val_logits, temperature))
@@ -365,6 +376,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
         "input_size": cfg.input_size, "in_chans": 1, "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
         "preprocess": "crop_brain (head mask, extreme points, margin) -> zero-pad to square -> resize",
         "crop": cfg.crop, "gradcam_layer": GRADCAM_LAYERS.get(cfg.arch, ""), "temperature": temperature,
+        "tta": cfg.tta,
         "ood": {"method": "min class Mahalanobis distance on pre-logit features (Ledoit-Wolf)",
                 "threshold": ood_threshold, "threshold_rule": "99.5th percentile of validation scores"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
