@@ -1,0 +1,379 @@
+"""Training: check new data, retrain in the background, compare with the active model, promote or roll back."""
+
+import uuid
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from triage import compare, importer, jobs
+from triage.errors import TriageError
+from triage.models import TASKS, active_version
+from triage.records import CLASSES
+from triage.ui import state
+from triage.ui.resources import get_worklist, settings
+from triage.ui.widgets import show_flash
+
+SOURCES = {"folder": "Folder on this computer", "zip": "Zip upload", "manifest": "Manifest CSV",
+           "worklist": "Reviewed worklist cases"}
+TASK_TEXT = {"classifier": "Classifier", "segmenter": "Segmenter", "both": "Both"}
+PRESET_TEXT = {"quick": "Quick (about 10 minutes per model)", "full": "Full (up to about 70 minutes per model)"}
+INIT_TEXT = {"finetune": "Fine-tune the current model", "scratch": "Start from scratch"}
+PHASE_TEXT = {"preparing": "Preparing data and loading the trainer", "training": "Training",
+              "finishing": "Calibrating and saving the new version", "cancelling": "Cancelling",
+              "done": "Finished", "failed": "Failed", "cancelled": "Cancelled"}
+RUN_PICK = state.keyed(state.TRAIN_RUN, "pick")
+VERSION_PICK = state.keyed(state.TRAIN_RUN, "version")
+MARGIN = {"t": 40, "b": 30, "l": 30, "r": 10}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating…"
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min {s:02d} s"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or pd.isna(x) else f"{x * 100:.1f}%"
+
+
+def _error(exc: BaseException) -> None:
+    if isinstance(exc, (TriageError, ValueError)):
+        st.error(str(exc), icon=":material/error:")
+    else:
+        st.error(f"Unexpected error ({type(exc).__name__}): {exc}", icon=":material/error:")
+
+
+# ----- data check -----------------------------------------------------------------------------
+
+def _check_value(source: str) -> object:
+    """What the importer needs for ``source``, or raise ValueError with what is missing."""
+    if source == "folder":
+        value = (st.session_state.get(state.TRAIN_FOLDER) or "").strip()
+    elif source == "manifest":
+        value = (st.session_state.get(state.TRAIN_MANIFEST) or "").strip()
+    elif source == "zip":
+        upload = st.session_state.get(state.TRAIN_ZIP)
+        value = upload.getvalue() if upload is not None else None
+    else:
+        value = get_worklist().reviewed_cases()
+    if value is None or value == "":
+        raise ValueError(f"{SOURCES[source]}: nothing given yet")
+    return value
+
+
+@st.fragment(run_every=1)
+def _check_progress(key: str) -> None:
+    status, _ = jobs.BACKGROUND.state(key)
+    if status != "running":
+        st.rerun()
+    done, total = jobs.BACKGROUND.progress(key)
+    st.progress(done / total if total else 0.0, text=f"Checking images… {done}/{total}")
+
+
+def _check_state() -> str:
+    """State of this session's data check; a finished one is moved into the session.
+
+    A failed check is kept (and its error shown) until the next check replaces it.
+    """
+    key = st.session_state[state.TRAIN_CHECK]
+    if not key:
+        return "missing"
+    status, value = jobs.BACKGROUND.state(key)
+    if status in ("done", "missing"):
+        jobs.BACKGROUND.forget(key)
+        st.session_state[state.TRAIN_CHECK] = None
+        if status == "done":
+            st.session_state[state.TRAIN_SUMMARY] = value.to_dict()
+    return status
+
+
+def _data_check(task: str, status: str) -> importer.ImportSummary | None:
+    key = st.session_state[state.TRAIN_CHECK]
+    if status == "failed":
+        _error(jobs.BACKGROUND.state(key)[1])
+    elif status == "running":
+        _check_progress(key)
+    if not st.session_state[state.TRAIN_SUMMARY]:
+        return None
+    summary = importer.recheck(importer.ImportSummary.from_dict(st.session_state[state.TRAIN_SUMMARY]), task)
+    st.markdown(f"**Checked data** from {summary.source}: {summary.total} images, {summary.masks} masks")
+    st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
+    c = st.columns(4)
+    c[0].metric("Duplicates removed", summary.exact_duplicates + summary.near_duplicates,
+                help="exact copies (same bytes) and near duplicates (64×64 thumbnail cosine ≥ 0.99)")
+    c[1].metric("Files rejected", len(summary.rejected))
+    c[2].metric("Files skipped", len(summary.skipped))
+    c[3].metric("Masks dropped", len(summary.mask_mismatches))
+    for problem in summary.problems:
+        st.error(f"Cannot train: {problem}", icon=":material/block:")
+    for warning in summary.warnings:
+        st.warning(warning)
+    lists = [("Rejected files", [f"{n}: {r}" for n, r in summary.rejected]), ("Skipped files", summary.skipped),
+             ("Duplicates removed", summary.duplicates), ("Mask problems", summary.mask_mismatches)]
+    for title, items in lists:
+        if items:
+            with st.expander(f"{title} ({len(items)})"):
+                st.text("\n".join(items[:500]) + ("\n…" if len(items) > 500 else ""))
+    return summary
+
+
+# ----- charts -----------------------------------------------------------------------------------
+
+def _curves(status: jobs.JobStatus) -> None:
+    left, right = st.columns(2)
+    loss = go.Figure()
+    if status.steps:
+        loss.add_scatter(x=[s["step"] for s in status.steps], y=[s["loss"] for s in status.steps],
+                         mode="lines+markers", name="training loss (batches)")
+    spe = status.total_steps / max(1, status.total_epochs) if status.total_steps else 1
+    for key, name in (("train_loss", "training loss (epoch)"), ("val_loss", "validation loss")):
+        pts = [(spe * (e["epoch"] + 1), e[key]) for e in status.epochs if key in e]
+        if pts:
+            loss.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name)
+    loss.update_layout(title="Loss", xaxis_title="batch", height=300, margin=MARGIN)
+    left.plotly_chart(loss, width="stretch")
+    val = go.Figure()
+    keys = sorted({k for e in status.epochs for k in e if k.startswith("val_") and k != "val_loss"})
+    for key in keys:
+        val.add_scatter(x=[e["epoch"] + 1 for e in status.epochs], y=[e.get(key) for e in status.epochs],
+                        mode="lines+markers", name=key[4:].replace("_", " "))
+    val.update_layout(title="Validation", xaxis_title="epoch", yaxis_range=[0, 1], height=300,
+                      margin=MARGIN)
+    right.plotly_chart(val, width="stretch")
+
+
+def _confusion(cm: list, title: str) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=cm, x=list(CLASSES), y=list(CLASSES), colorscale="Blues", showscale=False,
+                               text=cm, texttemplate="%{text}"))
+    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="truth", yaxis_autorange="reversed",
+                      height=320, margin=MARGIN)
+    return fig
+
+
+# ----- runs -----------------------------------------------------------------------------------
+
+@st.fragment(run_every=2)
+def _live(job_id: str) -> None:
+    cfg = settings()
+    job = jobs.load_job(cfg, job_id)
+    status = jobs.job_status(cfg, job)
+    if not status.running:
+        st.rerun()
+    text = PHASE_TEXT.get(status.phase, status.phase)
+    if status.total_steps:
+        text += f" — batch {status.step}/{status.total_steps}, epoch {status.epoch}/{status.total_epochs}"
+    st.progress(status.fraction, text=text)
+    c = st.columns(3)
+    c[0].metric("Elapsed", _duration(status.elapsed_s))
+    c[1].metric("Remaining", _duration(status.eta_s) if status.phase == "training" else "–")
+    c[2].metric("Version being trained", job.version)
+    if status.steps or status.epochs:
+        _curves(status)
+    if status.phase != "cancelling" and st.button("Cancel training", key=state.keyed(state.TRAIN_RUN, "cancel", job_id)):
+        jobs.cancel(cfg, job)
+        st.rerun()
+
+
+@st.fragment(run_every=2)
+def _comparison_progress(key: str) -> None:
+    if jobs.BACKGROUND.state(key)[0] != "running":
+        st.rerun()
+    done, total = jobs.BACKGROUND.progress(key)
+    st.progress((done + 0.5) / total if total else 0.05,
+                text="Comparing the new version with the active one on held-out images…")
+
+
+def _comparison(cfg, job: jobs.Job, active: str) -> None:
+    saved = compare.saved_comparison(job.run_dir, active, job.version)
+    if saved is None:
+        key = f"compare-{job.job_id}-{active}"
+        status, value = jobs.BACKGROUND.state(key)
+        if status == "missing":
+            jobs.BACKGROUND.submit(key, compare.compare_run, cfg, job.task, job.version, job.data, job.run_dir)
+            status = "running"
+        if status == "running":
+            _comparison_progress(key)
+            return
+        if status == "failed":
+            st.error(f"The comparison failed: {value}")
+            if st.button("Retry comparison", key=state.keyed(state.TRAIN_RUN, "retry", job.job_id)):
+                jobs.BACKGROUND.forget(key)
+                st.rerun()
+            return
+        saved = value
+    st.markdown(f"**New `{job.version}` vs active `{active}`** on {saved['n']} held-out images "
+                f"({saved.get('source', '')})")
+    rows = [{"metric": r["metric"],
+             "active": _pct(r["active"]) if r["metric"] != "rejected by the pipeline" else r["active"],
+             "new": _pct(r["new"]) if r["metric"] != "rejected by the pipeline" else r["new"],
+             "": {True: "better", False: "worse", None: ""}[r["better"]]} for r in saved["rows"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    for note in saved.get("notes", []):
+        st.caption(note)
+    cms = [(side, saved["reports"][side].get("classification", {}).get("confusion_matrix")) for side in ("active", "new")]
+    if all(cm for _, cm in cms):
+        cols = st.columns(2)
+        for col, (side, cm) in zip(cols, cms):
+            col.plotly_chart(_confusion(cm, f"{side} ({active if side == 'active' else job.version})"),
+                             width="stretch")
+
+
+def _run_panel(cfg, job: jobs.Job) -> None:
+    status = jobs.job_status(cfg, job)
+    started = job.started[:16].replace("T", " ")
+    st.caption(f"{job.task} · preset {job.preset} · "
+               f"{'fine-tuned from ' + job.init_from if job.init_from else 'from scratch'} · started {started} UTC "
+               f"· data {job.data}")
+    if status.running:
+        _live(job.job_id)
+        return
+    if status.phase == "failed":
+        st.error(f"Training failed: {status.error}. The active model was not changed.", icon=":material/error:")
+        with st.expander("Log"):
+            st.code("\n".join(jobs.log_tail(job.run_dir, 60)) or "(empty)")
+        return
+    if status.phase == "cancelled":
+        st.info("Training was cancelled. The active model was not changed and no new version was kept.")
+        return
+    result = status.result
+    summary = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in result.items()
+                        if k.startswith(("val_", "ece")) and isinstance(v, float))
+    st.success(f"Finished in {_duration(status.elapsed_s)}: new {job.task} version `{job.version}` ({summary}).")
+    if status.steps or status.epochs:
+        with st.expander("Training curves"):
+            _curves(status)
+    try:
+        active = active_version(cfg.weights_dir, job.task)
+    except TriageError as exc:
+        _error(exc)
+        return
+    if active == job.version:
+        st.success(f"`{job.version}` is the active {job.task}.")
+        return
+    _comparison(cfg, job, active)
+    if st.button(f"Promote {job.version} to active {job.task}", type="primary",
+                 key=state.keyed(state.TRAIN_RUN, "promote", job.job_id)):
+        try:
+            compare.promote(cfg, job.task, job.version)
+        except TriageError as exc:
+            _error(exc)
+        else:
+            state.flash("success", f"{job.task} `{job.version}` is now active (previous: `{active}`).")
+            st.rerun()
+
+
+def _job_label(job_id: str, by_id: dict) -> str:
+    j = by_id[job_id]
+    return f"{j.task} {j.version} (started {j.started[:10]} {j.started[11:16]} UTC)"
+
+
+# ----- page ---------------------------------------------------------------------------------------
+
+state.init_state()
+cfg = settings()
+st.title("Training")
+st.caption("Retrain the classifier or the segmenter on new data. A run writes a new model version beside the "
+           "active one and never replaces it: nothing changes for readers until you promote the new version.")
+show_flash()
+
+st.subheader("1. Training data")
+source = st.radio("Source", list(SOURCES), format_func=SOURCES.get, key=state.TRAIN_SOURCE, horizontal=True)
+if source == "folder":
+    st.text_input("Folder on this computer", key=state.TRAIN_FOLDER, placeholder="/path/to/dataset",
+                  help="One folder per class (glioma, meningioma, no_tumor, pituitary; aliases such as notumor "
+                       "or glioma_tumor work), optional masks/ with the same file names, or a manifest.csv.")
+elif source == "zip":
+    st.file_uploader("Zip archive", type=["zip"], key=state.TRAIN_ZIP,
+                     help="The same layout as a folder: class folders and optional masks/, or a manifest.csv.")
+elif source == "manifest":
+    st.text_input("Manifest CSV", key=state.TRAIN_MANIFEST, placeholder="/path/to/manifest.csv",
+                  help="Columns path,label[,mask_path] with paths relative to the CSV; test-split rows are left "
+                       "out for evaluation.")
+else:
+    st.caption("Cases a reviewer confirmed or corrected, with the reviewer's label (and ground-truth mask if any).")
+task = st.radio("Model to train", list(TASK_TEXT), format_func=TASK_TEXT.get, key=state.TRAIN_TASK,
+                horizontal=True)
+check_status = _check_state()
+if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disabled=check_status == "running"):
+    try:
+        value = _check_value(source)
+    except (ValueError, TriageError) as exc:
+        _error(exc)
+    else:
+        if st.session_state[state.TRAIN_CHECK]:
+            jobs.BACKGROUND.forget(st.session_state[state.TRAIN_CHECK])
+        previous = st.session_state[state.TRAIN_SUMMARY]
+        if previous and previous["dataset_dir"] not in {j.data for j in jobs.list_jobs(cfg)}:
+            importer.discard(previous["dataset_dir"], cfg)  # an unused earlier check of this session
+        check_key = f"import-{uuid.uuid4().hex}"
+        check_status = "running"
+        st.session_state[state.TRAIN_SUMMARY] = None
+        st.session_state[state.TRAIN_CHECK] = check_key
+        jobs.BACKGROUND.submit(check_key, importer.import_source, source, value, task, cfg)
+summary = _data_check(task, check_status)
+
+st.subheader("2. Train")
+init = st.radio("Start from", list(INIT_TEXT), format_func=INIT_TEXT.get, key=state.TRAIN_INIT, horizontal=True)
+preset = st.radio("Preset", list(PRESET_TEXT), format_func=PRESET_TEXT.get, key=state.TRAIN_PRESET,
+                  horizontal=True)
+with st.expander("Advanced"):
+    epochs = st.number_input("Epochs (0 = the preset's)", 0, 200, 0, key=state.TRAIN_EPOCHS)
+    budget = st.number_input("Time budget per model in minutes (0 = the preset's)", 0.0, 600.0, 0.0, step=1.0,
+                             key=state.TRAIN_BUDGET)
+ready = summary is not None and summary.ok
+if st.button("Start training", type="primary", disabled=not ready, key=state.keyed(state.TRAIN_RUN, "start"),
+             help=None if ready else "Check data without problems first."):
+    overrides = {"epochs": int(epochs) or None, "time_budget_min": float(budget) or None}
+    try:
+        started = jobs.start_jobs(cfg, task, summary.dataset_dir, preset, init == "finetune", overrides)
+    except (TriageError, ValueError) as exc:
+        _error(exc)
+    else:
+        st.session_state[state.TRAIN_RUN] = started[0].job_id
+        st.session_state[RUN_PICK] = started[0].job_id
+        state.flash("info", "Training started in the background; you can close this tab and come back later.")
+        st.rerun()
+
+st.subheader("3. Runs")
+all_jobs = jobs.list_jobs(cfg)[:30]
+if not all_jobs:
+    st.caption("No training runs yet.")
+else:
+    by_id = {j.job_id: j for j in all_jobs}
+    running = [j for j in all_jobs if not j.finished and jobs.job_status(cfg, j).running]
+    if running:
+        st.info(f"{len(running)} run(s) in progress: " + ", ".join(f"{j.task} {j.version}" for j in running))
+    if st.session_state.get(RUN_PICK) not in by_id:
+        st.session_state[RUN_PICK] = (st.session_state[state.TRAIN_RUN] if st.session_state[state.TRAIN_RUN] in by_id
+                                      else (running or all_jobs)[0].job_id)
+    picked = st.selectbox("Run", list(by_id), format_func=lambda j: _job_label(j, by_id), key=RUN_PICK)
+    st.session_state[state.TRAIN_RUN] = picked
+    _run_panel(cfg, by_id[picked])
+
+st.subheader("4. Model versions")
+st.caption("Any version can be made active again (rollback); the change is atomic and picked up by the next analysis.")
+for t in TASKS:
+    rows = compare.versions_table(cfg, t)
+    st.markdown(f"**{t.capitalize()}**")
+    if not rows:
+        st.caption("No versions.")
+        continue
+    table = pd.DataFrame(rows)
+    table["active"] = table["active"].map({True: "✓", False: ""})
+    for col in ("val accuracy", "val Dice"):
+        table[col] = table[col].map(_pct)
+    st.dataframe(table, hide_index=True)
+    c1, c2 = st.columns([3, 1])
+    choice = c1.selectbox(f"{t} version", [r["version"] for r in rows], key=state.keyed(VERSION_PICK, t),
+                          label_visibility="collapsed")
+    current = next((r["version"] for r in rows if r["active"]), None)
+    if c2.button("Make active", key=state.keyed(VERSION_PICK, t, "activate"), disabled=choice == current):
+        try:
+            compare.promote(cfg, t, choice)
+        except TriageError as exc:
+            _error(exc)
+        else:
+            state.flash("success", f"{t} `{choice}` is now active (previous: `{current}`).")
+            st.rerun()

@@ -1,0 +1,617 @@
+"""Turn training data from the browser into a clean dataset folder and a summary of what was found.
+
+Sources: a zip archive (bytes or path) or a server folder laid out one folder per class
+(``glioma/ meningioma/ no_tumor/ pituitary/``, aliases such as ``notumor`` or ``glioma_tumor``,
+optional ``masks/`` with the same file stems), a manifest CSV (``path,label[,mask_path]``
+relative to its folder, as in ``../shared/data``), or reviewed worklist cases.
+
+Every source ends in the same layout under a staging folder of the app's data dir::
+
+    <staging>/<dataset id>/
+        manifest.csv        path,label,mask_path,sha1,source  (read by triage.datasets.load_manifest)
+        glioma/ meningioma/ no_tumor/ pituitary/   validated images
+        masks/              binary 0/255 PNG masks, same stem as their image
+        summary.json        the :class:`ImportSummary`
+
+Every image is decoded with :func:`triage.io.read_path` (rejects are listed with the reason),
+masks must match their image's size, exact and near duplicates (the rule of
+:func:`triage.datasets.dedup_groups`) are removed, and ``problems`` lists what would stop a
+training run. A dataset is built in a hidden temporary folder and renamed into place at the
+end, so a failure (e.g. an unsafe archive, which raises :class:`DatasetError`) leaves nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from triage.config import Settings, get_settings
+from triage.datasets import dedup_groups, file_sha1, read_mask, thumbnail_vector
+from triage.errors import DatasetError, InvalidScanError
+from triage.io import IMAGE_SUFFIXES, read_path
+from triage.records import CLASSES, normalize_label
+from triage.training_run import MIN_IMAGES_PER_CLASS
+
+log = logging.getLogger(__name__)
+
+# Zip-bomb guards (checked on the declared sizes before anything is written, and again on
+# the bytes actually inflated while extracting).
+MAX_MEMBERS = 50_000
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+MAX_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
+MAX_RATIO = 100.0
+RATIO_MIN_BYTES = 1024 * 1024  # the ratio cap applies to members that inflate beyond this
+
+MAX_FOLDER_FILES = 200_000  # a server folder with more files is refused (e.g. "/" typed by mistake)
+
+TASKS = ("classifier", "segmenter", "both")
+MASK_FOLDERS = {"masks", "mask"}
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_TEST_FOLDERS = {"test", "testing"}
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ImportSummary:
+    """What an import found. ``problems`` block training; ``warnings`` do not."""
+
+    dataset_dir: str
+    source: str
+    task: str
+    counts: dict[str, int]
+    masks_per_class: dict[str, int]
+    mask_mismatches: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    rejected: list[list[str]] = field(default_factory=list)  # [name, reason]
+    skipped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    created: str = ""
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts.values()))
+
+    @property
+    def masks(self) -> int:
+        return int(sum(self.masks_per_class.values()))
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def table(self) -> list[dict]:
+        """One row per class: images and masks kept."""
+        return [{"class": c, "images": self.counts.get(c, 0), "masks": self.masks_per_class.get(c, 0)}
+                for c in CLASSES]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImportSummary:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A candidate training image found in a source."""
+
+    path: Path
+    label: str
+    name: str  # shown in the summary
+    mask: Path | None = None
+    frame: int | None = None
+    stem: str = ""  # file-name stem for the dataset copy (default: from ``name``)
+
+
+def staging_root(settings: Settings | None = None) -> Path:
+    """Folder holding imported datasets (``<data dir>/datasets``)."""
+    return (settings or get_settings()).data_dir / "datasets"
+
+
+def find_problems(counts: dict[str, int], masks: int, task: str) -> list[str]:
+    """Reasons a dataset cannot train ``task`` (classifier / segmenter / both)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    present = {k: v for k, v in counts.items() if v > 0}
+    problems = []
+    if not present:
+        return ["no usable images were found"]
+    if len(present) < 2:
+        problems.append(f"only one class present ({', '.join(present)}); at least two classes are needed")
+    small = {k: v for k, v in present.items() if v < MIN_IMAGES_PER_CLASS}
+    if small:
+        listed = ", ".join(f"{k}: {v}" for k, v in small.items())
+        problems.append(f"too few images ({listed}); at least {MIN_IMAGES_PER_CLASS} per class are needed")
+    if task in ("segmenter", "both") and masks == 0:
+        problems.append("no tumor masks found: the segmenter needs a masks/ folder with files named like "
+                        "their images (or a mask_path column)")
+    return problems
+
+
+# ----- sources --------------------------------------------------------------------------------
+
+def import_folder(folder: str | Path, task: str = "classifier", settings: Settings | None = None,
+                  progress: Progress | None = None) -> ImportSummary:
+    """Import a server folder: class folders (+ masks/), or a folder holding a manifest.csv."""
+    settings = settings or get_settings()
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"folder not found: {folder}")
+    if (folder / "manifest.csv").is_file():
+        items, skipped, rejected, mismatches = _collect_manifest(folder / "manifest.csv", None)
+    else:
+        items, skipped, mismatches = _collect_class_folders(folder)
+        rejected = []
+    return _build(items, f"folder {folder}", task, settings, skipped, rejected, mismatches, progress)
+
+
+def import_manifest(csv_path: str | Path, task: str = "classifier", settings: Settings | None = None,
+                    progress: Progress | None = None, include_test: bool = False) -> ImportSummary:
+    """Import the rows of a manifest CSV (paths relative to its folder). Test-split rows are left out
+    unless ``include_test`` (they stay available for an honest evaluation)."""
+    settings = settings or get_settings()
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise DatasetError(f"manifest not found: {csv_path}")
+    items, skipped, rejected, mismatches = _collect_manifest(csv_path, None, include_test)
+    return _build(items, f"manifest {csv_path}", task, settings, skipped, rejected, mismatches, progress)
+
+
+def import_reviewed(cases: list[dict], task: str = "classifier", settings: Settings | None = None,
+                    progress: Progress | None = None) -> ImportSummary:
+    """Import reviewed worklist cases: the reviewer's label and the stored scan (and truth mask)."""
+    settings = settings or get_settings()
+    items, skipped, rejected = [], [], []
+    for case in cases:
+        name = str(case.get("name") or case.get("scan_id") or "case")
+        label = normalize_label(str(case.get("reviewed_label") or ""))
+        if label is None:
+            skipped.append(f"{name}: no reviewed class label")
+            continue
+        stored = str(case.get("stored_path") or "")
+        if not stored or not Path(stored).is_file():
+            rejected.append([name, "the stored scan file is missing"])
+            continue
+        extra = case.get("extra") or {}
+        frame = extra.get("frame") if isinstance(extra, dict) else None
+        mask = case.get("truth_mask_path")
+        sid = str(case.get("scan_id") or "")[:12]
+        items.append(_Item(path=Path(stored), label=label, name=f"{name} ({sid})", stem=f"{Path(name).stem}_{sid}",
+                           mask=Path(mask) if mask else None, frame=int(frame) if frame is not None else None))
+    if not cases:
+        skipped.append("the worklist has no reviewed cases")
+    return _build(items, "reviewed worklist cases", task, settings, skipped, rejected, [], progress)
+
+
+def import_zip(source: bytes | str | Path, task: str = "classifier", settings: Settings | None = None,
+               progress: Progress | None = None) -> ImportSummary:
+    """Import a zip archive holding class folders (+ masks/) or a manifest.csv.
+
+    The archive is checked before anything is written: absolute paths, drive letters, ``..``
+    escaping the target, symlinks, encrypted members, too many members, members or a total
+    too large, or a compression ratio above ``MAX_RATIO`` raise :class:`DatasetError`.
+    """
+    settings = settings or get_settings()
+    root = staging_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        zf = zipfile.ZipFile(BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview))
+                             else Path(source))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DatasetError(f"not a readable zip archive ({exc})") from exc
+    with zf:
+        plan, skipped = _check_archive(zf)
+        raw = Path(tempfile.mkdtemp(dir=root, prefix=".unzip-"))
+        try:
+            _extract(zf, plan, raw)
+            manifests = sorted(raw.rglob("manifest.csv"), key=lambda p: len(p.parts))
+            if manifests:
+                items, more, rejected, mismatches = _collect_manifest(manifests[0], raw)
+            else:
+                items, more, mismatches = _collect_class_folders(raw)
+                rejected = []
+            return _build(items, "zip archive", task, settings, skipped + more, rejected, mismatches, progress)
+        finally:
+            shutil.rmtree(raw, ignore_errors=True)
+
+
+SOURCES = ("folder", "zip", "manifest", "worklist")
+
+
+def import_source(kind: str, value: object, task: str = "classifier", settings: Settings | None = None,
+                  report: Progress | None = None) -> ImportSummary:
+    """Dispatch to an importer: ``kind`` in :data:`SOURCES`; ``value`` is the folder path, the zip
+    (bytes or path), the manifest path, or the list of reviewed worklist cases."""
+    if kind == "folder":
+        return import_folder(str(value), task, settings, report)
+    if kind == "zip":
+        return import_zip(value, task, settings, report)
+    if kind == "manifest":
+        return import_manifest(str(value), task, settings, report)
+    if kind == "worklist":
+        return import_reviewed(list(value), task, settings, report)
+    raise ValueError(f"source must be one of {SOURCES}, got {kind!r}")
+
+
+# ----- zip safety ----------------------------------------------------------------------------
+
+def _safe_member_name(name: str) -> str:
+    """The normalised relative path of a member, or DatasetError if it could escape the target."""
+    if "\x00" in name:
+        raise DatasetError(f"unsafe archive: member name {name!r} contains a NUL byte")
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or _DRIVE.match(norm):
+        raise DatasetError(f"unsafe archive: member {name!r} has an absolute path")
+    clean = posixpath.normpath(norm)
+    if clean == ".." or clean.startswith("../"):
+        raise DatasetError(f"unsafe archive: member {name!r} would be written outside the target folder")
+    return clean
+
+
+def _check_archive(zf: zipfile.ZipFile) -> tuple[list[tuple[zipfile.ZipInfo, str]], list[str]]:
+    """Validate every member; return (members to extract with their safe names, skipped notes)."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise DatasetError(f"archive has {len(infos)} members, more than the {MAX_MEMBERS} allowed")
+    total = 0
+    plan, skipped = [], []
+    for info in infos:
+        clean = _safe_member_name(info.filename)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise DatasetError(f"unsafe archive: member {info.filename!r} is a symbolic link")
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"archive member {info.filename!r} is encrypted; upload an unencrypted zip")
+        if info.is_dir():
+            continue
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise DatasetError(f"archive member {info.filename!r} inflates to {info.file_size / 1e6:.0f} MB, "
+                               f"over the {MAX_MEMBER_BYTES / 1e6:.0f} MB limit per file")
+        if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(1, info.compress_size):
+            raise DatasetError(f"archive member {info.filename!r} has a compression ratio of "
+                               f"{info.file_size / max(1, info.compress_size):.0f}:1 (limit {MAX_RATIO:.0f}:1); "
+                               "this looks like a zip bomb")
+        total += info.file_size
+        if total > MAX_TOTAL_BYTES:
+            raise DatasetError(f"archive inflates to more than {MAX_TOTAL_BYTES / 1e9:.0f} GB")
+        parts = clean.split("/")
+        if any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
+            skipped.append(f"{clean}: hidden or system file, skipped")
+            continue
+        suffix = posixpath.splitext(parts[-1])[1].lower()
+        if suffix not in IMAGE_SUFFIXES and parts[-1].lower() != "manifest.csv":
+            skipped.append(f"{clean}: not an image file, skipped")
+            continue
+        plan.append((info, clean))
+    return plan, skipped
+
+
+def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], target: Path) -> None:
+    """Stream members into ``target``, enforcing the declared sizes and the total cap on real bytes."""
+    base = target.resolve()
+    total = 0
+    for info, clean in plan:
+        dest = (base / clean).resolve()
+        if not dest.is_relative_to(base):
+            raise DatasetError(f"unsafe archive: member {info.filename!r} would be written outside the target")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        try:
+            with zf.open(info) as src, dest.open("xb") as dst:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    total += len(chunk)
+                    if written > info.file_size or written > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
+                        raise DatasetError(f"archive member {info.filename!r} inflates beyond its declared "
+                                           "size or the archive limits; this looks like a zip bomb")
+                    dst.write(chunk)
+        except FileExistsError as exc:
+            raise DatasetError(f"archive holds {clean!r} twice") from exc
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise DatasetError(f"archive member {info.filename!r} cannot be extracted ({exc})") from exc
+
+
+# ----- collecting items ----------------------------------------------------------------------
+
+def _class_of(parts: list[str]) -> str | None:
+    return next((normalize_label(p) for p in reversed(parts) if normalize_label(p)), None)
+
+
+def _collect_class_folders(root: Path) -> tuple[list[_Item], list[str], list[str]]:
+    """Images under class folders and their masks (by stem). Returns items, skipped, mask notes."""
+    images: list[tuple[Path, str, str]] = []
+    masks: dict[str, list[tuple[Path, str | None]]] = {}
+    skipped, mismatches = [], []
+    files = []
+    for p in root.rglob("*"):
+        if p.is_file():
+            files.append(p)
+            if len(files) > MAX_FOLDER_FILES:
+                raise DatasetError(f"{root} holds more than {MAX_FOLDER_FILES} files; choose the dataset folder itself")
+    for p in sorted(files):
+        rel = p.relative_to(root)
+        parts = list(rel.parts[:-1])
+        if any(q.startswith(".") for q in rel.parts) or (parts and parts[0] == "__MACOSX"):
+            skipped.append(f"{rel.as_posix()}: hidden or system file, skipped")
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            if p.name.lower() != "manifest.csv":
+                skipped.append(f"{rel.as_posix()}: not an image file, skipped")
+            continue
+        lowered = [q.lower() for q in parts]
+        if MASK_FOLDERS & set(lowered) or p.stem.lower().endswith("_mask"):
+            stem = p.stem[:-5] if p.stem.lower().endswith("_mask") else p.stem
+            masks.setdefault(stem, []).append((p, _class_of(parts)))
+            continue
+        label = _class_of(parts)
+        if label is None:
+            skipped.append(f"{rel.as_posix()}: not inside a class folder, skipped")
+            continue
+        images.append((p, label, rel.as_posix()))
+    items, used = [], set()
+    for p, label, name in images:
+        choices = masks.get(p.stem, [])
+        mask = next((m for m, lab in choices if lab == label), None) or next(
+            (m for m, lab in choices if lab is None), None)
+        if mask is not None:
+            used.add(mask)
+        items.append(_Item(path=p, label=label, name=name, mask=mask))
+    for stem, choices in sorted(masks.items()):
+        for m, _ in choices:
+            if m not in used:
+                mismatches.append(f"{m.relative_to(root).as_posix()}: mask without a matching image, dropped")
+    return items, skipped, mismatches
+
+
+def _collect_manifest(csv_path: Path, confine: Path | None,
+                      include_test: bool = True) -> tuple[list[_Item], list[str], list[list[str]], list[str]]:
+    """Rows of a manifest CSV. ``confine``: paths must stay inside this folder (archives)."""
+    base = csv_path.parent
+    items, skipped, rejected, mismatches = [], [], [], []
+    n_test = 0
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+            if "path" not in cols or "label" not in cols:
+                raise DatasetError(f"{csv_path.name} needs at least the columns 'path' and 'label'")
+            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
+                    for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{csv_path.name} is not a readable CSV file ({exc})") from exc
+    for i, row in enumerate(rows, start=2):
+        rel = row.get("path", "")
+        name = rel or f"row {i}"
+        if not include_test and row.get("split", "").lower() in _TEST_FOLDERS:
+            n_test += 1
+            continue
+        raw_label = row.get("label", "")
+        label = normalize_label(raw_label)
+        if label is None:
+            why = ("binary tumor/no label cannot train the 4-class model" if raw_label.lower() in {"yes", "tumor"}
+                   else f"unknown label {raw_label!r}")
+            skipped.append(f"{name}: {why}, skipped")
+            continue
+        path = _manifest_path(base, rel, confine)
+        if path is None:
+            rejected.append([name, "path is empty or points outside the dataset folder"])
+            continue
+        if not path.is_file():
+            rejected.append([name, "file not found"])
+            continue
+        mask = None
+        if row.get("mask_path"):
+            mask = _manifest_path(base, row["mask_path"], confine)
+            if mask is None or not mask.is_file():
+                mismatches.append(f"{row['mask_path']}: mask file not found, dropped")
+                mask = None
+        items.append(_Item(path=path, label=label, name=name, mask=mask))
+    if n_test:
+        skipped.append(f"{n_test} rows of the test split left out (kept for evaluation)")
+    return items, skipped, rejected, mismatches
+
+
+def _manifest_path(base: Path, rel: str, confine: Path | None) -> Path | None:
+    if not rel:
+        return None
+    p = (base / rel.replace("\\", "/")).resolve()
+    if confine is not None and not p.is_relative_to(confine.resolve()):
+        return None
+    return p
+
+
+# ----- building the dataset ------------------------------------------------------------------
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    stem = _UNSAFE_CHARS.sub("_", stem).strip("._")[:80] or "image"
+    candidate, n = stem, 1
+    while candidate.lower() in used:
+        n += 1
+        candidate = f"{stem}_{n}"
+    used.add(candidate.lower())
+    return candidate
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise DatasetError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _dataset_id(source: str) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    kind = source.split(" ")[0]
+    return f"{stamp}-{kind}-{hashlib.sha1(os.urandom(8)).hexdigest()[:6]}"
+
+
+def _build(items: list[_Item], source: str, task: str, settings: Settings, skipped: list[str],
+           rejected: list[list[str]], mismatches: list[str], progress: Progress | None) -> ImportSummary:
+    """Validate, de-duplicate and write ``items`` as a dataset folder; return its summary."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    root = staging_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".import-"))
+    try:
+        summary = _write_dataset(items, source, task, settings, skipped, list(rejected), list(mismatches),
+                                 tmp, progress)
+        final = root / _dataset_id(source)
+        summary.dataset_dir = str(final)
+        (tmp / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("imported %d images from %s into %s", summary.total, source, final)
+    return summary
+
+
+def _write_dataset(items: list[_Item], source: str, task: str, settings: Settings, skipped: list[str],
+                   rejected: list[list[str]], mismatches: list[str], out: Path,
+                   progress: Progress | None) -> ImportSummary:
+    accepted: list[tuple[_Item, np.ndarray, np.ndarray | None, bytes | None]] = []
+    thumbs, sha1s = [], []
+    for i, item in enumerate(items):
+        if progress is not None:
+            progress(i, len(items))
+        try:
+            scans = read_path(item.path, settings)
+        except InvalidScanError as exc:
+            rejected.append([item.name, str(exc)])
+            continue
+        if item.frame is not None:
+            if item.frame >= len(scans):
+                rejected.append([item.name, f"frame {item.frame} not found"])
+                continue
+            scan = scans[item.frame]
+        elif len(scans) > 1:
+            rejected.append([item.name, f"has {len(scans)} frames; training needs one slice per file"])
+            continue
+        else:
+            scan = scans[0]
+        # DICOM (which may carry patient data) and single frames are re-written as PNG.
+        as_png = _png(scan.pixels) if (item.frame is not None or scan.source_format == "dicom") else None
+        mask = None
+        if item.mask is not None:
+            try:
+                mask = read_mask(item.mask, scan.shape)
+            except DatasetError as exc:
+                mismatches.append(f"{item.mask.name}: {exc}; mask dropped")
+            except (OSError, ValueError, cv2.error) as exc:
+                mismatches.append(f"{item.mask.name}: unreadable mask ({exc}); mask dropped")
+        accepted.append((item, scan.pixels, mask, as_png))
+        thumbs.append(thumbnail_vector(scan.pixels))
+        sha1s.append(hashlib.sha1(as_png).hexdigest() if as_png is not None else file_sha1(item.path))
+    if progress is not None:
+        progress(len(items), len(items))
+    keep = (dedup_groups(np.stack(thumbs), sha1s) if thumbs else np.zeros(0, bool))
+    vectors = np.stack(thumbs) if thumbs else np.zeros((0, 1), np.float32)
+    duplicates, exact, near = [], 0, 0
+    first_by_sha: dict[str, int] = {}
+    for i, s in enumerate(sha1s):
+        first_by_sha.setdefault(s, i)
+    kept_idx = np.nonzero(keep)[0]
+    for i in np.nonzero(~keep)[0]:
+        j = first_by_sha[sha1s[i]]
+        if j != i:
+            exact += 1
+            kind = "exact copy"
+        else:
+            near += 1
+            earlier = kept_idx[kept_idx < i]
+            j = int(earlier[np.argmax(vectors[earlier] @ vectors[i])]) if len(earlier) else i
+            kind = "near duplicate"
+        a, b = accepted[i][0], accepted[j][0]
+        clash = f" (labelled {a.label} vs {b.label})" if a.label != b.label else ""
+        duplicates.append(f"{a.name}: {kind} of {b.name}{clash}, removed")
+    counts: Counter = Counter()
+    mask_counts: Counter = Counter()
+    used: set[str] = set()
+    rows = []
+    for i in kept_idx:
+        item, _pixels, mask, as_png = accepted[i]
+        stem = _unique_stem(item.stem or Path(item.name).stem, used)
+        suffix = ".png" if as_png is not None else (item.path.suffix.lower() or ".dcm")
+        rel = f"{item.label}/{stem}{suffix}"
+        (out / item.label).mkdir(exist_ok=True)
+        if as_png is not None:
+            (out / rel).write_bytes(as_png)
+        else:
+            shutil.copyfile(item.path, out / rel)
+        mask_rel = ""
+        if mask is not None:
+            (out / "masks").mkdir(exist_ok=True)
+            mask_rel = f"masks/{stem}.png"
+            (out / mask_rel).write_bytes(_png(mask.astype(np.uint8) * 255))
+            mask_counts[item.label] += 1
+        counts[item.label] += 1
+        rows.append({"path": rel, "label": item.label, "mask_path": mask_rel, "sha1": sha1s[i], "source": item.name})
+    with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "mask_path", "sha1", "source"])
+        writer.writeheader()
+        writer.writerows(rows)
+    counts_d = {c: int(counts.get(c, 0)) for c in CLASSES}
+    masks_d = {c: int(mask_counts.get(c, 0)) for c in CLASSES}
+    warnings = [f"no images for {c}: the new classifier will never predict it" for c in CLASSES
+                if counts_d[c] == 0 and sum(counts_d.values()) > 0]
+    n_test = sum(1 for i in kept_idx if _TEST_FOLDERS & {q.lower() for q in Path(accepted[i][0].name).parts[:-1]})
+    if n_test:
+        warnings.append(f"{n_test} images come from a test/Testing folder and will be used for training")
+    if task in ("segmenter", "both") and sum(masks_d.values()) and counts_d["no_tumor"] == 0:
+        warnings.append("no tumor-free images: the segmenter will not learn to leave healthy slices empty")
+    return ImportSummary(
+        dataset_dir=str(out), source=source, task=task, counts=counts_d, masks_per_class=masks_d,
+        mask_mismatches=mismatches, duplicates=duplicates, exact_duplicates=exact, near_duplicates=near,
+        rejected=rejected, skipped=skipped, problems=find_problems(counts_d, sum(masks_d.values()), task),
+        warnings=warnings, created=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def load_summary(dataset_dir: str | Path) -> ImportSummary:
+    """The summary saved beside an imported dataset."""
+    f = Path(dataset_dir) / "summary.json"
+    if not f.is_file():
+        raise DatasetError(f"{dataset_dir} is not an imported dataset (no summary.json)")
+    return ImportSummary.from_dict(json.loads(f.read_text(encoding="utf-8")))
+
+
+def discard(dataset_dir: str | Path, settings: Settings | None = None) -> bool:
+    """Delete an imported dataset folder (only ever one inside the staging folder). True if deleted."""
+    root = staging_root(settings).resolve()
+    d = Path(dataset_dir).resolve()
+    if d.parent != root or not (d / "summary.json").is_file():
+        return False
+    shutil.rmtree(d)
+    return True
+
+
+def recheck(summary: ImportSummary, task: str) -> ImportSummary:
+    """The same dataset judged for another task (problems recomputed)."""
+    data = summary.to_dict()
+    data.update(task=task, problems=find_problems(summary.counts, summary.masks, task))
+    return ImportSummary.from_dict(data)
