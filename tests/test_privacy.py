@@ -1,0 +1,190 @@
+"""Issue #7 hardening, part 4: patient identifiers, network exposure and unsafe loading.
+
+* DICOM patient identifiers never reach the worklist database or the case record unless
+  ``allow_phi`` is set;
+* the Streamlit server binds to localhost only;
+* model weights are safetensors + JSON (no pickle-based formats);
+* the package neither unpickles nor downloads anything (source scan) and the whole pipeline
+  runs with sockets disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import socket
+import tomllib
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.conftest import draw_synthetic_slice
+from tests.model_fixtures import make_tiny_weights
+from triage.config import Settings, get_settings
+from triage.intake import ingest
+from triage.service import TriageService
+from triage.worklist import Worklist
+
+REPO = Path(__file__).resolve().parent.parent
+PATIENT_NAME = "Zyxwvutsra^Qwertyuiopa"
+PATIENT_ID = "PHI-ID-8675309-XQ"
+NEEDLES = [s.encode() for s in (PATIENT_NAME, *PATIENT_NAME.split("^"), PATIENT_ID)]
+
+
+def dicom_with_phi() -> bytes:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def contains_phi(blob: bytes) -> list[bytes]:
+    return [n for n in NEEDLES if n in blob or n.decode().encode("utf-16-le") in blob]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return make_tiny_weights(tmp_path_factory.mktemp("privacy") / "w")
+
+
+def test_dicom_identifiers_do_not_reach_the_worklist(weights, tmp_path, caplog):
+    data = dicom_with_phi()
+    assert contains_phi(data)  # the upload really carries them
+    data_dir = tmp_path / "data"
+    service = TriageService(get_settings(weights_dir=weights, data_dir=data_dir, torch_threads=1))
+    wl = Worklist(service.settings.db_path)
+    with caplog.at_level(logging.DEBUG):
+        (r,) = ingest(service, wl, data, "mr_with_phi.dcm")
+    assert r.ok, r.error
+    case = wl.get(r.scan_id)
+    assert case["extra"]["dicom"].get("Modality") == "MR"  # safe tags are kept
+    assert not contains_phi(json.dumps(case, default=repr, ensure_ascii=False).encode())
+    assert not contains_phi(wl.export_csv())
+    assert not contains_phi(caplog.text.encode())
+    # Every byte the worklist wrote (database, WAL, shared memory), before and after a checkpoint.
+    for f in sorted(data_dir.glob("worklist.sqlite3*")):
+        assert not contains_phi(f.read_bytes()), f
+    # Everything under the data dir is free of identifiers except the stored original upload,
+    # which naturally contains them: it is the user's own file, kept byte-for-byte under a
+    # content-hash name inside <data_dir>/scans (never under the user's file name).
+    stored = Path(case["stored_path"])
+    assert stored == data_dir / "scans" / f"{hashlib.sha256(data).hexdigest()}.dcm"
+    assert stored.read_bytes() == data
+    with_phi = sorted(p for p in data_dir.rglob("*") if p.is_file() and contains_phi(p.read_bytes()))
+    assert with_phi == [stored]
+
+
+def test_allow_phi_keeps_identifiers(weights, tmp_path):
+    data = dicom_with_phi()
+    service = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "data", allow_phi=True,
+                                         torch_threads=1))
+    wl = Worklist(service.settings.db_path)
+    (r,) = ingest(service, wl, data, "mr_with_phi.dcm")
+    assert r.ok, r.error
+    dicom = wl.get(r.scan_id)["extra"]["dicom"]
+    assert dicom["PatientName"] == PATIENT_NAME and dicom["PatientID"] == PATIENT_ID
+    assert Settings().allow_phi is False  # off unless explicitly enabled
+
+
+def test_streamlit_binds_to_localhost_only():
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"].get("gatherUsageStats") is False
+
+
+ALLOWED_WEIGHT_SUFFIXES = {".safetensors", ".json", ".md"}
+FORBIDDEN_WEIGHT_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".h5"}
+
+
+def weight_files_not_allowed(folder: Path) -> list[str]:
+    bad = []
+    for p in folder.rglob("*"):
+        if not p.is_file():
+            continue
+        if p.name.startswith(".ACTIVE."):  # transient temp file of an atomic pointer switch
+            continue
+        if p.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES or not (p.name == "ACTIVE"
+                                                                or p.suffix.lower() in ALLOWED_WEIGHT_SUFFIXES):
+            bad.append(str(p.relative_to(folder)))
+    return bad
+
+
+def test_weights_are_safetensors_and_json_only(weights):
+    folders = {REPO / "weights", Settings().weights_dir, get_settings().weights_dir}
+    for folder in folders:
+        if folder.is_dir():
+            assert weight_files_not_allowed(folder) == [], folder
+    # what the model writer produces is within the policy too
+    assert weight_files_not_allowed(weights) == []
+    assert any(p.suffix == ".safetensors" for p in weights.rglob("*"))
+
+
+FORBIDDEN_CALLS = {
+    "pickle.load": re.compile(r"\bpickle\.loads?\b"),
+    "torch.load(": re.compile(r"\btorch\.load\("),
+    "pretrained=True": re.compile(r"pretrained\s*=\s*True"),
+    "hub.load": re.compile(r"\bhub\.load"),
+    "urlopen": re.compile(r"\burlopen\b"),
+    "requests.": re.compile(r"\brequests\."),
+}
+
+
+def test_source_has_no_unpickling_or_downloads():
+    hits: dict[str, list[str]] = {k: [] for k in FORBIDDEN_CALLS}
+    files = sorted((REPO / "triage").rglob("*.py"))
+    assert len(files) > 10
+    for f in files:
+        rel = f.relative_to(REPO).as_posix()
+        for lineno, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            for key, pattern in FORBIDDEN_CALLS.items():
+                if pattern.search(line):
+                    hits[key].append(f"{rel}:{lineno}: {line.strip()}")
+    torch_loads = hits.pop("torch.load(")
+    # triage/train.py resumes its own training checkpoints (files it wrote in its run folder).
+    assert all(h.startswith("triage/train.py:") for h in torch_loads), torch_loads
+    assert {k: v for k, v in hits.items() if v} == {}
+
+
+class NetworkDisabled(RuntimeError):
+    pass
+
+
+def test_pipeline_runs_with_sockets_disabled(weights, tmp_path, monkeypatch):
+    attempts: list[str] = []
+
+    def refuse(name):
+        def fn(*args, **kwargs):
+            attempts.append(name)
+            raise NetworkDisabled(f"network access attempted: socket.{name}")
+        return fn
+
+    class NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            attempts.append("socket")
+            raise NetworkDisabled("network access attempted: socket.socket")
+
+    monkeypatch.setattr(socket, "socket", NoSocket)
+    for name in ("create_connection", "getaddrinfo", "gethostbyname", "socketpair"):
+        monkeypatch.setattr(socket, name, refuse(name))
+
+    # fresh service: the models are loaded while the network is off
+    service = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "data", torch_threads=1))
+    wl = Worklist(service.settings.db_path)
+    img, _ = draw_synthetic_slice(shape=(176, 160), seed=3)
+    ok, png = cv2.imencode(".png", img)
+    assert ok
+    results = ingest(service, wl, png.tobytes(), "slice.png") + ingest(service, wl, dicom_with_phi(), "mr.dcm")
+    assert all(r.ok for r in results), [r.error for r in results]
+    heat = service.explain(results[0]).heatmap
+    assert heat.shape == img.shape
+    assert wl.count() == 2 and wl.integrity_check() == "ok"
+    assert attempts == []
