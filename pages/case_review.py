@@ -1,0 +1,191 @@
+"""Case review: the slice, brain crop, heatmap and masks of one case, the review form and its audit trail."""
+
+import numpy as np
+import streamlit as st
+
+from triage.errors import TriageError
+from triage.metrics import dice_iou
+from triage.overlay import (
+    heatmap_overlay,
+    mask_contour_overlay,
+    truth_vs_prediction_overlay,
+)
+from triage.records import CLASSES
+from triage.ui import state
+from triage.ui.case_view import (
+    METHOD_TEXT,
+    METHODS,
+    StoredFileMissing,
+    analyse_case,
+    explanation,
+    probability_figure,
+    read_mask,
+)
+from triage.ui.format import REVIEW_TEXT, audit_frame, class_text, effective_label
+from triage.ui.resources import get_worklist
+from triage.ui.state import init_state
+from triage.ui.widgets import show_flags, show_flash
+from triage.worklist import WorklistError
+
+init_state()  # also routes a first-ever page request through app.py
+st.title("Case review")
+show_flash()
+wl = get_worklist()
+cases = wl.list_cases()
+if not cases:
+    st.info("No case to review yet. Add scans on the **New scans** page.")
+    st.page_link("pages/new_scans.py", label="Go to New scans", icon=":material/upload:")
+    st.stop()
+
+by_id = {c["scan_id"]: c for c in cases}
+selected = st.session_state[state.SELECTED_CASE]
+if selected is not None and selected not in by_id:
+    st.warning("The case selected earlier is no longer in the worklist; showing the highest-risk case.")
+if selected not in by_id:
+    selected = cases[0]["scan_id"]
+st.session_state[state.SELECTED_CASE] = selected
+if st.session_state.get(state.CASE_PICKER) != selected:
+    st.session_state[state.CASE_PICKER] = selected
+
+
+def _pick() -> None:
+    st.session_state[state.SELECTED_CASE] = st.session_state[state.CASE_PICKER]
+
+
+def _go(scan_id: str) -> None:
+    st.session_state[state.SELECTED_CASE] = scan_id
+
+
+def _title(sid: str) -> str:
+    c = by_id[sid]
+    return f"{c['name'] or sid[:12]} — {class_text(effective_label(c))} — risk {c['risk']:.2f}"
+
+
+filters = st.session_state[state.WORKLIST_FILTERS] or {}
+prev_id, next_id = wl.neighbours(selected, **filters)
+if prev_id is None and next_id is None and any(filters.values()):
+    prev_id, next_id = wl.neighbours(selected)  # the case left the filtered list (e.g. just signed off)
+n1, n2, n3 = st.columns([6, 1, 1], vertical_alignment="bottom")
+n1.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
+n2.button("Previous", icon=":material/chevron_left:", disabled=prev_id is None, on_click=_go, args=(prev_id,), width="stretch")
+n3.button("Next", icon=":material/chevron_right:", icon_position="right", disabled=next_id is None, on_click=_go, args=(next_id,), width="stretch")
+
+case = wl.get(selected)
+if case is None:
+    st.error("This case was removed from the worklist.")
+    st.stop()
+
+m1, m2, m3, m4, m5 = st.columns(5)
+m1.metric("Model class", class_text(case["label"]))
+m2.metric("Reviewed class", class_text(case["reviewed_label"]) if case["reviewed_label"] else "—")
+m3.metric("Risk", f"{case['risk']:.2f}")
+m4.metric("Review", REVIEW_TEXT.get(case["review_status"], case["review_status"]))
+area = f"{case['tumor_area_px']:,} px"
+if case["tumor_area_mm2"] is not None:
+    area += f" · {case['tumor_area_mm2']:.1f} mm²"
+m5.metric("Tumor area", area if case["tumor_area_px"] else "none",
+          help=None if case["tumor_area_mm2"] is not None else "mm² unknown: the file has no pixel spacing")
+st.caption(f"File **{case['name']}** · received {case['received_at'][:19].replace('T', ' ')} UTC · "
+           f"classifier `{case['classifier_version']}` · segmenter `{case['segmenter_version']}`"
+           + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else ""))
+show_flags(case["flags"])
+
+result = None
+try:
+    result = analyse_case(case)
+except StoredFileMissing as exc:
+    st.error(f"The stored image file is missing ({exc}). The record, review and audit trail are still "
+             "available; upload the file again to see the images.", icon=":material/folder_off:")
+except (TriageError, OSError, ValueError) as exc:
+    st.error(f"The stored slice could not be analysed again: {exc}")
+
+if result is not None and not result.ok:
+    st.error(f"The active models refuse this slice now: {result.error}")
+if result is not None and result.ok and result.scan is not None:
+    scan = result.scan
+    pred = result.prediction.label if result.prediction else case["label"]
+    if result.prediction is not None and pred != case["label"]:
+        st.info(f"Re-analysed with the active models, which now predict {class_text(pred)}; the stored result "
+                f"({class_text(case['label'])}) came from classifier `{case['classifier_version']}`.")
+    c1, c2 = st.columns(2)
+    target = c1.selectbox("Heatmap for class", CLASSES, index=CLASSES.index(pred), format_func=class_text,
+                          key=state.keyed(state.CAM_CLASS, selected))
+    method = c2.selectbox("Heatmap method", list(METHODS), format_func=lambda m: METHOD_TEXT.get(m, m),
+                          key=state.keyed(state.CAM_METHOD, selected))
+
+    top = st.columns(3)
+    top[0].image(scan.pixels, caption=f"Original slice ({scan.shape[1]}×{scan.shape[0]} px)", width="stretch")
+    top[1].image(result.crop.image, caption="Brain crop (model input)", width="stretch")
+    try:
+        heat = explanation(result, target, method)
+        top[2].image(heatmap_overlay(scan.pixels, heat), width="stretch",
+                     caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: where the evidence is")
+    except (TriageError, ValueError, RuntimeError) as exc:
+        top[2].error(f"Heatmap unavailable: {exc}")
+
+    stored_mask = read_mask(case["mask_path"], scan.shape)
+    if stored_mask is not None:
+        mask = stored_mask
+    elif result.segmentation is not None:
+        mask = result.segmentation.mask
+    else:
+        mask = None
+    bottom = st.columns(3)
+    if mask is not None and mask.any():
+        caption = "Predicted tumor outline (red)"
+        if case["mask_rejected"]:
+            caption += " — rejected by the reviewer"
+        bottom[0].image(mask_contour_overlay(scan.pixels, mask), caption=caption, width="stretch")
+    else:
+        bottom[0].image(scan.pixels, caption="No tumor region segmented", width="stretch")
+    truth = read_mask(case["truth_mask_path"], scan.shape)
+    if truth is not None:
+        pred_mask = mask if mask is not None else np.zeros_like(truth)
+        dice, iou = dice_iou(pred_mask, truth)
+        bottom[1].image(truth_vs_prediction_overlay(scan.pixels, pred_mask, truth), width="stretch",
+                        caption=f"Ground truth (green) vs prediction (red) — Dice {dice:.2f}, IoU {iou:.2f}")
+    elif case["truth_mask_path"]:
+        bottom[1].warning("The ground-truth mask file is missing.")
+    else:
+        bottom[1].caption("No ground-truth mask for this case.")
+    bottom[2].plotly_chart(probability_figure(case), width="stretch", config={"displayModeBar": False})
+    bottom[2].caption("Calibrated probabilities (stored result; predicted class in orange)")
+else:
+    left, right = st.columns([1, 2])
+    if case["thumbnail"]:
+        left.image(case["thumbnail"], caption="Stored thumbnail", width="stretch")
+    right.plotly_chart(probability_figure(case), width="stretch", config={"displayModeBar": False})
+    right.caption("Calibrated probabilities (predicted class in orange)")
+
+st.subheader("Review")
+with st.form(state.keyed(state.REVIEW_FORM, selected)):
+    f1, f2 = st.columns(2)
+    reviewer = f1.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
+    current = effective_label(case)
+    label = f2.selectbox(
+        "Label (confirm or correct)", CLASSES, index=CLASSES.index(current) if current in CLASSES else 0,
+        format_func=lambda c: class_text(c) + (" — model's prediction" if c == case["label"] else ""))
+    mask_rejected = st.checkbox("Reject the tumor mask", value=bool(case["mask_rejected"]))
+    note = st.text_area("Note", value=case["note"] or "", max_chars=10_000)
+    s1, s2, _ = st.columns([1, 1, 4])
+    save = s1.form_submit_button("Save review", width="stretch")
+    sign = s2.form_submit_button("Sign off", type="primary", width="stretch")
+if save or sign:
+    if not reviewer.strip():
+        st.error("Enter your name as reviewer first.")
+    else:
+        try:
+            wl.review(selected, reviewer.strip(), label=label, mask_rejected=mask_rejected, note=note,
+                      sign_off=bool(sign))
+        except WorklistError as exc:
+            st.error(f"Review not saved: {exc}")
+        else:
+            st.session_state[state.REVIEWER] = reviewer.strip()
+            state.flash("success", f"{'Signed off' if sign else 'Review saved'} by {reviewer.strip()}.")
+            st.rerun()
+
+st.subheader("Audit trail")
+audit = wl.audit(selected)
+st.dataframe(audit_frame(audit), hide_index=True, column_config={
+    "when": "When (UTC)", "who": "Who", "action": "Action", "field": "Field", "old": "Old value",
+    "new": "New value"})

@@ -1,0 +1,70 @@
+"""Model: the active model cards, what the models are not for, the risk policy and evaluation reports."""
+
+import pandas as pd
+import streamlit as st
+
+from triage.errors import TriageError
+from triage.models import list_versions
+from triage.risk import describe_policy
+from triage.ui.model_card import (
+    NOT_FOR,
+    card_rows,
+    metric_rows,
+    per_class_rows,
+    reports,
+)
+from triage.ui.resources import model_cards, settings
+from triage.ui.state import init_state
+from triage.ui.widgets import model_error, untrained_warning
+
+TASK_TITLE = {"classifier": "Tumor classifier", "segmenter": "Tumor segmenter"}
+
+
+def _table(rows: list[tuple[str, str]]) -> None:
+    st.dataframe(pd.DataFrame(rows, columns=["Field", "Value"]), hide_index=True, width="stretch")
+
+
+init_state()  # also routes a first-ever page request through app.py
+st.title("Model")
+try:
+    cards = model_cards()
+except TriageError as exc:
+    model_error(exc)
+    cards = {}
+
+if cards:
+    untrained_warning(all(bool(c.get("trained")) for c in cards.values()))
+    for col, (task, meta) in zip(st.columns(len(cards)), cards.items()):
+        with col:
+            st.subheader(TASK_TITLE.get(task, task))
+            _table(card_rows(task, meta))
+            metrics = metric_rows(task, meta)
+            st.markdown("**Validation metrics**")
+            if metrics:
+                _table(metrics)
+            else:
+                st.caption("No validation metrics in this model card.")
+            per_class = per_class_rows(meta)
+            if per_class:
+                with st.expander("Per-class validation metrics"):
+                    st.dataframe(pd.DataFrame(per_class), hide_index=True)
+            with st.expander("Training data and all versions"):
+                st.markdown("**Data**")
+                st.json(meta.get("data") or {}, expanded=False)
+                versions = list_versions(settings().weights_dir, task)
+                st.markdown("**Versions on disk** (active in bold): " + ", ".join(
+                    f"**{v}**" if v == meta.get("version") else v for v in versions))
+
+st.subheader("What the models are NOT for")
+st.markdown(NOT_FOR)
+
+st.subheader("Risk policy")
+st.markdown(describe_policy(settings()))
+
+st.subheader("Evaluation reports")
+found = reports()
+if not found:
+    st.caption("No evaluation report yet (`reports/*.md`). Run `python -m triage evaluate` to write one.")
+for name, text in found:
+    with st.expander(name):
+        st.markdown(text)

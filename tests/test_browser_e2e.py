@@ -1,0 +1,146 @@
+"""End to end in a real browser: start `streamlit run app.py`, upload a slice on New scans, find it on the Worklist.
+
+Needs Chromium and chromedriver (`apt-get install -y chromium chromium-driver`) and selenium;
+skipped with the reason when any is missing. Uses tiny random models and a temporary data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.conftest import draw_synthetic_slice
+from tests.model_fixtures import make_tiny_weights
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+START_TIMEOUT_S = 60
+STEP_TIMEOUT_S = 120  # model loading and analysis on a CPU shared with other jobs
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+    reason="chromium/chromedriver not found: apt-get install -y chromium chromium-driver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"streamlit did not answer /_stcore/health in {START_TIMEOUT_S} s:\n"
+                f"{log.read_text(errors='replace')[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def _browser(profile: Path):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", f"--user-data-dir={profile}", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def _grid_cells(driver) -> list[str]:
+    """Text of every cell of the dataframes on the page (glide-data-grid's accessible mirror)."""
+    return [c.get_attribute("textContent") for c in driver.find_elements(By.CSS_SELECTOR, "td[role=gridcell]")]
+
+
+def _body_has(text: str):
+    return lambda d: text in d.find_element(By.TAG_NAME, "body").text
+
+
+def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    img, _ = draw_synthetic_slice(seed=3)
+    scan = tmp_path / "e2e_slice_001.png"
+    assert cv2.imwrite(str(scan), img)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TRIAGE_DATA_DIR": str(tmp_path / "data"), "TRIAGE_WEIGHTS_DIR": str(weights),
+           "TRIAGE_TORCH_THREADS": "1"}
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = None
+    try:
+        make_tiny_weights(weights)  # while the server starts; models are read at the first page run
+        _wait_healthy(url, proc, log)
+        driver = _browser(tmp_path / "chrome-profile")
+        wait = WebDriverWait(driver, STEP_TIMEOUT_S)
+        driver.get(url + "/new_scans")
+        wait.until(_body_has("Analyse"))
+        # A page URL as the very first request still goes through the router (banner shown).
+        assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
+        inputs = [e for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+                  if e.get_dom_attribute("webkitdirectory") is None]
+        assert inputs, "no file input on the New scans page"
+        inputs[0].send_keys(str(scan))
+        button = wait.until(ec.element_to_be_clickable(
+            (By.XPATH, "//button[.//p[normalize-space()='Analyse 1 file']]")))
+        button.click()
+        wait.until(_body_has("1 added to the worklist"))
+
+        driver.get(url + "/")
+        wait.until(_body_has("Open a case"))
+        # The table is drawn on a canvas; its cells are mirrored in an accessible grid in the DOM.
+        wait.until(lambda d: scan.name in _grid_cells(d))
+        assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
+    except Exception:
+        if driver is not None:
+            driver.save_screenshot(str(tmp_path / "failure.png"))
+        print(log.read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        if driver is not None:
+            driver.quit()
+        _stop(proc)

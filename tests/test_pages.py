@@ -1,0 +1,291 @@
+"""Every page through streamlit's AppTest, with tiny random models and a temporary data folder.
+
+The upload logic is tested directly (``triage.ui.uploads.process_uploads``) and through the
+New scans page's file uploader; the review flow goes Worklist -> Case review -> sign off ->
+audit row.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the pages import `triage` from the repository
+    sys.path.insert(0, str(REPO))
+
+from tests.model_fixtures import make_tiny_weights
+from triage.config import get_settings
+from triage.service import TriageService
+from triage.ui import state
+from triage.ui.uploads import UploadItem, expand_zip, match_masks, process_uploads
+from triage.worklist import Worklist
+
+APP = str(REPO / "app.py")
+TIMEOUT = 120  # seconds per script run: the CPU may be shared with training jobs
+GLIOMA = "classification_task/test/glioma/brisc2025_test_00001_gl_ax_t1.jpg"
+GLIOMA_MASK = "segmentation_task/test/masks/brisc2025_test_00001_gl_ax_t1.png"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny classifier + segmenter for the whole module (tests never modify them)."""
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture
+def app_env(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings pointing at the tiny weights and an empty data folder; caches cleared around the test."""
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(tiny_weights))
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "data"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield get_settings()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def core(app_env):
+    """A service and worklist on the same folders the app uses."""
+    return TriageService(app_env), Worklist(app_env.db_path)
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def _app(page: str | None = None) -> AppTest:
+    """The app through its router (app.py), after a first run of the default page, then ``page``."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    if page is not None:
+        at.switch_page(page).run()
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    """All visible text of the usual text elements, joined (for substring checks)."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "success", "warning", "error"):
+        parts.extend(str(e.value) for e in getattr(at, kind))
+    return "\n".join(parts)
+
+
+def _by_label(widgets, label: str):
+    found = [w for w in widgets if w.label == label]
+    assert found, f"no widget labelled {label!r}; have {[w.label for w in widgets]}"
+    return found[0]
+
+
+# ----- upload logic (no app) -------------------------------------------------------------
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return buf.getvalue()
+
+
+def test_expand_zip_refuses_unsafe_members_and_caps_size() -> None:
+    data = _zip({"scans/glioma/a.png": b"x" * 10, "../evil.png": b"e", "/abs.png": b"a", "C:/win.png": b"w",
+                 "__MACOSX/scans/._a.png": b"junk", "scans/.DS_Store": b"junk", "scans/b.png": b"y" * 10})
+    items, skipped = expand_zip("batch.zip", data)
+    assert [i.name for i in items] == ["batch.zip/scans/glioma/a.png", "batch.zip/scans/b.png"]
+    assert items[0].folders == ("batch.zip", "scans", "glioma")
+    reasons = {r["file"]: r["reason"] for r in skipped}
+    assert "'..'" in reasons["batch.zip/../evil.png"]
+    assert "absolute" in reasons["batch.zip//abs.png"] and "absolute" in reasons["batch.zip/C:/win.png"]
+
+    few, skipped = expand_zip("batch.zip", data, max_members=2)
+    assert len(few) == 1 and any("limit is 2 files" in r["reason"] for r in skipped)
+    capped, skipped = expand_zip("batch.zip", data, max_total_bytes=15)
+    assert len(capped) == 1 and any("extraction stopped" in r["reason"] for r in skipped)
+    _, skipped = expand_zip("bad.zip", b"PK\x03\x04 truncated")
+    assert skipped[0]["status"] == "rejected" and "zip" in skipped[0]["reason"]
+
+
+def test_match_masks_by_stem() -> None:
+    images = [UploadItem("a/x.jpg", b"1"), UploadItem("y.png", b"2"), UploadItem("z.png", b"3")]
+    masks = [UploadItem("m/x_mask.png", b"mx"), UploadItem("Y.png", b"my")]
+    assert match_masks(images, masks) == {"a/x.jpg": b"mx", "y.png": b"my"}
+
+
+def test_process_uploads_zip_folder_labels_masks_and_bad_files(core, synthetic_slice) -> None:
+    service, wl = core
+    img, mask = synthetic_slice()
+    archive = _zip({"study/glioma/a.png": _png(img), "../evil.png": _png(img), "study/notes.txt": b"hello"})
+    masks = _zip({"a_mask.png": _png(mask.astype(np.uint8) * 255)})
+    seen = []
+    rows = process_uploads([("study.zip", archive), ("empty.png", b"")], service, wl, label_from_folder=True,
+                           masks=[("masks.zip", masks)], progress=lambda d, t, n: seen.append((d, t)))
+    by_file = {r["file"]: r for r in rows}
+    good = by_file["study.zip/study/glioma/a.png"]
+    assert good["status"] == "accepted" and good["truth"] == "glioma" and "mask" in good["reason"]
+    assert by_file["study.zip/../evil.png"]["status"] == "rejected"
+    assert by_file["study.zip/study/notes.txt"]["status"] == "rejected"
+    assert by_file["empty.png"]["status"] == "rejected" and "empty" in by_file["empty.png"]["reason"]
+    assert seen[-1] == (3, 3)
+    case = wl.get(good["scan_id"])
+    assert case["truth_label"] == "glioma" and Path(case["truth_mask_path"]).is_file()
+    rejected = {r["name"] for r in wl.rejections()}
+    assert {"study.zip/../evil.png", "notes.txt", "empty.png"} <= rejected
+
+    again = process_uploads([("a.png", _png(img))], service, wl)
+    assert again[0]["status"] == "already in worklist" and wl.count() == 1
+
+
+def test_process_uploads_survives_an_exception(core, synthetic_slice, monkeypatch) -> None:
+    service, wl = core
+    img, _ = synthetic_slice()
+    real = service.analyze_bytes
+
+    def flaky(data, name, explain=False):
+        if name == "boom.png":
+            raise RuntimeError("disk on fire")
+        return real(data, name, explain=explain)
+
+    monkeypatch.setattr(service, "analyze_bytes", flaky)
+    rows = process_uploads([("boom.png", _png(img)), ("fine.png", _png(img[::-1].copy()))], service, wl)
+    assert [r["status"] for r in rows] == ["error", "accepted"]
+    assert "disk on fire" in rows[0]["reason"]
+    assert any(r["name"] == "boom.png" for r in wl.rejections())
+
+
+# ----- pages -----------------------------------------------------------------------------
+
+def test_worklist_page_empty(app_env) -> None:
+    at = _app()
+    assert not at.exception
+    assert at.title[0].value == "Worklist"
+    assert "worklist is empty" in _texts(at)
+    assert [m.value for m in at.metric][:3] == ["0", "0", "0"]
+
+
+def test_upload_review_sign_off_flow(core, shared_data: Path) -> None:
+    service, wl = core
+    image = (shared_data / "brisc2025" / GLIOMA)
+    mask = (shared_data / "brisc2025" / GLIOMA_MASK)
+    if not image.is_file() or not mask.is_file():
+        pytest.skip(f"BRISC slice {GLIOMA} not in the shared data")
+    rows = process_uploads([(image.name, image.read_bytes()), ("notes.txt", b"not a scan")], service, wl,
+                           truth_label="glioma", masks=[(mask.name, mask.read_bytes())])
+    assert [r["status"] for r in rows] == ["accepted", "rejected"]
+    scan_id = rows[0]["scan_id"]
+
+    at = _app()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["name"].tolist() == [image.name]
+    assert table["thumbnail"][0].startswith("data:image/png;base64,")
+    assert "notes.txt" in at.dataframe[1].value["name"].tolist()  # rejected uploads expander
+    _by_label(at.selectbox, "Review status").select("signed_off").run()
+    assert "No case matches" in _texts(at)
+    _by_label(at.selectbox, "Review status").select("All").run()
+
+    _by_label(at.button, "Open").click().run()  # the selectbox fallback opens the selected case
+    assert not at.exception
+    assert at.title[0].value == "Case review"
+    assert at.session_state[state.SELECTED_CASE] == scan_id
+    text = _texts(at)
+    assert "untrained model" in text
+    captions = " ".join(c for img in at.image for c in img.captions)
+    assert len(at.image) == 5
+    for needle in ("Original slice", "Brain crop", "Grad-CAM for", "Dice"):
+        assert needle in captions, needle
+    assert len(at.get("plotly_chart")) == 1
+
+    _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
+    assert not at.exception
+    assert "Eigen-CAM" in " ".join(c for img in at.image for c in img.captions)
+    _by_label(at.text_input, "Reviewer").input("Dr Test")
+    _by_label(at.selectbox, "Label (confirm or correct)").select("glioma")
+    _by_label(at.text_area, "Note").input("enhancing mass, left")
+    _by_label(at.button, "Sign off").click().run()
+    assert not at.exception
+    case = wl.get(scan_id)
+    assert case["review_status"] == "signed_off" and case["reviewed_label"] == "glioma"
+    assert case["reviewer"] == "Dr Test" and case["note"] == "enhancing mass, left"
+    assert "Signed off by Dr Test" in _texts(at)
+    audit = at.dataframe[-1].value
+    assert "sign off" in audit["action"].tolist() and "Dr Test" in audit["who"].tolist()
+    assert at.session_state[state.REVIEWER] == "Dr Test"
+
+
+def test_new_scans_page_uploads_files(app_env, synthetic_slice) -> None:
+    img, _ = synthetic_slice()
+    at = _app("pages/new_scans.py")
+    assert not at.exception and at.title[0].value == "New scans"
+    at.file_uploader[0].set_value([("synthetic.png", _png(img), "image/png"),
+                                   ("broken.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")]).run()
+    _by_label(at.button, "Analyse 2 files").click().run()
+    assert not at.exception
+    text = _texts(at)
+    assert "1 added to the worklist" in text and "1 file(s) were not added" in text
+    assert at.session_state[state.UPLOAD_NONCE] == 1  # uploaders were reset
+    assert at.dataframe[0].value["file"].tolist() == ["synthetic.png"]
+    assert at.dataframe[1].value["file"].tolist() == ["broken.png"]
+
+    at.switch_page("pages/worklist.py").run()
+    assert at.dataframe[0].value["name"].tolist() == ["synthetic.png"]
+    assert [m.value for m in at.metric][:2] == ["1", "1"]
+
+
+def test_case_review_with_missing_file(core, synthetic_slice) -> None:
+    service, wl = core
+    img, _ = synthetic_slice()
+    rows = process_uploads([("gone.png", _png(img))], service, wl)
+    case = wl.get(rows[0]["scan_id"])
+    Path(case["stored_path"]).unlink()
+    at = _app()
+    at.session_state[state.SELECTED_CASE] = case["scan_id"]
+    at.switch_page("pages/case_review.py").run()
+    assert not at.exception
+    assert any("stored image file is missing" in e.value for e in at.error)
+    _by_label(at.text_input, "Reviewer").input("Dr Who")
+    _by_label(at.button, "Save review").click().run()
+    assert wl.get(case["scan_id"])["review_status"] == "confirmed"
+
+
+def test_case_review_empty_worklist(app_env) -> None:
+    at = _app("pages/case_review.py")
+    assert not at.exception
+    assert "No case to review" in _texts(at)
+
+
+def test_model_page(app_env, tmp_path, monkeypatch) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "eval-brisc.md").write_text("# Evaluation on BRISC\n\naccuracy 0.9\n", encoding="utf-8")
+    monkeypatch.setattr("triage.ui.model_card.REPORTS_DIR", reports)
+    at = _app("pages/model.py")
+    assert not at.exception
+    text = _texts(at)
+    for needle in ("Tumor classifier", "Tumor segmenter", "NOT for", "Risk policy", "untrained placeholders",
+                   "metastases", "Evaluation on BRISC"):
+        assert needle in text, needle
+    assert "eval-brisc.md" in [e.label for e in at.expander]
+
+
+def test_pages_without_models(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "data"))
+    st.cache_resource.clear()
+    at = _app()
+    assert not at.exception
+    for page in ("pages/new_scans.py", "pages/model.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+        assert any("No usable model" in e.value for e in at.error), page
+    st.cache_resource.clear()

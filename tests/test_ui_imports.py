@@ -1,0 +1,55 @@
+"""Dependency rules, checked by parsing imports: streamlit only in triage/ui, no torch/sqlite3 in pages."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "triage"
+PAGES = sorted((REPO / "pages").glob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module a file imports (``import a.b`` and ``from a.b import c`` -> 'a.b')."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _roots(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def test_parser_sees_every_import_form(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os, torch.nn\nfrom sqlite3 import connect\n\ndef f():\n    import streamlit as st\n"
+                      "from . import local\n", encoding="utf-8")
+    assert _roots(imported_modules(sample)) == {"os", "torch", "sqlite3", "streamlit"}
+
+
+@pytest.mark.parametrize("path", sorted(p for p in PACKAGE.rglob("*.py") if "ui" not in p.relative_to(PACKAGE).parts),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_core_never_imports_streamlit_or_the_ui(path: Path) -> None:
+    modules = imported_modules(path)
+    assert "streamlit" not in _roots(modules), f"{path.name} imports streamlit; only triage/ui may"
+    assert not any(m == "triage.ui" or m.startswith("triage.ui.") for m in modules), \
+        f"{path.name} imports triage.ui; the core must not depend on the UI"
+
+
+@pytest.mark.parametrize("path", [*PAGES, REPO / "app.py"], ids=lambda p: str(p.relative_to(REPO)))
+def test_pages_never_import_torch_or_sqlite3(path: Path) -> None:
+    bad = _roots(imported_modules(path)) & {"torch", "sqlite3"}
+    assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}; go through triage.service / triage.worklist"
+
+
+def test_there_are_pages_to_check() -> None:
+    names = {p.name for p in PAGES}
+    assert {"worklist.py", "new_scans.py", "case_review.py", "model.py"} <= names

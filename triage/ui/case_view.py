@@ -1,0 +1,89 @@
+"""Case review helpers: re-analyse a stored slice (cached), heatmaps, masks and the probability chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from triage.explain import METHODS
+from triage.records import CLASSES, CaseResult
+from triage.ui.format import class_text
+from triage.ui.resources import get_service
+
+__all__ = ["METHODS", "StoredFileMissing", "analyse_case", "explanation", "probability_figure", "read_mask"]
+
+METHOD_TEXT: dict[str, str] = {
+    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "Eigen-CAM (class-agnostic)",
+    "layercam": "Layer-CAM",
+}
+
+
+class StoredFileMissing(FileNotFoundError):
+    """The case's stored slice is no longer on disk."""
+
+
+def analyse_case(case: dict) -> CaseResult:
+    """Re-run the pipeline on the case's stored file with the active models (cached per version).
+
+    Returns the result for the case's frame (it may be 'rejected' if the active models now refuse
+    it). Raises StoredFileMissing when the stored file is gone.
+    """
+    path = case.get("stored_path") or ""
+    if not path or not Path(path).is_file():
+        raise StoredFileMissing(path or "(no stored path recorded)")
+    frame = (case.get("extra") or {}).get("frame")
+    versions = tuple(sorted(get_service().active_versions().items()))
+    return _analyse(path, case.get("name") or "upload", case["scan_id"], frame, versions)
+
+
+@st.cache_data(max_entries=16, show_spinner="Analysing the stored slice…")
+def _analyse(path: str, name: str, scan_id: str, frame: int | None, versions: tuple) -> CaseResult:
+    results = get_service().analyze_bytes(Path(path).read_bytes(), name)
+    for r in results:
+        if r.scan_id == scan_id:
+            return r
+    for r in results:
+        if r.scan is not None and r.scan.frame == frame:
+            return r
+    return results[0]
+
+
+def explanation(result: CaseResult, target_class: str, method: str) -> np.ndarray:
+    """Heatmap float32 (H, W) in [0, 1] at scan resolution for ``target_class`` (cached)."""
+    versions = tuple(sorted(get_service().active_versions().items()))
+    return _explain(result.scan_id, target_class, method, versions, result)
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing the heatmap…")
+def _explain(scan_id: str, target_class: str, method: str, versions: tuple, _result: CaseResult) -> np.ndarray:
+    return get_service().explain(_result, target_class, method).heatmap
+
+
+def read_mask(path: str | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """A stored mask image as bool (H, W) at ``shape`` (nearest-neighbour resize), or None if unreadable."""
+    if not path or not Path(path).is_file():
+        return None
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        return None
+    if img.shape != tuple(shape):
+        img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return img > 127
+
+
+def probability_figure(case: dict) -> go.Figure:
+    """Horizontal bar chart of the stored calibrated probabilities; the predicted class highlighted."""
+    probs = [float(case.get(f"p_{c}") or 0.0) for c in CLASSES]
+    colors = ["#e4572e" if c == case.get("label") else "#6c8ebf" for c in CLASSES]
+    fig = go.Figure(go.Bar(
+        x=probs, y=[class_text(c) for c in CLASSES], orientation="h", marker_color=colors,
+        text=[f"{p:.0%}" for p in probs], textposition="auto",
+        hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    fig.update_layout(
+        height=260, margin={"l": 10, "r": 20, "t": 10, "b": 10},
+        xaxis={"range": [0, 1], "tickformat": ".0%"}, yaxis={"autorange": "reversed"}, showlegend=False)
+    return fig

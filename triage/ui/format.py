@@ -1,0 +1,124 @@
+"""Display text and tables for the pages (no streamlit here, so it is testable on its own)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from triage.records import CLASSES
+
+CLASS_TEXT: dict[str, str] = {
+    "no_tumor": "No tumor",
+    "glioma": "Glioma",
+    "meningioma": "Meningioma",
+    "pituitary": "Pituitary",
+}
+
+# Flags a reviewer must notice, in the words shown on screen.
+FLAG_TEXT: dict[str, str] = {
+    "uncertain": "uncertain",
+    "ood": "outside what the model knows",
+    "disagreement": "classifier and segmenter disagree",
+    "untrained_model": "untrained model",
+    "not_brain": "not a brain MRI",
+    "rejected": "rejected",
+}
+# Flags offered by the worklist filter (the ones analysed cases can carry).
+CASE_FLAGS: tuple[str, ...] = ("uncertain", "ood", "disagreement", "untrained_model")
+# Flags that ask for a closer look at this case (untrained_model is a property of the models).
+ATTENTION_FLAGS: frozenset[str] = frozenset({"uncertain", "ood", "disagreement"})
+
+REVIEW_TEXT: dict[str, str] = {
+    "unreviewed": "unreviewed",
+    "confirmed": "confirmed",
+    "corrected": "corrected",
+    "signed_off": "signed off",
+}
+
+
+def class_text(label: str | None) -> str:
+    """'glioma' -> 'Glioma'; unknown or empty labels are shown as given ('' -> '-')."""
+    if not label:
+        return "-"
+    return CLASS_TEXT.get(label, str(label))
+
+
+def flag_text(flags: Iterable[str]) -> str:
+    """Readable, comma-separated flags ('' when there are none)."""
+    return ", ".join(FLAG_TEXT.get(f, str(f)) for f in flags if f != "rejected")
+
+
+def effective_label(case: dict) -> str:
+    """The reviewer's label when the case was reviewed, else the model's."""
+    return case.get("reviewed_label") or case.get("label") or ""
+
+
+def is_flagged(case: dict) -> bool:
+    """True when the case carries a flag that asks for a closer look."""
+    return bool(ATTENTION_FLAGS & set(case.get("flags") or ()))
+
+
+def thumbnail_uri(png: bytes | None) -> str | None:
+    """PNG bytes -> a ``data:image/png;base64,...`` URI (None when there is no thumbnail)."""
+    if not png:
+        return None
+    return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
+
+
+def case_title(case: dict) -> str:
+    """One-line description of a case for pickers: name, class, risk."""
+    return f"{case.get('name') or case['scan_id'][:12]} — {class_text(effective_label(case))} — " \
+           f"risk {float(case.get('risk', 0.0)):.2f}"
+
+
+WORKLIST_COLUMNS: tuple[str, ...] = (
+    "thumbnail", "name", "class", "risk", "review", "flags", *(f"p_{c}" for c in CLASSES), "received",
+)
+
+
+def worklist_frame(cases: Sequence[dict]) -> pd.DataFrame:
+    """The worklist table: one row per case, in the given order, indexed 0..n-1.
+
+    Columns: thumbnail (data URI), name, class (effective, '(reviewed)' when changed by a
+    reviewer), p_<class> in [0, 1], risk in [0, 1], flags (readable text), review, received
+    (UTC datetime) and scan_id (for selection, not displayed).
+    """
+    rows = []
+    for c in cases:
+        label = effective_label(c)
+        shown = class_text(label)
+        if c.get("reviewed_label") and c["reviewed_label"] != c.get("label"):
+            shown += " (corrected)"
+        rows.append({
+            "thumbnail": thumbnail_uri(c.get("thumbnail")),
+            "name": c.get("name") or "",
+            "class": shown,
+            **{f"p_{k}": float(c.get(f"p_{k}") or 0.0) for k in CLASSES},
+            "risk": float(c.get("risk") or 0.0),
+            "flags": flag_text(c.get("flags") or ()),
+            "review": REVIEW_TEXT.get(c.get("review_status") or "", c.get("review_status") or ""),
+            "received": pd.to_datetime(c.get("received_at"), utc=True, errors="coerce"),
+            "scan_id": c["scan_id"],
+        })
+    columns = [*WORKLIST_COLUMNS, "scan_id"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def rejections_frame(rejections: Sequence[dict]) -> pd.DataFrame:
+    """Refused uploads: name, reason, received (UTC)."""
+    return pd.DataFrame(
+        [{"name": r.get("name", ""), "reason": r.get("reason", ""),
+          "received": pd.to_datetime(r.get("received_at"), utc=True, errors="coerce")} for r in rejections],
+        columns=["name", "reason", "received"])
+
+
+def audit_frame(audit: Sequence[dict]) -> pd.DataFrame:
+    """Audit rows (oldest first) for display: when (UTC, seconds), who, action, field, old, new."""
+    return pd.DataFrame(
+        [{"when": str(a.get("at", ""))[:19].replace("T", " "), "who": a.get("actor", ""),
+          "action": str(a.get("action", "")).replace("_", " "), "field": a.get("field") or "",
+          "old": a.get("old_value") if a.get("old_value") is not None else "",
+          "new": a.get("new_value") if a.get("new_value") is not None else ""} for a in audit],
+        columns=["when", "who", "action", "field", "old", "new"])

@@ -1,0 +1,116 @@
+"""Model cards for the Model page: metadata.json -> readable rows (no streamlit here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from triage.config import REPO_DIR
+
+REPORTS_DIR = REPO_DIR / "reports"
+
+NOT_FOR = """\
+- **Not a diagnosis.** It orders the reading queue and points at regions; a radiologist reads every case.
+- **Single 2D slices only**: it never sees the rest of the volume, earlier studies or the clinical question.
+- Trained on **T1 contrast-enhanced** slices from public datasets: expect lower accuracy on T2, FLAIR,
+  other sequences and on images from other hospitals and scanners.
+- **Not for children**, **post-operative** or post-treatment scans.
+- Knows only glioma, meningioma and pituitary tumors: **other tumor types** (metastases, lymphoma,
+  schwannoma...) and other diseases (stroke, haemorrhage, abscess) are not recognised and may be called
+  anything, including "no tumor".
+"""
+
+
+def _num(value: object, digits: int = 3) -> str:
+    if isinstance(value, bool) or value is None:
+        return "—" if value is None else str(value)
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return str(value)
+
+
+def _pct(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
+    """(field, value) rows describing a model version from its metadata.json."""
+    data = meta.get("data") or {}
+    rows = [
+        ("Architecture", str(meta.get("arch", "—"))),
+        ("Version", str(meta.get("version", "—"))),
+        ("Created", str(meta.get("created", "—"))),
+        ("Trained", "yes" if meta.get("trained") else "NO — untrained placeholder"),
+        ("Input size", f"{meta.get('input_size', '—')} px, 1 channel (greyscale brain crop)"),
+    ]
+    if meta.get("preprocess"):
+        rows.append(("Preprocessing", str(meta["preprocess"])))
+    if isinstance(meta.get("crop"), dict) and meta["crop"]:
+        rows.append(("Brain-crop settings", ", ".join(f"{k}={v}" for k, v in meta["crop"].items())))
+    if task == "classifier":
+        rows.append(("Class order", ", ".join(meta.get("classes") or []) or "—"))
+        rows.append(("Temperature (calibration)", _num(meta.get("temperature"))))
+        ood = meta.get("ood") or {}
+        if ood.get("threshold") is not None:
+            rule = ood.get("threshold_rule", "score limit")
+            rows.append(("Out-of-distribution threshold", f"{_num(float(ood['threshold']), 1)} ({rule})"))
+    else:
+        rows.append(("Mask threshold", _num(meta.get("threshold"), 2)))
+        rows.append(("Minimum mask area", _pct(meta.get("min_area_frac"))
+                     + (" of the brain crop" if meta.get("min_area_frac") is not None else "")))
+    if data:
+        counts = [f"{k.replace('_', ' ')}: {v}" for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)]
+        rows.append(("Training data", "; ".join(counts) or "see details"))
+    if meta.get("wall_time_min") is not None:
+        rows.append(("Training wall time", f"{meta['wall_time_min']} min"))
+    if meta.get("best_epoch") is not None:
+        rows.append(("Best epoch", str(meta["best_epoch"])))
+    return rows
+
+
+def metric_rows(task: str, meta: dict) -> list[tuple[str, str]]:
+    """Validation metrics of the model card (empty when the model was never evaluated)."""
+    val = (meta.get("metrics") or {}).get("validation") or {}
+    if not val:
+        return []
+    if task == "classifier":
+        after = val.get("after_calibration") or {}
+        rows = [("Validation images", _num(after.get("n")))] if after.get("n") is not None else []
+        ci = after.get("accuracy_ci95")
+        acc = _pct(after.get("accuracy"))
+        if isinstance(ci, (list, tuple)) and len(ci) == 2:
+            acc += f" (95% CI {_pct(ci[0])}–{_pct(ci[1])})"
+        rows += [
+            ("Accuracy", acc),
+            ("Macro F1", _num(after.get("macro_f1"))),
+            ("Tumor-miss rate (tumor called no_tumor)", _pct(after.get("tumor_miss_rate"))),
+            ("No-tumor false-alarm rate", _pct(after.get("no_tumor_false_alarm_rate"))),
+            ("ECE before calibration", _num(val.get("ece_before"))),
+            ("ECE after calibration", _num(val.get("ece_after"))),
+        ]
+        return rows
+    return [
+        ("Dice (tumor slices)", _num(val.get("dice"))),
+        ("IoU (tumor slices)", _num(val.get("iou"))),
+        ("False-positive mask rate (tumor-free slices)", _pct(val.get("fp_rate"))),
+        ("Tumor / tumor-free validation slices", f"{_num(val.get('n_tumor'))} / {_num(val.get('n_empty'))}"),
+    ]
+
+
+def per_class_rows(meta: dict) -> list[dict]:
+    """Per-class precision/recall/F1/support of the calibrated classifier (validation)."""
+    after = ((meta.get("metrics") or {}).get("validation") or {}).get("after_calibration") or {}
+    return [{"class": c, **{k: v for k, v in m.items()}} for c, m in (after.get("per_class") or {}).items()]
+
+
+def reports(directory: Path | None = None) -> list[tuple[str, str]]:
+    """(file name, markdown text) of every ``*.md`` evaluation report (default ``reports/``), by name."""
+    directory = Path(directory) if directory is not None else REPORTS_DIR
+    if not directory.is_dir():
+        return []
+    out = []
+    for path in sorted(directory.glob("*.md")):
+        try:
+            out.append((path.name, path.read_text(encoding="utf-8", errors="replace")))
+        except OSError as exc:
+            out.append((path.name, f"*cannot read this report: {exc}*"))
+    return out

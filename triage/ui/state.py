@@ -1,0 +1,91 @@
+"""Session-state keys (the only place they are spelled) and their defaults.
+
+Widget keys that pages read or reset live here too, so no page spells a key by hand.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+# Values kept across pages.
+SELECTED_CASE = "selected_case"  # scan_id opened in Case review (or None)
+REVIEWER = "reviewer"  # the reviewer's name, remembered for the next case
+LAST_UPLOAD = "last_upload"  # result rows of the last New scans batch (list of dicts) or None
+UPLOAD_NONCE = "upload_nonce"  # bumped after a batch so the file uploaders start empty
+TRAIN_RUN = "train_run"
+WORKLIST_FILTERS = "worklist_filters"  # filters of the Worklist page, reused by previous/next
+WORKLIST_NONCE = "worklist_nonce"  # bumped when a row is opened so the table selection resets
+FLASH = "flash"  # one-shot (kind, message) shown at the top of the next run
+
+# Widget keys.
+CASE_PICKER = "case_picker"
+WORKLIST_TABLE = "worklist_table"
+WORKLIST_OPEN = "worklist_open"
+UPLOAD_FILES = "upload_files"
+UPLOAD_FOLDER = "upload_folder"
+UPLOAD_MASKS = "upload_masks"
+UPLOAD_TRUTH = "upload_truth"
+CAM_CLASS = "cam_class"
+CAM_METHOD = "cam_method"
+REVIEW_FORM = "review_form"
+
+_DEFAULTS = {SELECTED_CASE: None, REVIEWER: "", LAST_UPLOAD: None, UPLOAD_NONCE: 0, TRAIN_RUN: None,
+             WORKLIST_FILTERS: {}, WORKLIST_NONCE: 0, FLASH: None}
+
+
+def ensure_router() -> None:
+    """Make sure a page request goes through the router (app.py), not streamlit's legacy page mode.
+
+    :func:`init_state` calls it, so every page and the router do. Because the repository has a ``pages/`` folder, a fresh
+    server whose *first* request is a page URL (``/new_scans``, a bookmark after a restart)
+    runs that page file on its own, in streamlit's v1 multipage mode: no router, no disclaimer
+    banner, no page config, a raw file list as navigation. ``st.navigation`` leaves that mode,
+    but only once app.py has run. So a page that finds the legacy mode still on switches it
+    off and reruns: app.py then routes the same URL to the same page (pages are keyed by URL
+    path). This happens at most once per server process. Uses streamlit's ``PagesManager``
+    flag (streamlit 1.67). Not under AppTest, which re-enters the legacy mode on every run by
+    design (a rerun there would swallow the button click that started the run).
+    """
+    from streamlit import config
+
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a future streamlit without the legacy mode
+        return
+    if config.get_option("global.appTest"):
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def init_state() -> None:
+    """Route through app.py if needed (:func:`ensure_router`), then fill missing session keys (idempotent)."""
+    ensure_router()
+    for key, value in _DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def keyed(base: str, *parts: object) -> str:
+    """A widget key derived from a constant, e.g. ``keyed(UPLOAD_FILES, nonce)``."""
+    return "-".join([base, *(str(p) for p in parts)])
+
+
+def flash(kind: str, message: str) -> None:
+    """Queue a message ('success' | 'info' | 'warning' | 'error') for the next run."""
+    st.session_state[FLASH] = (kind, message)
+
+
+def pop_flash() -> tuple[str, str] | None:
+    """The queued message, removed from the session."""
+    return st.session_state.pop(FLASH, None) if st.session_state.get(FLASH) else None
+
+
+# Training page (issue #5): session values and widget keys.
+TRAIN_CHECK = "train_check"  # background-task key of this session's data check (or None)
+TRAIN_SUMMARY = "train_summary"  # dict of the last checked dataset's ImportSummary (or None)
+TRAIN_SOURCE, TRAIN_FOLDER, TRAIN_MANIFEST, TRAIN_ZIP = "train_source", "train_folder", "train_manifest", "train_zip"
+TRAIN_TASK, TRAIN_INIT, TRAIN_PRESET = "train_task", "train_init", "train_preset"
+TRAIN_EPOCHS, TRAIN_BUDGET = "train_epochs", "train_budget"
+_DEFAULTS.update({TRAIN_CHECK: None, TRAIN_SUMMARY: None})

@@ -1,0 +1,261 @@
+"""Turn a batch of uploaded files (loose files, folders, .zip archives) into worklist cases.
+
+No streamlit here: the New scans page passes plain ``(name, bytes)`` pairs and a progress
+callback, so the logic is tested without a browser. Each file goes through
+:func:`triage.intake.ingest` on its own; one bad file never stops the others, and every
+file ends as one or more result rows (accepted, already in the worklist, rejected, skipped
+or error) with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import stat
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+from triage.intake import display_name, ingest
+from triage.records import CLASSES, normalize_label
+from triage.service import TriageService
+from triage.worklist import Worklist
+
+log = logging.getLogger(__name__)
+
+# Archive limits: members beyond MAX_ZIP_MEMBERS are not extracted, and extraction stops once
+# MAX_ZIP_TOTAL_BYTES of uncompressed data has been read (a zip bomb cannot exhaust memory).
+MAX_ZIP_MEMBERS = 2000
+MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+# System clutter skipped silently inside folders and archives.
+_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_MASK_SUFFIXES = ("_mask", "-mask", " mask")
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class UploadItem:
+    """One file to analyse. name: display path ('scans.zip/glioma/x.png'); folders: its parent folders."""
+
+    name: str
+    data: bytes
+    folders: tuple[str, ...] = ()
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def _is_junk(parts: Sequence[str]) -> bool:
+    return any(p.startswith("__MACOSX") for p in parts) or parts[-1].lower() in _JUNK_NAMES \
+        or parts[-1].startswith("._")
+
+
+def is_zip(name: str, data: bytes) -> bool:
+    """A file is treated as an archive when it is named ``*.zip`` and starts like one."""
+    return str(name).lower().endswith(".zip") and data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _unsafe_member(name: str) -> str | None:
+    """Why an archive member name is refused (absolute path, drive letter, '..'), or None."""
+    clean = name.replace("\\", "/")
+    if clean.startswith("/") or _DRIVE_RE.match(clean):
+        return "absolute path inside the archive"
+    if ".." in clean.split("/"):
+        return "path with '..' inside the archive"
+    return None
+
+
+def expand_zip(name: str, data: bytes, max_members: int = MAX_ZIP_MEMBERS,
+               max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
+               max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[list[UploadItem], list[dict]]:
+    """Extract an archive in memory. Returns (files, skipped rows with a reason).
+
+    Refused members: absolute paths, '..', symlinks, encrypted members, members larger than
+    ``max_member_bytes``; members after the first ``max_members`` files and everything after
+    ``max_total_bytes`` of uncompressed data are not extracted (one summary row says so).
+    Nested archives are passed on as files (and then refused by the decoder).
+    """
+    items: list[UploadItem] = []
+    skipped: list[dict] = []
+    archive = display_name(name)
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        return [], [_row(archive, "rejected", reason=f"not a readable zip archive ({exc})")]
+    with zf:
+        members = [i for i in zf.infolist() if not i.is_dir()]
+        total = 0
+        for count, info in enumerate(members):
+            shown = f"{archive}/{info.filename}"
+            if count >= max_members:
+                skipped.append(_row(archive, "skipped", reason=(
+                    f"{len(members) - max_members} more files not extracted: the limit is {max_members} "
+                    "files per archive")))
+                break
+            unsafe = _unsafe_member(info.filename)
+            if unsafe:
+                skipped.append(_row(shown, "rejected", reason=unsafe))
+                continue
+            parts = _parts(info.filename)
+            if not parts or _is_junk(parts):
+                continue
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                skipped.append(_row(shown, "rejected", reason="symbolic link inside the archive"))
+                continue
+            if info.flag_bits & 0x1:
+                skipped.append(_row(shown, "rejected", reason="encrypted archive member"))
+                continue
+            if info.file_size > max_member_bytes:
+                skipped.append(_row(shown, "rejected", reason=(
+                    f"{info.file_size / 1e6:.1f} MB uncompressed, over the {max_member_bytes / 1e6:.0f} MB limit")))
+                continue
+            budget = min(max_member_bytes, max_total_bytes - total)
+            try:
+                with zf.open(info) as fh:
+                    content = fh.read(budget + 1)
+            except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError,
+                    NotImplementedError) as exc:
+                skipped.append(_row(shown, "rejected", reason=f"cannot extract: {exc}"))
+                continue
+            if len(content) > budget:
+                if budget < max_member_bytes:
+                    skipped.append(_row(archive, "skipped", reason=(
+                        f"extraction stopped at {max_total_bytes / 1e6:.0f} MB of uncompressed data; "
+                        f"{len(members) - count} files not extracted")))
+                    break
+                skipped.append(_row(shown, "rejected", reason=(
+                    f"over the {max_member_bytes / 1e6:.0f} MB limit once uncompressed")))
+                continue
+            total += len(content)
+            items.append(UploadItem(name=shown, data=content, folders=(archive, *parts[:-1])))
+    return items, skipped
+
+
+def expand_uploads(files: Sequence[tuple[str, bytes]], **zip_limits: int) -> tuple[list[UploadItem], list[dict]]:
+    """Loose files stay as they are, ``.zip`` archives are extracted; hidden system files dropped.
+
+    ``files`` are (name, bytes) pairs; a name may be a relative path (folder uploads).
+    Returns (files to analyse, rows for archive members that were refused or not extracted).
+    """
+    items: list[UploadItem] = []
+    skipped: list[dict] = []
+    for name, data in files:
+        parts = _parts(name) or ["upload"]
+        if _is_junk(parts):
+            continue
+        if is_zip(name, data):
+            got, refused = expand_zip(name, data, **zip_limits)
+            items.extend(got)
+            skipped.extend(refused)
+        else:
+            items.append(UploadItem(name="/".join(parts), data=bytes(data), folders=tuple(parts[:-1])))
+    return items, skipped
+
+
+def _stem_key(name: str) -> str:
+    stem = PurePosixPath(_parts(name)[-1] if _parts(name) else name).stem.casefold()
+    for suffix in _MASK_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def match_masks(images: Sequence[UploadItem], masks: Sequence[UploadItem]) -> dict[str, bytes]:
+    """Ground-truth mask bytes per image name, matched by file stem.
+
+    Image ``x.jpg`` matches mask ``x_mask.png`` (or ``x-mask.png``) or ``x.png``; folders and
+    case are ignored. Images without a mask are left out.
+    """
+    by_stem = {_stem_key(m.name): m.data for m in masks}
+    return {img.name: by_stem[_stem_key(img.name)] for img in images if _stem_key(img.name) in by_stem}
+
+
+def label_from_folders(item: UploadItem) -> str | None:
+    """The class named by the nearest parent folder ('glioma/', 'notumor/', ...), or None."""
+    for folder in reversed(item.folders):
+        label = normalize_label(folder)
+        if label is not None:
+            return label
+    return None
+
+
+def _row(name: str, status: str, **kw: object) -> dict:
+    return {"file": name, "status": status, "label": kw.get("label", ""), "risk": kw.get("risk"),
+            "flags": list(kw.get("flags", ())), "truth": kw.get("truth", ""), "reason": kw.get("reason", ""),
+            "scan_id": kw.get("scan_id", "")}
+
+
+def process_uploads(files: Sequence[tuple[str, bytes]], service: TriageService, worklist: Worklist,
+                    truth_label: str | None = None, masks: Sequence[tuple[str, bytes]] | None = None,
+                    label_from_folder: bool = False, progress: Progress | None = None) -> list[dict]:
+    """Analyse every uploaded file and add the good ones to the worklist.
+
+    files/masks: (name, bytes) pairs (.zip archives are extracted). truth_label: a class
+    attached to every case; label_from_folder: take it from the file's folder name instead
+    (falls back to ``truth_label``). masks are matched to images by stem (:func:`match_masks`).
+    progress(done, total, name) is called before each file and once at the end.
+
+    Returns one row per result: file, status ('accepted' | 'already in worklist' | 'rejected'
+    | 'skipped' | 'error'), label, risk, flags, truth, reason, scan_id.
+    """
+    if truth_label is not None and truth_label not in CLASSES:
+        raise ValueError(f"truth_label must be one of {CLASSES}, got {truth_label!r}")
+    items, rows = expand_uploads(files)
+    mask_items, mask_rows = expand_uploads(masks or [])
+    rows.extend({**r, "reason": f"mask: {r['reason']}"} for r in mask_rows)
+    mask_for = match_masks(items, mask_items)
+    for r in rows:
+        if r["status"] == "rejected":
+            _log_rejection(worklist, r["file"], r["reason"])
+    total = len(items)
+    for done, item in enumerate(items):
+        if progress is not None:
+            progress(done, total, item.name)
+        truth = (label_from_folders(item) if label_from_folder else None) or truth_label
+        rows.extend(_ingest_one(service, worklist, item, truth, mask_for.get(item.name)))
+    if progress is not None:
+        progress(total, total, "")
+    return rows
+
+
+def _ingest_one(service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None,
+                mask: bytes | None) -> list[dict]:
+    started = datetime.now(UTC).isoformat(timespec="microseconds")
+    try:
+        results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
+    except Exception as exc:  # one broken file must not stop the batch; the error is shown and logged
+        log.exception("upload %r failed", item.name)
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        _log_rejection(worklist, item.name, reason)
+        return [_row(item.name, "error", reason=reason)]
+    out = []
+    for r in results:
+        shown = item.name if r.scan is None or r.scan.frame is None else f"{item.name} [frame {r.scan.frame}]"
+        if not r.ok:
+            out.append(_row(shown, "rejected", reason=r.error, scan_id=r.scan_id))
+            continue
+        case = worklist.get(r.scan_id)
+        earlier = case is not None and str(case.get("received_at", "")) < started
+        out.append(_row(
+            shown, "already in worklist" if earlier else "accepted", label=r.prediction.label,
+            risk=round(float(r.risk), 3), flags=r.flags, truth=truth or "",
+            reason="the same file was analysed before; the earlier case is kept" if earlier else
+            ("ground-truth mask attached" if mask is not None else ""),
+            scan_id=r.scan_id))
+    return out
+
+
+def _log_rejection(worklist: Worklist, name: str, reason: str) -> None:
+    try:
+        worklist.log_rejection(name, reason)
+    except Exception:  # the result table still shows the reason
+        log.exception("could not log the rejection of %r", name)
