@@ -10,9 +10,9 @@ import pytest
 from triage.config import get_settings
 from triage.models import load_model
 
-MIN_ACCURACY = 0.85
-MIN_DICE = 0.70
-MAX_FP_MASK_RATE = 0.15
+MIN_ACCURACY = 0.90
+MIN_DICE = 0.65
+MAX_FP_MASK_RATE = 0.05
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from triage.metrics import (
     dice_iou,
     mask_bbox,
 )
+from triage.preprocess import LEGACY_CROP
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def _training_reference(weights_dir: Path, versions: dict, shared: Path, cache_d
     thumbs = []
     if (shared / "brisc2025" / "manifest.csv").is_file():
         for name, split in TRAIN_SOURCES:
-            c = cached(shared, name, split, cache_dir, progress=False)
+            # Only thumbnails are used here and they do not depend on the crop.
+            c = cached(shared, name, split, cache_dir, progress=False, crop=LEGACY_CROP)
             sel = np.array([s in sha for s in c.sha1s], bool)
             thumbs.append(c.thumbs[sel])
         note = "exact (SHA-1) and near (64x64 thumbnail cosine >= 0.99) duplicates of training images removed"
@@ -236,7 +238,7 @@ def run_evaluation(data: Path, out: Path, folds: int = 0, limit: int | None = No
         idx = np.sort(rng.choice(len(samples), size=min(limit, len(samples)), replace=False))
         samples = [samples[i] for i in idx]
         selection += f", fixed random subset of {len(samples)} (seed 0)"
-    test = build_cache(samples, 256, cache_dir, with_masks=False, progress=progress)
+    test = build_cache(samples, 256, cache_dir, with_masks=False, progress=progress, crop=LEGACY_CROP)
     sha, thumbs, note = _training_reference(settings.weights_dir, versions, data.parent, cache_dir)
     from triage.recipe import dedup_test_against_training
 
