@@ -9,6 +9,7 @@ from triage.risk import describe_policy
 from triage.ui.model_card import (
     NOT_FOR,
     card_rows,
+    markdown_table,
     metric_rows,
     per_class_rows,
     reports,
@@ -21,7 +22,7 @@ TASK_TITLE = {"classifier": "Tumor classifier", "segmenter": "Tumor segmenter"}
 
 
 def _table(rows: list[tuple[str, str]]) -> None:
-    st.dataframe(pd.DataFrame(rows, columns=["Field", "Value"]), hide_index=True, width="stretch")
+    st.markdown(markdown_table(rows))
 
 
 init_state()  # also routes a first-ever page request through app.py
@@ -47,7 +48,8 @@ if cards:
             per_class = per_class_rows(meta)
             if per_class:
                 with st.expander("Per-class validation metrics"):
-                    st.dataframe(pd.DataFrame(per_class), hide_index=True)
+                    st.dataframe(pd.DataFrame(per_class), hide_index=True, column_config={
+                        k: st.column_config.NumberColumn(k, format="%.3f") for k in ("precision", "recall", "f1")})
             with st.expander("Training data and all versions"):
                 st.markdown("**Data**")
                 st.json(meta.get("data") or {}, expanded=False)

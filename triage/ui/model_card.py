@@ -57,13 +57,39 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
         rows.append(("Mask threshold", _num(meta.get("threshold"), 2)))
         rows.append(("Minimum mask area", _pct(meta.get("min_area_frac"))
                      + (" of the brain crop" if meta.get("min_area_frac") is not None else "")))
-    if data:
-        counts = [f"{k.replace('_', ' ')}: {v}" for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)]
-        rows.append(("Training data", "; ".join(counts) or "see details"))
+    rows.extend(_data_rows(data))
     if meta.get("wall_time_min") is not None:
         rows.append(("Training wall time", f"{meta['wall_time_min']} min"))
     if meta.get("best_epoch") is not None:
         rows.append(("Best epoch", str(meta["best_epoch"])))
+    return rows
+
+
+def _counts(counts: object) -> str:
+    if not isinstance(counts, dict) or not counts:
+        return ""
+    return " (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+
+
+def _data_rows(data: dict) -> list[tuple[str, str]]:
+    """Image counts of the training data block (known keys first, other integers as they are)."""
+    if not data:
+        return []
+    rows = []
+    if data.get("used_train") is not None:
+        rows.append(("Training images", f"{data['used_train']}{_counts(data.get('train_counts'))}"))
+    if data.get("used_val") is not None:
+        rows.append(("Validation images", f"{data['used_val']}{_counts(data.get('val_counts'))}"))
+    sources = data.get("sources")
+    if isinstance(sources, dict) and sources:
+        rows.append(("Sources", "; ".join(
+            f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in part.items())
+            if isinstance(part, dict) else f"{name}: {part}" for name, part in sources.items())))
+    known = {"used_train", "used_val", "seed", "val_fraction"}
+    other = [f"{k.replace('_', ' ')}: {v}" for k, v in data.items()
+             if k not in known and isinstance(v, int) and not isinstance(v, bool)]
+    if other:
+        rows.append(("Other data counts", "; ".join(other)))
     return rows
 
 
@@ -100,6 +126,14 @@ def per_class_rows(meta: dict) -> list[dict]:
     """Per-class precision/recall/F1/support of the calibrated classifier (validation)."""
     after = ((meta.get("metrics") or {}).get("validation") or {}).get("after_calibration") or {}
     return [{"class": c, **{k: v for k, v in m.items()}} for c, m in (after.get("per_class") or {}).items()]
+
+
+def markdown_table(rows: list[tuple[str, str]]) -> str:
+    """Two-column markdown table (wraps long values, unlike a scrolling dataframe)."""
+    def cell(text: object) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    return "\n".join(["| Field | Value |", "|---|---|", *(f"| {cell(k)} | {cell(v)} |" for k, v in rows)])
 
 
 def reports(directory: Path | None = None) -> list[tuple[str, str]]:
