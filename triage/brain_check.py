@@ -15,8 +15,20 @@ from triage.records import BrainCrop, Scan
 MIN_DYNAMIC_RANGE = 16
 MIN_NEIGHBOUR_CORRELATION = 0.35
 # Multi-sequence MRI stored as RGB (e.g. TCGA-LGG pre/FLAIR/post) reaches ~65, so only vivid
-# colour is rejected here; colour photographs below this are left to the OOD score.
-MAX_COLORFULNESS = 100.0
+# colour is rejected outright. Moderate colour is rejected only without the dark background
+# that surrounds a head: of ~9,500 shared-data slices none has colourfulness > 30 with a
+# border that is less than half dark, while the skimage photos (cat, coffee, rocket...) do.
+MAX_COLORFULNESS = 85.0
+PHOTO_COLORFULNESS = 30.0
+MIN_DARK_BORDER = 0.5
+
+
+def dark_border_fraction(img: np.ndarray) -> float:
+    """Fraction of the outer 4% frame darker than 12% of the 99th-percentile intensity."""
+    h, w = img.shape
+    b = max(2, int(0.04 * min(h, w)))
+    ring = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
+    return float((ring < 0.12 * max(1.0, float(np.percentile(img, 99)))).mean())
 
 
 def neighbour_correlation(img: np.ndarray) -> float:
@@ -39,6 +51,9 @@ def not_brain_reason(scan: Scan, crop: BrainCrop) -> str | None:
     colorfulness = float(scan.meta.get("colorfulness", 0.0) or 0.0)
     if colorfulness > MAX_COLORFULNESS:
         return f"not a brain MRI: a colour image (colourfulness {colorfulness:.0f}); MRI slices are greyscale"
+    if colorfulness > PHOTO_COLORFULNESS and dark_border_fraction(img) < MIN_DARK_BORDER:
+        return (f"not a brain MRI: a colour photograph (colourfulness {colorfulness:.0f}, no dark background "
+                "around a head)")
     if not crop.found:
         return "not a brain MRI: no head region found on a dark background"
     return None
