@@ -45,11 +45,15 @@ class Classifier:
     def logits_and_scores(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits (N, C) and OOD scores (N,) (min class Mahalanobis distance, higher = stranger)."""
         x = self.tensor(crops)
+        n = x.shape[0]
+        if self.tta:  # slice and its mirror image in one batch (one call is cheaper than two)
+            x = torch.cat([x, x.flip(-1)])
         with MODEL_LOCK:
-            feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-            logits = self.net.get_classifier()(feats)
-            if self.tta:  # mirrored slice; OOD statistics stay on the unmirrored features
-                logits = (logits + self.net(x.flip(-1))) / 2
+            all_feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+            logits = self.net.get_classifier()(all_feats)
+        feats = all_feats[:n]  # OOD statistics were fitted on unmirrored features
+        if self.tta:
+            logits = (logits[:n] + logits[n:]) / 2
         if self._ood_means is None or self._ood_precision is None:
             scores = torch.zeros(len(crops))
         else:
