@@ -5,14 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 from triage.config import Settings, get_settings
-from triage.models import TASKS, active_version, read_metadata
-from triage.service import TriageService
 from triage.worklist import Worklist
+
+# triage.service / triage.models import torch (~0.7 GB, seconds): imported lazily so pages that
+# only read the worklist (the default page) render without loading the ML stack.
 
 
 @st.cache_resource(show_spinner=False)
-def get_service() -> TriageService:
+def get_service():  # -> triage.service.TriageService
     """One service (and so one copy of the models) per server process."""
+    from triage.service import TriageService
+
     return TriageService(get_settings())
 
 
@@ -23,7 +26,7 @@ def get_worklist() -> Worklist:
 
 
 def settings() -> Settings:
-    return get_service().settings
+    return get_settings()
 
 
 def model_cards() -> dict[str, dict]:
@@ -31,6 +34,8 @@ def model_cards() -> dict[str, dict]:
 
     Raises ModelNotFoundError when a task has no model.
     """
+    from triage.models import TASKS, active_version, read_metadata
+
     wd = settings().weights_dir
     return {task: read_metadata(wd, task, active_version(wd, task)) for task in TASKS}
 
