@@ -8,7 +8,13 @@ import pytest
 from tests.conftest import draw_synthetic_slice
 from triage.datasets import CachedSet, Sample, prepare_sample, thumbnail_vector
 from triage.models import load_model
-from triage.train import TrainConfig, fit_temperature, softmax, train_classifier, train_segmenter
+from triage.train import (
+    TrainConfig,
+    fit_temperature,
+    softmax,
+    train_classifier,
+    train_segmenter,
+)
 
 
 def _synthetic_set(n_per_class: int, size: int = 64, seed: int = 0) -> CachedSet:

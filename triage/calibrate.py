@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_
     temperature = fit_temperature(logits, y)
     before = classification_report(y, softmax(logits))
     after = classification_report(y, softmax(logits, temperature))
-    entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tta": tta,
+    entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "tta": tta,
              "old_temperature": meta.get("temperature"), "temperature": temperature,
              "ece_before": before["ece"], "ece_after": after["ece"], "val_accuracy": after["accuracy"]}
     meta.update({"temperature": temperature, "tta": tta})

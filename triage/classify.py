@@ -11,7 +11,6 @@ from triage.models import LoadedModel
 from triage.preprocess import to_model_input
 from triage.records import CLASSES, Prediction
 
-
 # Grad-CAM hangs hooks on the shared network while it runs; predictions from other sessions
 # must not pass through those hooks, so both take this lock (see TriageService.explain).
 MODEL_LOCK = threading.RLock()

@@ -34,8 +34,8 @@ def iter_inputs(paths: list[str]) -> Iterator[Path]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from triage.io import read_path
     from triage.errors import InvalidScanError
+    from triage.io import read_path
     from triage.records import CaseResult
     from triage.service import TriageService, case_row, mask_png
 

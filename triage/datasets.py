@@ -13,7 +13,7 @@ import csv
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -22,7 +22,7 @@ import numpy as np
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import IMAGE_SUFFIXES, read_path
 from triage.preprocess import CROP_VERSION, DEFAULT_CROP, crop_brain, pad_to_square
-from triage.records import CLASSES, normalize_label
+from triage.records import normalize_label
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ def load_manifest(dataset_dir: str | Path, name: str | None = None) -> list[Samp
                 split=(row.get("split") or "").strip(), mask_path=(root / mp).resolve() if mp else None,
                 patient_id=(row.get("patient_id") or "").strip(), sha1=(row.get("sha1") or "").strip()))
     return out
-
-
-def load_navoneel(dataset_dir: str | Path) -> list[Sample]:
-    """navoneel yes/no: ``yes`` becomes the binary label ``tumor``."""
-    return load_manifest(dataset_dir, "navoneel_brain_mri_yes_no")
 
 
 def scan_class_folders(root: str | Path) -> tuple[list[Sample], list[str]]:
@@ -256,12 +251,3 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
         np.savez(cache_file, images=images_a, masks=masks_a, thumbs=thumbs_a,
                  sha1s=np.asarray(sha1s), keep=np.asarray(keep))
     return CachedSet(kept, images_a, masks_a if with_masks else None, thumbs_a, sha1s, rejected)
-
-
-def class_counts(samples: list[Sample]) -> dict[str, int]:
-    c = Counter(s.label for s in samples)
-    return {k: c.get(k, 0) for k in CLASSES}
-
-
-def with_split(samples: list[Sample], split: str) -> list[Sample]:
-    return [replace(s, split=split) for s in samples]

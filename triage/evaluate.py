@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +247,7 @@ def run_evaluation(data: Path, out: Path, folds: int = 0, limit: int | None = No
     results = predict_cached(service, kept, progress=progress)
     ms = (time.perf_counter() - t0) * 1000 / max(1, len(results))
     metrics = score(kept, results)
-    rep = {"dataset": data.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    rep = {"dataset": data.name, "created": datetime.now(UTC).isoformat(timespec="seconds"),
            "versions": versions, "selection": selection, "n_candidates": len(samples),
            "n_unreadable": len(test.rejected), "n_removed_duplicates": removed, "dedup_note": note,
            "ms_per_image": ms, "threads": torch.get_num_threads(), "metrics": metrics}

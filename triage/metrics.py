@@ -8,7 +8,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from triage.records import CLASSES
 
@@ -52,7 +56,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: tuple[
     false_alarm = int(((y_pred != no_tumor) & ~tumor).sum())
     lo, hi = wilson_interval(int((y_pred == y_true).sum()), len(y_true))
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": acc,
         "accuracy_ci95": [lo, hi],
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -73,7 +77,7 @@ def binary_tumor_report(is_tumor: np.ndarray, p_tumor: np.ndarray, threshold: fl
     correct = int((pred == is_tumor).sum())
     lo, hi = wilson_interval(correct, len(is_tumor))
     return {
-        "n": int(len(is_tumor)),
+        "n": len(is_tumor),
         "accuracy": correct / max(1, len(is_tumor)),
         "accuracy_ci95": [lo, hi],
         "sensitivity": float((pred & is_tumor).sum() / max(1, is_tumor.sum())),

@@ -20,11 +20,17 @@ from triage.brain_check import not_brain_reason
 from triage.classify import MODEL_LOCK, Classifier
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
-from triage.io import content_id, read_scans
+from triage.io import content_id, read_scans, safe_name
 from triage.models import active_version, load_model, set_active
-from triage.io import safe_name
 from triage.preprocess import LEGACY_CROP, crop_brain
-from triage.records import CLASSES, CaseResult, Explanation, Prediction, Scan, Segmentation
+from triage.records import (
+    CLASSES,
+    CaseResult,
+    Explanation,
+    Prediction,
+    Scan,
+    Segmentation,
+)
 
 log = logging.getLogger(__name__)
 

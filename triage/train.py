@@ -15,7 +15,7 @@ import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from triage import __version__
 from triage.augment import augment_batch
 from triage.datasets import CachedSet
 from triage.errors import TrainingError
-from triage.metrics import classification_report, dice_iou, expected_calibration_error
+from triage.metrics import classification_report, dice_iou
 from triage.models import build_model, load_model, save_model
 from triage.preprocess import DEFAULT_CROP
 from triage.records import CLASSES
@@ -379,7 +379,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
         "tta": cfg.tta,
         "ood": {"method": "min class Mahalanobis distance on pre-logit features (Ledoit-Wolf)",
                 "threshold": ood_threshold, "threshold_rule": "99.5th percentile of validation scores"},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "train_config": asdict(cfg), "history": history, "best_epoch": best["epoch"],
         "wall_time_min": round((time.time() - runlog.start) / 60, 2), "environment": _environment(),
         "data": data_info,
@@ -542,7 +542,7 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
         "preprocess": "crop_brain (head mask, extreme points, margin) -> zero-pad to square -> resize",
         "crop": cfg.crop, "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"],
         "loss": "MONAI DiceCELoss(sigmoid, batch=True)",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "train_config": asdict(cfg), "history": history, "best_epoch": best["epoch"],
         "postprocess_search": grid,
         "wall_time_min": round((time.time() - runlog.start) / 60, 2), "environment": _environment(),
@@ -553,7 +553,3 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
     runlog.event(kind="done", version=folder.name, val_dice=chosen["dice"], val_fp_rate=chosen["fp_rate"])
     runlog.close()
     return folder
-
-
-def ece_of(probs: np.ndarray, y: np.ndarray) -> float:
-    return expected_calibration_error(probs, y)
