@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from triage.overlay import thumbnail_png
 from triage.records import CaseResult
 from triage.service import TriageService, case_row, mask_png
 from triage.worklist import Worklist
@@ -70,8 +71,6 @@ def ingest(service: TriageService, worklist: Worklist, data: bytes, name: str,
         truth_path = None
         if truth_mask is not None:
             truth_path = store_upload(truth_mask, "png", scans_dir / "truth")
-        from triage.overlay import thumbnail_png
-
         row = case_row(r)
         case = {
             "scan_id": r.scan_id, "name": shown, "stored_path": str(stored), "label": row["label"],

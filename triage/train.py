@@ -256,6 +256,28 @@ def _save_checkpoint(path: Path, net: nn.Module, opt: torch.optim.Optimizer, epo
     os.replace(tmp, path)
 
 
+def _resume(ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+            rng: np.random.Generator) -> tuple[int, dict, list]:
+    """Restore a run from its checkpoint; returns (next epoch, best so far, history)."""
+    state = torch.load(ckpt, weights_only=False)  # our own file in our own run folder
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    rng.bit_generator.state = state["np_rng"]
+    log.info("resumed from epoch %d", state["epoch"] + 1)
+    return state["epoch"] + 1, state["best"], state["history"]
+
+
+def _keep_best(score: float, best: dict, epoch_record: dict, net: nn.Module, best_path: Path) -> tuple[dict, bool]:
+    """Save the weights when ``score`` beats ``best``; returns (best, improved)."""
+    if score <= best["score"]:
+        return best, False
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(best_path))
+    return {"score": score, **epoch_record}, True
+
+
 def _init_net(cfg: TrainConfig, meta: dict, weights_dir: Path | None) -> nn.Module:
     net = build_model(meta)
     if cfg.init_from:
@@ -291,13 +313,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
     ckpt = Path(run_dir) / "checkpoint.pt"
     start_epoch, best, history = 0, {"score": -1.0, "epoch": -1}, []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)  # our own file in our own run folder
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        gen.set_state(state["gen"])
-        rng.bit_generator.state = state["np_rng"]
-        log.info("resumed from epoch %d", start_epoch)
+        start_epoch, best, history = _resume(ckpt, net, opt, gen, rng)
     best_path = Path(run_dir) / "best.safetensors"
     t0 = time.time() - sum(h.get("epoch_s", 0) for h in history)
     bar = None
@@ -344,13 +360,8 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
         runlog.event(kind="epoch", total_epochs=cfg.epochs, elapsed_s=elapsed,
                      eta_s=elapsed / (epoch + 1) * (cfg.epochs - epoch - 1), **h)
         log.info("epoch %d %s", epoch, json.dumps(h))
-        if score > best["score"]:
-            best = {"score": score, "epoch": epoch, **h}
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(best_path))
-            stale = 0
-        else:
-            stale += 1
+        best, improved = _keep_best(score, best, h, net, best_path)
+        stale = 0 if improved else stale + 1
         _save_checkpoint(ckpt, net, opt, epoch, best, history, gen, rng.bit_generator.state)
         if stale >= cfg.patience:
             log.info("early stop at epoch %d", epoch)
@@ -463,12 +474,7 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
     ckpt = Path(run_dir) / "checkpoint.pt"
     start_epoch, best, history = 0, {"score": -1.0, "epoch": -1}, []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)  # our own file in our own run folder
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        gen.set_state(state["gen"])
-        rng.bit_generator.state = state["np_rng"]
+        start_epoch, best, history = _resume(ckpt, net, opt, gen, rng)
     best_path = Path(run_dir) / "best.safetensors"
     t0 = time.time() - sum(h.get("epoch_s", 0) for h in history)
     bar = None
@@ -511,13 +517,8 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
         runlog.event(kind="epoch", total_epochs=cfg.epochs, elapsed_s=elapsed,
                      eta_s=elapsed / (epoch + 1) * (cfg.epochs - epoch - 1), **h)
         log.info("epoch %d %s", epoch, json.dumps(h))
-        if score > best["score"]:
-            best = {"score": score, "epoch": epoch, **h}
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(best_path))
-            stale = 0
-        else:
-            stale += 1
+        best, improved = _keep_best(score, best, h, net, best_path)
+        stale = 0 if improved else stale + 1
         _save_checkpoint(ckpt, net, opt, epoch, best, history, gen, rng.bit_generator.state)
         if stale >= cfg.patience or _progress((epoch + 1) * steps_per_epoch, total_steps, t0,
                                                    _budget(cfg)) >= 0.999:
