@@ -26,10 +26,65 @@ def random_affine_grid(n: int, size: int, rot_deg: float, scale: tuple[float, fl
     return F.affine_grid(theta, (n, 1, size, size), align_corners=False)
 
 
-def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
-    """Random tone curve, gamma, contrast, bias field, blur and noise; keeps values in [0, 1]."""
+def head_mask(x: torch.Tensor) -> torch.Tensor:
+    """Soft (N, 1, H, W) mask of the head: smoothed non-background pixels of a [0, 1] crop."""
+    solid = (F.avg_pool2d(x, 9, stride=1, padding=4) > 0.04).float()
+    return F.avg_pool2d(solid, 5, stride=1, padding=2)
+
+
+def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
+    """Imitate another MRI sequence: with probability ``p`` per image, remap intensities inside
+    the head by an inverted (T1 -> T2-like: CSF bright, white matter dark) or a random
+    non-monotonic tone curve; the background stays dark.
+
+    Why: T2/FLAIR slices from other hospitals are the largest failure of a T1-trained model
+    (navoneel misses were mostly T2). Domain randomisation of tissue contrast makes the
+    networks rely on shape, texture and mass effect instead of one sequence's brightness.
+    """
+    n = x.shape[0]
+    if p <= 0:
+        return x
+    use = torch.rand(n, generator=gen) < p
+    if not bool(use.any()):
+        return x
+    base = torch.linspace(0, 1, 6).expand(n, 6)
+    inverted = 1 - base + (torch.rand(n, 6, generator=gen) - 0.5) * 0.2
+    scrambled = torch.rand(n, 6, generator=gen)
+    pick_inverted = (torch.rand(n, generator=gen) < 0.6).float().unsqueeze(1)
+    curve = (pick_inverted * inverted + (1 - pick_inverted) * scrambled).clamp(0, 1)
+    remapped = _apply_curve(x, curve)
+    blend = head_mask(x) * use.float().view(n, 1, 1, 1)
+    return blend * remapped + (1 - blend) * x
+
+
+def _apply_curve(x: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear map of [0, 1] values through per-image curves (N, K) at K even knots."""
+    n, k = curve.shape
+    idx = (x.clamp(0, 1) * (k - 1)).clamp(max=k - 1 - 1e-3)
+    lo = idx.floor().long()
+    frac = idx - lo
+    c = curve.to(x.device).view(n, 1, 1, 1, k).expand(-1, *x.shape[1:], k)
+    v0 = torch.gather(c, -1, lo.unsqueeze(-1)).squeeze(-1)
+    v1 = torch.gather(c, -1, (lo + 1).unsqueeze(-1)).squeeze(-1)
+    return v0 + frac * (v1 - v0)
+
+
+def low_resolution(x: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """With probability ``p`` (per batch) down- and up-sample by 1.5-3x: small web/PACS exports."""
+    if torch.rand(1, generator=gen).item() >= p:
+        return x
+    h, w = x.shape[-2:]
+    factor = 1.5 + torch.rand(1, generator=gen).item() * 1.5
+    small = F.interpolate(x, size=(max(8, int(h / factor)), max(8, int(w / factor))), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0,
+                     sequence_p: float = 0.0) -> torch.Tensor:
+    """Sequence remap, random tone curve, gamma, contrast, bias field, blur and noise; keeps values in [0, 1]."""
     n = x.shape[0]
     dev = x.device
+    x = sequence_remap(x, gen, sequence_p)
     # Random monotonic piecewise-linear tone curve (5 knots): other sequences/scanners map
     # tissue intensities differently; a monotonic remap keeps anatomy but changes contrast.
     knots = torch.sort(torch.rand(n, 4, generator=gen), dim=1).values
@@ -38,13 +93,7 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
     curve = base + strength * 0.35 * (knots - base)
     apply = (torch.rand(n, generator=gen) < 0.5).float().unsqueeze(1)
     curve = apply * curve + (1 - apply) * base
-    idx = (x.clamp(0, 1) * 5).clamp(max=4.999)
-    lo = idx.floor().long()
-    frac = idx - lo
-    c = curve.to(dev).view(n, 1, 1, 1, 6).expand(-1, *x.shape[1:], 6)
-    v0 = torch.gather(c, -1, lo.unsqueeze(-1)).squeeze(-1)
-    v1 = torch.gather(c, -1, (lo + 1).unsqueeze(-1)).squeeze(-1)
-    x = v0 + frac * (v1 - v0)
+    x = _apply_curve(x, curve)
     # Gamma and contrast/brightness.
     gamma = torch.exp(torch.randn(n, generator=gen) * 0.3 * strength).view(n, 1, 1, 1)
     x = x.clamp(1e-6, 1) ** gamma
@@ -58,6 +107,8 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
     use_field = (torch.rand(n, generator=gen) < 0.4).float().view(n, 1, 1, 1)
     x = x * (1 + use_field * field)
     # Blur (thicker slices / lower resolution) or noise.
+    if sequence_p > 0:
+        x = low_resolution(x, gen)
     if torch.rand(1, generator=gen).item() < 0.3:
         sigma = 0.5 + torch.rand(1, generator=gen).item() * 1.0
         k = torch.arange(-3, 4, dtype=torch.float32)
@@ -71,8 +122,13 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
-                  train: bool = True, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8/float (N, 1, S, S) -> float (N, 1, size, size) in [0, 1] (+ masks resampled the same way)."""
+                  train: bool = True, strength: float = 1.0,
+                  sequence_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8/float (N, 1, S, S) -> float (N, 1, size, size) in [0, 1] (+ masks resampled the same way).
+
+    ``sequence_p`` is the per-image probability of a cross-sequence intensity remap (0 = off,
+    the v1 recipe); when on, a low-resolution simulation is also applied to some batches.
+    """
     x = images.float()
     if x.max() > 1.5:
         x = x / 255.0
@@ -88,5 +144,5 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, g
         mout = (F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False) >= 0.5).float()
     if train:
-        out = intensity_jitter(out, gen, strength)
+        out = intensity_jitter(out, gen, strength, sequence_p)
     return out, mout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def cross_validate(data: Path, k: int, cache_dir: Path, preset: str = "quick", p
         cfg = TrainConfig.from_preset("classifier", preset, seed=f, **overrides)
         if cfg.max_train_images and len(train.samples) > cfg.max_train_images:
             train = train.subset(stratified_split(train.labels(), cfg.max_train_images / len(train.samples), f))
+        t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
             wd = Path(tmp) / "weights"
             folder = train_classifier(cfg, train, val, Path(tmp) / "run", wd / "classifier" / f"fold{f}",
@@ -58,8 +60,10 @@ def cross_validate(data: Path, k: int, cache_dir: Path, preset: str = "quick", p
             logits = predict_logits(model.net, test.images, cfg.input_size)
             y = np.array([CLASSES.index(lab) for lab in test.labels()])
             rep = classification_report(y, softmax(logits, model.meta["temperature"]))
-        per_fold.append({"fold": f, "n_test": len(y), "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
-                         "tumor_miss_rate": rep["tumor_miss_rate"], "ece": rep["ece"]})
+            train_min = float(model.meta.get("wall_time_min", 0.0))
+        per_fold.append({"fold": f, "n_train": len(train.samples), "n_test": len(y), "accuracy": rep["accuracy"],
+                         "macro_f1": rep["macro_f1"], "tumor_miss_rate": rep["tumor_miss_rate"], "ece": rep["ece"],
+                         "train_min": train_min, "fold_min": (time.time() - t0) / 60})
         log.info("fold %d: %s", f, per_fold[-1])
     keys = ("accuracy", "macro_f1", "tumor_miss_rate", "ece")
     summary = {key: {"mean": float(np.mean([p[key] for p in per_fold])),

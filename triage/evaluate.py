@@ -99,6 +99,12 @@ def score(test: CachedSet, results: list) -> dict:
     four_class = all(lab in CLASSES for lab in labels) and len(set(labels)) > 2
     is_tumor = np.array([lab != "no_tumor" for lab in labels])
     out["binary"] = binary_tumor_report(is_tumor, 1.0 - probs[:, 0]) if len(results) else {}
+    # What the worklist does: a tumor class OR a kept mask (a no_tumor call with a mask above the
+    # disagreement size is flagged and ranked as suspicious, never silently cleared).
+    flagged = np.array([float(r.ok and (r.prediction.label != "no_tumor"
+                                        or (r.segmentation is not None and r.segmentation.area_px > 0)))
+                        for r in results])
+    out["screen"] = binary_tumor_report(is_tumor, flagged) if len(results) else {}
     if four_class:
         y = np.array([CLASSES.index(lab) for lab in labels])
         out["classification"] = classification_report(y, probs)
@@ -192,12 +198,17 @@ def render_markdown(rep: dict) -> str:
         for cls, row in zip(CLASSES, c["confusion_matrix"]):
             lines.append(f"| {cls} | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
-    b = m.get("binary")
+    b, sc = m.get("binary"), m.get("screen") or {}
     if b:
-        lo, hi = b["accuracy_ci95"]
-        lines += ["## Tumor vs no tumor", "", "| measure | value |", "|---|---|",
-                  f"| accuracy (95% CI) | {b['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) |",
-                  f"| sensitivity | {b['sensitivity']:.3f} |", f"| specificity | {b['specificity']:.3f} |", ""]
+        def ci(r: dict) -> str:
+            return f"{r['accuracy']:.3f} ({r['accuracy_ci95'][0]:.3f}–{r['accuracy_ci95'][1]:.3f})" if r else "n/a"
+        lines += ["## Tumor vs no tumor", "",
+                  "Classifier: P(tumor) ≥ 0.5. Worklist: a tumor class, or a no_tumor call whose segmenter mask is "
+                  "larger than the disagreement size (flagged `disagreement` and ranked with risk ≥ 0.5).", "",
+                  "| measure | classifier | worklist (classifier or segmenter) |", "|---|---|---|",
+                  f"| accuracy (95% CI) | {ci(b)} | {ci(sc)} |",
+                  f"| sensitivity | {b['sensitivity']:.3f} | {_fmt(sc.get('sensitivity'))} |",
+                  f"| specificity | {b['specificity']:.3f} | {_fmt(sc.get('specificity'))} |", ""]
     s = m.get("segmentation")
     if s:
         lines += ["## Segmentation and localisation", "", "| measure | value |", "|---|---|"]
@@ -216,6 +227,12 @@ def render_markdown(rep: dict) -> str:
                   "| measure | mean | sd |", "|---|---|---|"]
         for k, v in cv["summary"].items():
             lines.append(f"| {k} | {v['mean']:.3f} | {v['sd']:.3f} |")
+        lines += ["", "| fold | train images | test images | accuracy | macro F1 | tumor-miss | ECE | training min |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for f in cv["per_fold"]:
+            lines.append(f"| {f['fold']} | {f.get('n_train', 'n/a')} | {f['n_test']} | {f['accuracy']:.3f} | "
+                         f"{f['macro_f1']:.3f} | {_fmt(f['tumor_miss_rate'], True)} | {f['ece']:.3f} | "
+                         f"{f.get('train_min', 0):.1f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -257,9 +274,11 @@ def run_evaluation(data: Path, out: Path, folds: int = 0, limit: int | None = No
         rep["cv"] = cross_validate(data, folds, cache_dir, progress=progress)
     c = metrics.get("classification") or {}
     b = metrics.get("binary") or {}
+    sc = metrics.get("screen") or {}
     s = metrics.get("segmentation") or {}
     rep["summary_line"] = (f"{data.name}: n={metrics['n']} (removed {removed} duplicates) "
                            f"acc={_fmt(c.get('accuracy'))} tumor-vs-none={_fmt(b.get('accuracy'))} "
+                           f"worklist-tumor-vs-none={_fmt(sc.get('accuracy'))} "
                            f"miss={_fmt(c.get('tumor_miss_rate'), True)} ece={_fmt(c.get('ece'))} "
                            f"dice={_fmt(s.get('dice_mean'))} fp_masks={_fmt(s.get('false_positive_mask_rate'), True)}")
     out = Path(out)

@@ -81,6 +81,8 @@ class TrainConfig:
     max_train_images: int | None = None
     time_budget_min: float = 60.0
     aug_strength: float = 1.0
+    # Per-image probability of the cross-sequence remap in augment.sequence_remap (0 in v1).
+    sequence_aug: float = 0.4
     # True: the LR schedule also follows wall time so the run always ends annealed inside
     # time_budget_min (not bit-reproducible on a busy machine). False: purely step-based.
     schedule_by_time: bool = True
@@ -329,7 +331,8 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
             step = epoch * steps_per_epoch + bi
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(step, steps_per_epoch // 2, cfg.lr, _progress(step, total_steps, t0, _budget(cfg)))
-            x, _ = augment_batch(_to_tensor(train.images[idx]), None, cfg.input_size, gen, True, cfg.aug_strength)
+            x, _ = augment_batch(_to_tensor(train.images[idx]), None, cfg.input_size, gen, True, cfg.aug_strength,
+                                 cfg.sequence_aug)
             x = _normalize(x).contiguous(memory_format=torch.channels_last)
             logits = net(x)
             loss = F.cross_entropy(logits, torch.from_numpy(y_train[idx]), weight=class_w,
@@ -492,7 +495,7 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(step, steps_per_epoch // 2, cfg.lr, _progress(step, total_steps, t0, _budget(cfg)))
             x, m = augment_batch(_to_tensor(train.images[idx]), _to_tensor(train.masks[idx]),
-                                 cfg.input_size, gen, True, cfg.aug_strength)
+                                 cfg.input_size, gen, True, cfg.aug_strength, cfg.sequence_aug)
             loss = loss_fn(net(_normalize(x)), m)
             opt.zero_grad(set_to_none=True)
             loss.backward()

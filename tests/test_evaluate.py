@@ -1,0 +1,43 @@
+"""evaluate.score on hand-made results: the classifier view and the worklist (either model) view."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from triage.evaluate import render_markdown, score
+from triage.records import CaseResult, Prediction, Segmentation
+
+
+def _result(label: str, mask_px: int) -> CaseResult:
+    probs = np.array([0.9, 0.05, 0.03, 0.02] if label == "no_tumor" else [0.05, 0.9, 0.03, 0.02], np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[:mask_px // 32 or 0, :] = True if mask_px else False
+    seg = Segmentation(mask=mask, area_px=int(mask.sum()), area_mm2=None, bbox=None, max_prob=0.9)
+    pred = Prediction(probs=probs, label=label, confidence=0.9, entropy=0.1, ood_score=1.0, ood=False)
+    return CaseResult(name="x", status="ok", prediction=pred, segmentation=seg)
+
+
+def test_worklist_view_counts_a_kept_mask_as_positive():
+    truth = ["tumor", "tumor", "no_tumor", "no_tumor"]
+    results = [_result("glioma", 64),        # found by the classifier
+               _result("no_tumor", 64),      # classifier missed it, segmenter kept a mask (disagreement)
+               _result("no_tumor", 0),       # true negative
+               _result("no_tumor", 64)]      # false alarm from the segmenter
+    test = SimpleNamespace(samples=[SimpleNamespace(label=t, mask_path=None) for t in truth])
+    m = score(test, results)
+    assert m["binary"]["sensitivity"] == 0.5 and m["binary"]["specificity"] == 1.0
+    assert m["screen"]["sensitivity"] == 1.0 and m["screen"]["specificity"] == 0.5
+    assert m["segmentation"]["false_positive_mask_rate"] == 0.5
+
+
+def test_rejected_files_are_not_positive_and_markdown_renders():
+    test = SimpleNamespace(samples=[SimpleNamespace(label="tumor", mask_path=None),
+                                    SimpleNamespace(label="no_tumor", mask_path=None)])
+    results = [CaseResult(name="bad", status="rejected", error="not an image"), _result("no_tumor", 0)]
+    m = score(test, results)
+    assert m["rejected_by_pipeline"] == 1 and m["screen"]["sensitivity"] == 0.0
+    rep = {"dataset": "d", "created": "now", "versions": {"classifier": "v", "segmenter": "v"}, "selection": "all",
+           "n_candidates": 2, "n_removed_duplicates": 0, "dedup_note": "", "n_unreadable": 0, "ms_per_image": 1.0,
+           "threads": 1, "metrics": m}
+    text = render_markdown(rep)
+    assert "worklist (classifier or segmenter)" in text
