@@ -5,16 +5,17 @@ from types import SimpleNamespace
 import numpy as np
 
 from triage.evaluate import render_markdown, score
-from triage.records import CaseResult, Prediction, Segmentation
+from triage.records import CaseResult, Prediction, Scan, Segmentation
 
 
 def _result(label: str, mask_px: int) -> CaseResult:
     probs = np.array([0.9, 0.05, 0.03, 0.02] if label == "no_tumor" else [0.05, 0.9, 0.03, 0.02], np.float32)
     mask = np.zeros((32, 32), bool)
-    mask[:mask_px // 32 or 0, :] = True if mask_px else False
+    mask[:mask_px // 32, :] = True  # mask_px = 0 leaves it empty
     seg = Segmentation(mask=mask, area_px=int(mask.sum()), area_mm2=None, bbox=None, max_prob=0.9)
     pred = Prediction(probs=probs, label=label, confidence=0.9, entropy=0.1, ood_score=1.0, ood=False)
-    return CaseResult(name="x", status="ok", prediction=pred, segmentation=seg)
+    scan = Scan(scan_id="0", name="x", pixels=np.zeros((32, 32), np.uint8))
+    return CaseResult(name="x", status="ok", scan=scan, prediction=pred, segmentation=seg)
 
 
 def test_worklist_view_counts_a_kept_mask_as_positive():
@@ -41,3 +42,17 @@ def test_rejected_files_are_not_positive_and_markdown_renders():
            "threads": 1, "metrics": m}
     text = render_markdown(rep)
     assert "worklist (classifier or segmenter)" in text
+
+
+def test_dice_summary_per_class_and_missed_masks(tmp_path):
+    from PIL import Image
+
+    truth = np.zeros((32, 32), np.uint8)
+    truth[:2, :] = 255                     # the same 64-pixel band _result(..., 64) predicts
+    Image.fromarray(truth).save(tmp_path / "m.png")
+    samples = [SimpleNamespace(label="glioma", mask_path=tmp_path / "m.png"),
+               SimpleNamespace(label="pituitary", mask_path=tmp_path / "m.png")]
+    results = [_result("glioma", 64), _result("pituitary", 0)]
+    seg = score(SimpleNamespace(samples=samples), results)["segmentation"]
+    assert seg["dice_mean"] == 0.5 and seg["dice_below_0.1_rate"] == 0.5
+    assert seg["dice_by_class"] == {"glioma": 1.0, "pituitary": 0.0}
