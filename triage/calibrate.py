@@ -1,4 +1,4 @@
-"""Re-fit the temperature of an existing classifier version on its own validation split.
+"""Re-fit the temperature of a classifier version (or re-pick a segmenter's threshold) on its validation split.
 
 Used when inference changes in a way that shifts the logits (e.g. switching test-time
 augmentation on): the validation images are rebuilt from the recipe recorded in the model card
@@ -23,13 +23,10 @@ from triage.preprocess import LEGACY_CROP
 from triage.records import CLASSES
 
 
-def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
-    """Fit T on the version's validation images with/without TTA; returns the new calibration block."""
+def _validation_set(meta: dict, shared: Path, cache_dir: Path):
+    """Rebuild a version's validation split from the recipe in its card (checked by SHA-1 digest)."""
     from triage.recipe import standard_split
-    from triage.train import fit_temperature, predict_logits, softmax
 
-    model = load_model(weights_dir, "classifier", version)
-    meta = model.meta
     data = meta.get("data", {})
     if data.get("recipe") != "triage.recipe.standard_split":
         raise TrainingError("only versions trained with the standard shared-data recipe can be recalibrated here")
@@ -38,8 +35,51 @@ def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_
                             crop=meta.get("crop", LEGACY_CROP))
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-    y = np.array([CLASSES.index(label) for label in bundle.val.labels()])
-    logits = predict_logits(model.net, bundle.val.images, int(meta["input_size"]), tta=tta)
+    return bundle.val
+
+
+def _write_metadata(folder: Path, meta: dict) -> None:
+    """Atomic rewrite of metadata.json (a crash leaves the old card, never half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metadata.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=2, default=str)
+        fh.write("\n")
+    os.replace(tmp, folder / "metadata.json")
+
+
+def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
+    """Re-pick threshold and minimum component area on the version's validation split, with or
+    without mirror test-time augmentation; records both searches and switches the card's ``tta``."""
+    from triage.train import _resize_masks, predict_masks, search_postprocess
+    from triage.training_run import _segmentation_subset
+
+    model = load_model(weights_dir, "segmenter", version)
+    meta = model.meta
+    val = _segmentation_subset(_validation_set(meta, shared, cache_dir))
+    size = int(meta["input_size"])
+    truth = _resize_masks(val.masks, size)
+    old = dict(meta.get("metrics", {}).get("validation", {}))
+    chosen, grid = search_postprocess(predict_masks(model.net, val.images, size, tta=tta), truth)
+    entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "tta": tta,
+             "old": {k: old.get(k) for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
+             "new": {k: chosen[k] for k in ("threshold", "min_area_frac", "dice", "fp_rate")}}
+    meta.update({"tta": tta, "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"]})
+    meta.setdefault("postprocess_history", []).append(entry)
+    meta["postprocess_search"] = grid
+    meta.setdefault("metrics", {})["validation"] = chosen
+    _write_metadata(model.path, meta)
+    return entry
+
+
+def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
+    """Fit T on the version's validation images with/without TTA; returns the new calibration block."""
+    from triage.train import fit_temperature, predict_logits, softmax
+
+    model = load_model(weights_dir, "classifier", version)
+    meta = model.meta
+    val = _validation_set(meta, shared, cache_dir)
+    y = np.array([CLASSES.index(label) for label in val.labels()])
+    logits = predict_logits(model.net, val.images, int(meta["input_size"]), tta=tta)
     temperature = fit_temperature(logits, y)
     before = classification_report(y, softmax(logits))
     after = classification_report(y, softmax(logits, temperature))
@@ -50,10 +90,5 @@ def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_
     meta.setdefault("calibration_history", []).append(entry)
     meta["metrics"]["validation"] = {"before_calibration": before, "after_calibration": after,
                                      "ece_before": before["ece"], "ece_after": after["ece"]}
-    path = model.path / "metadata.json"
-    fd, tmp = tempfile.mkstemp(dir=model.path, prefix=".metadata.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    _write_metadata(model.path, meta)
     return entry

@@ -121,10 +121,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from triage.calibrate import recalibrate_classifier
+    from triage.calibrate import recalibrate_classifier, retune_segmenter
     from triage.config import get_settings
 
     settings = get_settings()
+    if args.task == "segmenter":
+        entry = retune_segmenter(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache",
+                                 tta=not args.no_tta)
+        print(f"segmenter {args.version} (tta={entry['tta']}): {entry['old']} -> {entry['new']}")
+        return 0
     entry = recalibrate_classifier(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache",
                                    tta=not args.no_tta)
     print(f"classifier {args.version}: temperature {entry['old_temperature']} -> {entry['temperature']:.3f}, "
@@ -200,8 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    c = sub.add_parser("calibrate", help="re-fit a classifier version's temperature on its validation split")
+    c = sub.add_parser("calibrate", help="re-fit a classifier's temperature (or a segmenter's threshold) "
+                                         "on its validation split")
     c.add_argument("version")
+    c.add_argument("--task", choices=["classifier", "segmenter"], default="classifier")
     c.add_argument("--data", required=True, help="the shared data folder the version was trained on")
     c.add_argument("--no-tta", action="store_true", help="calibrate without mirror test-time augmentation")
     c.set_defaults(func=cmd_calibrate)

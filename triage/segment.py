@@ -21,6 +21,13 @@ def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
     return np.isin(lab, keep)
 
 
+def mirror_tta_probs(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Sigmoid maps (N, H, W) averaged over the slice and its left-right mirror, in one batch."""
+    n = x.shape[0]
+    p = torch.sigmoid(net(torch.cat([x, x.flip(-1)]))).squeeze(1)
+    return (p[:n] + p[n:].flip(-1)) / 2
+
+
 class Segmenter:
     """Wraps a loaded U-Net version: threshold and minimum component area come from its card."""
 
@@ -33,6 +40,8 @@ class Segmenter:
         self.std = float(meta["normalization"]["std"])
         self.threshold = float(meta.get("threshold", 0.5))
         self.min_area_frac = float(meta.get("min_area_frac", 0.0))
+        # Mirror test-time augmentation, when the card says the threshold was chosen with it.
+        self.tta = bool(meta.get("tta", False))
 
     @torch.inference_mode()
     def probabilities(self, crops: list[np.ndarray]) -> list[np.ndarray]:
@@ -41,7 +50,10 @@ class Segmenter:
             return []
         arr = np.stack([to_model_input(c, self.size) for c in crops])
         x = (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
-        probs = torch.sigmoid(self.net(x)).squeeze(1).numpy()
+        if self.tta:
+            probs = mirror_tta_probs(self.net, x).numpy()
+        else:
+            probs = torch.sigmoid(self.net(x)).squeeze(1).numpy()
         return [from_model_output(p, c.shape[:2]) for p, c in zip(probs, crops)]
 
     def segment(self, crops: list[BrainCrop], scan_shapes: list[tuple[int, int]],

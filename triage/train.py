@@ -31,6 +31,7 @@ from triage.metrics import classification_report, dice_iou
 from triage.models import build_model, load_model, save_model
 from triage.preprocess import DEFAULT_CROP
 from triage.records import CLASSES
+from triage.segment import mirror_tta_probs
 
 log = logging.getLogger(__name__)
 
@@ -417,15 +418,25 @@ def _seg_loss():
 
 
 @torch.no_grad()
-def predict_masks(net: nn.Module, images: np.ndarray, size: int, bs: int = 32) -> np.ndarray:
-    """Tumor probability maps (N, size, size) for cached crops."""
+def predict_masks(net: nn.Module, images: np.ndarray, size: int, bs: int = 32, tta: bool = False) -> np.ndarray:
+    """Tumor probability maps (N, size, size) for cached crops (``tta``: mean with the mirror image's map)."""
     net.eval()
     out = []
     gen = torch.Generator()
     for i in range(0, len(images), bs):
         x, _ = augment_batch(_to_tensor(images[i:i + bs]), None, size, gen, train=False)
-        out.append(torch.sigmoid(net(_normalize(x))).squeeze(1))
+        out.append(mirror_tta_probs(net, _normalize(x)) if tta else torch.sigmoid(net(_normalize(x))).squeeze(1))
     return torch.cat(out).numpy() if out else np.zeros((0, size, size), np.float32)
+
+
+def search_postprocess(probs: np.ndarray, truth: np.ndarray) -> tuple[dict, list[dict]]:
+    """Threshold and minimum component area chosen on validation: keep Dice while pushing
+    false-positive masks on tumor-free slices down. Returns (chosen, whole grid)."""
+    grid = []
+    for thr in (0.4, 0.5, 0.6):
+        for maf in (0.0, 0.001, 0.002, 0.004):
+            grid.append({"threshold": thr, "min_area_frac": maf, **seg_scores(probs, truth, thr, maf)})
+    return max(grid, key=lambda g: g["dice"] - 0.5 * g["fp_rate"]), grid
 
 
 def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
@@ -531,21 +542,14 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
     from safetensors.torch import load_file
     net.load_state_dict(load_file(str(best_path)))
     net.eval()
-    probs = predict_masks(net, val.images, cfg.input_size)
-    # Post-processing chosen on validation: threshold and minimum component area that keep
-    # Dice while pushing false-positive masks on tumor-free slices down.
-    grid = []
-    for thr in (0.4, 0.5, 0.6):
-        for maf in (0.0, 0.001, 0.002, 0.004):
-            s = seg_scores(probs, val_truth, thr, maf)
-            grid.append({"threshold": thr, "min_area_frac": maf, **s})
-    chosen = max(grid, key=lambda g: g["dice"] - 0.5 * g["fp_rate"])
+    probs = predict_masks(net, val.images, cfg.input_size, tta=cfg.tta)
+    chosen, grid = search_postprocess(probs, val_truth)
     meta.update({
         "version": Path(out_dir).name, "trained": True, "input_size": cfg.input_size, "in_chans": 1,
         "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
         "preprocess": "crop_brain (head mask, extreme points, margin) -> zero-pad to square -> resize",
         "crop": cfg.crop, "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"],
-        "loss": "MONAI DiceCELoss(sigmoid, batch=True)",
+        "tta": cfg.tta, "loss": "MONAI DiceCELoss(sigmoid, batch=True)",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "train_config": asdict(cfg), "history": history, "best_epoch": best["epoch"],
         "postprocess_search": grid,
