@@ -293,51 +293,37 @@ def _init_net(cfg: TrainConfig, meta: dict, weights_dir: Path | None) -> nn.Modu
     return net
 
 
-def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir: Path, out_dir: Path,
-                     data_info: dict, weights_dir: Path | None = None, progress: bool = True) -> Path:
-    """Train, early-stop, calibrate (temperature) and fit OOD statistics; save a model version."""
-    torch.set_num_threads(cfg.threads)
-    gen = _seed_everything(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    runlog = RunLog(run_dir)
-    (Path(run_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
-    y_train = np.array([CLASSES.index(label) for label in train.labels()])
-    y_val = np.array([CLASSES.index(label) for label in val.labels()])
-    if len(set(y_train.tolist())) < 2:
-        raise TrainingError("the classifier needs at least two classes in the training data")
-    meta = {"task": "classifier", "arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs}
-    net = _init_net(cfg, meta, weights_dir)
-    net = net.to(memory_format=torch.channels_last)
-    counts = np.bincount(y_train, minlength=len(CLASSES)).astype(np.float64)
-    class_w = torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train.images) / cfg.batch_size)
+def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+         rng: np.random.Generator, n_train: int, runlog: RunLog, step_loss, evaluate, desc: str,
+         progress: bool, batch_weights: np.ndarray | None = None) -> tuple[list[dict], dict]:
+    """The epoch loop both trainers share; ends with the best weights loaded into ``net``.
+
+    Resumes from ``checkpoint.pt``; per batch: cosine LR (by steps or wall time), ``step_loss(idx)``,
+    optimiser step, progress bar, run-log events and the cancel check; per epoch: ``evaluate()`` ->
+    (selection score, record), best weights, checkpoint, early stopping. Returns (history, best).
+    """
+    run_dir = runlog.run_dir
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    ckpt = Path(run_dir) / "checkpoint.pt"
+    ckpt, best_path = run_dir / "checkpoint.pt", run_dir / "best.safetensors"
     start_epoch, best, history = 0, {"score": -1.0, "epoch": -1}, []
     if ckpt.exists():
         start_epoch, best, history = _resume(ckpt, net, opt, gen, rng)
-    best_path = Path(run_dir) / "best.safetensors"
     t0 = time.time() - sum(h.get("epoch_s", 0) for h in history)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc="classifier", unit="batch")
+        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=desc, unit="batch")
     stale = sum(1 for h in history if h["epoch"] > best["epoch"])
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         te = time.time()
         losses = []
-        for bi, idx in enumerate(_batches(len(train.images), cfg.batch_size, rng)):
+        for bi, idx in enumerate(_batches(n_train, cfg.batch_size, rng, batch_weights)):
             step = epoch * steps_per_epoch + bi
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(step, steps_per_epoch // 2, cfg.lr, _progress(step, total_steps, t0, _budget(cfg)))
-            x, _ = augment_batch(_to_tensor(train.images[idx]), None, cfg.input_size, gen, True, cfg.aug_strength,
-                                 cfg.sequence_aug)
-            x = _normalize(x).contiguous(memory_format=torch.channels_last)
-            logits = net(x)
-            loss = F.cross_entropy(logits, torch.from_numpy(y_train[idx]), weight=class_w,
-                                   label_smoothing=cfg.label_smoothing)
+            loss = step_loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -351,14 +337,8 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
             if runlog.cancelled():
                 runlog.event(kind="cancelled")
                 raise TrainingError("training cancelled")
-        val_logits = predict_logits(net, val.images, cfg.input_size)
-        rep = classification_report(y_val, softmax(val_logits))
-        # Model selection favours not missing tumors: accuracy minus the tumor-miss rate.
-        score = rep["accuracy"] - rep["tumor_miss_rate"]
-        h = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": rep["accuracy"],
-             "val_macro_f1": rep["macro_f1"], "val_tumor_miss": rep["tumor_miss_rate"],
-             "val_loss": float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val))),
-             "epoch_s": time.time() - te}
+        score, record = evaluate()
+        h = {"epoch": epoch, "train_loss": float(np.mean(losses)), **record, "epoch_s": time.time() - te}
         history.append(h)
         elapsed = time.time() - t0
         runlog.event(kind="epoch", total_epochs=cfg.epochs, elapsed_s=elapsed,
@@ -377,6 +357,45 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
         bar.close()
     from safetensors.torch import load_file
     net.load_state_dict(load_file(str(best_path)))
+    return history, best
+
+
+def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir: Path, out_dir: Path,
+                     data_info: dict, weights_dir: Path | None = None, progress: bool = True) -> Path:
+    """Train, early-stop, calibrate (temperature) and fit OOD statistics; save a model version."""
+    torch.set_num_threads(cfg.threads)
+    gen = _seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    runlog = RunLog(run_dir)
+    (Path(run_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    y_train = np.array([CLASSES.index(label) for label in train.labels()])
+    y_val = np.array([CLASSES.index(label) for label in val.labels()])
+    if len(set(y_train.tolist())) < 2:
+        raise TrainingError("the classifier needs at least two classes in the training data")
+    meta = {"task": "classifier", "arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs}
+    net = _init_net(cfg, meta, weights_dir)
+    net = net.to(memory_format=torch.channels_last)
+    counts = np.bincount(y_train, minlength=len(CLASSES)).astype(np.float64)
+    class_w = torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def step_loss(idx: np.ndarray) -> torch.Tensor:
+        x, _ = augment_batch(_to_tensor(train.images[idx]), None, cfg.input_size, gen, True, cfg.aug_strength,
+                             cfg.sequence_aug)
+        logits = net(_normalize(x).contiguous(memory_format=torch.channels_last))
+        return F.cross_entropy(logits, torch.from_numpy(y_train[idx]), weight=class_w,
+                               label_smoothing=cfg.label_smoothing)
+
+    def evaluate() -> tuple[float, dict]:
+        val_logits = predict_logits(net, val.images, cfg.input_size)
+        rep = classification_report(y_val, softmax(val_logits))
+        # Model selection favours not missing tumors: accuracy minus the tumor-miss rate.
+        return rep["accuracy"] - rep["tumor_miss_rate"], {
+            "val_accuracy": rep["accuracy"], "val_macro_f1": rep["macro_f1"], "val_tumor_miss": rep["tumor_miss_rate"],
+            "val_loss": float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val)))}
+
+    history, best = _fit(cfg, net, opt, gen, rng, len(train.images), runlog, step_loss, evaluate, "classifier",
+                         progress)
     net = net.to(memory_format=torch.contiguous_format).eval()
     val_logits = predict_logits(net, val.images, cfg.input_size, tta=cfg.tta)
     temperature = fit_temperature(val_logits, y_val)
@@ -468,7 +487,7 @@ def seg_scores(probs: np.ndarray, truth: np.ndarray, threshold: float, min_area_
 
 def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir: Path, out_dir: Path,
                     data_info: dict, weights_dir: Path | None = None, progress: bool = True) -> Path:
-    """Train the U-Net with Dice+focal loss, pick threshold/min-area on validation, save a version."""
+    """Train the U-Net with Dice+cross-entropy, pick threshold/min-area on validation, save a version."""
     if train.masks is None or not train.masks.any():
         raise TrainingError("the segmenter needs training images with tumor masks")
     torch.set_num_threads(cfg.threads)
@@ -480,67 +499,22 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
     net = _init_net(cfg, meta, weights_dir)
     loss_fn = _seg_loss()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(train.images) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
     has_tumor = train.masks.reshape(len(train.masks), -1).any(1)
     weights = np.where(has_tumor, cfg.tumor_oversample, 1.0).astype(np.float64)
     val_truth = _resize_masks(val.masks, cfg.input_size) if val.masks is not None else None
-    ckpt = Path(run_dir) / "checkpoint.pt"
-    start_epoch, best, history = 0, {"score": -1.0, "epoch": -1}, []
-    if ckpt.exists():
-        start_epoch, best, history = _resume(ckpt, net, opt, gen, rng)
-    best_path = Path(run_dir) / "best.safetensors"
-    t0 = time.time() - sum(h.get("epoch_s", 0) for h in history)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc="segmenter", unit="batch")
-    stale = sum(1 for h in history if h["epoch"] > best["epoch"])
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        te = time.time()
-        losses = []
-        for bi, idx in enumerate(_batches(len(train.images), cfg.batch_size, rng,
-                                          weights if cfg.tumor_oversample != 1.0 else None)):
-            step = epoch * steps_per_epoch + bi
-            for g in opt.param_groups:
-                g["lr"] = _cosine_lr(step, steps_per_epoch // 2, cfg.lr, _progress(step, total_steps, t0, _budget(cfg)))
-            x, m = augment_batch(_to_tensor(train.images[idx]), _to_tensor(train.masks[idx]),
-                                 cfg.input_size, gen, True, cfg.aug_strength, cfg.sequence_aug)
-            loss = loss_fn(net(_normalize(x)), m)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if bi % 10 == 0:
-                runlog.event(kind="step", epoch=epoch, step=step, total_steps=total_steps,
-                             loss=float(np.mean(losses[-10:])))
-            if runlog.cancelled():
-                runlog.event(kind="cancelled")
-                raise TrainingError("training cancelled")
-        probs = predict_masks(net, val.images, cfg.input_size)
-        sc = seg_scores(probs, val_truth, 0.5, 0.0)
-        score = sc["dice"] - 0.5 * sc["fp_rate"]
-        h = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": sc["dice"], "val_iou": sc["iou"],
-             "val_fp_rate": sc["fp_rate"], "epoch_s": time.time() - te}
-        history.append(h)
-        elapsed = time.time() - t0
-        runlog.event(kind="epoch", total_epochs=cfg.epochs, elapsed_s=elapsed,
-                     eta_s=elapsed / (epoch + 1) * (cfg.epochs - epoch - 1), **h)
-        log.info("epoch %d %s", epoch, json.dumps(h))
-        best, improved = _keep_best(score, best, h, net, best_path)
-        stale = 0 if improved else stale + 1
-        _save_checkpoint(ckpt, net, opt, epoch, best, history, gen, rng.bit_generator.state)
-        if stale >= cfg.patience or _progress((epoch + 1) * steps_per_epoch, total_steps, t0,
-                                                   _budget(cfg)) >= 0.999:
-            break
-    if bar is not None:
-        bar.close()
-    from safetensors.torch import load_file
-    net.load_state_dict(load_file(str(best_path)))
+
+    def step_loss(idx: np.ndarray) -> torch.Tensor:
+        x, m = augment_batch(_to_tensor(train.images[idx]), _to_tensor(train.masks[idx]),
+                             cfg.input_size, gen, True, cfg.aug_strength, cfg.sequence_aug)
+        return loss_fn(net(_normalize(x)), m)
+
+    def evaluate() -> tuple[float, dict]:
+        sc = seg_scores(predict_masks(net, val.images, cfg.input_size), val_truth, 0.5, 0.0)
+        return sc["dice"] - 0.5 * sc["fp_rate"], {"val_dice": sc["dice"], "val_iou": sc["iou"],
+                                                  "val_fp_rate": sc["fp_rate"]}
+
+    history, best = _fit(cfg, net, opt, gen, rng, len(train.images), runlog, step_loss, evaluate, "segmenter",
+                         progress, weights if cfg.tumor_oversample != 1.0 else None)
     net.eval()
     probs = predict_masks(net, val.images, cfg.input_size, tta=cfg.tta)
     chosen, grid = search_postprocess(probs, val_truth)
