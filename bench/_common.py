@@ -53,6 +53,27 @@ def apply_env(args: argparse.Namespace) -> None:
         os.environ["TRIAGE_TORCH_THREADS"] = str(args.threads)
 
 
+def start(args: argparse.Namespace):
+    """Apply the environment, load settings and the active model versions; refuse ``--write``
+    with untrained models. Returns (settings, versions)."""
+    apply_env(args)
+    from triage.config import get_settings
+
+    settings = get_settings(torch_threads=args.threads)
+    versions = model_versions(settings.weights_dir)
+    check_write(args, versions)
+    return settings, versions
+
+
+def finish(args: argparse.Namespace, section: str, lines: list[str], versions: dict) -> int:
+    """Print the report and, with ``--write``, replace its section of the results file."""
+    body = "\n".join(lines)
+    print(body)
+    if args.write:
+        write_section(args.results_file, section, body, versions)
+    return 0
+
+
 def die(msg: str, code: int) -> None:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(code)

@@ -193,12 +193,7 @@ def one_start(args: argparse.Namespace, tmp: Path, upload: Path, driver) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.apply_env(args)
-    from triage.config import get_settings
-
-    settings = get_settings(torch_threads=args.threads)
-    versions = C.model_versions(settings.weights_dir)
-    C.check_write(args, versions)
+    settings, versions = C.start(args)
     os.environ["TRIAGE_WEIGHTS_DIR"] = str(Path(settings.weights_dir).resolve())
     slices = C.select_slices(C.load_brisc(C.brisc_dir(args.data)), 1, args.seed, size=(512, 512))
     if not slices:
@@ -256,11 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                ((f"app ready <= {TARGET_READY_S:.0f} s from start to first page "
                 f"({'rendered' if ready_key == 'rendered_s' else 'HTML'})"), f"{C.fmt(ready, 2)} s",
                 C.verdict(ready <= TARGET_READY_S))])]
-    body = "\n".join(out)
-    print(body)
-    if args.write:
-        C.write_section(args.results_file, "app_start", body, versions)
-    return 0
+    return C.finish(args, "app_start", out, versions)
 
 
 if __name__ == "__main__":

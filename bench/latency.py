@@ -99,12 +99,7 @@ def run_e2e(service, data: bytes, name: str) -> tuple[float, dict, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.apply_env(args)
-    from triage.config import get_settings
-
-    settings = get_settings(torch_threads=args.threads)
-    versions = C.model_versions(settings.weights_dir)
-    C.check_write(args, versions)
+    settings, versions = C.start(args)
     slices = C.select_slices(C.load_brisc(C.brisc_dir(args.data)), args.n, args.seed, size=(512, 512))
     if not slices:
         C.die("no 512x512 slices found in the manifest", C.EXIT_NO_DATA)
@@ -202,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
              C.verdict(cls_rate >= TARGET_BATCHED_PER_S)),
         ]),
     ]
-    body = "\n".join(out)
-    print(body)
-    if args.write:
-        C.write_section(args.results_file, "latency", body, versions)
-    return 0
+    return C.finish(args, "latency", out, versions)
 
 
 if __name__ == "__main__":

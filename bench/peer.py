@@ -183,12 +183,7 @@ def mcnemar_p(b: int, c: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.apply_env(args)
-    from triage.config import get_settings
-
-    settings = get_settings(torch_threads=args.threads)
-    versions = C.model_versions(settings.weights_dir)
-    C.check_write(args, versions)
+    settings, versions = C.start(args)
     pool = [s for s in C.load_brisc(C.brisc_dir(args.data)) if s.split == "test"]
     if not pool:
         C.die("no test-split slices in the BRISC manifest", C.EXIT_NO_DATA)

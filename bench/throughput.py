@@ -106,12 +106,7 @@ def run_cli(folder: Path, out_csv: Path, explain: bool, batch_size: int | None, 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.apply_env(args)
-    from triage.config import get_settings
-
-    settings = get_settings(torch_threads=args.threads)
-    versions = C.model_versions(settings.weights_dir)
-    C.check_write(args, versions)
+    settings, versions = C.start(args)
     sizes = [int(x) for x in args.scaling.split(",")] if args.scaling else [args.n]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not sizes or min(sizes) < 1 or any(m not in ("plain", "explain") for m in modes) or not modes:
@@ -178,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if checks:
         out += ["", C.table(["target", "measured", "verdict"], checks),
                 "", f"(flat / linear = within +{FLAT_TOLERANCE * 100:.0f}% of the smallest size)"]
-    body = "\n".join(out)
-    print(body)
-    if args.write:
-        C.write_section(args.results_file, "scaling" if args.scaling else "throughput", body, versions)
-    return 0
+    return C.finish(args, "scaling" if args.scaling else "throughput", out, versions)
 
 
 if __name__ == "__main__":
