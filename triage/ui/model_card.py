@@ -57,6 +57,14 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
         rows.append(("Mask threshold", _num(meta.get("threshold"), 2)))
         rows.append(("Minimum mask area", _pct(meta.get("min_area_frac"))
                      + (" of the brain crop" if meta.get("min_area_frac") is not None else "")))
+    if meta.get("tta") is not None:
+        rows.append(("Test-time augmentation", "mean of the slice and its mirror image" if meta["tta"] else "none"))
+    cfg = meta.get("train_config") or {}
+    if cfg.get("init_from"):
+        rows.append(("Lineage", f"fine-tuned from version {cfg['init_from']} (its card records how that was trained)"))
+    if cfg.get("sequence_aug"):
+        rows.append(("Cross-sequence augmentation", f"intensity remap inside the head on {cfg['sequence_aug']:.0%} "
+                                                     "of training images (inverted or scrambled tone curve)"))
     rows.extend(_data_rows(data))
     if meta.get("wall_time_min") is not None:
         rows.append(("Training wall time", f"{meta['wall_time_min']} min"))
