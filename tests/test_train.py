@@ -97,3 +97,25 @@ def test_temperature_scaling_reduces_overconfidence():
     t = fit_temperature(logits.astype(np.float32), y)
     assert t > 2
     assert softmax(logits / t).max(1).mean() < softmax(logits).max(1).mean()
+
+
+def test_no_early_stop_in_the_first_half_of_the_schedule(tmp_path):
+    """Validation swings while the LR is high, so patience only counts from half-way on."""
+    import torch
+
+    from triage.train import RunLog, _fit
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    cfg = TrainConfig.from_preset("classifier", "quick", epochs=6, batch_size=4, threads=1,
+                                  schedule_by_time=False, patience=1)
+    scores = iter([1.0, 0.5, 0.4, 0.3, 0.2, 0.1])  # best at epoch 0, worse ever after
+    x = torch.randn(8, 2)
+
+    def step_loss(idx):
+        return net(x[idx]).pow(2).mean()
+
+    history, best = _fit(cfg, net, opt, torch.Generator().manual_seed(0), np.random.default_rng(0), 8,
+                         RunLog(tmp_path), step_loss, lambda: (next(scores), {}), "t", progress=False)
+    assert best["epoch"] == 0
+    assert len(history) == 3  # stale from epoch 1, but the stop waits for 3/6 of the schedule
