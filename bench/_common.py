@@ -53,9 +53,20 @@ def apply_env(args: argparse.Namespace) -> None:
         os.environ["TRIAGE_TORCH_THREADS"] = str(args.threads)
 
 
+_LOAD_AT_START: tuple[float, float, float] | None = None
+
+
+def load_at_start() -> tuple[float, float, float]:
+    """Load average sampled when the script started (the header is written after the run,
+    when the benchmark's own work would otherwise show up as a busy machine)."""
+    return _LOAD_AT_START or os.getloadavg()
+
+
 def start(args: argparse.Namespace):
     """Apply the environment, load settings and the active model versions; refuse ``--write``
     with untrained models. Returns (settings, versions)."""
+    global _LOAD_AT_START
+    _LOAD_AT_START = os.getloadavg()
     apply_env(args)
     from triage.config import get_settings
 
@@ -158,7 +169,7 @@ def machine_info(threads: int | None, versions: dict[str, dict] | None) -> list[
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = cores
-    load1, load5, _ = os.getloadavg()
+    load1, load5, _ = load_at_start()
     rows = [
         ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
         ("CPU", _cpu_model()),
@@ -179,7 +190,7 @@ def machine_info(threads: int | None, versions: dict[str, dict] | None) -> list[
 def header(title: str, command: str, threads: int | None, versions: dict[str, dict] | None) -> str:
     lines = [f"### {title}", "", f"Command: `{command}`", "",
              table(["machine", ""], machine_info(threads, versions))]
-    load1 = os.getloadavg()[0]
+    load1 = load_at_start()[0]
     cores = os.cpu_count() or 1
     if load1 > 0.5 * cores:
         lines += ["", (f"> **Warning: load average {load1:.1f} on {cores} cores at start: the machine is busy, "
