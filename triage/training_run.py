@@ -81,6 +81,20 @@ def _limit(s: CachedSet, n: int | None, seed: int) -> CachedSet:
     return s.subset(sel)
 
 
+def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -> None:
+    """A fine-tune keeps the parent's input size and brain crop unless told otherwise: the quick
+    preset's 128 px would otherwise retrain a 160 px model at another scale (measured: validation
+    accuracy 0.960 -> 0.917 for a quick fine-tune of classifier v2 at 128 px)."""
+    from triage.models import read_metadata
+    from triage.preprocess import LEGACY_CROP
+
+    parent = read_metadata(weights_dir, cfg.task, cfg.init_from)
+    if "input_size" not in overrides and parent.get("input_size"):
+        cfg.input_size = int(parent["input_size"])
+    if "crop" not in overrides:
+        cfg.crop = dict(parent.get("crop") or LEGACY_CROP)
+
+
 def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir: Path | None = None,
                  cache_dir: Path | None = None, weights_dir: Path | None = None, init_from: str | None = None,
                  progress: bool = True, **overrides: object) -> Path:
@@ -89,6 +103,8 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
     run_dir = Path(run_dir) if run_dir else out.parent.parent.parent / "runs" / f"{task}-{out.name}"
     cache_dir = Path(cache_dir) if cache_dir else run_dir.parent / "cache"
     cfg = TrainConfig.from_preset(task, preset, init_from=init_from, **overrides)
+    if init_from and weights_dir is not None:
+        _inherit_from_parent(cfg, Path(weights_dir), overrides)
     if is_shared_root(data):
         bundle = standard_split(Path(data), cache_dir, seed=cfg.seed, use_sartaj=(task == "classifier"),
                                 progress=progress, crop=cfg.crop)
