@@ -10,7 +10,7 @@ from tests.model_fixtures import make_tiny_weights
 from triage import calibrate
 from triage.datasets import CachedSet, Sample, prepare_sample, thumbnail_vector
 from triage.models import load_model
-from triage.segment import Segmenter, mirror_tta_probs
+from triage.segment import Segmenter, probability_maps
 
 
 class _LeftBiased(torch.nn.Module):
@@ -26,8 +26,8 @@ def test_mirror_tta_is_the_mean_of_both_orientations():
     net = _LeftBiased()
     plain = torch.sigmoid(net(x)).squeeze(1)
     mirrored = torch.sigmoid(net(x.flip(-1))).squeeze(1).flip(-1)
-    assert torch.allclose(mirror_tta_probs(net, x), (plain + mirrored) / 2, atol=1e-6)
-    assert not torch.allclose(mirror_tta_probs(net, x), plain)
+    assert torch.allclose(probability_maps(net, x, tta=True), (plain + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(probability_maps(net, x, tta=True), plain)
 
 
 def test_segmenter_uses_tta_only_when_the_card_says_so(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 from triage.errors import TrainingError
 from triage.metrics import classification_report
 from triage.models import load_model
-from triage.preprocess import LEGACY_CROP
+from triage.preprocess import card_crop
 from triage.records import CLASSES
 
 
@@ -32,7 +32,7 @@ def _validation_set(meta: dict, shared: Path, cache_dir: Path):
         raise TrainingError("only versions trained with the standard shared-data recipe can be recalibrated here")
     bundle = standard_split(Path(shared), Path(cache_dir), seed=int(data.get("seed", 0)),
                             val_fraction=float(data.get("val_fraction", 0.12)), use_sartaj=False, progress=False,
-                            crop=meta.get("crop", LEGACY_CROP))
+                            crop=card_crop(meta))
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
     return bundle.val

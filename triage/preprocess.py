@@ -21,6 +21,11 @@ DEFAULT_CROP = {"margin": 0.04, "join": 0.03}
 LEGACY_CROP = {"margin": 0.04, "join": 0.0}
 
 
+def card_crop(meta: dict) -> dict:
+    """The crop settings a model card records (cards without one predate the setting: legacy crop)."""
+    return dict(meta.get("crop") or LEGACY_CROP)
+
+
 def _as_grey_u8(img: np.ndarray) -> np.ndarray:
     """Accept what callers actually pass (uint8 grey, RGB, 16-bit, float) and return uint8 (H, W)."""
     img = np.asarray(img)

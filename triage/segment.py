@@ -21,8 +21,11 @@ def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
     return np.isin(lab, keep)
 
 
-def mirror_tta_probs(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Sigmoid maps (N, H, W) averaged over the slice and its left-right mirror, in one batch."""
+def probability_maps(net: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Sigmoid maps (N, H, W) of normalised inputs; with ``tta`` averaged over the slice and its
+    left-right mirror (both in one batch)."""
+    if not tta:
+        return torch.sigmoid(net(x)).squeeze(1)
     n = x.shape[0]
     p = torch.sigmoid(net(torch.cat([x, x.flip(-1)]))).squeeze(1)
     return (p[:n] + p[n:].flip(-1)) / 2
@@ -50,10 +53,7 @@ class Segmenter:
             return []
         arr = np.stack([to_model_input(c, self.size) for c in crops])
         x = (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
-        if self.tta:
-            probs = mirror_tta_probs(self.net, x).numpy()
-        else:
-            probs = torch.sigmoid(self.net(x)).squeeze(1).numpy()
+        probs = probability_maps(self.net, x, self.tta).numpy()
         return [from_model_output(p, c.shape[:2]) for p, c in zip(probs, crops)]
 
     def segment(self, crops: list[BrainCrop], scan_shapes: list[tuple[int, int]],

@@ -31,7 +31,7 @@ from triage.metrics import classification_report, dice_iou
 from triage.models import build_model, load_model, save_model
 from triage.preprocess import DEFAULT_CROP
 from triage.records import CLASSES
-from triage.segment import mirror_tta_probs
+from triage.segment import probability_maps, remove_small_components
 
 log = logging.getLogger(__name__)
 
@@ -449,8 +449,13 @@ def predict_masks(net: nn.Module, images: np.ndarray, size: int, bs: int = 32, t
     gen = torch.Generator()
     for i in range(0, len(images), bs):
         x, _ = augment_batch(_to_tensor(images[i:i + bs]), None, size, gen, train=False)
-        out.append(mirror_tta_probs(net, _normalize(x)) if tta else torch.sigmoid(net(_normalize(x))).squeeze(1))
+        out.append(probability_maps(net, _normalize(x), tta))
     return torch.cat(out).numpy() if out else np.zeros((0, size, size), np.float32)
+
+
+def seg_selection_score(s: dict) -> float:
+    """Segmenter selection: Dice on tumor slices, penalised by false-positive masks on empty ones."""
+    return s["dice"] - 0.5 * s["fp_rate"]
 
 
 def search_postprocess(probs: np.ndarray, truth: np.ndarray) -> tuple[dict, list[dict]]:
@@ -460,7 +465,7 @@ def search_postprocess(probs: np.ndarray, truth: np.ndarray) -> tuple[dict, list
     for thr in (0.4, 0.5, 0.6):
         for maf in (0.0, 0.001, 0.002, 0.004):
             grid.append({"threshold": thr, "min_area_frac": maf, **seg_scores(probs, truth, thr, maf)})
-    return max(grid, key=lambda g: g["dice"] - 0.5 * g["fp_rate"]), grid
+    return max(grid, key=seg_selection_score), grid
 
 
 def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
@@ -470,16 +475,10 @@ def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
 
 def seg_scores(probs: np.ndarray, truth: np.ndarray, threshold: float, min_area_frac: float) -> dict:
     """Mean Dice/IoU over tumor slices, false-positive rate over empty slices."""
-    import cv2
-
     dices, ious, fps = [], [], []
     min_area = min_area_frac * probs.shape[1] * probs.shape[2]
     for p, t in zip(probs, truth):
-        m = p >= threshold
-        if min_area > 0 and m.any():
-            n, lab, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
-            keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
-            m = np.isin(lab, keep)
+        m = remove_small_components(p >= threshold, min_area)
         if t.any():
             d, j = dice_iou(m, t)
             dices.append(d)
@@ -519,7 +518,7 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
         # Select on the masks as shipped (small specks removed): the raw false-positive rate
         # counts single-pixel specks and swings between epochs.
         post = seg_scores(probs, val_truth, 0.5, SELECTION_MIN_AREA)
-        return post["dice"] - 0.5 * post["fp_rate"], {
+        return seg_selection_score(post), {
             "val_dice": raw["dice"], "val_iou": raw["iou"], "val_fp_rate": raw["fp_rate"],
             "val_dice_post": post["dice"], "val_fp_rate_post": post["fp_rate"]}
 

@@ -86,13 +86,13 @@ def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -
     preset's 128 px would otherwise retrain a 160 px model at another scale (measured: validation
     accuracy 0.960 -> 0.917 for a quick fine-tune of classifier v2 at 128 px)."""
     from triage.models import read_metadata
-    from triage.preprocess import LEGACY_CROP
+    from triage.preprocess import card_crop
 
     parent = read_metadata(weights_dir, cfg.task, cfg.init_from)
     if "input_size" not in overrides and parent.get("input_size"):
         cfg.input_size = int(parent["input_size"])
     if "crop" not in overrides:
-        cfg.crop = dict(parent.get("crop") or LEGACY_CROP)
+        cfg.crop = card_crop(parent)
 
 
 def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir: Path | None = None,
