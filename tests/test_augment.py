@@ -52,6 +52,15 @@ def test_sequence_remap_changes_the_head_and_keeps_background_dark():
     assert torch.equal(sequence_remap(img, torch.Generator().manual_seed(0), p=0.0), img)
 
 
+def test_sequence_remap_takes_a_probability_per_image():
+    img, _ = _phantom(4, 64)
+    out = sequence_remap(img, torch.Generator().manual_seed(0), p=torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    changed = (out - img).abs().flatten(1).amax(1) > 1e-6
+    assert changed.tolist() == [True, False, True, False]
+    zero = torch.zeros(4)
+    assert torch.equal(sequence_remap(img, torch.Generator().manual_seed(0), p=zero), img)
+
+
 def test_head_mask_and_low_resolution_shapes():
     img, _ = _phantom(2, 64)
     hm = head_mask(img)

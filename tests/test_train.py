@@ -11,6 +11,7 @@ from triage.models import load_model
 from triage.train import (
     TrainConfig,
     fit_temperature,
+    sequence_probabilities,
     softmax,
     train_classifier,
     train_segmenter,
@@ -119,3 +120,11 @@ def test_no_early_stop_in_the_first_half_of_the_schedule(tmp_path):
                          RunLog(tmp_path), step_loss, lambda: (next(scores), {}), "t", progress=False)
     assert best["epoch"] == 0
     assert len(history) == 3  # stale from epoch 1, but the stop waits for 3/6 of the schedule
+
+
+def test_sequence_probabilities_can_differ_for_no_tumor_images():
+    tumor = np.array([True, False, True])
+    same = TrainConfig(task="classifier", sequence_aug=0.4)
+    assert sequence_probabilities(same, tumor).tolist() == pytest.approx([0.4, 0.4, 0.4])
+    split = TrainConfig(task="classifier", sequence_aug=0.5, sequence_aug_no_tumor=0.1)
+    assert sequence_probabilities(split, tumor).tolist() == pytest.approx([0.5, 0.1, 0.5])

@@ -32,8 +32,9 @@ def head_mask(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(solid, 5, stride=1, padding=2)
 
 
-def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
-    """Imitate another MRI sequence: with probability ``p`` per image, remap intensities inside
+def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor) -> torch.Tensor:
+    """Imitate another MRI sequence: with probability ``p`` per image (a float, or an (N,) tensor
+    of per-image probabilities), remap intensities inside
     the head by an inverted (T1 -> T2-like: CSF bright, white matter dark) or a random
     non-monotonic tone curve; the background stays dark.
 
@@ -42,9 +43,9 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float) -> torch.Ten
     networks rely on shape, texture and mass effect instead of one sequence's brightness.
     """
     n = x.shape[0]
-    if p <= 0:
+    if not _any_positive(p):
         return x
-    use = torch.rand(n, generator=gen) < p
+    use = torch.rand(n, generator=gen) < torch.as_tensor(p, dtype=torch.float32)
     if not bool(use.any()):
         return x
     base = torch.linspace(0, 1, 6).expand(n, 6)
@@ -55,6 +56,10 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float) -> torch.Ten
     remapped = _apply_curve(x, curve)
     blend = head_mask(x) * use.float().view(n, 1, 1, 1)
     return blend * remapped + (1 - blend) * x
+
+
+def _any_positive(p: float | torch.Tensor) -> bool:
+    return bool((torch.as_tensor(p) > 0).any())
 
 
 def _apply_curve(x: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
@@ -80,7 +85,7 @@ def low_resolution(x: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> tor
 
 
 def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0,
-                     sequence_p: float = 0.0) -> torch.Tensor:
+                     sequence_p: float | torch.Tensor = 0.0) -> torch.Tensor:
     """Sequence remap, random tone curve, gamma, contrast, bias field, blur and noise; keeps values in [0, 1]."""
     n = x.shape[0]
     dev = x.device
@@ -107,7 +112,7 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
     use_field = (torch.rand(n, generator=gen) < 0.4).float().view(n, 1, 1, 1)
     x = x * (1 + use_field * field)
     # Blur (thicker slices / lower resolution) or noise.
-    if sequence_p > 0:
+    if _any_positive(sequence_p):
         x = low_resolution(x, gen)
     if torch.rand(1, generator=gen).item() < 0.3:
         sigma = 0.5 + torch.rand(1, generator=gen).item() * 1.0
@@ -123,11 +128,11 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
                   train: bool = True, strength: float = 1.0,
-                  sequence_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  sequence_p: float | torch.Tensor = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8/float (N, 1, S, S) -> float (N, 1, size, size) in [0, 1] (+ masks resampled the same way).
 
     ``sequence_p`` is the per-image probability of a cross-sequence intensity remap (0 = off,
-    the v1 recipe); when on, a low-resolution simulation is also applied to some batches.
+    the v1 recipe), one float or an (N,) tensor; when on, a low-resolution simulation is also applied to some batches.
     """
     x = images.float()
     if x.max() > 1.5:

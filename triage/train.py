@@ -86,6 +86,11 @@ class TrainConfig:
     aug_strength: float = 1.0
     # Per-image probability of the cross-sequence remap in augment.sequence_remap (0 in v1).
     sequence_aug: float = 0.4
+    # The same probability for no-tumor images (None: as sequence_aug). Lower than sequence_aug
+    # because the no_tumor class already holds real T2/FLAIR/CT slices (Sartaj/BRISC READMEs)
+    # while nearly every tumor slice is T1: a uniform remap leaves "looks like T2 -> no tumor"
+    # as a shortcut, which is how v2 still missed T2 tumors on navoneel.
+    sequence_aug_no_tumor: float | None = None
     # True: the LR schedule also follows wall time so the run always ends annealed inside
     # time_budget_min (not bit-reproducible on a busy machine). False: purely step-based.
     schedule_by_time: bool = True
@@ -110,6 +115,12 @@ class TrainConfig:
         if not cfg.arch_kwargs:
             cfg.arch_kwargs = dict(ARCH_KWARGS[cfg.arch])
         return cfg
+
+
+def sequence_probabilities(cfg: TrainConfig, tumor: np.ndarray) -> torch.Tensor:
+    """Per-image probability of the cross-sequence remap for a batch (``tumor``: bool per image)."""
+    none_p = cfg.sequence_aug if cfg.sequence_aug_no_tumor is None else cfg.sequence_aug_no_tumor
+    return torch.from_numpy(np.where(tumor, cfg.sequence_aug, none_p).astype(np.float32))
 
 
 class RunLog:
@@ -386,7 +397,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
         x, _ = augment_batch(_to_tensor(train.images[idx]), None, cfg.input_size, gen, True, cfg.aug_strength,
-                             cfg.sequence_aug)
+                             sequence_probabilities(cfg, y_train[idx] != CLASSES.index("no_tumor")))
         logits = net(_normalize(x).contiguous(memory_format=torch.channels_last))
         return F.cross_entropy(logits, torch.from_numpy(y_train[idx]), weight=class_w,
                                label_smoothing=cfg.label_smoothing)
@@ -509,7 +520,8 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
         x, m = augment_batch(_to_tensor(train.images[idx]), _to_tensor(train.masks[idx]),
-                             cfg.input_size, gen, True, cfg.aug_strength, cfg.sequence_aug)
+                             cfg.input_size, gen, True, cfg.aug_strength,
+                             sequence_probabilities(cfg, has_tumor[idx]))
         return loss_fn(net(_normalize(x)), m)
 
     def evaluate() -> tuple[float, dict]:
