@@ -77,3 +77,4 @@ def test_build_cache_crops_and_rejects(tmp_path):
     assert len(c.rejected) == 1 and "broken" in c.rejected[0][0]
     again = build_cache(samples, 64, cache_dir=tmp_path / "cache")
     assert (again.images == c.images).all()
+    assert not list((tmp_path / "cache").glob("*.tmp*"))  # written under a temporary name, then renamed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,10 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
     thumbs_a = np.stack(thumbs) if thumbs else np.zeros((0, THUMB * THUMB), np.float32)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        np.savez(cache_file, images=images_a, masks=masks_a, thumbs=thumbs_a,
+        # Write to a private temporary name and rename: two trainings started together must
+        # never read each other's half-written cache.
+        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=images_a, masks=masks_a, thumbs=thumbs_a,
                  sha1s=np.asarray(sha1s), keep=np.asarray(keep))
+        os.replace(tmp, cache_file)
     return CachedSet(kept, images_a, masks_a if with_masks else None, thumbs_a, sha1s, rejected)
