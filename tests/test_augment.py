@@ -2,7 +2,7 @@
 
 import torch
 
-from triage.augment import augment_batch, head_mask, low_resolution, sequence_remap
+from triage.augment import augment_batch, bright_background, head_mask, low_resolution, sequence_remap
 
 
 def _phantom(n: int = 4, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +59,15 @@ def test_sequence_remap_takes_a_probability_per_image():
     assert changed.tolist() == [True, False, True, False]
     zero = torch.zeros(4)
     assert torch.equal(sequence_remap(img, torch.Generator().manual_seed(0), p=zero), img)
+
+
+def test_bright_background_paints_only_outside_the_head():
+    img, _ = _phantom(3, 64)
+    out = bright_background(img, torch.Generator().manual_seed(0), p=1.0)
+    assert (out[:, :, :3, :3] >= 0.6).all()                # corners now light grey or white
+    centre = (slice(None), slice(None), slice(28, 36), slice(28, 36))
+    assert torch.allclose(out[centre], img[centre])
+    assert torch.equal(bright_background(img, torch.Generator().manual_seed(0), p=0.0), img)
 
 
 def test_head_mask_and_low_resolution_shapes():

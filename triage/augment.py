@@ -32,15 +32,26 @@ def head_mask(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(solid, 5, stride=1, padding=2)
 
 
+# Tone-curve templates at 8 even knots over the [0, 1] T1 intensity range, inside the head.
+# T2-like: dark CSF becomes bright, grey/white order flips, bright scalp fat stays bright.
+# FLAIR-like: CSF stays dark, grey matter a little brighter than white, lesions bright.
+_T2_CURVE = (0.55, 0.85, 0.65, 0.45, 0.35, 0.55, 0.75, 0.85)
+_FLAIR_CURVE = (0.0, 0.15, 0.45, 0.55, 0.45, 0.6, 0.8, 0.95)
+# Shares of the remap styles: T2-like, FLAIR-like, plain inversion, random curve.
+_STYLE_SHARES = (0.45, 0.2, 0.1, 0.25)
+
+
 def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor) -> torch.Tensor:
     """Imitate another MRI sequence: with probability ``p`` per image (a float, or an (N,) tensor
-    of per-image probabilities), remap intensities inside
-    the head by an inverted (T1 -> T2-like: CSF bright, white matter dark) or a random
-    non-monotonic tone curve; the background stays dark.
+    of per-image probabilities), remap intensities inside the head by a jittered T2-like or
+    FLAIR-like tone curve, a plain inversion or a random non-monotonic curve; the background
+    stays dark.
 
     Why: T2/FLAIR slices from other hospitals are the largest failure of a T1-trained model
     (navoneel misses were mostly T2). Domain randomisation of tissue contrast makes the
     networks rely on shape, texture and mass effect instead of one sequence's brightness.
+    The templates keep scalp fat bright as in real T2/FLAIR; a plain inversion (the v2 remap)
+    darkens it, which a network can tell apart from a real T2 slice.
     """
     n = x.shape[0]
     if not _any_positive(p):
@@ -48,14 +59,36 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
     use = torch.rand(n, generator=gen) < torch.as_tensor(p, dtype=torch.float32)
     if not bool(use.any()):
         return x
-    base = torch.linspace(0, 1, 6).expand(n, 6)
-    inverted = 1 - base + (torch.rand(n, 6, generator=gen) - 0.5) * 0.2
-    scrambled = torch.rand(n, 6, generator=gen)
-    pick_inverted = (torch.rand(n, generator=gen) < 0.6).float().unsqueeze(1)
-    curve = (pick_inverted * inverted + (1 - pick_inverted) * scrambled).clamp(0, 1)
-    remapped = _apply_curve(x, curve)
-    blend = head_mask(x) * use.float().view(n, 1, 1, 1)
+    k = len(_T2_CURVE)
+    base = torch.linspace(0, 1, k).expand(n, k)
+    styles = torch.stack([
+        torch.tensor(_T2_CURVE).expand(n, k) + (torch.rand(n, k, generator=gen) - 0.5) * 0.24,
+        torch.tensor(_FLAIR_CURVE).expand(n, k) + (torch.rand(n, k, generator=gen) - 0.5) * 0.2,
+        1 - base + (torch.rand(n, k, generator=gen) - 0.5) * 0.2,
+        torch.rand(n, k, generator=gen),
+    ], 1)
+    pick = torch.multinomial(torch.tensor(_STYLE_SHARES), n, replacement=True, generator=gen)
+    curve = styles[torch.arange(n), pick].clamp(0, 1)
+    head = head_mask(x)
+    # The templates assume the head's bright end (scalp fat, enhancement) at 1: stretch each
+    # image by its 98th percentile inside the head first (crops are often dark overall).
+    inside = torch.where(head > 0.5, x, torch.zeros_like(x)).flatten(1)
+    top = torch.quantile(inside, 0.98, dim=1).clamp(min=0.2).view(n, 1, 1, 1)
+    remapped = _apply_curve((x / top).clamp(0, 1), curve)
+    blend = head * use.float().view(n, 1, 1, 1)
     return blend * remapped + (1 - blend) * x
+
+
+def bright_background(x: torch.Tensor, gen: torch.Generator, p: float = 0.05) -> torch.Tensor:
+    """With probability ``p`` per image, paint the background outside the head a light grey or
+    white: web and teaching-file exports often put the slice on a white page (navoneel misses)."""
+    n = x.shape[0]
+    use = (torch.rand(n, generator=gen) < p).float().view(n, 1, 1, 1)
+    if not bool(use.any()):
+        return x
+    level = (0.6 + torch.rand(n, generator=gen) * 0.4).view(n, 1, 1, 1)
+    outside = (1 - head_mask(x)) * use
+    return outside * level + (1 - outside) * x
 
 
 def _any_positive(p: float | torch.Tensor) -> bool:
@@ -90,6 +123,8 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
     n = x.shape[0]
     dev = x.device
     x = sequence_remap(x, gen, sequence_p)
+    if _any_positive(sequence_p):
+        x = bright_background(x, gen)
     # Random monotonic piecewise-linear tone curve (5 knots): other sequences/scanners map
     # tissue intensities differently; a monotonic remap keeps anatomy but changes contrast.
     knots = torch.sort(torch.rand(n, 4, generator=gen), dim=1).values
