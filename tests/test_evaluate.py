@@ -15,7 +15,9 @@ def _result(label: str, mask_px: int) -> CaseResult:
     seg = Segmentation(mask=mask, area_px=int(mask.sum()), area_mm2=None, bbox=None, max_prob=0.9)
     pred = Prediction(probs=probs, label=label, confidence=0.9, entropy=0.1, ood_score=1.0, ood=False)
     scan = Scan(scan_id="0", name="x", pixels=np.zeros((32, 32), np.uint8))
-    return CaseResult(name="x", status="ok", scan=scan, prediction=pred, segmentation=seg)
+    # As the service does: a no_tumor call with a kept mask is flagged.
+    flags = ("disagreement",) if (label == "no_tumor" and mask_px) else ()
+    return CaseResult(name="x", status="ok", scan=scan, prediction=pred, segmentation=seg, flags=flags)
 
 
 def test_worklist_view_counts_a_kept_mask_as_positive():

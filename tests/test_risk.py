@@ -7,7 +7,7 @@ import pytest
 
 from triage.config import DEFAULT_RISK_WEIGHTS, Settings
 from triage.records import CLASSES
-from triage.risk import describe_policy, final_risk, risk_score, triage_flags
+from triage.risk import describe_policy, final_risk, risk_score, suspected_tumor, triage_flags
 
 
 def one_hot(cls: str) -> np.ndarray:
@@ -98,3 +98,9 @@ def test_describe_policy_mentions_weights_and_rules() -> None:
 def test_non_mapping_weights_rejected() -> None:
     with pytest.raises(TypeError):
         risk_score(one_hot("glioma"), [1.0, 0.0, 0.0, 0.0])  # type: ignore[arg-type]
+
+
+def test_suspected_tumor_counts_a_contradicted_no_tumor_call() -> None:
+    assert suspected_tumor("glioma", ())
+    assert suspected_tumor("no_tumor", ("uncertain", "disagreement"))
+    assert not suspected_tumor("no_tumor", ("uncertain", "ood"))

@@ -15,8 +15,8 @@ from triage import __version__
 
 log = logging.getLogger("triage")
 
-CSV_COLUMNS = ["path", "status", "error", "label", "p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary",
-               "risk", "ood", "flags", "tumor_area_px", "tumor_area_mm2", "mask_path", "frame", "ms"]
+CSV_COLUMNS = ["path", "status", "error", "label", "suspected_tumor", "p_no_tumor", "p_glioma", "p_meningioma",
+               "p_pituitary", "risk", "ood", "flags", "tumor_area_px", "tumor_area_mm2", "mask_path", "frame", "ms"]
 
 
 def iter_inputs(paths: list[str]) -> Iterator[Path]:

@@ -26,6 +26,7 @@ from triage.metrics import (
 )
 from triage.preprocess import LEGACY_CROP
 from triage.records import CLASSES
+from triage.risk import suspected_tumor
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,7 @@ def score(test: CachedSet, results: list) -> dict:
     out["binary"] = binary_tumor_report(is_tumor, 1.0 - probs[:, 0]) if len(results) else {}
     # What the worklist does: a tumor class OR a kept mask (a no_tumor call with a mask above the
     # disagreement size is flagged and ranked as suspicious, never silently cleared).
-    flagged = np.array([float(r.ok and (r.prediction.label != "no_tumor"
-                                        or (r.segmentation is not None and r.segmentation.area_px > 0)))
-                        for r in results])
+    flagged = np.array([float(r.ok and suspected_tumor(r.prediction.label, r.flags)) for r in results])
     out["screen"] = binary_tumor_report(is_tumor, flagged) if len(results) else {}
     if four_class:
         y = np.array([CLASSES.index(lab) for lab in labels])

@@ -23,6 +23,7 @@ from triage.errors import InvalidScanError
 from triage.io import content_id, read_scans, safe_name
 from triage.models import active_version, load_model, set_active
 from triage.preprocess import card_crop, crop_brain
+from triage.risk import suspected_tumor
 from triage.records import (
     CLASSES,
     CaseResult,
@@ -226,6 +227,7 @@ def case_row(result: CaseResult) -> dict:
         "label": p.label if p else "", "risk": round(result.risk, 4) if result.ok else "",
         "ood": int(p.ood) if p else "", "ood_score": round(p.ood_score, 2) if p else "",
         "flags": ";".join(result.flags),
+        "suspected_tumor": int(suspected_tumor(p.label, result.flags)) if (p and result.ok) else "",
         "tumor_area_px": seg.area_px if seg else "",
         "tumor_area_mm2": round(seg.area_mm2, 2) if (seg and seg.area_mm2 is not None) else "",
     }
