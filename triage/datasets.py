@@ -212,7 +212,7 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
                 with_masks: bool = True, progress: bool = False, crop: dict | None = None) -> CachedSet:
     """Decode, crop and resize every sample once (cached as .npz keyed by samples and crop)."""
     crop = dict(crop or DEFAULT_CROP)
-    crop_key = f"|crop{CROP_VERSION}:{sorted(crop.items())}"
+    crop_key = "" if crop == {"margin": 0.04, "join": 0.0} else f"|crop{CROP_VERSION}:{sorted(crop.items())}"
     key = hashlib.sha1(("|".join(f"{s.path}:{s.label}:{s.mask_path}" for s in samples)
                         + f"|{size}|{with_masks}|v2{crop_key}").encode()).hexdigest()[:16]
     if cache_dir is not None:

@@ -14,7 +14,7 @@ from triage.records import BrainCrop
 
 # Bump when the crop changes, so caches of cropped training images can be keyed on it.
 # v2: scalp/skull fragments next to the largest component are part of the head (v1 cut them off).
-CROP_VERSION = 3  # 3: slices on a light page are put on black first (darken_bright_page)
+CROP_VERSION = 2
 # How a model's card describes its crop. Models trained before the card recorded a crop
 # (v1 weights) used v1: only the largest bright region (no nearby scalp pieces).
 DEFAULT_CROP = {"margin": 0.04, "join": 0.03}
@@ -93,36 +93,13 @@ def _head_mask(img: np.ndarray, join: float) -> np.ndarray:
     return mask
 
 
-def darken_bright_page(img: np.ndarray) -> np.ndarray:
-    """uint8 (H, W): if the slice sits on a light page (median of the outer 2% >= 128, as in web
-    and teaching-file exports), set the light pixels connected to the image border to 0 so the
-    page looks like the dark background of a scan. Otherwise ``img`` is returned unchanged.
-
-    Why: the head finder and both networks expect a dark background; on a white page the crop
-    is the whole page and the classifier called 5 of 6 such navoneel tumors no_tumor.
-    """
-    h, w = img.shape
-    b = max(2, round(0.02 * min(h, w)))
-    border = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
-    level = float(np.median(border)) if border.size else 0.0
-    if level < 128:
-        return img
-    light = (img >= 0.75 * level).astype(np.uint8)
-    n, labels = cv2.connectedComponents(light, connectivity=8)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    page = np.isin(labels, edge[edge != 0]) if n > 1 else np.zeros(img.shape, bool)
-    out = img.copy()
-    out[page] = 0
-    return out
-
-
 def crop_brain(img: np.ndarray, margin: float = 0.04, join: float = 0.03) -> BrainCrop:
     """Crop the head region by the extreme points of its mask (:func:`find_head_mask`) plus a margin.
 
     img: uint8 (H, W). Returns the crop and its bbox in ``img`` coordinates; when no head is
     found (blank image) the full image is returned with ``found=False``.
     """
-    img = darken_bright_page(_as_grey_u8(img))
+    img = _as_grey_u8(img)
     h, w = img.shape
     mask = find_head_mask(img, join=join)
     area = int(mask.sum())
