@@ -81,7 +81,8 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
 
 def bright_background(x: torch.Tensor, gen: torch.Generator, p: float = 0.05) -> torch.Tensor:
     """With probability ``p`` per image, paint the background outside the head a light grey or
-    white: web and teaching-file exports often put the slice on a white page (navoneel misses)."""
+    white: web and teaching-file exports often put the slice on a white page (seen among v2's
+    navoneel misses)."""
     n = x.shape[0]
     use = (torch.rand(n, generator=gen) < p).float().view(n, 1, 1, 1)
     if not bool(use.any()):
