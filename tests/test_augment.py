@@ -2,7 +2,13 @@
 
 import torch
 
-from triage.augment import augment_batch, bright_background, head_mask, low_resolution, sequence_remap
+from triage.augment import (
+    augment_batch,
+    bright_background,
+    head_mask,
+    low_resolution,
+    sequence_remap,
+)
 
 
 def _phantom(n: int = 4, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,8 +54,8 @@ def test_analyze_folder_writes_one_row_per_file(tmp_path, env):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 5
     by_name = {Path(row["path"]).name: row for row in rows}
-    for col in ["path", "status", "error", "label", "suspected_tumor", "p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary",
-                "risk", "ood", "tumor_area_px", "mask_path", "ms"]:
+    for col in ["path", "status", "error", "label", "suspected_tumor", "p_no_tumor", "p_glioma", "p_meningioma",
+                "p_pituitary", "risk", "ood", "tumor_area_px", "mask_path", "ms"]:
         assert col in rows[0]
     assert by_name["good.png"]["status"] == "ok"
     assert by_name["empty.png"]["status"] == "rejected" and "empty" in by_name["empty.png"]["error"]

@@ -7,7 +7,13 @@ import pytest
 
 from triage.config import DEFAULT_RISK_WEIGHTS, Settings
 from triage.records import CLASSES
-from triage.risk import describe_policy, final_risk, risk_score, suspected_tumor, triage_flags
+from triage.risk import (
+    describe_policy,
+    final_risk,
+    risk_score,
+    suspected_tumor,
+    triage_flags,
+)
 
 
 def one_hot(cls: str) -> np.ndarray:

@@ -41,7 +41,8 @@ _FLAIR_CURVE = (0.0, 0.15, 0.45, 0.55, 0.45, 0.6, 0.8, 0.95)
 _STYLE_SHARES = (0.45, 0.2, 0.1, 0.25)
 
 
-def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor) -> torch.Tensor:
+def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor,
+                   head: torch.Tensor | None = None) -> torch.Tensor:
     """Imitate another MRI sequence: with probability ``p`` per image (a float, or an (N,) tensor
     of per-image probabilities), remap intensities inside the head by a jittered T2-like or
     FLAIR-like tone curve, a plain inversion or a random non-monotonic curve; the background
@@ -51,7 +52,8 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
     (navoneel misses were mostly T2). Domain randomisation of tissue contrast makes the
     networks rely on shape, texture and mass effect instead of one sequence's brightness.
     The templates keep scalp fat bright as in real T2/FLAIR; a plain inversion (the v2 remap)
-    darkens it, which a network can tell apart from a real T2 slice.
+    darkens it, which a network can tell apart from a real T2 slice. ``head``: :func:`head_mask`
+    of ``x`` when the caller already has it.
     """
     n = x.shape[0]
     if not _any_positive(p):
@@ -69,7 +71,7 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
     ], 1)
     pick = torch.multinomial(torch.tensor(_STYLE_SHARES), n, replacement=True, generator=gen)
     curve = styles[torch.arange(n), pick].clamp(0, 1)
-    head = head_mask(x)
+    head = head_mask(x) if head is None else head
     # The templates assume the head's bright end (scalp fat, enhancement) at 1: stretch each
     # image by its 98th percentile inside the head first (crops are often dark overall).
     inside = torch.where(head > 0.5, x, torch.zeros_like(x)).flatten(1)
@@ -79,16 +81,17 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
     return blend * remapped + (1 - blend) * x
 
 
-def bright_background(x: torch.Tensor, gen: torch.Generator, p: float = 0.05) -> torch.Tensor:
+def bright_background(x: torch.Tensor, gen: torch.Generator, p: float = 0.05,
+                      head: torch.Tensor | None = None) -> torch.Tensor:
     """With probability ``p`` per image, paint the background outside the head a light grey or
     white: web and teaching-file exports often put the slice on a white page (seen among v2's
-    navoneel misses)."""
+    navoneel misses). ``head``: :func:`head_mask` of ``x`` when the caller already has it."""
     n = x.shape[0]
     use = (torch.rand(n, generator=gen) < p).float().view(n, 1, 1, 1)
     if not bool(use.any()):
         return x
     level = (0.6 + torch.rand(n, generator=gen) * 0.4).view(n, 1, 1, 1)
-    outside = (1 - head_mask(x)) * use
+    outside = (1 - (head_mask(x) if head is None else head)) * use
     return outside * level + (1 - outside) * x
 
 
@@ -123,9 +126,11 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
     """Sequence remap, random tone curve, gamma, contrast, bias field, blur and noise; keeps values in [0, 1]."""
     n = x.shape[0]
     dev = x.device
-    x = sequence_remap(x, gen, sequence_p)
-    if _any_positive(sequence_p):
-        x = bright_background(x, gen)
+    cross_sequence = _any_positive(sequence_p)
+    if cross_sequence:
+        head = head_mask(x)  # of the original slice, shared by both steps below
+        x = sequence_remap(x, gen, sequence_p, head)
+        x = bright_background(x, gen, head=head)
     # Random monotonic piecewise-linear tone curve (5 knots): other sequences/scanners map
     # tissue intensities differently; a monotonic remap keeps anatomy but changes contrast.
     knots = torch.sort(torch.rand(n, 4, generator=gen), dim=1).values
@@ -148,7 +153,7 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
     use_field = (torch.rand(n, generator=gen) < 0.4).float().view(n, 1, 1, 1)
     x = x * (1 + use_field * field)
     # Blur (thicker slices / lower resolution) or noise.
-    if _any_positive(sequence_p):
+    if cross_sequence:
         x = low_resolution(x, gen)
     if torch.rand(1, generator=gen).item() < 0.3:
         sigma = 0.5 + torch.rand(1, generator=gen).item() * 1.0
@@ -168,7 +173,8 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, g
     """uint8/float (N, 1, S, S) -> float (N, 1, size, size) in [0, 1] (+ masks resampled the same way).
 
     ``sequence_p`` is the per-image probability of a cross-sequence intensity remap (0 = off,
-    the v1 recipe), one float or an (N,) tensor; when on, a low-resolution simulation is also applied to some batches.
+    the v1 recipe), one float or an (N,) tensor; when on, a low-resolution simulation and a
+    light-page background are also applied to some images.
     """
     x = images.float()
     if x.max() > 1.5:

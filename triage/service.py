@@ -23,7 +23,6 @@ from triage.errors import InvalidScanError
 from triage.io import content_id, read_scans, safe_name
 from triage.models import active_version, load_model, set_active
 from triage.preprocess import card_crop, crop_brain
-from triage.risk import suspected_tumor
 from triage.records import (
     CLASSES,
     CaseResult,
@@ -32,6 +31,7 @@ from triage.records import (
     Scan,
     Segmentation,
 )
+from triage.risk import suspected_tumor
 
 log = logging.getLogger(__name__)
 

@@ -386,6 +386,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
     (Path(run_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
     y_train = np.array([CLASSES.index(label) for label in train.labels()])
     y_val = np.array([CLASSES.index(label) for label in val.labels()])
+    is_tumor = y_train != CLASSES.index("no_tumor")
     if len(set(y_train.tolist())) < 2:
         raise TrainingError("the classifier needs at least two classes in the training data")
     meta = {"task": "classifier", "arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs}
@@ -397,7 +398,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
         x, _ = augment_batch(_to_tensor(train.images[idx]), None, cfg.input_size, gen, True, cfg.aug_strength,
-                             sequence_probabilities(cfg, y_train[idx] != CLASSES.index("no_tumor")))
+                             sequence_probabilities(cfg, is_tumor[idx]))
         logits = net(_normalize(x).contiguous(memory_format=torch.channels_last))
         return F.cross_entropy(logits, torch.from_numpy(y_train[idx]), weight=class_w,
                                label_smoothing=cfg.label_smoothing)

@@ -63,11 +63,11 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
     if cfg.get("init_from"):
         rows.append(("Lineage", f"fine-tuned from version {cfg['init_from']} (its card records how that was trained)"))
     if cfg.get("sequence_aug"):
-        share = f"{cfg['sequence_aug']:.0%} of training images"
+        share = f"{cfg['sequence_aug']:.0%} of"
         if cfg.get("sequence_aug_no_tumor") is not None:
-            share = f"{cfg['sequence_aug']:.0%} of tumor and {cfg['sequence_aug_no_tumor']:.0%} of no-tumor training images"
-        rows.append(("Cross-sequence augmentation", f"intensity remap inside the head on {share} "
-                                                     "(inverted or scrambled tone curve)"))
+            share += f" tumor and {cfg['sequence_aug_no_tumor']:.0%} of no-tumor"
+        rows.append(("Cross-sequence augmentation", f"tone-curve remap inside the head on {share} training "
+                                                     "images, imitating other MRI sequences"))
     rows.extend(_data_rows(data))
     if meta.get("wall_time_min") is not None:
         rows.append(("Training wall time", f"{meta['wall_time_min']} min"))
