@@ -8,6 +8,7 @@ from triage.augment import (
     head_mask,
     low_resolution,
     sequence_remap,
+    suppress_enhancement,
 )
 
 
@@ -81,3 +82,22 @@ def test_head_mask_and_low_resolution_shapes():
     hm = head_mask(img)
     assert hm.shape == img.shape and hm[:, :, 32, 32].min() > 0.99 and hm[:, :, 0, 0].max() == 0
     assert low_resolution(img, torch.Generator().manual_seed(0), p=1.0).shape == img.shape
+
+
+def test_suppress_enhancement_dims_only_the_brightest_tones_inside_the_head():
+    img, mask = _phantom(2)
+    img[:, :, :4, :4] = 0.0
+    out = suppress_enhancement(img, torch.Generator().manual_seed(0), 1.0)
+    tumor = mask.bool()
+    assert (out[tumor] < img[tumor] - 0.1).all()  # the bright 'enhancing' square is compressed
+    plain = (img > 0.3) & (img < 0.5)
+    assert torch.allclose(out[plain], img[plain], atol=0.02)  # ordinary tissue keeps its tone
+    assert out.max() <= 1 and out.min() >= 0
+    assert torch.equal(out[:, :, :4, :4], img[:, :, :4, :4])  # background untouched
+
+
+def test_suppress_enhancement_takes_a_probability_per_image():
+    img, _ = _phantom(2)
+    out = suppress_enhancement(img, torch.Generator().manual_seed(0), torch.tensor([1.0, 0.0]))
+    assert not torch.equal(out[0], img[0]) and torch.equal(out[1], img[1])
+    assert torch.equal(suppress_enhancement(img, torch.Generator().manual_seed(0), 0.0), img)

@@ -78,3 +78,19 @@ def test_build_cache_crops_and_rejects(tmp_path):
     again = build_cache(samples, 64, cache_dir=tmp_path / "cache")
     assert (again.images == c.images).all()
     assert not list((tmp_path / "cache").glob("*.tmp*"))  # written under a temporary name, then renamed
+
+
+def test_build_cache_removes_its_temporary_file_when_the_write_fails(tmp_path, monkeypatch):
+    img, _ = draw_synthetic_slice(shape=(200, 200))
+    _write(tmp_path / "glioma" / "x.png", img)
+    samples, _ = scan_class_folders(tmp_path)
+
+    def disk_full(path, **arrays):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        build_cache(samples, 64, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())  # neither a temporary file nor a half-written cache

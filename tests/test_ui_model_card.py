@@ -15,11 +15,14 @@ def test_card_rows_show_lineage_and_augmentation():
 
 def test_card_row_shows_class_conditional_sequence_augmentation():
     meta = {"arch": "timm:regnetx_004", "trained": True, "classes": ["no_tumor"],
-            "train_config": {"sequence_aug": 0.5, "sequence_aug_no_tumor": 0.1}}
-    row = dict(card_rows("classifier", meta))["Cross-sequence augmentation"]
+            "train_config": {"sequence_aug": 0.5, "sequence_aug_no_tumor": 0.1, "enhancement_aug": 0.35}}
+    rows = dict(card_rows("classifier", meta))
+    row = rows["Cross-sequence augmentation"]
     assert "50% of tumor" in row and "10% of no-tumor" in row
+    assert "35%" in rows["Enhancement suppression"]
 
 
 def test_v1_style_card_has_no_lineage_rows():
     rows = dict(card_rows("classifier", {"arch": "timm:regnetx_004", "trained": True, "classes": ["no_tumor"]}))
     assert "Lineage" not in rows and "Cross-sequence augmentation" not in rows
+    assert "Enhancement suppression" not in rows

@@ -252,7 +252,10 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
         # Write to a private temporary name and rename: two trainings started together must
         # never read each other's half-written cache.
         tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images_a, masks=masks_a, thumbs=thumbs_a,
-                 sha1s=np.asarray(sha1s), keep=np.asarray(keep))
-        os.replace(tmp, cache_file)
+        try:
+            np.savez(tmp, images=images_a, masks=masks_a, thumbs=thumbs_a,
+                     sha1s=np.asarray(sha1s), keep=np.asarray(keep))
+            os.replace(tmp, cache_file)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. disk full)
     return CachedSet(kept, images_a, masks_a if with_masks else None, thumbs_a, sha1s, rejected)

@@ -81,10 +81,16 @@ def _limit(s: CachedSet, n: int | None, seed: int) -> CachedSet:
     return s.subset(sel)
 
 
+# Augmentation settings a fine-tune takes from its parent's card unless overridden.
+INHERITED_AUGMENTATION = ("sequence_aug", "sequence_aug_no_tumor", "enhancement_aug")
+
+
 def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -> None:
     """A fine-tune keeps the parent's input size and brain crop unless told otherwise: the quick
     preset's 128 px would otherwise retrain a 160 px model at another scale (measured: validation
-    accuracy 0.960 -> 0.917 for a quick fine-tune of classifier v2 at 128 px)."""
+    accuracy 0.960 -> 0.917 for a quick fine-tune of classifier v2 at 128 px). It also keeps the
+    parent's cross-sequence and enhancement augmentation: the preset's uniform remap would bring
+    back the "looks like T2 -> no tumor" shortcut that v3 and v4 were trained away from."""
     from triage.models import read_metadata
     from triage.preprocess import card_crop
 
@@ -93,6 +99,10 @@ def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -
         cfg.input_size = int(parent["input_size"])
     if "crop" not in overrides:
         cfg.crop = card_crop(parent)
+    parent_cfg = parent.get("train_config") or {}
+    for key in INHERITED_AUGMENTATION:
+        if key not in overrides and key in parent_cfg:
+            setattr(cfg, key, parent_cfg[key])
 
 
 def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir: Path | None = None,

@@ -68,6 +68,11 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
             share += f" tumor and {cfg['sequence_aug_no_tumor']:.0%} of no-tumor"
         rows.append(("Cross-sequence augmentation", f"tone-curve remap inside the head on {share} training "
                                                      "images, imitating other MRI sequences"))
+    if cfg.get("enhancement_aug"):
+        share = f"{cfg['enhancement_aug']:.0%}"
+        rows.append(("Enhancement suppression", (f"brightest tones inside the head compressed on {share} of "
+                                                 "training images, so a tumor is not recognised by contrast "
+                                                 "enhancement alone")))
     rows.extend(_data_rows(data))
     if meta.get("wall_time_min") is not None:
         rows.append(("Training wall time", f"{meta['wall_time_min']} min"))
