@@ -56,10 +56,8 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
     of ``x`` when the caller already has it.
     """
     n = x.shape[0]
-    if not _any_positive(p):
-        return x
-    use = torch.rand(n, generator=gen) < torch.as_tensor(p, dtype=torch.float32)
-    if not bool(use.any()):
+    use = _chosen(n, gen, p)
+    if use is None:
         return x
     k = len(_T2_CURVE)
     base = torch.linspace(0, 1, k).expand(n, k)
@@ -109,10 +107,8 @@ def suppress_enhancement(x: torch.Tensor, gen: torch.Generator, p: float | torch
     never enhanced. Applied to every class alike, so it adds no new shortcut.
     """
     n = x.shape[0]
-    if not _any_positive(p):
-        return x
-    use = torch.rand(n, generator=gen) < torch.as_tensor(p, dtype=torch.float32)
-    if not bool(use.any()):
+    use = _chosen(n, gen, p)
+    if use is None:
         return x
     head = head_mask(x) if head is None else head
     q = 0.8 + torch.rand(n, generator=gen) * 0.12
@@ -130,6 +126,15 @@ def suppress_enhancement(x: torch.Tensor, gen: torch.Generator, p: float | torch
 
 def _any_positive(p: float | torch.Tensor) -> bool:
     return bool((torch.as_tensor(p) > 0).any())
+
+
+def _chosen(n: int, gen: torch.Generator, p: float | torch.Tensor) -> torch.Tensor | None:
+    """Bool (N,) of the images a per-image-probability step applies to; None when none is
+    (no random draw at all when every probability is 0, so p=0 leaves the stream unchanged)."""
+    if not _any_positive(p):
+        return None
+    use = torch.rand(n, generator=gen) < torch.as_tensor(p, dtype=torch.float32)
+    return use if bool(use.any()) else None
 
 
 def _apply_curve(x: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
