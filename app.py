@@ -1,4 +1,9 @@
-"""Brain-MRI triage workstation: the entry file only routes to the pages."""
+"""Brain-MRI triage workstation: the entry file only routes to the pages.
+
+The page files live in ``views/``, not ``pages/``: a ``pages/`` folder switches streamlit into its
+legacy multipage mode, where a first request to a page URL (a bookmark after a restart) runs
+that file on its own, without this router, its banner and its navigation.
+"""
 
 import streamlit as st
 
@@ -9,11 +14,11 @@ st.set_page_config(page_title="Brain-MRI triage", page_icon="🧠", layout="wide
 init_state()
 
 PAGES = [
-    st.Page("pages/worklist.py", title="Worklist", icon="📋", default=True),
-    st.Page("pages/new_scans.py", title="New scans", icon="⬆️"),
-    st.Page("pages/case_review.py", title="Case review", icon="🔍"),
-    st.Page("pages/model.py", title="Model", icon="📄"),
-    st.Page("pages/training.py", title="Training", icon="🛠️"),
+    st.Page("views/worklist.py", title="Worklist", icon="📋", default=True),
+    st.Page("views/new_scans.py", title="New scans", icon="⬆️"),
+    st.Page("views/case_review.py", title="Case review", icon="🔍"),
+    st.Page("views/model.py", title="Model", icon="📄"),
+    st.Page("views/training.py", title="Training", icon="🛠️"),
 ]
 page = st.navigation(PAGES)
 banner()

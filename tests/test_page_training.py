@@ -16,7 +16,7 @@ from triage import jobs
 from triage.config import get_settings
 from triage.ui import state
 
-PAGE = str(REPO_DIR / "pages" / "training.py")
+PAGE = str(REPO_DIR / "views" / "training.py")
 TIMEOUT_S = 300  # generous: the test machine runs other trainings
 
 

@@ -225,7 +225,7 @@ def test_upload_review_sign_off_flow(core, shared_data: Path) -> None:
 
 def test_new_scans_page_uploads_files(app_env, synthetic_slice) -> None:
     img, _ = synthetic_slice()
-    at = _app("pages/new_scans.py")
+    at = _app("views/new_scans.py")
     assert not at.exception and at.title[0].value == "New scans"
     at.file_uploader[0].set_value([("synthetic.png", _png(img), "image/png"),
                                    ("broken.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")]).run()
@@ -237,7 +237,7 @@ def test_new_scans_page_uploads_files(app_env, synthetic_slice) -> None:
     assert at.dataframe[0].value["file"].tolist() == ["synthetic.png"]
     assert at.dataframe[1].value["file"].tolist() == ["broken.png"]
 
-    at.switch_page("pages/worklist.py").run()
+    at.switch_page("views/worklist.py").run()
     assert at.dataframe[0].value["name"].tolist() == ["synthetic.png"]
     assert [m.value for m in at.metric][:2] == ["1", "1"]
 
@@ -250,7 +250,7 @@ def test_case_review_with_missing_file(core, synthetic_slice) -> None:
     Path(case["stored_path"]).unlink()
     at = _app()
     at.session_state[state.SELECTED_CASE] = case["scan_id"]
-    at.switch_page("pages/case_review.py").run()
+    at.switch_page("views/case_review.py").run()
     assert not at.exception
     assert any("stored image file is missing" in e.value for e in at.error)
     _by_label(at.text_input, "Reviewer").input("Dr Who")
@@ -259,7 +259,7 @@ def test_case_review_with_missing_file(core, synthetic_slice) -> None:
 
 
 def test_case_review_empty_worklist(app_env) -> None:
-    at = _app("pages/case_review.py")
+    at = _app("views/case_review.py")
     assert not at.exception
     assert "No case to review" in _texts(at)
 
@@ -269,7 +269,7 @@ def test_model_page(app_env, tmp_path, monkeypatch) -> None:
     reports.mkdir()
     (reports / "eval-brisc.md").write_text("# Evaluation on BRISC\n\naccuracy 0.9\n", encoding="utf-8")
     monkeypatch.setattr("triage.ui.model_card.REPORTS_DIR", reports)
-    at = _app("pages/model.py")
+    at = _app("views/model.py")
     assert not at.exception
     text = _texts(at)
     for needle in ("Tumor classifier", "Tumor segmenter", "NOT for", "Risk policy", "untrained placeholders",
@@ -284,7 +284,7 @@ def test_pages_without_models(tmp_path, monkeypatch) -> None:
     st.cache_resource.clear()
     at = _app()
     assert not at.exception
-    for page in ("pages/new_scans.py", "pages/model.py"):
+    for page in ("views/new_scans.py", "views/model.py"):
         at.switch_page(page).run()
         assert not at.exception
         assert any("No usable model" in e.value for e in at.error), page

@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "triage"
-PAGES = sorted((REPO / "pages").glob("*.py"))
+PAGES = sorted((REPO / "views").glob("*.py"))
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -33,35 +33,8 @@ _DEFAULTS = {SELECTED_CASE: None, REVIEWER: "", LAST_UPLOAD: None, UPLOAD_NONCE:
              WORKLIST_FILTERS: {}, WORKLIST_NONCE: 0, FLASH: None}
 
 
-def ensure_router() -> None:
-    """Make sure a page request goes through the router (app.py), not streamlit's legacy page mode.
-
-    :func:`init_state` calls it, so every page and the router do. Because the repository has a ``pages/`` folder, a fresh
-    server whose *first* request is a page URL (``/new_scans``, a bookmark after a restart)
-    runs that page file on its own, in streamlit's v1 multipage mode: no router, no disclaimer
-    banner, no page config, a raw file list as navigation. ``st.navigation`` leaves that mode,
-    but only once app.py has run. So a page that finds the legacy mode still on switches it
-    off and reruns: app.py then routes the same URL to the same page (pages are keyed by URL
-    path). This happens at most once per server process. Uses streamlit's ``PagesManager``
-    flag (streamlit 1.67). Not under AppTest, which re-enters the legacy mode on every run by
-    design (a rerun there would swallow the button click that started the run).
-    """
-    from streamlit import config
-
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a future streamlit without the legacy mode
-        return
-    if config.get_option("global.appTest"):
-        return
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def init_state() -> None:
-    """Route through app.py if needed (:func:`ensure_router`), then fill missing session keys (idempotent)."""
-    ensure_router()
+    """Fill missing session keys (idempotent)."""
     for key, value in _DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = value

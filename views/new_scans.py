@@ -77,7 +77,7 @@ if rows:
             "file": "File", "status": "Status", "class": "Class",
             "risk": st.column_config.ProgressColumn("Risk", min_value=0.0, max_value=1.0, format="%.2f"),
             "flags": "Flags", "truth": "Truth", "note": "Note"})
-        st.page_link("pages/worklist.py", label="Open the worklist", icon=":material/list:")
+        st.page_link("views/worklist.py", label="Open the worklist", icon=":material/list:")
     if refused:
         st.error(f"{len(refused)} file(s) were not added:")
         st.dataframe(pd.DataFrame([{"file": r["file"], "status": r["status"], "reason": r["reason"]}

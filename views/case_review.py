@@ -34,7 +34,7 @@ wl = get_worklist()
 cases = wl.list_cases()
 if not cases:
     st.info("No case to review yet. Add scans on the **New scans** page.")
-    st.page_link("pages/new_scans.py", label="Go to New scans", icon=":material/upload:")
+    st.page_link("views/new_scans.py", label="Go to New scans", icon=":material/upload:")
     st.stop()
 
 by_id = {c["scan_id"]: c for c in cases}

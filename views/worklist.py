@@ -45,7 +45,7 @@ rows = wl.list_cases(**filters)
 
 if not everything:
     st.info("The worklist is empty. Add scans on the **New scans** page.")
-    st.page_link("pages/new_scans.py", label="Go to New scans", icon=":material/upload:")
+    st.page_link("views/new_scans.py", label="Go to New scans", icon=":material/upload:")
 elif not rows:
     st.info("No case matches these filters.")
 else:
@@ -75,7 +75,7 @@ else:
     if picked:
         st.session_state[state.SELECTED_CASE] = table.loc[picked[0], "scan_id"]
         st.session_state[state.WORKLIST_NONCE] += 1  # the table starts unselected next time
-        st.switch_page("pages/case_review.py")
+        st.switch_page("views/case_review.py")
 
     o1, o2, o3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     by_id = {c["scan_id"]: c for c in rows}
@@ -83,7 +83,7 @@ else:
                           key=state.WORKLIST_OPEN)
     if o2.button("Open", type="primary", width="stretch"):
         st.session_state[state.SELECTED_CASE] = chosen
-        st.switch_page("pages/case_review.py")
+        st.switch_page("views/case_review.py")
     o3.download_button("Export CSV", data=wl.export_csv(rows), file_name="worklist.csv", mime="text/csv",
                        icon=":material/download:", width="stretch", help="the filtered list, without thumbnails")
 
