@@ -72,9 +72,9 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
     head = head_mask(x) if head is None else head
     # The templates assume the head's bright end (scalp fat, enhancement) at 1: stretch each
     # image by its 98th percentile inside the head first (crops are often dark overall).
-    inside = torch.where(head > 0.5, x, torch.zeros_like(x)).flatten(1)
     top = torch.ones(n)
-    top[use] = torch.quantile(inside[use], 0.98, dim=1)  # only for the images that change
+    inside = torch.where(head[use] > 0.5, x[use], 0.0).flatten(1)  # only the images that change
+    top[use] = torch.quantile(inside, 0.98, dim=1)
     top = top.clamp(min=0.2).view(n, 1, 1, 1)
     remapped = _apply_curve((x / top).clamp(0, 1), curve)
     blend = head * use.float().view(n, 1, 1, 1)
@@ -87,11 +87,11 @@ def bright_background(x: torch.Tensor, gen: torch.Generator, p: float = 0.05,
     white: web and teaching-file exports often put the slice on a white page (seen among v2's
     navoneel misses). ``head``: :func:`head_mask` of ``x`` when the caller already has it."""
     n = x.shape[0]
-    use = (torch.rand(n, generator=gen) < p).float().view(n, 1, 1, 1)
-    if not bool(use.any()):
+    use = _chosen(n, gen, p)
+    if use is None:
         return x
     level = (0.6 + torch.rand(n, generator=gen) * 0.4).view(n, 1, 1, 1)
-    outside = (1 - (head_mask(x) if head is None else head)) * use
+    outside = (1 - (head_mask(x) if head is None else head)) * use.float().view(n, 1, 1, 1)
     return outside * level + (1 - outside) * x
 
 

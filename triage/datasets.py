@@ -22,7 +22,7 @@ import numpy as np
 
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import IMAGE_SUFFIXES, read_path
-from triage.preprocess import CROP_VERSION, DEFAULT_CROP, crop_brain, pad_to_square
+from triage.preprocess import CROP_VERSION, DEFAULT_CROP, LEGACY_CROP, crop_brain, pad_to_square
 from triage.records import normalize_label
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,8 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
                 with_masks: bool = True, progress: bool = False, crop: dict | None = None) -> CachedSet:
     """Decode, crop and resize every sample once (cached as .npz keyed by samples and crop)."""
     crop = dict(crop or DEFAULT_CROP)
-    crop_key = "" if crop == {"margin": 0.04, "join": 0.0} else f"|crop{CROP_VERSION}:{sorted(crop.items())}"
+    # Legacy-crop caches keep the names they had before crops were part of the key.
+    crop_key = "" if crop == LEGACY_CROP else f"|crop{CROP_VERSION}:{sorted(crop.items())}"
     key = hashlib.sha1(("|".join(f"{s.path}:{s.label}:{s.mask_path}" for s in samples)
                         + f"|{size}|{with_masks}|v2{crop_key}").encode()).hexdigest()[:16]
     if cache_dir is not None:

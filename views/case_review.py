@@ -27,7 +27,7 @@ from triage.ui.state import init_state
 from triage.ui.widgets import show_flags, show_flash
 from triage.worklist import WorklistError
 
-init_state()  # also routes a first-ever page request through app.py
+init_state()
 st.title("Case review")
 show_flash()
 wl = get_worklist()

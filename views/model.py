@@ -25,7 +25,7 @@ def _table(rows: list[tuple[str, str]]) -> None:
     st.markdown(markdown_table(rows))
 
 
-init_state()  # also routes a first-ever page request through app.py
+init_state()
 st.title("Model")
 try:
     cards = model_cards()

@@ -16,7 +16,7 @@ NO_TRUTH = "none"
 FROM_FOLDER = "from folder names"
 FORMATS = "PNG, JPEG, TIFF or DICOM 2D slices"
 
-init_state()  # also routes a first-ever page request through app.py
+init_state()
 st.title("New scans")
 try:
     untrained_warning(models_trained())

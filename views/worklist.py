@@ -21,7 +21,7 @@ from triage.worklist import REVIEW_STATUSES
 ALL = "All"
 REJECTIONS_SHOWN = 50
 
-init_state()  # also routes a first-ever page request through app.py
+init_state()
 st.title("Worklist")
 wl = get_worklist()
 everything = wl.list_cases()  # read from SQLite on every run: all tabs see the same queue
