@@ -4,12 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import draw_synthetic_slice
 from triage.datasets import CachedSet, Sample, prepare_sample, thumbnail_vector
 from triage.models import load_model
 from triage.train import (
+    SEG_LOSS_NAMES,
     TrainConfig,
+    _seg_loss,
     fit_temperature,
     sequence_probabilities,
     softmax,
@@ -61,10 +64,11 @@ def test_classifier_trains_and_loads(tmp_path, data):
     assert events[-1]["kind"] == "done"
 
 
-def test_segmenter_trains_and_loads(tmp_path, data):
+@pytest.mark.parametrize("seg_dice", ["batch", "per_image"])
+def test_segmenter_trains_and_loads(tmp_path, data, seg_dice):
     train, val = data
     cfg = TrainConfig.from_preset("segmenter", "quick", input_size=64, epochs=4, batch_size=8, threads=1,
-                                  schedule_by_time=False, patience=10,
+                                  schedule_by_time=False, patience=10, seg_dice=seg_dice,
                                   arch_kwargs={"in_channels": 1, "out_channels": 1, "channels": [8, 16, 32],
                                                "strides": [2, 2], "num_res_units": 1})
     folder = train_segmenter(cfg, train, val, tmp_path / "run", tmp_path / "w" / "segmenter" / "s1",
@@ -72,7 +76,34 @@ def test_segmenter_trains_and_loads(tmp_path, data):
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["history"][-1]["train_loss"] < meta["history"][0]["train_loss"]
     assert 0 < meta["threshold"] < 1
+    assert meta["loss"] == SEG_LOSS_NAMES[seg_dice]
     load_model(tmp_path / "w", "segmenter", "s1")
+
+
+def _logits(mask: torch.Tensor) -> torch.Tensor:
+    """Confident logits that draw exactly ``mask``."""
+    return torch.where(mask > 0, 8.0, -8.0)
+
+
+def test_per_image_dice_weighs_a_missed_small_lesion_like_a_large_one():
+    big, small = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    big[..., 8:56, 8:56] = 1
+    small[..., 30:34, 30:34] = 1
+    masks = torch.cat([big, small])
+    missed_small = _logits(torch.cat([big, torch.zeros_like(small)]))
+    per_image, batch = _seg_loss("per_image"), _seg_loss("batch")
+    # one Dice over the batch barely notices the missed 16-pixel lesion; per image it costs half the Dice term
+    assert batch(missed_small, masks) < 0.05
+    assert per_image(missed_small, masks) > 0.45
+
+
+def test_per_image_dice_leaves_tumor_free_slices_to_the_bce():
+    empty = torch.zeros(2, 1, 32, 32)
+    logits = torch.randn(2, 1, 32, 32)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, empty)
+    assert torch.isclose(_seg_loss("per_image")(logits, empty), expected)
+    with pytest.raises(ValueError, match="seg_dice"):
+        _seg_loss("focal")
 
 
 def test_resume_after_interruption(tmp_path, data):

@@ -5,9 +5,10 @@ from triage.ui.model_card import card_rows
 
 def test_card_rows_show_lineage_and_augmentation():
     meta = {"arch": "monai:UNet", "version": "v2", "trained": True, "input_size": 160, "threshold": 0.5,
-            "min_area_frac": 0.002, "tta": True, "wall_time_min": 78.0,
+            "min_area_frac": 0.002, "tta": True, "wall_time_min": 78.0, "loss": "per-image Dice + BCE",
             "train_config": {"init_from": "v1", "sequence_aug": 0.4}}
     rows = dict(card_rows("segmenter", meta))
+    assert rows["Training loss"] == "per-image Dice + BCE"
     assert rows["Lineage"].startswith("fine-tuned from version v1")
     assert "mirror" in rows["Test-time augmentation"]
     assert "40%" in rows["Cross-sequence augmentation"]

@@ -57,6 +57,8 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
         rows.append(("Mask threshold", _num(meta.get("threshold"), 2)))
         rows.append(("Minimum mask area", _pct(meta.get("min_area_frac"))
                      + (" of the brain crop" if meta.get("min_area_frac") is not None else "")))
+        if meta.get("loss"):
+            rows.append(("Training loss", str(meta["loss"])))
     if meta.get("tta") is not None:
         rows.append(("Test-time augmentation", "mean of the slice and its mirror image" if meta["tta"] else "none"))
     cfg = meta.get("train_config") or {}
