@@ -64,7 +64,7 @@ def test_classifier_trains_and_loads(tmp_path, data):
     assert events[-1]["kind"] == "done"
 
 
-@pytest.mark.parametrize("seg_dice", ["batch", "per_image"])
+@pytest.mark.parametrize("seg_dice", ["batch", "batch+image"])
 def test_segmenter_trains_and_loads(tmp_path, data, seg_dice):
     train, val = data
     cfg = TrainConfig.from_preset("segmenter", "quick", input_size=64, epochs=4, batch_size=8, threads=1,
@@ -91,17 +91,16 @@ def test_per_image_dice_weighs_a_missed_small_lesion_like_a_large_one():
     small[..., 30:34, 30:34] = 1
     masks = torch.cat([big, small])
     missed_small = _logits(torch.cat([big, torch.zeros_like(small)]))
-    per_image, batch = _seg_loss("per_image"), _seg_loss("batch")
-    # one Dice over the batch barely notices the missed 16-pixel lesion; per image it costs half the Dice term
+    both, batch = _seg_loss("batch+image"), _seg_loss("batch")
+    # one Dice over the batch barely notices the missed 16-pixel lesion; per image it costs half a Dice term
     assert batch(missed_small, masks) < 0.05
-    assert per_image(missed_small, masks) > 0.45
+    assert both(missed_small, masks) - batch(missed_small, masks) > 0.45
 
 
-def test_per_image_dice_leaves_tumor_free_slices_to_the_bce():
+def test_per_image_dice_leaves_tumor_free_batches_to_the_batch_loss():
     empty = torch.zeros(2, 1, 32, 32)
     logits = torch.randn(2, 1, 32, 32)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, empty)
-    assert torch.isclose(_seg_loss("per_image")(logits, empty), expected)
+    assert torch.isclose(_seg_loss("batch+image")(logits, empty), _seg_loss("batch")(logits, empty))
     with pytest.raises(ValueError, match="seg_dice"):
         _seg_loss("focal")
 

@@ -106,8 +106,8 @@ class TrainConfig:
     tta: bool = True
     init_from: str | None = None
     tumor_oversample: float = 1.0
-    # Segmenter Dice term: "batch" (one Dice over the batch, v1-v4) or "per_image" (mean of each
-    # tumor slice's own Dice, as the evaluation averages it; tumor-free slices get only the BCE).
+    # Segmenter Dice term: "batch" (one Dice over the batch, v1-v4) or "batch+image" (plus the mean
+    # of each tumor slice's own Dice, as the evaluation averages it); see _seg_loss.
     seg_dice: str = "batch"
     notes: dict = field(default_factory=dict)
 
@@ -453,7 +453,7 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
 
 
 SEG_LOSS_NAMES = {"batch": "MONAI DiceCELoss(sigmoid, batch=True)",
-                  "per_image": "BCE on every slice + MONAI DiceLoss(sigmoid) per tumor slice, averaged"}
+                  "batch+image": "MONAI DiceCELoss(sigmoid, batch=True) + mean per-tumor-slice DiceLoss"}
 
 
 def _seg_loss(kind: str = "batch"):
@@ -461,24 +461,27 @@ def _seg_loss(kind: str = "batch"):
 
     "batch": Dice over the whole batch, so empty (no-tumor) masks do not blow up the loss, but a
     missed small or faint lesion weighs little next to a large meningioma in the same batch.
-    "per_image": each tumor slice's own Dice, matching the evaluation's mean over slices.
+    "batch+image": adds each tumor slice's own Dice, as the evaluation averages it. The batch term
+    stays because its denominator is what penalises masks on tumor-free slices: a per-image Dice
+    alone (with BCE) raised validation false-positive masks from about 10% to 24-47% in 3 epochs.
     Dice+BCE converged faster than Dice+focal here (focal: probabilities still ~0.45 everywhere
     after one epoch on BRISC, val Dice 0.00).
     """
     from monai.losses import DiceCELoss, DiceLoss
 
-    if kind == "batch":
-        return DiceCELoss(sigmoid=True, batch=True)
-    if kind != "per_image":
+    if kind not in SEG_LOSS_NAMES:
         raise ValueError(f"seg_dice must be one of {sorted(SEG_LOSS_NAMES)}, got {kind!r}")
-    dice = DiceLoss(sigmoid=True, reduction="none")
+    batch = DiceCELoss(sigmoid=True, batch=True)
+    if kind == "batch":
+        return batch
+    per_image = DiceLoss(sigmoid=True, reduction="none")
 
     def loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits, masks)
+        total = batch(logits, masks)
         tumor = masks.flatten(1).any(1)
-        if not tumor.any():
-            return bce
-        return bce + dice(logits[tumor], masks[tumor]).mean()
+        if tumor.any():
+            total = total + per_image(logits[tumor], masks[tumor]).mean()
+        return total
 
     return loss
 
