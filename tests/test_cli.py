@@ -72,3 +72,16 @@ def test_misuse_exits_nonzero(tmp_path, env):
     assert r.returncode == 2
     r = run_cli(["analyze"], env)
     assert r.returncode == 2
+
+
+def test_train_options_match_what_training_knows():
+    from triage import cli
+    from triage.preprocess import INTENSITY_NORM
+    from triage.train import SEG_LOSS_NAMES, TrainConfig
+
+    assert set(cli.SEG_DICE_CHOICES) == set(SEG_LOSS_NAMES)
+    assert cli.INTENSITY_NORM_CHOICES == (INTENSITY_NORM,)
+    assert set(cli.TRAIN_OVERRIDES) <= set(TrainConfig.__dataclass_fields__)
+    args = cli.build_parser().parse_args(["train", "segmenter", "--data", "d", "--out", "o", "--lr", "0.001",
+                                          "--seg-dice", "batch+image", "--intensity-norm", INTENSITY_NORM])
+    assert (args.lr, args.seg_dice, args.intensity_norm) == (0.001, "batch+image", INTENSITY_NORM)

@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 
 from triage.preprocess import (
+    INTENSITY_NORM,
+    INTENSITY_PERCENTILES,
+    INTENSITY_TARGETS,
     crop_brain,
     find_head_mask,
     from_model_output,
+    model_crops,
     pad_to_square,
     paste_into_scan,
+    standardize_intensity,
     to_model_input,
 )
 
@@ -294,3 +299,66 @@ def test_real_brisc_no_tumor_and_lgg_flair_found(shared_data: Path) -> None:
             assert crop.found, row["path"]
             x0, y0, x1, y1 = crop.bbox
             assert (x1 - x0) * (y1 - y0) > 0.15 * scan.pixels.size
+
+
+# --- head-intensity standardisation -------------------------------------------------------------
+
+def _head_percentiles(img: np.ndarray) -> np.ndarray:
+    return np.percentile(img[find_head_mask(img, join=0.0)], INTENSITY_PERCENTILES)
+
+
+def test_standardised_head_lands_on_the_targets(synthetic_slice) -> None:
+    img, _ = synthetic_slice(shape=(256, 256), noise=10.0, seed=1)
+    out = standardize_intensity(img)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert np.allclose(_head_percentiles(out), INTENSITY_TARGETS, atol=3)
+
+
+def test_brighter_and_flatter_acquisitions_of_one_slice_become_alike(synthetic_slice) -> None:
+    """The point of it: brightness and contrast of the source stop being a cue."""
+    # Levels low enough that the brighter copy does not saturate (saturation is tested below).
+    img, _ = synthetic_slice(shape=(256, 256), noise=10.0, seed=2, brain_level=90, skull_level=160, tumor_level=130)
+    head = find_head_mask(img, join=0.0)
+    bright = np.clip(img.astype(np.float32) * 1.35 + 20, 0, 255).astype(np.uint8)
+    flat = np.clip(img.astype(np.float32) * 0.6, 0, 255).astype(np.uint8)
+    base = standardize_intensity(img).astype(np.float32)
+    for variant in (bright, flat):
+        before = np.abs(variant.astype(np.float32) - img)[head].mean()
+        after = np.abs(standardize_intensity(variant).astype(np.float32) - base)[head].mean()
+        assert after < 0.25 * before, (before, after)
+
+
+def test_standardisation_keeps_tissue_order_and_black_background(synthetic_slice) -> None:
+    img, _ = synthetic_slice(shape=(128, 128), noise=6.0, seed=4)
+    out = standardize_intensity(img)
+    order = np.argsort(img.ravel(), kind="stable")
+    assert np.all(np.diff(out.ravel()[order].astype(int)) >= 0)   # monotone map
+    assert np.all(out[img == 0] == 0)
+
+
+def _speck() -> np.ndarray:
+    img = np.zeros((64, 64), np.uint8)
+    img[30:34, 30:34] = 200
+    return img
+
+
+@pytest.mark.parametrize("img", [np.zeros((64, 64), np.uint8), _speck()])
+def test_images_without_a_usable_head_are_left_alone(img: np.ndarray) -> None:
+    assert np.array_equal(standardize_intensity(img), img)
+
+
+def test_saturated_head_is_still_standardised(synthetic_slice) -> None:
+    """A tied landmark (here the 99th percentile at 255) is skipped, not a reason to give up."""
+    img, _ = synthetic_slice(shape=(256, 256), noise=10.0, seed=6)
+    sat = np.clip(img.astype(np.float32) * 1.6, 0, 255).astype(np.uint8)
+    assert _head_percentiles(sat)[-1] == 255
+    q = _head_percentiles(standardize_intensity(sat))
+    assert np.allclose(q[1:3], INTENSITY_TARGETS[1:3], atol=4)   # median and 90th on target
+
+
+def test_model_crops_follow_the_card(synthetic_slice) -> None:
+    img, _ = synthetic_slice(shape=(96, 96), seed=5)
+    assert model_crops([img], {})[0] is img
+    assert np.array_equal(model_crops([img], {"intensity_norm": INTENSITY_NORM})[0], standardize_intensity(img))
+    with pytest.raises(ValueError, match="unknown intensity_norm"):
+        model_crops([img], {"intensity_norm": "zscore"})

@@ -57,6 +57,7 @@ def test_classifier_trains_and_loads(tmp_path, data):
     hist = meta["history"]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert meta["temperature"] > 0 and meta["trained"] is True
+    assert meta["intensity_norm"] is None and "standardize_intensity" not in meta["preprocess"]
     assert "ece_before" in meta["metrics"]["validation"]
     m = load_model(tmp_path / "w", "classifier", "t1")
     assert m.extras["ood_means"].shape[0] == 4
@@ -158,3 +159,19 @@ def test_sequence_probabilities_can_differ_for_no_tumor_images():
     assert sequence_probabilities(same, tumor).tolist() == pytest.approx([0.4, 0.4, 0.4])
     split = TrainConfig(task="classifier", sequence_aug=0.5, sequence_aug_no_tumor=0.1)
     assert sequence_probabilities(split, tumor).tolist() == pytest.approx([0.5, 0.1, 0.5])
+
+
+@pytest.mark.parametrize("option", [{"seg_dice": "per_pixel"}, {"intensity_norm": "zscore"}])
+def test_unknown_option_names_fail_when_the_config_is_made(option):
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_preset("segmenter", "quick", **option)
+
+
+def test_card_describes_the_intensity_standardisation_step():
+    from triage.train import preprocess_description
+
+    plain = TrainConfig.from_preset("classifier", "quick")
+    normed = TrainConfig.from_preset("classifier", "quick", intensity_norm="head_percentiles_v1")
+    assert "standardize_intensity" not in preprocess_description(plain)
+    assert preprocess_description(normed).index("crop_brain") < preprocess_description(normed).index(
+        "standardize_intensity (head_percentiles_v1)") < preprocess_description(normed).index("resize")

@@ -27,3 +27,10 @@ def test_v1_style_card_has_no_lineage_rows():
     rows = dict(card_rows("classifier", {"arch": "timm:regnetx_004", "trained": True, "classes": ["no_tumor"]}))
     assert "Lineage" not in rows and "Cross-sequence augmentation" not in rows
     assert "Enhancement suppression" not in rows
+
+
+def test_card_row_shows_intensity_standardisation_only_when_used():
+    meta = {"arch": "timm:regnetx_004", "trained": True, "classes": ["no_tumor"], "crop": {"margin": 0.04}}
+    assert "Intensity standardisation" not in dict(card_rows("classifier", meta))
+    rows = dict(card_rows("classifier", {**meta, "intensity_norm": "head_percentiles_v1"}))
+    assert rows["Intensity standardisation"].startswith("head_percentiles_v1")

@@ -20,6 +20,7 @@ from triage.errors import TrainingError
 from triage.metrics import classification_report
 from triage.models import load_model
 from triage.preprocess import card_crop
+from triage.recipe import standardized
 from triage.records import CLASSES
 
 
@@ -35,7 +36,7 @@ def _validation_set(meta: dict, shared: Path, cache_dir: Path):
                             crop=card_crop(meta))
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-    return bundle.val
+    return standardized(bundle.val) if meta.get("intensity_norm") else bundle.val
 
 
 def _write_metadata(folder: Path, meta: dict) -> None:

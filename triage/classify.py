@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from triage.models import LoadedModel
-from triage.preprocess import to_model_input
+from triage.preprocess import model_crops, to_model_input
 from triage.records import CLASSES, Prediction
 
 # Grad-CAM hangs hooks on the shared network while it runs; predictions from other sessions
@@ -37,7 +37,7 @@ class Classifier:
 
     def tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
         """uint8 crops -> normalised float tensor (N, 1, S, S)."""
-        arr = np.stack([to_model_input(c, self.size) for c in crops])
+        arr = np.stack([to_model_input(c, self.size) for c in model_crops(crops, self.model.meta)])
         return (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
 
     @torch.inference_mode()

@@ -89,6 +89,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# TrainConfig fields the train command can set (argparse dest names match the field names).
+TRAIN_OVERRIDES = ("epochs", "threads", "time_budget_min", "seed", "lr", "seg_dice", "intensity_norm")
+# Written out rather than imported so `--help` does not load torch; tests/test_cli.py checks they
+# match train.SEG_LOSS_NAMES and preprocess.INTENSITY_NORM.
+SEG_DICE_CHOICES = ("batch", "batch+image")
+INTENSITY_NORM_CHOICES = ("head_percentiles_v1",)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from triage.config import get_settings
     from triage.models import set_active
@@ -99,8 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     weights_dir = Path(args.weights_dir) if args.weights_dir else settings.weights_dir
     run_dir = Path(args.run_dir) if args.run_dir else settings.data_dir / "runs" / f"{args.task}-{out.name}"
     cache_dir = Path(args.cache_dir) if args.cache_dir else settings.data_dir / "cache"
-    overrides = {k: getattr(args, k) for k in ("epochs", "threads", "time_budget_min", "seed")
-                 if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None}
     folder = run_training(args.task, Path(args.data), out, preset=args.preset, run_dir=run_dir,
                           cache_dir=cache_dir, weights_dir=weights_dir, init_from=args.init_from,
                           progress=not args.quiet, **overrides)
@@ -193,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--time-budget-min", type=float, dest="time_budget_min")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--seg-dice", dest="seg_dice", choices=SEG_DICE_CHOICES,
+                   help="segmenter Dice term (default: batch)")
+    t.add_argument("--intensity-norm", dest="intensity_norm", choices=INTENSITY_NORM_CHOICES,
+                   help="standardise each crop's head intensities (a fine-tune inherits its parent's setting)")
     t.add_argument("--activate", action="store_true", help="make the new version active when done")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)

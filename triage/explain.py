@@ -27,7 +27,12 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from triage.models import resolve_module
-from triage.preprocess import from_model_output, paste_into_scan, to_model_input
+from triage.preprocess import (
+    from_model_output,
+    model_crops,
+    paste_into_scan,
+    to_model_input,
+)
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -134,7 +139,7 @@ def _normalised_input(crop: np.ndarray, size: int, meta: dict) -> np.ndarray:
     norm = meta.get("normalization") or {}
     mean = float(norm.get("mean", _DEFAULT_MEAN))
     std = float(norm.get("std", _DEFAULT_STD))
-    x = (to_model_input(crop, size) - mean) / std
+    x = (to_model_input(model_crops([crop], meta)[0], size) - mean) / std
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

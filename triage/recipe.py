@@ -12,6 +12,7 @@ Rules (all deterministic for a seed):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from triage.datasets import (
     stratified_split,
 )
 from triage.errors import DatasetError
+from triage.preprocess import standardize_batch
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,11 @@ def concat(sets: list[CachedSet]) -> CachedSet:
         samples=[x for s in sets for x in s.samples], images=np.concatenate([s.images for s in sets]),
         masks=masks, thumbs=np.concatenate([s.thumbs for s in sets]),
         sha1s=[x for s in sets for x in s.sha1s], rejected=[x for s in sets for x in s.rejected])
+
+
+def standardized(s: CachedSet) -> CachedSet:
+    """The same set with every cached crop intensity-standardised (preprocess.standardize_intensity)."""
+    return dataclasses.replace(s, images=standardize_batch(s.images))
 
 
 def write_split_file(folder: Path, bundle: SplitBundle) -> None:

@@ -8,7 +8,12 @@ import torch
 
 from triage.metrics import mask_bbox
 from triage.models import LoadedModel
-from triage.preprocess import from_model_output, paste_into_scan, to_model_input
+from triage.preprocess import (
+    from_model_output,
+    model_crops,
+    paste_into_scan,
+    to_model_input,
+)
 from triage.records import BrainCrop, Segmentation
 
 
@@ -51,7 +56,7 @@ class Segmenter:
         """Tumor probability maps, float32 (h, w) in [0, 1] at each crop's resolution."""
         if not crops:
             return []
-        arr = np.stack([to_model_input(c, self.size) for c in crops])
+        arr = np.stack([to_model_input(c, self.size) for c in model_crops(crops, self.model.meta)])
         x = (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
         probs = probability_maps(self.net, x, self.tta).numpy()
         return [from_model_output(p, c.shape[:2]) for p, c in zip(probs, crops)]

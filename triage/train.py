@@ -29,7 +29,7 @@ from triage.datasets import CachedSet
 from triage.errors import TrainingError
 from triage.metrics import classification_report, dice_iou
 from triage.models import build_model, load_model, save_model
-from triage.preprocess import DEFAULT_CROP
+from triage.preprocess import DEFAULT_CROP, check_intensity_norm
 from triage.records import CLASSES
 from triage.segment import probability_maps, remove_small_components
 
@@ -111,6 +111,9 @@ class TrainConfig:
     # Segmenter Dice term: "batch" (one Dice over the batch, v1-v4) or "batch+image" (plus the mean
     # of each tumor slice's own Dice, as the evaluation averages it); see _seg_loss.
     seg_dice: str = "batch"
+    # None, or preprocess.INTENSITY_NORM: every crop's head percentiles are standardised before the
+    # model sees it (training, calibration and inference alike; the card records it).
+    intensity_norm: str | None = None
     notes: dict = field(default_factory=dict)
 
     @classmethod
@@ -124,7 +127,22 @@ class TrainConfig:
         cfg = cls(task=task, preset=preset, **values)
         if not cfg.arch_kwargs:
             cfg.arch_kwargs = dict(ARCH_KWARGS[cfg.arch])
+        cfg.check()
         return cfg
+
+    def check(self) -> None:
+        """Raise ValueError for option names this code does not know, before any data is read."""
+        if self.seg_dice not in SEG_LOSS_NAMES:
+            raise ValueError(f"unknown seg_dice {self.seg_dice!r}; expected one of {sorted(SEG_LOSS_NAMES)}")
+        check_intensity_norm(self.intensity_norm)
+
+
+def preprocess_description(cfg: TrainConfig) -> str:
+    """The card's one-line account of what happens to a scan before the model sees it."""
+    steps = ["crop_brain (head mask, extreme points, margin)"]
+    if cfg.intensity_norm:
+        steps.append(f"standardize_intensity ({cfg.intensity_norm})")
+    return " -> ".join(steps + ["zero-pad to square", "resize"])
 
 
 def sequence_probabilities(cfg: TrainConfig, tumor: np.ndarray) -> torch.Tensor:
@@ -435,8 +453,9 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
     meta.update({
         "version": Path(out_dir).name, "trained": True, "classes": list(CLASSES),
         "input_size": cfg.input_size, "in_chans": 1, "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
-        "preprocess": "crop_brain (head mask, extreme points, margin) -> zero-pad to square -> resize",
-        "crop": cfg.crop, "gradcam_layer": GRADCAM_LAYERS.get(cfg.arch, ""), "temperature": temperature,
+        "preprocess": preprocess_description(cfg),
+        "crop": cfg.crop, "intensity_norm": cfg.intensity_norm,
+        "gradcam_layer": GRADCAM_LAYERS.get(cfg.arch, ""), "temperature": temperature,
         "tta": cfg.tta,
         "ood": {"method": "min class Mahalanobis distance on pre-logit features (Ledoit-Wolf)",
                 "threshold": ood_threshold, "threshold_rule": "99.5th percentile of validation scores"},
@@ -578,8 +597,8 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
     meta.update({
         "version": Path(out_dir).name, "trained": True, "input_size": cfg.input_size, "in_chans": 1,
         "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
-        "preprocess": "crop_brain (head mask, extreme points, margin) -> zero-pad to square -> resize",
-        "crop": cfg.crop, "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"],
+        "preprocess": preprocess_description(cfg),
+        "crop": cfg.crop, "intensity_norm": cfg.intensity_norm, "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"],
         "tta": cfg.tta, "loss": SEG_LOSS_NAMES[cfg.seg_dice],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "train_config": asdict(cfg), "history": history, "best_epoch": best["epoch"],

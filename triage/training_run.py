@@ -23,7 +23,13 @@ from triage.datasets import (
     stratified_split,
 )
 from triage.errors import DatasetError
-from triage.recipe import CACHE_SIZE, SplitBundle, standard_split, write_split_file
+from triage.recipe import (
+    CACHE_SIZE,
+    SplitBundle,
+    standard_split,
+    standardized,
+    write_split_file,
+)
 from triage.train import TrainConfig, train_classifier, train_segmenter
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,8 @@ def _limit(s: CachedSet, n: int | None, seed: int) -> CachedSet:
 
 
 # Augmentation settings a fine-tune takes from its parent's card unless overridden.
-INHERITED_AUGMENTATION = ("sequence_aug", "sequence_aug_no_tumor", "enhancement_aug")
+# Inherited because the parent learned on them (intensity_norm is preprocessing the weights expect).
+INHERITED_AUGMENTATION = ("sequence_aug", "sequence_aug_no_tumor", "enhancement_aug", "intensity_norm")
 
 
 def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -> None:
@@ -115,6 +122,7 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
     cfg = TrainConfig.from_preset(task, preset, init_from=init_from, **overrides)
     if init_from and weights_dir is not None:
         _inherit_from_parent(cfg, Path(weights_dir), overrides)
+        cfg.check()
     if is_shared_root(data):
         bundle = standard_split(Path(data), cache_dir, seed=cfg.seed, use_sartaj=(task == "classifier"),
                                 progress=progress, crop=cfg.crop)
@@ -127,6 +135,8 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
             raise DatasetError("no tumor masks found: the segmenter cannot be trained on this data")
     train = _limit(train, cfg.max_train_images, cfg.seed)
     val = _limit(val, None if cfg.max_train_images is None else max(200, cfg.max_train_images // 4), cfg.seed)
+    if cfg.intensity_norm:
+        train, val = standardized(train), standardized(val)
     info = dict(bundle.info)
     info.update({"used_train": len(train.samples), "used_val": len(val.samples)})
     run_dir.mkdir(parents=True, exist_ok=True)

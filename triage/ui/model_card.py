@@ -46,6 +46,9 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
         rows.append(("Preprocessing", str(meta["preprocess"])))
     if isinstance(meta.get("crop"), dict) and meta["crop"]:
         rows.append(("Brain-crop settings", ", ".join(f"{k}={v}" for k, v in meta["crop"].items())))
+    if meta.get("intensity_norm"):
+        rows.append(("Intensity standardisation", (f"{meta['intensity_norm']}: each crop's head 10/50/90/99th "
+                                                   "percentiles mapped to fixed values before the model sees it")))
     if task == "classifier":
         rows.append(("Class order", ", ".join(meta.get("classes") or []) or "—"))
         rows.append(("Temperature (calibration)", _num(meta.get("temperature"))))
