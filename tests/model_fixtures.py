@@ -37,3 +37,13 @@ def make_tiny_weights(weights_dir: Path, version: str = "tiny", seed: int = 0) -
         save_model(weights_dir / task / version, net, {**meta, "version": version})
         set_active(weights_dir, task, version)
     return weights_dir
+
+
+def plain_and_standardising(weights_dir: Path, task: str):
+    """Two loads of the tiny ``task`` version: as saved, and with a card asking for intensity standardisation."""
+    from triage.models import load_model
+    from triage.preprocess import INTENSITY_NORM
+
+    plain, normed = load_model(weights_dir, task, "tiny"), load_model(weights_dir, task, "tiny")
+    normed.meta["intensity_norm"] = INTENSITY_NORM
+    return plain, normed

@@ -68,13 +68,12 @@ def test_retune_segmenter_rewrites_the_card(tmp_path, monkeypatch):
 
 
 def test_segmenter_standardises_crops_when_the_card_says_so(tmp_path):
-    from triage.preprocess import INTENSITY_NORM, standardize_intensity
+    from tests.model_fixtures import plain_and_standardising
+    from triage.preprocess import standardize_intensity
 
-    wd = make_tiny_weights(tmp_path / "w")
+    plain_model, normed_model = plain_and_standardising(make_tiny_weights(tmp_path / "w"), "segmenter")
+    plain = Segmenter(plain_model)
     img, _ = draw_synthetic_slice(shape=(96, 96), seed=3, brain_level=170, skull_level=240, tumor_level=250)
-    plain = Segmenter(load_model(wd, "segmenter", "tiny"))
-    model = load_model(wd, "segmenter", "tiny")
-    model.meta["intensity_norm"] = INTENSITY_NORM
-    got = Segmenter(model).probabilities([img])[0]
+    got = Segmenter(normed_model).probabilities([img])[0]
     assert np.allclose(got, plain.probabilities([standardize_intensity(img)])[0], atol=1e-5)
     assert not np.allclose(got, plain.probabilities([img])[0], atol=1e-4)
