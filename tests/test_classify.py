@@ -17,3 +17,14 @@ def test_classifier_standardises_crops_when_the_card_says_so(tmp_path):
     unchanged, _ = plain.logits_and_scores([img])
     assert np.allclose(got, want, atol=1e-5)
     assert not np.allclose(got, unchanged, atol=1e-3)
+
+
+def test_a_card_asking_for_an_unknown_standardisation_fails_at_load(tmp_path):
+    import pytest
+
+    from triage.models import load_model
+
+    model = load_model(make_tiny_weights(tmp_path / "w"), "classifier", "tiny")
+    model.meta["intensity_norm"] = "zscore_v9"
+    with pytest.raises(ValueError, match="unknown intensity_norm"):
+        Classifier(model)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from triage.models import LoadedModel
-from triage.preprocess import model_crops, to_model_input
+from triage.preprocess import check_intensity_norm, model_crops, to_model_input
 from triage.records import CLASSES, Prediction
 
 # Grad-CAM hangs hooks on the shared network while it runs; predictions from other sessions
@@ -29,6 +29,7 @@ class Classifier:
         self.mean = float(meta["normalization"]["mean"])
         self.std = float(meta["normalization"]["std"])
         self.temperature = float(meta.get("temperature", 1.0))
+        check_intensity_norm(meta.get("intensity_norm"))  # fail when loaded, not at the first scan
         self.tta = bool(meta.get("tta", False))
         ood = meta.get("ood", {})
         self.ood_threshold = float(ood.get("threshold", float("inf")))

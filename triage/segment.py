@@ -9,6 +9,7 @@ import torch
 from triage.metrics import mask_bbox
 from triage.models import LoadedModel
 from triage.preprocess import (
+    check_intensity_norm,
     from_model_output,
     model_crops,
     paste_into_scan,
@@ -47,6 +48,7 @@ class Segmenter:
         self.mean = float(meta["normalization"]["mean"])
         self.std = float(meta["normalization"]["std"])
         self.threshold = float(meta.get("threshold", 0.5))
+        check_intensity_norm(meta.get("intensity_norm"))  # fail when loaded, not at the first scan
         self.min_area_frac = float(meta.get("min_area_frac", 0.0))
         # Mirror test-time augmentation, when the card says the threshold was chosen with it.
         self.tta = bool(meta.get("tta", False))
