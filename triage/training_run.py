@@ -87,9 +87,9 @@ def _limit(s: CachedSet, n: int | None, seed: int) -> CachedSet:
     return s.subset(sel)
 
 
-# Augmentation settings a fine-tune takes from its parent's card unless overridden.
-# Inherited because the parent learned on them (intensity_norm is preprocessing the weights expect).
-INHERITED_AUGMENTATION = ("sequence_aug", "sequence_aug_no_tumor", "enhancement_aug", "intensity_norm")
+# Settings a fine-tune takes from its parent's card unless overridden: the augmentation the parent
+# learned with, and the intensity standardisation its weights expect.
+INHERITED_SETTINGS = ("sequence_aug", "sequence_aug_no_tumor", "enhancement_aug", "intensity_norm")
 
 
 def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -> None:
@@ -107,7 +107,7 @@ def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -
     if "crop" not in overrides:
         cfg.crop = card_crop(parent)
     parent_cfg = parent.get("train_config") or {}
-    for key in INHERITED_AUGMENTATION:
+    for key in INHERITED_SETTINGS:
         if key not in overrides and key in parent_cfg:
             setattr(cfg, key, parent_cfg[key])
 
