@@ -65,7 +65,7 @@ def test_classifier_trains_and_loads(tmp_path, data):
     assert events[-1]["kind"] == "done"
 
 
-@pytest.mark.parametrize("seg_dice", ["batch", "batch+image"])
+@pytest.mark.parametrize("seg_dice", ["batch", "batch+image", "tversky"])
 def test_segmenter_trains_and_loads(tmp_path, data, seg_dice):
     train, val = data
     cfg = TrainConfig.from_preset("segmenter", "quick", input_size=64, epochs=4, batch_size=8, threads=1,
@@ -96,6 +96,20 @@ def test_per_image_dice_weighs_a_missed_small_lesion_like_a_large_one():
     # one Dice over the batch barely notices the missed 16-pixel lesion; per image it costs half a Dice term
     assert batch(missed_small, masks) < 0.05
     assert both(missed_small, masks) - batch(missed_small, masks) > 0.45
+
+
+def test_tversky_costs_a_missed_pixel_more_than_a_false_one():
+    truth = torch.zeros(1, 1, 64, 64)
+    truth[..., 16:48, 16:48] = 1
+    under, over = torch.zeros_like(truth), torch.zeros_like(truth)
+    under[..., 16:48, 24:40] = 1  # half the tumor missed
+    over[..., 16:48, 8:56] = 1  # the tumor plus as many false pixels
+    tversky, dice = _seg_loss("tversky"), _seg_loss("batch")
+    # both add the same cross-entropy for the same number of wrong pixels, so the gaps compare the overlap terms:
+    # Dice prefers the larger mask by 0.13, Tversky by 0.28
+    dice_gap = dice(_logits(under), truth) - dice(_logits(over), truth)
+    tversky_gap = tversky(_logits(under), truth) - tversky(_logits(over), truth)
+    assert tversky_gap > 1.8 * dice_gap > 0
 
 
 def test_per_image_dice_leaves_tumor_free_batches_to_the_batch_loss():

@@ -93,7 +93,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 TRAIN_OVERRIDES = ("epochs", "threads", "time_budget_min", "seed", "lr", "seg_dice", "intensity_norm")
 # Written out rather than imported so `--help` does not load torch; tests/test_cli.py checks they
 # match train.SEG_LOSS_NAMES and preprocess.INTENSITY_NORM.
-SEG_DICE_CHOICES = ("batch", "batch+image")
+SEG_DICE_CHOICES = ("batch", "batch+image", "tversky")
 INTENSITY_NORM_CHOICES = ("head_percentiles_v1",)
 
 
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-budget-min", type=float, dest="time_budget_min")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--seg-dice", dest="seg_dice", choices=SEG_DICE_CHOICES,
-                   help="segmenter Dice term (default: batch)")
+                   help="segmenter loss (default: batch; see train._seg_loss)")
     t.add_argument("--intensity-norm", dest="intensity_norm", choices=INTENSITY_NORM_CHOICES,
                    help="standardise each crop's head intensities (a fine-tune inherits its parent's setting)")
     t.add_argument("--activate", action="store_true", help="make the new version active when done")

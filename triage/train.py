@@ -108,8 +108,8 @@ class TrainConfig:
     tta: bool = True
     init_from: str | None = None
     tumor_oversample: float = 1.0
-    # Segmenter Dice term: "batch" (one Dice over the batch, v1-v4) or "batch+image" (plus the mean
-    # of each tumor slice's own Dice, as the evaluation averages it); see _seg_loss.
+    # Segmenter loss: "batch" (one Dice over the batch, v1-v4), "batch+image" (plus the mean of each
+    # tumor slice's own Dice, as the evaluation averages it) or "tversky" (misses cost more); see _seg_loss.
     seg_dice: str = "batch"
     # None, or preprocess.INTENSITY_NORM: every crop's head percentiles are standardised before the
     # model sees it (training, calibration and inference alike; the card records it).
@@ -474,7 +474,8 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
 
 
 SEG_LOSS_NAMES = {"batch": "MONAI DiceCELoss(sigmoid, batch=True)",
-                  "batch+image": "MONAI DiceCELoss(sigmoid, batch=True) + mean per-tumor-slice DiceLoss"}
+                  "batch+image": "MONAI DiceCELoss(sigmoid, batch=True) + mean per-tumor-slice DiceLoss",
+                  "tversky": "MONAI TverskyLoss(sigmoid, batch=True, alpha=0.3, beta=0.7) + BCE"}
 
 
 def _seg_loss(kind: str = "batch"):
@@ -487,11 +488,18 @@ def _seg_loss(kind: str = "batch"):
     alone (with BCE) raised validation false-positive masks from about 10% to 24-47% in 3 epochs.
     Dice+BCE converged faster than Dice+focal here (focal: probabilities still ~0.45 everywhere
     after one epoch on BRISC, val Dice 0.00).
+    "tversky": seed 003's loss family. A missed tumor pixel costs more than a false one
+    (beta 0.7 vs alpha 0.3), aimed at the faint gliomas that get no mask. Over the batch, like
+    "batch", so tumor-free slices are not divided by zero.
     """
-    from monai.losses import DiceCELoss, DiceLoss
+    from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
 
     if kind not in SEG_LOSS_NAMES:
         raise ValueError(f"seg_dice must be one of {sorted(SEG_LOSS_NAMES)}, got {kind!r}")
+    if kind == "tversky":
+        tversky = TverskyLoss(sigmoid=True, batch=True, alpha=0.3, beta=0.7)
+        bce = nn.BCEWithLogitsLoss()
+        return lambda logits, masks: tversky(logits, masks) + bce(logits, masks)
     batch = DiceCELoss(sigmoid=True, batch=True)
     if kind == "batch":
         return batch
