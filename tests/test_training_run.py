@@ -52,7 +52,7 @@ def test_standardized_set_changes_only_the_images():
 
     s = _synthetic_set(2)
     bright = dataclasses.replace(s, images=np.clip(s.images * 1.3, 0, 255).astype(np.uint8))
-    out = standardized(bright)
+    out = standardized(bright, INTENSITY_NORM)
     assert out.samples == bright.samples and out.sha1s == bright.sha1s and out.masks is bright.masks
     assert np.array_equal(out.images[0], standardize_intensity(bright.images[0]))
     assert not np.array_equal(out.images, bright.images)

@@ -36,7 +36,7 @@ def _validation_set(meta: dict, shared: Path, cache_dir: Path):
                             crop=card_crop(meta))
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-    return standardized(bundle.val) if meta.get("intensity_norm") else bundle.val
+    return standardized(bundle.val, meta.get("intensity_norm"))
 
 
 def _write_metadata(folder: Path, meta: dict) -> None:

@@ -126,11 +126,6 @@ def standardize_intensity(img: np.ndarray) -> np.ndarray:
     return lut[img]
 
 
-def standardize_batch(images: np.ndarray) -> np.ndarray:
-    """:func:`standardize_intensity` over a stack (N, H, W) of uint8 images."""
-    return np.stack([standardize_intensity(im) for im in images]) if len(images) else images
-
-
 def check_intensity_norm(name: str | None) -> None:
     """Raise ValueError unless ``name`` is None or the one standardisation this code implements."""
     if name not in (None, INTENSITY_NORM):

@@ -30,7 +30,7 @@ from triage.datasets import (
     stratified_split,
 )
 from triage.errors import DatasetError
-from triage.preprocess import standardize_batch
+from triage.preprocess import check_intensity_norm, standardize_intensity
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,13 @@ def concat(sets: list[CachedSet]) -> CachedSet:
         sha1s=[x for s in sets for x in s.sha1s], rejected=[x for s in sets for x in s.rejected])
 
 
-def standardized(s: CachedSet) -> CachedSet:
-    """The same set with every cached crop intensity-standardised (preprocess.standardize_intensity)."""
-    return dataclasses.replace(s, images=standardize_batch(s.images))
+def standardized(s: CachedSet, intensity_norm: str | None) -> CachedSet:
+    """The set as a model with this ``intensity_norm`` sees it: every cached crop standardised
+    (preprocess.standardize_intensity), or the set itself when the setting is None."""
+    check_intensity_norm(intensity_norm)
+    if not intensity_norm or not len(s.images):
+        return s
+    return dataclasses.replace(s, images=np.stack([standardize_intensity(im) for im in s.images]))
 
 
 def write_split_file(folder: Path, bundle: SplitBundle) -> None:

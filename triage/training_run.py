@@ -135,8 +135,7 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
             raise DatasetError("no tumor masks found: the segmenter cannot be trained on this data")
     train = _limit(train, cfg.max_train_images, cfg.seed)
     val = _limit(val, None if cfg.max_train_images is None else max(200, cfg.max_train_images // 4), cfg.seed)
-    if cfg.intensity_norm:
-        train, val = standardized(train), standardized(val)
+    train, val = standardized(train, cfg.intensity_norm), standardized(val, cfg.intensity_norm)
     info = dict(bundle.info)
     info.update({"used_train": len(train.samples), "used_val": len(val.samples)})
     run_dir.mkdir(parents=True, exist_ok=True)
