@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -208,16 +210,53 @@ def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.
     return x.clamp(0, 1)
 
 
+def strip_skull(x: torch.Tensor, gen: torch.Generator, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """With probability ``p`` per image, black out everything outside the head mask eroded by
+    3-8% of the side: scalp and skull go, as in skull-stripped sets (BraTS). ``keep`` (N, 1, H, W):
+    pixels never blacked out (the tumour mask, so a convexity meningioma keeps its label).
+
+    Why: BraTS is the only skull-stripped source and holds mostly gliomas; without this a network
+    can learn "no skull -> glioma" (issue 23 asks to check for exactly this shortcut).
+    """
+    n, _, h, _ = x.shape
+    use = _chosen(n, gen, p)
+    if use is None:
+        return x
+    k = int(h * (0.03 + torch.rand(1, generator=gen).item() * 0.05)) | 1
+    outside = 1 - (head_mask(x) > 0.5).float()
+    brain = 1 - F.max_pool2d(outside, k, stride=1, padding=k // 2)
+    if keep is not None:
+        brain = torch.maximum(brain, F.max_pool2d(keep.float(), 5, stride=1, padding=2))
+    blend = use.float().view(n, 1, 1, 1)
+    return x * (blend * brain + (1 - blend))
+
+
+def jpeg_degrade(images: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """uint8 (N, H, W): with probability ``p`` per image re-encode as JPEG at quality 15-85.
+
+    Web-sourced and re-exported slices (navoneel, Feltrin, the hidden sets) carry JPEG blocking
+    that BRISC hardly has; a network should not read the compression as a class cue.
+    """
+    if p <= 0:
+        return images
+    out = images.copy()
+    for i in np.nonzero(rng.random(len(images)) < p)[0]:
+        ok, buf = cv2.imencode(".jpg", images[i], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 86))])
+        if ok:
+            out[i] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return out
+
+
 def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
                   train: bool = True, strength: float = 1.0,
                   sequence_p: float | torch.Tensor = 0.0,
-                  enhancement_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  enhancement_p: float = 0.0, skull_strip_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8/float (N, 1, S, S) -> float (N, 1, size, size) in [0, 1] (+ masks resampled the same way).
 
     ``sequence_p`` is the per-image probability of a cross-sequence intensity remap (0 = off,
     the v1 recipe), one float or an (N,) tensor; when on, a low-resolution simulation and a
     light-page background are also applied to some images. ``enhancement_p``: probability of
-    :func:`suppress_enhancement` per image (0 before v4).
+    :func:`suppress_enhancement` per image (0 before v4); ``skull_strip_p``: of :func:`strip_skull`.
     """
     x = images.float()
     if x.max() > 1.5:
@@ -234,5 +273,6 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, g
         mout = (F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False) >= 0.5).float()
     if train:
+        out = strip_skull(out, gen, skull_strip_p, mout)
         out = intensity_jitter(out, gen, strength, sequence_p, enhancement_p)
     return out, mout

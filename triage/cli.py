@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("task", choices=["classifier", "segmenter"])
     t.add_argument("--data", required=True, help="../shared/data (standard recipe) or one dataset folder")
     t.add_argument("--out", required=True, help="new version folder, e.g. weights/classifier/v2")
-    t.add_argument("--preset", choices=["quick", "full"], default="full")
+    t.add_argument("--preset", choices=["quick", "full", "multi"], default="full",
+                   help="multi: every shared source, ImageNet-initialised EfficientNet-Lite0 (issue 23)")
     t.add_argument("--run-dir", help="log/checkpoint folder; rerun with the same folder to resume")
     t.add_argument("--cache-dir", help="where decoded crops are cached")
     t.add_argument("--weights-dir", help="weights folder (for --init-from)")

@@ -32,7 +32,8 @@ def build_model(meta: dict) -> nn.Module:
     """Instantiate an untrained network from a metadata dict (``arch`` + ``arch_kwargs``).
 
     ``timm:<name>`` builds a timm classifier with ``pretrained=False``; ``monai:UNet`` builds a
-    MONAI 2D U-Net. Unknown architectures raise ValueError.
+    MONAI 2D U-Net; ``smp:Unet`` a segmentation_models_pytorch U-Net (timm encoder, no weights
+    downloaded). Unknown architectures raise ValueError.
     """
     arch = meta["arch"]
     kwargs = dict(meta.get("arch_kwargs", {}))
@@ -45,7 +46,12 @@ def build_model(meta: dict) -> nn.Module:
 
         kwargs.setdefault("spatial_dims", 2)
         return UNet(**kwargs)
-    raise ValueError(f"unknown architecture {arch!r}; expected 'timm:<name>' or 'monai:UNet'")
+    if arch == "smp:Unet":
+        import segmentation_models_pytorch as smp
+
+        # encoder_weights=None: smp would otherwise download ImageNet weights.
+        return smp.Unet(encoder_weights=None, **kwargs)
+    raise ValueError(f"unknown architecture {arch!r}; expected 'timm:<name>', 'monai:UNet' or 'smp:Unet'")
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from triage import __version__
-from triage.augment import augment_batch
+from triage.augment import augment_batch, jpeg_degrade
 from triage.datasets import CachedSet
 from triage.errors import TrainingError
 from triage.metrics import classification_report, dice_iou
@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 # after 50 / 35 min of a 65-80 min budget (measured on this CPU, 1 thread each).
 PRESETS: dict[str, dict[str, dict]] = {
     "classifier": {
+        # Issue 23: every shared source, per-source balance, ImageNet-initialised EfficientNet-Lite0.
+        # The remap is the same for every class now that tumours come on real T2/FLAIR too.
+        "multi": dict(arch="timm:efficientnet_lite0", input_size=160, epochs=60, batch_size=32, lr=1e-3,
+                      time_budget_min=150.0, recipe="multi_source", pretrained="efficientnet_lite0_imagenet",
+                      epoch_images=4800, sequence_aug=0.3, sequence_aug_no_tumor=0.3, enhancement_aug=0.3,
+                      skull_strip_aug=0.15, jpeg_aug=0.3),
         # Augmentation as shipped since v4 (class-conditional T2/FLAIR remap + enhancement suppression).
         "full": dict(arch="timm:regnetx_004", input_size=160, epochs=30, batch_size=32, lr=3e-3,
                      time_budget_min=65.0, sequence_aug=0.5, sequence_aug_no_tumor=0.1, enhancement_aug=0.35),
@@ -51,6 +57,11 @@ PRESETS: dict[str, dict[str, dict]] = {
                       max_train_images=2400, time_budget_min=8.0),
     },
     "segmenter": {
+        # Issue 23: every shared source, U-Net on an ImageNet-initialised EfficientNet-Lite0 encoder.
+        "multi": dict(arch="smp:Unet", input_size=160, epochs=60, batch_size=16, lr=1e-3, time_budget_min=150.0,
+                      recipe="multi_source", pretrained="efficientnet_lite0_imagenet", epoch_images=3200,
+                      sequence_aug=0.3, sequence_aug_no_tumor=0.3, enhancement_aug=0.3, skull_strip_aug=0.15,
+                      jpeg_aug=0.3, seg_dice="batch+image"),
         "full": dict(arch="monai:UNet", input_size=160, epochs=30, batch_size=16, lr=3e-3,
                      time_budget_min=65.0),
         "quick": dict(arch="monai:UNet", input_size=128, epochs=10, batch_size=16, lr=2e-3,
@@ -62,8 +73,12 @@ ARCH_KWARGS = {
     "timm:regnetx_004": {"num_classes": len(CLASSES), "in_chans": 1, "drop_rate": 0.2},
     "monai:UNet": {"in_channels": 1, "out_channels": 1, "channels": [16, 32, 64, 128, 256],
                    "strides": [2, 2, 2, 2], "num_res_units": 1},
+    "timm:efficientnet_lite0": {"num_classes": len(CLASSES), "in_chans": 1, "drop_rate": 0.2},
+    # A light decoder: the default (256..16) doubles the segmenter's CPU time for no measured gain here.
+    "smp:Unet": {"encoder_name": "tu-efficientnet_lite0", "in_channels": 1, "classes": 1,
+                 "decoder_channels": [96, 48, 24, 16, 8]},
 }
-GRADCAM_LAYERS = {"timm:regnetx_004": "s4"}
+GRADCAM_LAYERS = {"timm:regnetx_004": "s4", "timm:efficientnet_lite0": "bn2"}
 # Minimum component area (fraction of the input square) used when selecting the best segmenter epoch.
 SELECTION_MIN_AREA = 0.002
 MEAN, STD = 0.2, 0.25  # normalisation of [0, 1] grey crops (close to the BRISC crop statistics)
@@ -114,6 +129,15 @@ class TrainConfig:
     # None, or preprocess.INTENSITY_NORM: every crop's head percentiles are standardised before the
     # model sees it (training, calibration and inference alike; the card records it).
     intensity_norm: str | None = None
+    # "standard" (triage.recipe: BRISC + Sartaj) or "multi_source" (triage.sources: every shared set).
+    recipe: str = "standard"
+    # None, or a name in triage.pretrained.PRETRAINED_NAMES: ImageNet start, training time only.
+    pretrained: str | None = None
+    # Images per epoch drawn with per-source balance (None: one pass over the training set).
+    epoch_images: int | None = None
+    # Per-image probabilities of augment.strip_skull and augment.jpeg_degrade (source shortcuts).
+    skull_strip_aug: float = 0.0
+    jpeg_aug: float = 0.0
     notes: dict = field(default_factory=dict)
 
     @classmethod
@@ -135,6 +159,11 @@ class TrainConfig:
         if self.seg_dice not in SEG_LOSS_NAMES:
             raise ValueError(f"unknown seg_dice {self.seg_dice!r}; expected one of {sorted(SEG_LOSS_NAMES)}")
         check_intensity_norm(self.intensity_norm)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
+
+
+RECIPES = ("standard", "multi_source")
 
 
 def preprocess_description(cfg: TrainConfig) -> str:
@@ -203,12 +232,13 @@ def _progress(step: int, total_steps: int, t0: float, budget_min: float) -> floa
     return max(step / max(1, total_steps), (time.time() - t0) / (60.0 * budget_min))
 
 
-def _batches(n: int, bs: int, rng: np.random.Generator, weights: np.ndarray | None = None) -> list[np.ndarray]:
+def _batches(n: int, bs: int, rng: np.random.Generator, weights: np.ndarray | None = None,
+             epoch_images: int | None = None) -> list[np.ndarray]:
     if weights is None:
         order = rng.permutation(n)
     else:
-        order = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
-    return [order[i:i + bs] for i in range(0, n, bs)]
+        order = rng.choice(n, size=epoch_images or n, replace=True, p=weights / weights.sum())
+    return [order[i:i + bs] for i in range(0, len(order), bs)]
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -324,6 +354,11 @@ def _keep_best(score: float, best: dict, epoch_record: dict, net: nn.Module, bes
 
 def _init_net(cfg: TrainConfig, meta: dict, weights_dir: Path | None) -> nn.Module:
     net = build_model(meta)
+    if cfg.pretrained and not cfg.init_from:
+        from triage.pretrained import init_pretrained
+
+        left = init_pretrained(net, cfg.pretrained, cfg.arch)
+        log.info("ImageNet start %s loaded; %d keys left as initialised (head/decoder)", cfg.pretrained, len(left))
     if cfg.init_from:
         if weights_dir is None:
             raise TrainingError("init_from needs the weights folder")
@@ -344,6 +379,8 @@ def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torc
     (selection score, record), best weights, checkpoint, early stopping. Returns (history, best).
     """
     run_dir = runlog.run_dir
+    if batch_weights is not None and cfg.epoch_images:
+        n_train = cfg.epoch_images
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     ckpt, best_path = run_dir / "checkpoint.pt", run_dir / "best.safetensors"
@@ -360,7 +397,8 @@ def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torc
         net.train()
         te = time.time()
         losses = []
-        for bi, idx in enumerate(_batches(n_train, cfg.batch_size, rng, batch_weights)):
+        for bi, idx in enumerate(_batches(len(batch_weights) if batch_weights is not None else n_train,
+                                          cfg.batch_size, rng, batch_weights, cfg.epoch_images)):
             step = epoch * steps_per_epoch + bi
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(step, steps_per_epoch // 2, cfg.lr, _progress(step, total_steps, t0, _budget(cfg)))
@@ -404,50 +442,117 @@ def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torc
     return history, best
 
 
+def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against a *set* of allowed classes: ``-log(sum of their probabilities)``.
+
+    A one-class set is ordinary cross-entropy (with label smoothing, as F.cross_entropy does it);
+    the set "every tumour class" teaches that a lesion of another type (Feltrin's schwannomas,
+    granulomas...) is anything but ``no_tumor`` without inventing which tumour it is.
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    nll = -torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=1)
+    return ((1 - smoothing) * nll - smoothing * logp.mean(1)).mean()
+
+
+def fit_temperature_sets(logits: np.ndarray, allowed: np.ndarray) -> float:
+    """Temperature minimising the validation partial-label NLL (:func:`partial_label_loss`)."""
+    lt, at = torch.from_numpy(logits).float(), torch.from_numpy(allowed)
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = partial_label_loss(lt / log_t.exp(), at)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().item())
+
+
+def source_scores(probs: np.ndarray, allowed: np.ndarray, sources: list[str]) -> dict[str, dict]:
+    """Per validation source: accuracy (the top class is allowed) and tumour-miss rate."""
+    no = CLASSES.index("no_tumor")
+    pred = probs.argmax(1)
+    correct = allowed[np.arange(len(pred)), pred]
+    tumor = ~allowed[:, no]
+    src = np.asarray(sources)
+    out = {}
+    for name in sorted(set(sources)):
+        sel = src == name
+        n_t = int((tumor & sel).sum())
+        out[name] = {"n": int(sel.sum()), "accuracy": float(correct[sel].mean()),
+                     "tumor_miss": float(((pred == no) & tumor & sel).sum() / n_t) if n_t else 0.0}
+    return out
+
+
 def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir: Path, out_dir: Path,
-                     data_info: dict, weights_dir: Path | None = None, progress: bool = True) -> Path:
-    """Train, early-stop, calibrate (temperature) and fit OOD statistics; save a model version."""
+                     data_info: dict, weights_dir: Path | None = None, progress: bool = True,
+                     sample_weights: np.ndarray | None = None, val_sources: list[str] | None = None) -> Path:
+    """Train, early-stop, calibrate (temperature) and fit OOD statistics; save a model version.
+
+    ``sample_weights``: per-image sampling weights (per-source balance; None: uniform, class-weighted
+    loss). ``val_sources``: the source of each validation image; model selection then averages
+    accuracy minus tumour-miss over the sources, so no one source dominates it. Labels may be
+    ``tumor`` (any tumour class, :func:`partial_label_loss`).
+    """
+    from triage.sources import label_matrix
+
     torch.set_num_threads(cfg.threads)
     gen = _seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     runlog = RunLog(run_dir)
     (Path(run_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
-    y_train = np.array([CLASSES.index(label) for label in train.labels()])
-    y_val = np.array([CLASSES.index(label) for label in val.labels()])
-    is_tumor = y_train != CLASSES.index("no_tumor")
-    if len(set(y_train.tolist())) < 2:
+    allowed_train = label_matrix(train.labels())
+    allowed_val = label_matrix(val.labels())
+    single = allowed_train.sum(1) == 1
+    y_train = np.where(single, allowed_train.argmax(1), -1)
+    val_single = allowed_val.sum(1) == 1
+    y_val = allowed_val.argmax(1)
+    no = CLASSES.index("no_tumor")
+    is_tumor = ~allowed_train[:, no]
+    if len(set(y_train[single].tolist())) < 2:
         raise TrainingError("the classifier needs at least two classes in the training data")
+    val_sources = list(val_sources) if val_sources is not None else ["validation"] * len(val.samples)
     meta = {"task": "classifier", "arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs}
     net = _init_net(cfg, meta, weights_dir)
     net = net.to(memory_format=torch.channels_last)
-    counts = np.bincount(y_train, minlength=len(CLASSES)).astype(np.float64)
+    counts = np.bincount(y_train[single], minlength=len(CLASSES)).astype(np.float64)
     class_w = torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    allowed_t = torch.from_numpy(allowed_train)
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
-        x, _ = augment_batch(_to_tensor(train.images[idx]), None, cfg.input_size, gen, True, cfg.aug_strength,
-                             sequence_probabilities(cfg, is_tumor[idx]), cfg.enhancement_aug)
+        images = jpeg_degrade(train.images[idx], rng, cfg.jpeg_aug)
+        x, _ = augment_batch(_to_tensor(images), None, cfg.input_size, gen, True, cfg.aug_strength,
+                             sequence_probabilities(cfg, is_tumor[idx]), cfg.enhancement_aug, cfg.skull_strip_aug)
         logits = net(_normalize(x).contiguous(memory_format=torch.channels_last))
+        if sample_weights is not None:  # balance comes from the sampler
+            return partial_label_loss(logits, allowed_t[idx], cfg.label_smoothing)
         return F.cross_entropy(logits, torch.from_numpy(y_train[idx]), weight=class_w,
                                label_smoothing=cfg.label_smoothing)
 
     def evaluate() -> tuple[float, dict]:
         val_logits = predict_logits(net, val.images, cfg.input_size)
-        rep = classification_report(y_val, softmax(val_logits))
-        # Model selection favours not missing tumors: accuracy minus the tumor-miss rate.
-        return rep["accuracy"] - rep["tumor_miss_rate"], {
+        probs = softmax(val_logits)
+        per_source = source_scores(probs, allowed_val, val_sources)
+        rep = classification_report(y_val[val_single], probs[val_single])
+        # Model selection favours not missing tumors: accuracy minus the tumor-miss rate, per source.
+        score = float(np.mean([v["accuracy"] - v["tumor_miss"] for v in per_source.values()]))
+        return score, {
             "val_accuracy": rep["accuracy"], "val_macro_f1": rep["macro_f1"], "val_tumor_miss": rep["tumor_miss_rate"],
-            "val_loss": float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val)))}
+            "val_loss": float(partial_label_loss(torch.from_numpy(val_logits), torch.from_numpy(allowed_val))),
+            "val_sources": per_source}
 
     history, best = _fit(cfg, net, opt, gen, rng, len(train.images), runlog, step_loss, evaluate, "classifier",
-                         progress)
+                         progress, sample_weights)
     net = net.to(memory_format=torch.contiguous_format).eval()
     val_logits = predict_logits(net, val.images, cfg.input_size, tta=cfg.tta)
-    temperature = fit_temperature(val_logits, y_val)
-    before = classification_report(y_val, softmax(val_logits))
-    after = classification_report(y_val, softmax(val_logits, temperature))
-    feats = pooled_features(net, train.images, cfg.input_size)
-    means, precision = fit_ood_stats(feats, y_train)
+    temperature = fit_temperature_sets(val_logits, allowed_val)
+    before = classification_report(y_val[val_single], softmax(val_logits)[val_single])
+    after = classification_report(y_val[val_single], softmax(val_logits, temperature)[val_single])
+    feats = pooled_features(net, train.images[single], cfg.input_size)
+    means, precision = fit_ood_stats(feats, y_train[single])
     val_ood = mahalanobis_score(pooled_features(net, val.images, cfg.input_size), means, precision)
     ood_threshold = float(np.percentile(val_ood, 99.5))
     meta.update({
@@ -464,7 +569,9 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
         "wall_time_min": round((time.time() - runlog.start) / 60, 2), "environment": _environment(),
         "data": data_info,
         "metrics": {"validation": {"before_calibration": before, "after_calibration": after,
-                                   "ece_before": before["ece"], "ece_after": after["ece"]}},
+                                   "ece_before": before["ece"], "ece_after": after["ece"],
+                                   "per_source": source_scores(softmax(val_logits, temperature), allowed_val,
+                                                               val_sources)}},
     })
     extras = {"ood_means": torch.from_numpy(means), "ood_precision": torch.from_numpy(precision)}
     folder = save_model(Path(out_dir), net, meta, extras)
@@ -564,8 +671,13 @@ def seg_scores(probs: np.ndarray, truth: np.ndarray, threshold: float, min_area_
 
 
 def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir: Path, out_dir: Path,
-                    data_info: dict, weights_dir: Path | None = None, progress: bool = True) -> Path:
-    """Train the U-Net with Dice+cross-entropy, pick threshold/min-area on validation, save a version."""
+                    data_info: dict, weights_dir: Path | None = None, progress: bool = True,
+                    sample_weights: np.ndarray | None = None, val_sources: list[str] | None = None) -> Path:
+    """Train the U-Net with Dice+cross-entropy, pick threshold/min-area on validation, save a version.
+
+    ``sample_weights`` / ``val_sources`` as in :func:`train_classifier`: per-source balanced batches,
+    and epochs selected on the mean over sources of Dice minus half the false-positive-mask rate.
+    """
     if train.masks is None or not train.masks.any():
         raise TrainingError("the segmenter needs training images with tumor masks")
     torch.set_num_threads(cfg.threads)
@@ -579,12 +691,16 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     has_tumor = train.masks.reshape(len(train.masks), -1).any(1)
     weights = np.where(has_tumor, cfg.tumor_oversample, 1.0).astype(np.float64)
+    if sample_weights is not None:
+        weights = sample_weights * weights
     val_truth = _resize_masks(val.masks, cfg.input_size) if val.masks is not None else None
+    src = np.asarray(val_sources if val_sources is not None else ["validation"] * len(val.samples))
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
-        x, m = augment_batch(_to_tensor(train.images[idx]), _to_tensor(train.masks[idx]),
+        images = jpeg_degrade(train.images[idx], rng, cfg.jpeg_aug)
+        x, m = augment_batch(_to_tensor(images), _to_tensor(train.masks[idx]),
                              cfg.input_size, gen, True, cfg.aug_strength,
-                             sequence_probabilities(cfg, has_tumor[idx]), cfg.enhancement_aug)
+                             sequence_probabilities(cfg, has_tumor[idx]), cfg.enhancement_aug, cfg.skull_strip_aug)
         return loss_fn(net(_normalize(x)), m)
 
     def evaluate() -> tuple[float, dict]:
@@ -593,12 +709,16 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
         # Select on the masks as shipped (small specks removed): the raw false-positive rate
         # counts single-pixel specks and swings between epochs.
         post = seg_scores(probs, val_truth, 0.5, SELECTION_MIN_AREA)
-        return seg_selection_score(post), {
+        per_source = {name: seg_scores(probs[src == name], val_truth[src == name], 0.5, SELECTION_MIN_AREA)
+                      for name in sorted(set(src.tolist()))}
+        score = float(np.mean([seg_selection_score(v) for v in per_source.values()]))
+        return score, {
             "val_dice": raw["dice"], "val_iou": raw["iou"], "val_fp_rate": raw["fp_rate"],
-            "val_dice_post": post["dice"], "val_fp_rate_post": post["fp_rate"]}
+            "val_dice_post": post["dice"], "val_fp_rate_post": post["fp_rate"], "val_sources": per_source}
 
+    use_weights = sample_weights is not None or cfg.tumor_oversample != 1.0
     history, best = _fit(cfg, net, opt, gen, rng, len(train.images), runlog, step_loss, evaluate, "segmenter",
-                         progress, weights if cfg.tumor_oversample != 1.0 else None)
+                         progress, weights if use_weights else None)
     net.eval()
     probs = predict_masks(net, val.images, cfg.input_size, tta=cfg.tta)
     chosen, grid = search_postprocess(probs, val_truth)

@@ -123,18 +123,27 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
     if init_from and weights_dir is not None:
         _inherit_from_parent(cfg, Path(weights_dir), overrides)
         cfg.check()
-    if is_shared_root(data):
+    sample_weights = val_sources = None
+    if is_shared_root(data) and cfg.recipe == "multi_source":
+        from triage.sources import CLASSIFIER_SHARES, SEGMENTER_SHARES, balanced_weights, multi_source_split
+
+        bundle = multi_source_split(Path(data), cache_dir, task=task, seed=cfg.seed, progress=progress, crop=cfg.crop)
+        shares = CLASSIFIER_SHARES if task == "classifier" else SEGMENTER_SHARES
+        sample_weights = balanced_weights(bundle.train_sources, bundle.train.labels(), shares)
+        val_sources = bundle.val_sources
+    elif is_shared_root(data):
         bundle = standard_split(Path(data), cache_dir, seed=cfg.seed, use_sartaj=(task == "classifier"),
                                 progress=progress, crop=cfg.crop)
     else:
         bundle = folder_split(Path(data), cache_dir, seed=cfg.seed, progress=progress, crop=cfg.crop)
     train, val = bundle.train, bundle.val
-    if task == "segmenter":
+    if task == "segmenter" and sample_weights is None:
         train, val = _segmentation_subset(train), _segmentation_subset(val)
         if train.masks is None or not train.masks.any():
             raise DatasetError("no tumor masks found: the segmenter cannot be trained on this data")
-    train = _limit(train, cfg.max_train_images, cfg.seed)
-    val = _limit(val, None if cfg.max_train_images is None else max(200, cfg.max_train_images // 4), cfg.seed)
+    if sample_weights is None:  # the multi-source recipe samples epochs by weight instead
+        train = _limit(train, cfg.max_train_images, cfg.seed)
+        val = _limit(val, None if cfg.max_train_images is None else max(200, cfg.max_train_images // 4), cfg.seed)
     train, val = standardized(train, cfg.intensity_norm), standardized(val, cfg.intensity_norm)
     info = dict(bundle.info)
     info.update({"used_train": len(train.samples), "used_val": len(val.samples)})
@@ -142,6 +151,7 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
     (run_dir / "data_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     log.info("training %s on %d images (val %d)", task, len(train.samples), len(val.samples))
     trainer = train_classifier if task == "classifier" else train_segmenter
-    folder = trainer(cfg, train, val, run_dir, out, info, weights_dir=weights_dir, progress=progress)
+    folder = trainer(cfg, train, val, run_dir, out, info, weights_dir=weights_dir, progress=progress,
+                     sample_weights=sample_weights, val_sources=val_sources)
     write_split_file(folder, SplitBundle(train, val, info))
     return folder
