@@ -121,6 +121,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from triage.evaluate import run_evaluation
 
+    if args.cross_source:
+        from triage.cross_source import run_cross_source
+
+        rep = run_cross_source(Path(args.data), Path(args.out), limit=args.limit, progress=not args.quiet)
+        print(f"{len(rep['parts'])} parts -> {args.out}")
+        return 0
+
     report = run_evaluation(Path(args.data), Path(args.out), folds=args.folds, limit=args.limit,
                             progress=not args.quiet)
     print(report["summary_line"])
@@ -214,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="a dataset folder with manifest.csv (e.g. ../shared/data/brisc2025)")
     e.add_argument("--out", required=True, help="report path (.md; a .json is written beside it)")
     e.add_argument("--folds", type=int, default=0, help="k-fold cross-validation with the quick preset")
-    e.add_argument("--limit", type=int, help="evaluate a fixed subset of N images")
+    e.add_argument("--limit", type=int, help="evaluate a fixed subset of N images (per part with --cross-source)")
+    e.add_argument("--cross-source", action="store_true",
+                   help="--data is ../shared/data: every held-out part of every source in one table (issue 23)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
