@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from triage.transforms import identity_grid
+
 
 def random_affine_grid(n: int, size: int, rot_deg: float, scale: tuple[float, float], shift: float,
                        hflip_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -259,14 +261,13 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, g
     :func:`suppress_enhancement` per image (0 before v4); ``skull_strip_p``: of :func:`strip_skull`.
     """
     x = images.float()
-    if x.max() > 1.5:
+    if images.dtype == torch.uint8 or x.max() > 1.5:  # a dark uint8 batch (max <= 1) is still 0..255
         x = x / 255.0
     n = x.shape[0]
     if train:
         grid = random_affine_grid(n, size, rot_deg=15, scale=(0.85, 1.15), shift=0.06, hflip_p=0.5, gen=gen)
-    else:
-        theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(n, 2, 3)
-        grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+    else:  # exactly stage 2 of triage.transforms, the path inference takes
+        grid = identity_grid(n, size)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mout = None
     if masks is not None:

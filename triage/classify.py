@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from triage.models import LoadedModel
-from triage.preprocess import check_intensity_norm, model_crops, to_model_input
+from triage.preprocess import check_intensity_norm
+from triage.transforms import model_input
 from triage.records import CLASSES, Prediction
 
 # Grad-CAM hangs hooks on the shared network while it runs; predictions from other sessions
@@ -37,9 +38,8 @@ class Classifier:
         self._ood_precision = model.extras.get("ood_precision")
 
     def tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
-        """uint8 crops -> normalised float tensor (N, 1, S, S)."""
-        arr = np.stack([to_model_input(c, self.size) for c in model_crops(crops, self.model.meta)])
-        return (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
+        """uint8 crops -> normalised float tensor (N, 1, S, S) (:func:`triage.transforms.model_input`)."""
+        return model_input(crops, self.model.meta)
 
     @torch.inference_mode()
     def logits_and_scores(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

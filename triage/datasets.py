@@ -22,7 +22,8 @@ import numpy as np
 
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import IMAGE_SUFFIXES, read_path
-from triage.preprocess import CROP_VERSION, DEFAULT_CROP, LEGACY_CROP, crop_brain, pad_to_square
+from triage.preprocess import CROP_VERSION, DEFAULT_CROP, LEGACY_CROP, crop_brain
+from triage.transforms import square, square_mask
 from triage.records import normalize_label
 
 log = logging.getLogger(__name__)
@@ -194,18 +195,12 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 def prepare_sample(img: np.ndarray, mask: np.ndarray | None, size: int,
                    crop: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Crop the brain exactly as inference does (``crop`` = the model card's crop settings),
-    pad to square and resize to ``size``."""
+    """Crop the brain exactly as inference does (``crop`` = the model card's crop settings), then
+    stage 1 of :mod:`triage.transforms` (square, resize to ``size``)."""
     head = crop_brain(img, **(crop or DEFAULT_CROP))
     x0, y0, x1, y1 = head.bbox
-    sq, _ = pad_to_square(head.image)
-    interp = cv2.INTER_AREA if sq.shape[0] > size else cv2.INTER_LINEAR
-    out = cv2.resize(sq, (size, size), interpolation=interp)
-    mout = None
-    if mask is not None:
-        msq, _ = pad_to_square(mask[y0:y1, x0:x1].astype(np.uint8) * 255)
-        mout = cv2.resize(msq, (size, size), interpolation=cv2.INTER_LINEAR) >= 128
-    return out, mout
+    mout = None if mask is None else square_mask(mask[y0:y1, x0:x1], size)
+    return square(head.image, size), mout
 
 
 def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,

@@ -27,12 +27,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from triage.models import resolve_module
-from triage.preprocess import (
-    from_model_output,
-    model_crops,
-    paste_into_scan,
-    to_model_input,
-)
+from triage.preprocess import paste_into_scan
+from triage.transforms import from_model_output, model_input
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -137,10 +133,9 @@ def _target_layer(net: nn.Module, meta: dict) -> nn.Module:
 def _normalised_input(crop: np.ndarray, size: int, meta: dict) -> np.ndarray:
     """uint8 (h, w) crop -> float32 (size, size), ``(x / 255 - mean) / std``."""
     norm = meta.get("normalization") or {}
-    mean = float(norm.get("mean", _DEFAULT_MEAN))
-    std = float(norm.get("std", _DEFAULT_STD))
-    x = (to_model_input(model_crops([crop], meta)[0], size) - mean) / std
-    return np.ascontiguousarray(x, dtype=np.float32)
+    card = {**meta, "input_size": size, "normalization": {"mean": float(norm.get("mean", _DEFAULT_MEAN)),
+                                                           "std": float(norm.get("std", _DEFAULT_STD))}}
+    return np.ascontiguousarray(model_input([crop], card)[0, 0].numpy(), dtype=np.float32)
 
 
 def _method_class(method: str) -> type[BaseCAM]:

@@ -8,13 +8,8 @@ import torch
 
 from triage.metrics import mask_bbox
 from triage.models import LoadedModel
-from triage.preprocess import (
-    check_intensity_norm,
-    from_model_output,
-    model_crops,
-    paste_into_scan,
-    to_model_input,
-)
+from triage.preprocess import check_intensity_norm, paste_into_scan
+from triage.transforms import from_model_output, model_input
 from triage.records import BrainCrop, Segmentation
 
 
@@ -58,8 +53,7 @@ class Segmenter:
         """Tumor probability maps, float32 (h, w) in [0, 1] at each crop's resolution."""
         if not crops:
             return []
-        arr = np.stack([to_model_input(c, self.size) for c in model_crops(crops, self.model.meta)])
-        x = (torch.from_numpy(arr).unsqueeze(1) - self.mean) / self.std
+        x = model_input(crops, self.model.meta)
         probs = probability_maps(self.net, x, self.tta).numpy()
         return [from_model_output(p, c.shape[:2]) for p, c in zip(probs, crops)]
 

@@ -32,6 +32,7 @@ from triage.models import build_model, load_model, save_model
 from triage.preprocess import DEFAULT_CROP, check_intensity_norm
 from triage.records import CLASSES
 from triage.segment import probability_maps, remove_small_components
+from triage.transforms import squares_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +255,8 @@ def predict_logits(net: nn.Module, images: np.ndarray, size: int, bs: int = 64, 
     """
     net.eval()
     out = []
-    gen = torch.Generator()
     for i in range(0, len(images), bs):
-        x, _ = augment_batch(_to_tensor(images[i:i + bs]), None, size, gen, train=False)
-        x = _normalize(x)
+        x = squares_to_tensor(images[i:i + bs], size, MEAN, STD)
         logits = net(x).float()
         if tta:
             logits = (logits + net(x.flip(-1)).float()) / 2
@@ -294,10 +293,9 @@ def pooled_features(net: nn.Module, images: np.ndarray, size: int, bs: int = 64)
     """Penultimate (pre-logits) features of a timm classifier for OOD statistics."""
     net.eval()
     feats = []
-    gen = torch.Generator()
     for i in range(0, len(images), bs):
-        x, _ = augment_batch(_to_tensor(images[i:i + bs]), None, size, gen, train=False)
-        feats.append(net.forward_head(net.forward_features(_normalize(x)), pre_logits=True).float())
+        x = squares_to_tensor(images[i:i + bs], size, MEAN, STD)
+        feats.append(net.forward_head(net.forward_features(x), pre_logits=True).float())
     return torch.cat(feats).numpy()
 
 
@@ -627,10 +625,8 @@ def predict_masks(net: nn.Module, images: np.ndarray, size: int, bs: int = 32, t
     """Tumor probability maps (N, size, size) for cached crops (``tta``: mean with the mirror image's map)."""
     net.eval()
     out = []
-    gen = torch.Generator()
     for i in range(0, len(images), bs):
-        x, _ = augment_batch(_to_tensor(images[i:i + bs]), None, size, gen, train=False)
-        out.append(probability_maps(net, _normalize(x), tta))
+        out.append(probability_maps(net, squares_to_tensor(images[i:i + bs], size, MEAN, STD), tta))
     return torch.cat(out).numpy() if out else np.zeros((0, size, size), np.float32)
 
 

@@ -1,0 +1,44 @@
+"""The one model-input transform: training cache, calibration, evaluation and inference agree."""
+
+import numpy as np
+import torch
+
+from tests.model_fixtures import make_tiny_weights
+from triage.augment import augment_batch
+from triage.classify import Classifier
+from triage.datasets import prepare_sample
+from triage.explain import _normalised_input
+from triage.models import load_model
+from triage.preprocess import DEFAULT_CROP, crop_brain, to_model_input
+from triage.segment import Segmenter
+from triage.train import MEAN, STD, _normalize, _to_tensor
+from triage.transforms import SQUARE_SIDE, squares_to_tensor
+
+
+def test_training_calibration_and_inference_see_the_same_tensor(tmp_path, synthetic_slice) -> None:
+    img, _ = synthetic_slice(shape=(300, 240))
+    weights = make_tiny_weights(tmp_path)
+    clf = Classifier(load_model(weights, "classifier"))
+    seg = Segmenter(load_model(weights, "segmenter"))
+    size = clf.size
+    # Training and calibration: the cached square, then the augmentation's evaluation path.
+    cached, _ = prepare_sample(img, None, SQUARE_SIDE, DEFAULT_CROP)
+    x_train, _ = augment_batch(_to_tensor(cached[None]), None, size, torch.Generator(), train=False)
+    x_train = _normalize(x_train)
+    x_calib = squares_to_tensor(cached[None], size, MEAN, STD)
+    # Inference: the service's crop, through the classifier's and segmenter's own input path.
+    crop = crop_brain(img, **DEFAULT_CROP).image
+    x_infer = clf.tensor([crop])
+    assert torch.equal(x_train, x_calib)
+    assert torch.equal(x_calib, x_infer)
+    assert np.array_equal(_normalised_input(crop, size, clf.model.meta), x_infer[0, 0].numpy())
+    np.testing.assert_allclose(to_model_input(crop, size), (x_infer[0, 0].numpy() * STD) + MEAN, atol=1e-6)
+    from triage.transforms import model_input
+    assert torch.equal(model_input([crop], seg.model.meta), x_infer)
+
+
+def test_dark_uint8_batches_are_scaled_like_bright_ones() -> None:
+    """A uint8 batch whose maximum is 1 is still 0..255 data (it used to be taken as [0, 1])."""
+    dark = torch.ones(1, 1, 8, 8, dtype=torch.uint8)
+    out, _ = augment_batch(dark, None, 8, torch.Generator(), train=False)
+    assert torch.allclose(out, torch.full_like(out, 1 / 255))
