@@ -21,14 +21,23 @@ from triage.metrics import classification_report
 from triage.models import load_model
 from triage.preprocess import card_crop
 from triage.recipe import standardized
-from triage.records import CLASSES
 
 
-def _validation_set(meta: dict, shared: Path, cache_dir: Path):
-    """Rebuild a version's validation split from the recipe in its card (checked by SHA-1 digest)."""
+def _validation_set(meta: dict, shared: Path, cache_dir: Path, with_sources: bool = False):
+    """Rebuild a version's validation split from the recipe in its card (checked by SHA-1 digest).
+
+    ``with_sources``: also return the source of each image (``validation`` for the standard recipe)."""
     from triage.recipe import standard_split
+    from triage.sources import RECIPE, multi_source_split
 
     data = meta.get("data", {})
+    if data.get("recipe") == RECIPE:
+        bundle = multi_source_split(Path(shared), Path(cache_dir), task=data.get("task", meta.get("task")),
+                                    seed=int(data.get("seed", 0)), progress=False, crop=card_crop(meta))
+        if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
+            raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
+        val = standardized(bundle.val, meta.get("intensity_norm"))
+        return (val, bundle.val_sources) if with_sources else val
     if data.get("recipe") != "triage.recipe.standard_split":
         raise TrainingError("only versions trained with the standard shared-data recipe can be recalibrated here")
     bundle = standard_split(Path(shared), Path(cache_dir), seed=int(data.get("seed", 0)),
@@ -36,7 +45,8 @@ def _validation_set(meta: dict, shared: Path, cache_dir: Path):
                             crop=card_crop(meta))
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-    return standardized(bundle.val, meta.get("intensity_norm"))
+    val = standardized(bundle.val, meta.get("intensity_norm"))
+    return (val, ["validation"] * len(val.samples)) if with_sources else val
 
 
 def _write_metadata(folder: Path, meta: dict) -> None:
@@ -74,16 +84,19 @@ def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: P
 
 def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
     """Fit T on the version's validation images with/without TTA; returns the new calibration block."""
-    from triage.train import fit_temperature, predict_logits, softmax
+    from triage.sources import label_matrix
+    from triage.train import fit_temperature_sets, predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
     meta = model.meta
     val = _validation_set(meta, shared, cache_dir)
-    y = np.array([CLASSES.index(label) for label in val.labels()])
+    allowed = label_matrix(val.labels())
+    single = allowed.sum(1) == 1  # "tumor" (any tumour class) images calibrate but have no 4-class truth
+    y = allowed.argmax(1)[single]
     logits = predict_logits(model.net, val.images, int(meta["input_size"]), tta=tta)
-    temperature = fit_temperature(logits, y)
-    before = classification_report(y, softmax(logits))
-    after = classification_report(y, softmax(logits, temperature))
+    temperature = fit_temperature_sets(logits, allowed)
+    before = classification_report(y, softmax(logits)[single])
+    after = classification_report(y, softmax(logits, temperature)[single])
     entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "tta": tta,
              "old_temperature": meta.get("temperature"), "temperature": temperature,
              "ece_before": before["ece"], "ece_after": after["ece"], "val_accuracy": after["accuracy"]}
@@ -93,3 +106,32 @@ def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_
                                      "ece_before": before["ece"], "ece_after": after["ece"]}
     _write_metadata(model.path, meta)
     return entry
+
+
+def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) -> dict:
+    """Fit the card's review-flag rule (:func:`triage.flags.fit_flag_rule`) on the version's validation
+    images, through the same transform, TTA and temperature as inference; rewrites ``metadata.json``."""
+    from triage.flags import call_errors, fit_flag_rule
+    from triage.sources import label_matrix
+    from triage.train import predict_logits, softmax
+
+    model = load_model(weights_dir, "classifier", version)
+    meta = model.meta
+    val, sources = _validation_set(meta, shared, cache_dir, with_sources=True)
+    logits = predict_logits(model.net, val.images, int(meta["input_size"]), tta=bool(meta.get("tta")))
+    probs = softmax(logits, float(meta.get("temperature", 1.0)))
+    allowed = label_matrix(val.labels())
+    rule = fit_flag_rule(probs, allowed)
+    src = np.asarray(sources)
+    per_source = {}
+    for name in sorted(set(sources)):
+        sel = src == name
+        sub = call_errors(probs[sel], allowed[sel])
+        flagged = rule.uncertain(probs[sel])
+        per_source[name] = {"n": int(sel.sum()), "errors": int(sub.sum()),
+                            "errors_flagged": float(flagged[sub].mean()) if sub.any() else None,
+                            "correct_flagged": float(flagged[~sub].mean()) if (~sub).any() else None}
+    meta["flag_rule"] = {**rule.to_card(), "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                         "per_source": per_source}
+    _write_metadata(model.path, meta)
+    return meta["flag_rule"]

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import torch
 
+from triage.flags import FlagRule
 from triage.models import LoadedModel
 from triage.preprocess import check_intensity_norm
 from triage.transforms import model_input
@@ -32,6 +33,8 @@ class Classifier:
         self.temperature = float(meta.get("temperature", 1.0))
         check_intensity_norm(meta.get("intensity_norm"))  # fail when loaded, not at the first scan
         self.tta = bool(meta.get("tta", False))
+        # The review-flag rule fitted on validation (None: risk.py's fixed rule).
+        self.flag_rule = FlagRule.from_card(meta.get("flag_rule"))
         ood = meta.get("ood", {})
         self.ood_threshold = float(ood.get("threshold", float("inf")))
         self._ood_means = model.extras.get("ood_means")

@@ -148,6 +148,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                    tta=not args.no_tta)
     print(f"classifier {args.version}: temperature {entry['old_temperature']} -> {entry['temperature']:.3f}, "
           f"validation ECE {entry['ece_before']:.3f} -> {entry['ece_after']:.3f}, accuracy {entry['val_accuracy']:.3f}")
+    if args.flags:
+        from triage.calibrate import fit_flags
+
+        rule = fit_flags(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache")
+        print(f"flag rule: {rule['rule']}; validation errors flagged {rule['errors_flagged']:.1%}, "
+              f"correct calls flagged {rule['correct_flagged']:.1%}")
     return 0
 
 
@@ -233,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--task", choices=["classifier", "segmenter"], default="classifier")
     c.add_argument("--data", required=True, help="the shared data folder the version was trained on")
     c.add_argument("--no-tta", action="store_true", help="calibrate without mirror test-time augmentation")
+    c.add_argument("--flags", action="store_true",
+                   help="also fit the review-flag rule (uncertain band) on the validation images")
     c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("versions", help="list model versions (* = active)")

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from triage.config import DEFAULT_RISK_WEIGHTS, Settings
+from triage.flags import FlagRule
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -109,18 +110,24 @@ def risk_score(probs: np.ndarray, weights: Mapping[str, float] | None = None) ->
     return float(np.clip(np.dot(p, w), 0.0, 1.0))
 
 
-def triage_flags(probs: np.ndarray, ood: bool, disagreement: bool, uncertain_below: float) -> tuple[str, ...]:
+def triage_flags(probs: np.ndarray, ood: bool, disagreement: bool, uncertain_below: float,
+                 rule: FlagRule | None = None) -> tuple[str, ...]:
     """Review flags for a case, in the order of :data:`FLAGS`.
 
-    ``uncertain`` when the top probability is below ``uncertain_below`` or the tumour
-    probability ``1 - p_no_tumor`` is inside :data:`TUMOR_UNCERTAIN_BAND`; ``ood`` and
-    ``disagreement`` pass through from the caller.
+    ``uncertain``: by the classifier card's fitted ``rule`` (:mod:`triage.flags`) when it has one;
+    otherwise when the top probability is below ``uncertain_below`` or the tumour probability
+    ``1 - p_no_tumor`` is inside :data:`TUMOR_UNCERTAIN_BAND`. ``ood`` and ``disagreement`` pass
+    through from the caller.
     """
     p = validate_probs(probs)
     tumor = 1.0 - float(p[CLASSES.index("no_tumor")])
     lo, hi = TUMOR_UNCERTAIN_BAND
     flags: list[str] = []
-    if float(p.max()) < float(uncertain_below) or lo <= tumor <= hi:
+    if rule is not None:
+        uncertain = bool(rule.uncertain(p)[0])
+    else:
+        uncertain = float(p.max()) < float(uncertain_below) or lo <= tumor <= hi
+    if uncertain:
         flags.append("uncertain")
     if ood:
         flags.append("ood")

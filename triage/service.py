@@ -160,7 +160,8 @@ class TriageService:
                     flags=("rejected", "not_brain"))
                 continue
             seg, disagreement = self.reconcile(pred, seg, crop.image.size)
-            flags = list(triage_flags(pred.probs, pred.ood, disagreement, self.settings.uncertain_below))
+            flags = list(triage_flags(pred.probs, pred.ood, disagreement, self.settings.uncertain_below,
+                                      bundle.classifier.flag_rule))
             if not bundle.trained:
                 flags.append("untrained_model")
             risk = final_risk(pred.probs, tuple(flags), self.settings)
