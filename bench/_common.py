@@ -33,15 +33,23 @@ EXIT_FAILED = 4
 
 # ----- arguments ---------------------------------------------------------------------------------
 def add_common_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
-    p.add_argument("--weights-dir", help="weights folder with classifier/ and segmenter/ (default: the repo's "
-                                         "weights/, or $TRIAGE_WEIGHTS_DIR)")
-    p.add_argument("--data", help="BRISC 2025 folder holding manifest.csv (default: "
-                                  "$TRIAGE_SHARED_DATA/brisc2025 or ../shared/data/brisc2025)")
+    p.add_argument(
+        "--weights-dir",
+        help="weights folder with classifier/ and segmenter/ (default: the repo's weights/, or $TRIAGE_WEIGHTS_DIR)",
+    )
+    p.add_argument(
+        "--data",
+        help="BRISC 2025 folder holding manifest.csv (default: "
+        "$TRIAGE_SHARED_DATA/brisc2025 or ../shared/data/brisc2025)",
+    )
     if threads:
         p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the file selection (default 0)")
-    p.add_argument("--write", action="store_true",
-                   help="also replace this script's section of bench/RESULTS.md (refused with untrained models)")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="also replace this script's section of bench/RESULTS.md (refused with untrained models)",
+    )
     p.add_argument("--results-file", default=str(RESULTS_MD), help="file updated by --write (default bench/RESULTS.md)")
 
 
@@ -102,11 +110,17 @@ def model_versions(weights_dir: Path) -> dict[str, dict]:
             v = active_version(weights_dir, task)
             meta = read_metadata(weights_dir, task, v)
         except (ModelNotFoundError, OSError, ValueError) as exc:
-            die(f"no usable {task} model in {weights_dir}: {exc}\n"
+            die(
+                f"no usable {task} model in {weights_dir}: {exc}\n"
                 f"Train and activate one (python -m triage train {task} ... --activate) or pass --weights-dir.",
-                EXIT_NO_MODEL)
-        out[task] = {"version": v, "trained": bool(meta.get("trained", False)), "arch": meta.get("arch", "?"),
-                     "input_size": meta.get("input_size", "?")}
+                EXIT_NO_MODEL,
+            )
+        out[task] = {
+            "version": v,
+            "trained": bool(meta.get("trained", False)),
+            "arch": meta.get("arch", "?"),
+            "input_size": meta.get("input_size", "?"),
+        }
     return out
 
 
@@ -124,8 +138,11 @@ def crop_kwargs(classifier) -> dict:
 def check_write(args: argparse.Namespace, versions: dict[str, dict]) -> None:
     """Refuse ``--write`` up front (before any measuring) when the active models are placeholders."""
     if getattr(args, "write", False) and not all_trained(versions):
-        die("--write refused: the active models are untrained placeholders; these would not be real figures "
-            "(run without --write for a dry run)", EXIT_FAILED)
+        die(
+            "--write refused: the active models are untrained placeholders; these would not be real figures "
+            "(run without --write for a dry run)",
+            EXIT_FAILED,
+        )
 
 
 # ----- machine -----------------------------------------------------------------------------------
@@ -151,11 +168,20 @@ def _mem_total_gib() -> float:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], check=False,
-                             capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
-                               check=False, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() + (" (+local changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
@@ -182,19 +208,30 @@ def machine_info(threads: int | None, versions: dict[str, dict] | None) -> list[
     ]
     if versions:
         for task, v in versions.items():
-            rows.append((f"{task} (active)", (f"{v['version']} ({v['arch']}, input {v['input_size']}, "
-                                             f"{'trained' if v['trained'] else 'UNTRAINED'})")))
+            rows.append(
+                (
+                    f"{task} (active)",
+                    (
+                        f"{v['version']} ({v['arch']}, input {v['input_size']}, "
+                        f"{'trained' if v['trained'] else 'UNTRAINED'})"
+                    ),
+                )
+            )
     return rows
 
 
 def header(title: str, command: str, threads: int | None, versions: dict[str, dict] | None) -> str:
-    lines = [f"### {title}", "", f"Command: `{command}`", "",
-             table(["machine", ""], machine_info(threads, versions))]
+    lines = [f"### {title}", "", f"Command: `{command}`", "", table(["machine", ""], machine_info(threads, versions))]
     load1 = load_at_start()[0]
     cores = os.cpu_count() or 1
     if load1 > 0.5 * cores:
-        lines += ["", (f"> **Warning: load average {load1:.1f} on {cores} cores at start: the machine is busy, "
-                      f"these figures are not representative.**")]
+        lines += [
+            "",
+            (
+                f"> **Warning: load average {load1:.1f} on {cores} cores at start: the machine is busy, "
+                f"these figures are not representative.**"
+            ),
+        ]
     if versions and not all_trained(versions):
         lines += ["", "> **Untrained (placeholder) models: a dry run, not real figures.**"]
     return "\n".join(lines)
@@ -226,8 +263,10 @@ def brisc_dir(arg: str | None) -> Path:
 
             d = get_settings().shared_data_dir / "brisc2025"
     if not (d / "manifest.csv").is_file():
-        die(f"BRISC 2025 manifest not found at {d / 'manifest.csv'} (pass --data or set $TRIAGE_SHARED_DATA)",
-            EXIT_NO_DATA)
+        die(
+            f"BRISC 2025 manifest not found at {d / 'manifest.csv'} (pass --data or set $TRIAGE_SHARED_DATA)",
+            EXIT_NO_DATA,
+        )
     return d
 
 
@@ -242,13 +281,21 @@ def load_brisc(root: Path) -> list[Slice]:
             p = root / row["path"]
             if label is None or not p.is_file():
                 continue
-            out.append(Slice(path=p, label=label, split=(row.get("split") or "").strip(),
-                             width=int(row.get("width") or 0), height=int(row.get("height") or 0)))
+            out.append(
+                Slice(
+                    path=p,
+                    label=label,
+                    split=(row.get("split") or "").strip(),
+                    width=int(row.get("width") or 0),
+                    height=int(row.get("height") or 0),
+                )
+            )
     return out
 
 
-def select_slices(slices: list[Slice], n: int, seed: int, size: tuple[int, int] | None = None,
-                  stratified: bool = False) -> list[Slice]:
+def select_slices(
+    slices: list[Slice], n: int, seed: int, size: tuple[int, int] | None = None, stratified: bool = False
+) -> list[Slice]:
     """Up to ``n`` slices: the test split first, then train; seeded; optionally of one size.
 
     ``stratified`` keeps the class proportions of the pool (largest-remainder allocation).
@@ -334,8 +381,7 @@ def verdict(ok: bool | None) -> str:
 def write_section(results_file: str | Path, name: str, body: str, versions: dict[str, dict] | None) -> None:
     """Replace the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in RESULTS.md."""
     if versions is not None and not all_trained(versions):
-        die("--write refused: the active models are untrained placeholders; these are not real figures",
-            EXIT_FAILED)
+        die("--write refused: the active models are untrained placeholders; these are not real figures", EXIT_FAILED)
     path = Path(results_file)
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"

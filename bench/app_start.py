@@ -41,11 +41,21 @@ import _common as C
 TARGET_READY_S = 5.0
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-default-apps", "--disable-extensions", "--window-size=1400,1000",
-                # Nothing but this machine is ever contacted.
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"]
+CHROME_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--window-size=1400,1000",
+    # Nothing but this machine is ever contacted.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,23 +141,39 @@ def one_start(args: argparse.Namespace, tmp: Path, upload: Path, driver) -> dict
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     data_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="data-"))
-    env = {**os.environ, "TRIAGE_DATA_DIR": str(data_dir), "TRIAGE_TORCH_THREADS": str(args.threads),
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    env = {
+        **os.environ,
+        "TRIAGE_DATA_DIR": str(data_dir),
+        "TRIAGE_TORCH_THREADS": str(args.threads),
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     log = (tmp / f"server-{port}.log").open("wb")
     r: dict = {}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=C.REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=C.REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive() -> bool:
         return proc.poll() is None
 
     try:
-        wait_until(lambda: http_get(base + "/_stcore/health")[0] == 200, args.timeout, "/_stcore/health",
-                   alive=alive)
+        wait_until(lambda: http_get(base + "/_stcore/health")[0] == 200, args.timeout, "/_stcore/health", alive=alive)
         r["health_s"] = time.perf_counter() - t0
+
         def html_served() -> bool:
             status, body = http_get(base + "/")
             return status == 200 and b"<html" in body.lower()
@@ -159,8 +185,13 @@ def one_start(args: argparse.Namespace, tmp: Path, upload: Path, driver) -> dict
             return r
         t_get = time.perf_counter()
         driver.get(base + "/")
-        wait_until(lambda: driver.find_elements(By.XPATH, "//h1[contains(normalize-space(.), 'Worklist')]"),
-                   args.timeout, "the Worklist page to render", poll=0.05, alive=alive)
+        wait_until(
+            lambda: driver.find_elements(By.XPATH, "//h1[contains(normalize-space(.), 'Worklist')]"),
+            args.timeout,
+            "the Worklist page to render",
+            poll=0.05,
+            alive=alive,
+        )
         now = time.perf_counter()
         r["rendered_s"], r["render_from_get_s"] = now - t0, now - t_get
         time.sleep(1.0)  # let the first script run finish
@@ -168,17 +199,38 @@ def one_start(args: argparse.Namespace, tmp: Path, upload: Path, driver) -> dict
 
         # First analysis: upload one slice on New scans and press Analyse (loads the models).
         driver.get(base + "/new_scans")
-        inputs = wait_until(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
-                                     if e.get_dom_attribute("webkitdirectory") is None],
-                            args.timeout, "the file uploader of New scans", poll=0.05, alive=alive)
+        inputs = wait_until(
+            lambda: [
+                e
+                for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+                if e.get_dom_attribute("webkitdirectory") is None
+            ],
+            args.timeout,
+            "the file uploader of New scans",
+            poll=0.05,
+            alive=alive,
+        )
         inputs[0].send_keys(str(upload))
-        button = wait_until(lambda: [b for b in driver.find_elements(
-            By.XPATH, "//button[contains(normalize-space(.), 'Analyse 1 file')]") if b.is_enabled()],
-            args.timeout, "the 'Analyse 1 file' button", poll=0.05, alive=alive)[0]
+        button = wait_until(
+            lambda: [
+                b
+                for b in driver.find_elements(By.XPATH, "//button[contains(normalize-space(.), 'Analyse 1 file')]")
+                if b.is_enabled()
+            ],
+            args.timeout,
+            "the 'Analyse 1 file' button",
+            poll=0.05,
+            alive=alive,
+        )[0]
         t_click = time.perf_counter()
         button.click()
-        wait_until(lambda: driver.find_elements(By.XPATH, "//*[contains(normalize-space(.), 'Last batch')]"),
-                   args.timeout, "the analysis result ('Last batch')", poll=0.05, alive=alive)
+        wait_until(
+            lambda: driver.find_elements(By.XPATH, "//*[contains(normalize-space(.), 'Last batch')]"),
+            args.timeout,
+            "the analysis result ('Last batch')",
+            poll=0.05,
+            alive=alive,
+        )
         r["first_analysis_s"] = time.perf_counter() - t_click
         time.sleep(1.0)
         r["rss_models_mib"] = C.tree_kib(proc.pid) / 1024
@@ -212,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                 if driver is not None:
                     driver.quit()
                     driver = None
-            print(f"  start {i + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in runs[-1].items()
-                                                   if isinstance(v, float)), file=sys.stderr)
+            print(
+                f"  start {i + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in runs[-1].items() if isinstance(v, float)),
+                file=sys.stderr,
+            )
     except (TimeoutError, RuntimeError) as exc:
         logs = sorted(tmp.glob("server-*.log"))
         tail = logs[-1].read_text(errors="replace")[-2000:] if logs else ""
@@ -227,30 +281,51 @@ def main(argv: list[str] | None = None) -> int:
             return "-", "-"
         return C.fmt(C.median(vals), digits), ", ".join(C.fmt(v, digits) for v in vals)
 
-    rows = [("health: /_stcore/health answers", "s", *col("health_s")),
-            ("first page HTML served (GET /)", "s", *col("html_s")),
-            ("Worklist page rendered in Chromium (from process start)", "s", *col("rendered_s")),
-            ("  of which: browser navigation to rendered", "s", *col("render_from_get_s")),
-            ("first analysis on New scans (1 slice, loads the models)", "s", *col("first_analysis_s")),
-            ("server RSS after start (no session yet)", "MiB", *col("rss_started_mib", 0)),
-            ("server RSS after the Worklist page (models not loaded)", "MiB", *col("rss_idle_mib", 0)),
-            ("server RSS after the models are loaded", "MiB", *col("rss_models_mib", 0)),
-            ("server peak RSS (VmHWM)", "MiB", *col("hwm_mib", 0))]
+    rows = [
+        ("health: /_stcore/health answers", "s", *col("health_s")),
+        ("first page HTML served (GET /)", "s", *col("html_s")),
+        ("Worklist page rendered in Chromium (from process start)", "s", *col("rendered_s")),
+        ("  of which: browser navigation to rendered", "s", *col("render_from_get_s")),
+        ("first analysis on New scans (1 slice, loads the models)", "s", *col("first_analysis_s")),
+        ("server RSS after start (no session yet)", "MiB", *col("rss_started_mib", 0)),
+        ("server RSS after the Worklist page (models not loaded)", "MiB", *col("rss_idle_mib", 0)),
+        ("server RSS after the models are loaded", "MiB", *col("rss_models_mib", 0)),
+        ("server peak RSS (VmHWM)", "MiB", *col("hwm_mib", 0)),
+    ]
     ready_key = "rendered_s" if any("rendered_s" in r for r in runs) else "html_s"
     ready = C.median([r[ready_key] for r in runs])
-    note = ("" if reason is None else
-            f"Browser part skipped ({reason}): no rendered time, no model-load figures; the target is "
-            f"checked on the HTML time. ")
+    note = (
+        ""
+        if reason is None
+        else f"Browser part skipped ({reason}): no rendered time, no model-load figures; the target is "
+        f"checked on the HTML time. "
+    )
     if reason is None and not all(r.get("added") for r in runs):
         note += "Warning: the uploaded slice was not reported as added to the worklist in every start. "
-    out = [C.header("Streamlit app start", C.command_line(), args.threads, versions), "",
-           (f"{args.repeats} start(s) of `streamlit run app.py` (headless, 127.0.0.1, empty data folder); "
-           f"times from process start. Memory is the server's process tree. {note}"), "",
-           C.table(["measurement", "unit", "median", "each start"], rows), "",
-           C.table(["target", "measured", "verdict"], [
-               ((f"app ready <= {TARGET_READY_S:.0f} s from start to first page "
-                f"({'rendered' if ready_key == 'rendered_s' else 'HTML'})"), f"{C.fmt(ready, 2)} s",
-                C.verdict(ready <= TARGET_READY_S))])]
+    out = [
+        C.header("Streamlit app start", C.command_line(), args.threads, versions),
+        "",
+        (
+            f"{args.repeats} start(s) of `streamlit run app.py` (headless, 127.0.0.1, empty data folder); "
+            f"times from process start. Memory is the server's process tree. {note}"
+        ),
+        "",
+        C.table(["measurement", "unit", "median", "each start"], rows),
+        "",
+        C.table(
+            ["target", "measured", "verdict"],
+            [
+                (
+                    (
+                        f"app ready <= {TARGET_READY_S:.0f} s from start to first page "
+                        f"({'rendered' if ready_key == 'rendered_s' else 'HTML'})"
+                    ),
+                    f"{C.fmt(ready, 2)} s",
+                    C.verdict(ready <= TARGET_READY_S),
+                )
+            ],
+        ),
+    ]
     return C.finish(args, "app_start", out, versions)
 
 

@@ -33,8 +33,14 @@ import _common as C
 TARGET_E2E_MS = 150.0
 TARGET_BATCHED_PER_S = 40.0
 STAGES = ("decode", "crop", "classify", "segment", "gradcam", "overlay")
-STAGE_NAMES = {"decode": "decode", "crop": "crop", "classify": "classify", "segment": "segment",
-               "gradcam": "Grad-CAM", "overlay": "overlay (heatmap + mask outline)"}
+STAGE_NAMES = {
+    "decode": "decode",
+    "crop": "crop",
+    "classify": "classify",
+    "segment": "segment",
+    "gradcam": "Grad-CAM",
+    "overlay": "overlay (heatmap + mask outline)",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=200, help="number of 512x512 slices timed (default 200)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs of the whole pipeline (default 5)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the batched measurements (default 32)")
-    p.add_argument("--batches", type=int, default=0,
-                   help="timed batches (default: enough to cover the N slices, at least 3)")
+    p.add_argument(
+        "--batches", type=int, default=0, help="timed batches (default: enough to cover the N slices, at least 3)"
+    )
     C.add_common_args(p)
     return p.parse_args(argv)
 
@@ -164,12 +171,27 @@ def main(argv: list[str] | None = None) -> int:
     for k in STAGES:
         v = per_stage[k]
         rep = reported.get(k)
-        rows.append((STAGE_NAMES[k], C.fmt(C.median(v)), C.fmt(C.percentile(v, 95)), C.fmt(sum(v) / len(v)),
-                     C.fmt(C.median(rep)) if rep else "-"))
-    rows.append(("sum of the stages", C.fmt(C.median(sums)), C.fmt(C.percentile(sums, 95)),
-                 C.fmt(sum(sums) / len(sums)), ""))
-    rows.append(("**end to end** (analyze_bytes explain=True + overlays)", f"**{C.fmt(C.median(e2e))}**",
-                 C.fmt(C.percentile(e2e, 95)), C.fmt(sum(e2e) / len(e2e)), ""))
+        rows.append(
+            (
+                STAGE_NAMES[k],
+                C.fmt(C.median(v)),
+                C.fmt(C.percentile(v, 95)),
+                C.fmt(sum(v) / len(v)),
+                C.fmt(C.median(rep)) if rep else "-",
+            )
+        )
+    rows.append(
+        ("sum of the stages", C.fmt(C.median(sums)), C.fmt(C.percentile(sums, 95)), C.fmt(sum(sums) / len(sums)), "")
+    )
+    rows.append(
+        (
+            "**end to end** (analyze_bytes explain=True + overlays)",
+            f"**{C.fmt(C.median(e2e))}**",
+            C.fmt(C.percentile(e2e, 95)),
+            C.fmt(sum(e2e) / len(e2e)),
+            "",
+        )
+    )
     e2e_med = C.median(e2e)
     out = [
         C.header("Latency per 512x512 slice", C.command_line(), args.threads, versions),
@@ -183,19 +205,37 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Batched ({n_batches} timed batches of {b} after one warm-up batch):",
         "",
-        C.table(["measurement", "slices/s", "ms per slice"], [
-            (f"classification only: Classifier.predict, batch {b} (crops precomputed)", C.fmt(cls_rate),
-             C.fmt(1000 / cls_rate, 2)),
-            (f"pipeline without Grad-CAM: analyze_scans, batch {b} (scans decoded)", C.fmt(pipe_rate),
-             C.fmt(1000 / pipe_rate, 2)),
-        ]),
+        C.table(
+            ["measurement", "slices/s", "ms per slice"],
+            [
+                (
+                    f"classification only: Classifier.predict, batch {b} (crops precomputed)",
+                    C.fmt(cls_rate),
+                    C.fmt(1000 / cls_rate, 2),
+                ),
+                (
+                    f"pipeline without Grad-CAM: analyze_scans, batch {b} (scans decoded)",
+                    C.fmt(pipe_rate),
+                    C.fmt(1000 / pipe_rate, 2),
+                ),
+            ],
+        ),
         "",
-        C.table(["target", "measured", "verdict"], [
-            (f"end to end incl. segmentation and Grad-CAM, median <= {TARGET_E2E_MS:.0f} ms",
-             f"{C.fmt(e2e_med)} ms", C.verdict(e2e_med <= TARGET_E2E_MS)),
-            (f"classification only, batched >= {TARGET_BATCHED_PER_S:.0f} slices/s", f"{C.fmt(cls_rate)} slices/s",
-             C.verdict(cls_rate >= TARGET_BATCHED_PER_S)),
-        ]),
+        C.table(
+            ["target", "measured", "verdict"],
+            [
+                (
+                    f"end to end incl. segmentation and Grad-CAM, median <= {TARGET_E2E_MS:.0f} ms",
+                    f"{C.fmt(e2e_med)} ms",
+                    C.verdict(e2e_med <= TARGET_E2E_MS),
+                ),
+                (
+                    f"classification only, batched >= {TARGET_BATCHED_PER_S:.0f} slices/s",
+                    f"{C.fmt(cls_rate)} slices/s",
+                    C.verdict(cls_rate >= TARGET_BATCHED_PER_S),
+                ),
+            ],
+        ),
     ]
     return C.finish(args, "latency", out, versions)
 

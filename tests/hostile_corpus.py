@@ -75,14 +75,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def png_with_ihdr(width: int, height: int, idat: bytes | None = None, bit_depth: int = 8,
-                  color_type: int = 0) -> bytes:
+def png_with_ihdr(width: int, height: int, idat: bytes | None = None, bit_depth: int = 8, color_type: int = 0) -> bytes:
     """A PNG whose IHDR claims ``width`` x ``height``; IDAT is ``idat`` (default: a tiny stream)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     if idat is None:
         idat = zlib.compress(b"\x00" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
-            + png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def zero_png_stream(width: int, height: int) -> bytes:
@@ -108,15 +106,15 @@ def zero_png_stream(width: int, height: int) -> bytes:
 def tiff_with_dims(width: int, height: int) -> bytes:
     """A little-endian baseline TIFF header + IFD claiming ``width`` x ``height`` 8-bit grey."""
     entries = [
-        (256, 4, 1, width),    # ImageWidth LONG
-        (257, 4, 1, height),   # ImageLength LONG
-        (258, 3, 1, 8),        # BitsPerSample
-        (259, 3, 1, 1),        # Compression none
-        (262, 3, 1, 1),        # BlackIsZero
+        (256, 4, 1, width),  # ImageWidth LONG
+        (257, 4, 1, height),  # ImageLength LONG
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression none
+        (262, 3, 1, 1),  # BlackIsZero
         (273, 4, 1, 8 + 2 + 12 * 9 + 4),  # StripOffsets: right after the IFD
-        (277, 3, 1, 1),        # SamplesPerPixel
-        (278, 4, 1, height),   # RowsPerStrip
-        (279, 4, 1, 16),       # StripByteCounts (a lie)
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip
+        (279, 4, 1, 16),  # StripByteCounts (a lie)
     ]
     ifd = struct.pack("<H", len(entries))
     for tag, typ, count, value in entries:
@@ -131,9 +129,9 @@ def tiff_ifd_loop(valid_tiff: bytes) -> bytes:
     """Make the first IFD's next-IFD pointer point back at itself (infinite page loop)."""
     data = bytearray(valid_tiff)
     first = struct.unpack("<I", data[4:8])[0]
-    n = struct.unpack("<H", data[first:first + 2])[0]
+    n = struct.unpack("<H", data[first : first + 2])[0]
     nxt = first + 2 + 12 * n
-    data[nxt:nxt + 4] = struct.pack("<I", first)
+    data[nxt : nxt + 4] = struct.pack("<I", first)
     return bytes(data)
 
 
@@ -152,7 +150,7 @@ def jpeg_sof_dims(jpeg: bytes, width: int, height: int) -> bytes:
     if i < 0:
         raise ValueError("no SOF0 marker")
     out = bytearray(jpeg)
-    out[i + 5:i + 9] = struct.pack(">HH", height, width)
+    out[i + 5 : i + 9] = struct.pack(">HH", height, width)
     return bytes(out)
 
 
@@ -179,10 +177,10 @@ def patch_element(dicom: bytes, group: int, elem: int, value: bytes) -> bytes:
     i = dicom.find(tag, 132)
     if i < 0:
         raise ValueError(f"tag ({group:04x},{elem:04x}) not found")
-    length = struct.unpack("<H", dicom[i + 6:i + 8])[0]
+    length = struct.unpack("<H", dicom[i + 6 : i + 8])[0]
     if length != len(value):
         raise ValueError(f"value must be {length} bytes")
-    return dicom[:i + 8] + value + dicom[i + 8 + length:]
+    return dicom[: i + 8] + value + dicom[i + 8 + length :]
 
 
 def multiframe_dicom(n_frames: int = 4):
@@ -218,8 +216,12 @@ def _base() -> dict[str, object]:
     grey = Image.fromarray(brain, "L")
     rgb = Image.fromarray(np.stack([brain, brain, brain], -1), "RGB")
     return {
-        "brain": brain, "grey": grey, "rgb": rgb,
-        "png": encode(grey, "PNG"), "jpg": encode(rgb, "JPEG", quality=90), "tif": encode(grey, "TIFF"),
+        "brain": brain,
+        "grey": grey,
+        "rgb": rgb,
+        "png": encode(grey, "PNG"),
+        "jpg": encode(rgb, "JPEG", quality=90),
+        "tif": encode(grey, "TIFF"),
     }
 
 
@@ -275,6 +277,7 @@ def _dicom_variant(edit: Callable[[object], None]) -> Callable[[], bytes]:
         ds = mr_small()
         edit(ds)
         return dicom_bytes(ds)
+
     return make
 
 
@@ -286,6 +289,7 @@ def _set(**attrs: object) -> Callable[[object], None]:
     def edit(ds: object) -> None:
         for k, v in attrs.items():
             setattr(ds, k, v)
+
     return edit
 
 
@@ -321,6 +325,7 @@ def _skimage(name: str, fmt: str) -> Callable[[], bytes]:
         from skimage import data as skdata
 
         return encode(Image.fromarray(getattr(skdata, name)()), fmt)
+
     return make
 
 
@@ -341,17 +346,17 @@ def corpus_specs() -> list[CorpusSpec]:
     add("rgb.jpg", lambda: _b("jpg"), OK)
     add("grey_progressive.jpg", lambda: encode(_b("grey"), "JPEG", quality=85, progressive=True), OK)
     add("grey16.png", lambda: encode(Image.fromarray(_b("brain").astype(np.uint16) * 257), "PNG"), OK)
-    add("grey16.tif", lambda: encode(Image.fromarray(_b("brain").astype(np.uint16) * 200), "TIFF",
-                                     compression="tiff_adobe_deflate"), OK)
-    add("int16_signed.tif",
-        lambda: encode(Image.fromarray(_b("brain").astype(np.int16) * 8 - 500), "TIFF"), OK)
-    add("float32.tif",
-        lambda: encode(Image.fromarray(_b("brain").astype(np.float32) / 255.0 - 0.3, "F"), "TIFF"), OK)
+    add(
+        "grey16.tif",
+        lambda: encode(Image.fromarray(_b("brain").astype(np.uint16) * 200), "TIFF", compression="tiff_adobe_deflate"),
+        OK,
+    )
+    add("int16_signed.tif", lambda: encode(Image.fromarray(_b("brain").astype(np.int16) * 8 - 500), "TIFF"), OK)
+    add("float32.tif", lambda: encode(Image.fromarray(_b("brain").astype(np.float32) / 255.0 - 0.3, "F"), "TIFF"), OK)
     add("rgb.tif", lambda: encode(_b("rgb"), "TIFF", compression="tiff_lzw"), OK)
     add("rgba.png", _rgba, OK)
     add("grey_alpha.png", _la, OK)
-    add("palette.png",
-        lambda: encode(_b("rgb").convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG"), OK)
+    add("palette.png", lambda: encode(_b("rgb").convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG"), OK)
     add("palette_transparency.png", _palette_transparency, OK)
     add("bilevel.png", lambda: encode(_b("grey").point(lambda v: 255 if v > 100 else 0).convert("1"), "PNG"), OK)
     add("cmyk.jpg", lambda: encode(_b("rgb").convert("CMYK"), "JPEG"), OK)
@@ -380,8 +385,11 @@ def corpus_specs() -> list[CorpusSpec]:
     add("astronaut.jpg", _skimage("astronaut", "JPEG"), NOT_BRAIN)
     add("blank_zero.png", lambda: _flat(0), NOT_BRAIN)
     add("blank_white.png", lambda: _flat(255), NOT_BRAIN)
-    add("noise.png", lambda: encode(Image.fromarray(
-        np.random.default_rng(1).integers(0, 256, (128, 128), dtype=np.uint8)), "PNG"), NOT_BRAIN)
+    add(
+        "noise.png",
+        lambda: encode(Image.fromarray(np.random.default_rng(1).integers(0, 256, (128, 128), dtype=np.uint8)), "PNG"),
+        NOT_BRAIN,
+    )
 
     # ---- empty / random / non-image content
     add("empty.png", lambda: b"", REJECTED)
@@ -393,15 +401,15 @@ def corpus_specs() -> list[CorpusSpec]:
     add("nul_bytes.dcm", lambda: b"\x00" * 2048, REJECTED)
     add("text.png", lambda: b"This is not an image, it is a note about the patient.\n" * 20, REJECTED)
     add("json.dcm", lambda: b'{"PatientName": "Doe^John", "Rows": 512}\n', REJECTED)
-    add("document.pdf",
+    add(
+        "document.pdf",
         lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
-        REJECTED)
+        REJECTED,
+    )
     add("pdf_named.png", lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n%%EOF", REJECTED)
-    add("page.html",
-        lambda: b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>", REJECTED)
+    add("page.html", lambda: b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>", REJECTED)
     add("html_named.jpg", lambda: b"<html><script>alert('x')</script></html>", REJECTED)
-    add("svg_named.png", lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>',
-        REJECTED)
+    add("svg_named.png", lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>', REJECTED)
     add("archive_named.png", _zip_of_png, REJECTED)
     add("animated.gif", lambda: encode(_b("grey"), "GIF"), REJECTED)  # not a supported format
     add("eps_binary_named.png", _eps_dos, REJECTED)  # Pillow would hand this to Ghostscript
@@ -414,8 +422,11 @@ def corpus_specs() -> list[CorpusSpec]:
     add("png_flipped_idat.png", lambda: flip_bytes(_b("png"), 60, len(_b("png")) - 20, 12, seed=3), EITHER)
     add("jpeg_soi_only.jpg", lambda: b"\xff\xd8", REJECTED)
     add("jpeg_truncated_half.jpg", lambda: _b("jpg")[: len(_b("jpg")) // 2], REJECTED)
-    add("jpeg_flipped_scan.jpg",
-        lambda: flip_bytes(_b("jpg"), len(_b("jpg")) // 2, len(_b("jpg")) - 4, 8, seed=4), EITHER)
+    add(
+        "jpeg_flipped_scan.jpg",
+        lambda: flip_bytes(_b("jpg"), len(_b("jpg")) // 2, len(_b("jpg")) - 4, 8, seed=4),
+        EITHER,
+    )
     add("jpeg_zero_dims.jpg", lambda: jpeg_sof_dims(_b("jpg"), 0, 0), REJECTED)
     add("tiff_header_only.tif", lambda: _b("tif")[:8], REJECTED)
     add("tiff_truncated_half.tif", lambda: _b("tif")[: len(_b("tif")) // 2], REJECTED)

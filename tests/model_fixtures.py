@@ -14,16 +14,25 @@ from triage.models import build_model, save_model, set_active
 from triage.records import CLASSES
 
 CLASSIFIER_META = {
-    "task": "classifier", "arch": "timm:regnetx_004",
-    "arch_kwargs": {"num_classes": 4, "in_chans": 1}, "trained": False, "classes": list(CLASSES),
-    "input_size": 64, "normalization": {"mean": 0.2, "std": 0.25}, "gradcam_layer": "s4", "temperature": 1.0,
+    "task": "classifier",
+    "arch": "timm:regnetx_004",
+    "arch_kwargs": {"num_classes": 4, "in_chans": 1},
+    "trained": False,
+    "classes": list(CLASSES),
+    "input_size": 64,
+    "normalization": {"mean": 0.2, "std": 0.25},
+    "gradcam_layer": "s4",
+    "temperature": 1.0,
     "ood": {"threshold": 1e9},
 }
 SEGMENTER_META = {
-    "task": "segmenter", "arch": "monai:UNet",
-    "arch_kwargs": {"in_channels": 1, "out_channels": 1, "channels": [4, 8, 16], "strides": [2, 2],
-                    "num_res_units": 1},
-    "trained": False, "input_size": 64, "normalization": {"mean": 0.2, "std": 0.25}, "threshold": 0.5,
+    "task": "segmenter",
+    "arch": "monai:UNet",
+    "arch_kwargs": {"in_channels": 1, "out_channels": 1, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+    "trained": False,
+    "input_size": 64,
+    "normalization": {"mean": 0.2, "std": 0.25},
+    "threshold": 0.5,
     "min_area_frac": 0.0,
 }
 

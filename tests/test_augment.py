@@ -53,7 +53,7 @@ def test_eval_mode_only_resizes():
 def test_sequence_remap_changes_the_head_and_keeps_background_dark():
     img, _ = _phantom(8, 64)
     out = sequence_remap(img, torch.Generator().manual_seed(0), p=1.0)
-    assert out[:, :, :3, :3].abs().max() < 1e-6          # corner background untouched
+    assert out[:, :, :3, :3].abs().max() < 1e-6  # corner background untouched
     centre = (slice(None), slice(None), slice(40, 48), slice(30, 40))  # plain head tissue
     assert (out[centre] - img[centre]).abs().mean() > 0.05
     assert torch.equal(sequence_remap(img, torch.Generator().manual_seed(0), p=0.0), img)
@@ -71,7 +71,7 @@ def test_sequence_remap_takes_a_probability_per_image():
 def test_bright_background_paints_only_outside_the_head():
     img, _ = _phantom(3, 64)
     out = bright_background(img, torch.Generator().manual_seed(0), p=1.0)
-    assert (out[:, :, :3, :3] >= 0.6).all()                # corners now light grey or white
+    assert (out[:, :, :3, :3] >= 0.6).all()  # corners now light grey or white
     centre = (slice(None), slice(None), slice(28, 36), slice(28, 36))
     assert torch.allclose(out[centre], img[centre])
     assert torch.equal(bright_background(img, torch.Generator().manual_seed(0), p=0.0), img)

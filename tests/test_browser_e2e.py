@@ -35,7 +35,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 pytestmark = pytest.mark.skipif(
     not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason="chromium/chromedriver not found: apt-get install -y chromium chromium-driver")
+    reason="chromium/chromedriver not found: apt-get install -y chromium chromium-driver",
+)
 
 
 def _free_port() -> int:
@@ -56,8 +57,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
         except OSError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer /_stcore/health in {START_TIMEOUT_S} s:\n"
-                f"{log.read_text(errors='replace')[-3000:]}")
+    pytest.fail(
+        f"streamlit did not answer /_stcore/health in {START_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -77,9 +79,18 @@ def _stop(proc: subprocess.Popen) -> None:
 def _browser(profile: Path):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={profile}", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+    ):
         opts.add_argument(arg)
     from selenium.webdriver.chrome.service import Service
 
@@ -102,15 +113,36 @@ def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
     assert cv2.imwrite(str(scan), img)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TRIAGE_DATA_DIR": str(tmp_path / "data"), "TRIAGE_WEIGHTS_DIR": str(weights),
-           "TRIAGE_TORCH_THREADS": "1"}
+    env = {
+        **os.environ,
+        "TRIAGE_DATA_DIR": str(tmp_path / "data"),
+        "TRIAGE_WEIGHTS_DIR": str(weights),
+        "TRIAGE_TORCH_THREADS": "1",
+    }
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     driver = None
     try:
         make_tiny_weights(weights)  # while the server starts; models are read at the first page run
@@ -121,12 +153,16 @@ def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
         wait.until(_body_has("Analyse"))
         # A page URL as the very first request still goes through the router (banner shown).
         assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
-        inputs = [e for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
-                  if e.get_dom_attribute("webkitdirectory") is None]
+        inputs = [
+            e
+            for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+            if e.get_dom_attribute("webkitdirectory") is None
+        ]
         assert inputs, "no file input on the New scans page"
         inputs[0].send_keys(str(scan))
-        button = wait.until(ec.element_to_be_clickable(
-            (By.XPATH, "//button[.//p[normalize-space()='Analyse 1 file']]")))
+        button = wait.until(
+            ec.element_to_be_clickable((By.XPATH, "//button[.//p[normalize-space()='Analyse 1 file']]"))
+        )
         button.click()
         wait.until(_body_has("1 added to the worklist"))
 

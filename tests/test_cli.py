@@ -18,16 +18,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(args, env):
-    return subprocess.run([sys.executable, "-m", "triage", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "triage", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     make_tiny_weights(root / "w")
-    e = dict(os.environ, TRIAGE_WEIGHTS_DIR=str(root / "w"), TRIAGE_DATA_DIR=str(root / "data"),
-             TRIAGE_TORCH_THREADS="1")
+    e = dict(
+        os.environ, TRIAGE_WEIGHTS_DIR=str(root / "w"), TRIAGE_DATA_DIR=str(root / "data"), TRIAGE_TORCH_THREADS="1"
+    )
     return e
 
 
@@ -48,14 +50,29 @@ def test_analyze_folder_writes_one_row_per_file(tmp_path, env):
     (inp / "notes.png").write_text("hello")
     cv2.imwrite(str(inp / "noise.png"), np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8))
     out = tmp_path / "results.csv"
-    r = run_cli(["analyze", str(tmp_path / "in"), "--out", str(out), "--masks-dir", str(tmp_path / "masks"),
-                 "--quiet"], env)
+    r = run_cli(
+        ["analyze", str(tmp_path / "in"), "--out", str(out), "--masks-dir", str(tmp_path / "masks"), "--quiet"], env
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 5
     by_name = {Path(row["path"]).name: row for row in rows}
-    for col in ["path", "status", "error", "label", "suspected_tumor", "p_no_tumor", "p_glioma", "p_meningioma",
-                "p_pituitary", "risk", "ood", "tumor_area_px", "mask_path", "ms"]:
+    for col in [
+        "path",
+        "status",
+        "error",
+        "label",
+        "suspected_tumor",
+        "p_no_tumor",
+        "p_glioma",
+        "p_meningioma",
+        "p_pituitary",
+        "risk",
+        "ood",
+        "tumor_area_px",
+        "mask_path",
+        "ms",
+    ]:
         assert col in rows[0]
     assert by_name["good.png"]["status"] == "ok"
     assert by_name["empty.png"]["status"] == "rejected" and "empty" in by_name["empty.png"]["error"]
@@ -82,6 +99,20 @@ def test_train_options_match_what_training_knows():
     assert set(cli.SEG_DICE_CHOICES) == set(SEG_LOSS_NAMES)
     assert cli.INTENSITY_NORM_CHOICES == (INTENSITY_NORM,)
     assert set(cli.TRAIN_OVERRIDES) <= set(TrainConfig.__dataclass_fields__)
-    args = cli.build_parser().parse_args(["train", "segmenter", "--data", "d", "--out", "o", "--lr", "0.001",
-                                          "--seg-dice", "batch+image", "--intensity-norm", INTENSITY_NORM])
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            "segmenter",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--lr",
+            "0.001",
+            "--seg-dice",
+            "batch+image",
+            "--intensity-norm",
+            INTENSITY_NORM,
+        ]
+    )
     assert (args.lr, args.seg_dice, args.intensity_norm) == (0.001, "batch+image", INTENSITY_NORM)

@@ -26,13 +26,23 @@ def test_two_fold_run_reports_every_fold(tmp_path):
     for label, centre in spec.items():
         for i in range(8):
             # Varied heads so the near-duplicate filter keeps (almost) every slice.
-            kw = {"tumor": False} if centre is None else {
-                "tumor_center": (centre[0] + rng.integers(-8, 8), centre[1] + rng.integers(-8, 8)),
-                "tumor_radius": int(rng.integers(8, 16))}
-            img, _ = draw_synthetic_slice(shape=(128, 128), seed=int(rng.integers(1e6)),
-                                          center=(64 + rng.integers(-12, 12), 64 + rng.integers(-12, 12)),
-                                          axes=(rng.uniform(34, 52), rng.uniform(28, 46)),
-                                          brain_level=int(rng.integers(50, 170)), noise=12.0, **kw)
+            kw = (
+                {"tumor": False}
+                if centre is None
+                else {
+                    "tumor_center": (centre[0] + rng.integers(-8, 8), centre[1] + rng.integers(-8, 8)),
+                    "tumor_radius": int(rng.integers(8, 16)),
+                }
+            )
+            img, _ = draw_synthetic_slice(
+                shape=(128, 128),
+                seed=int(rng.integers(1e6)),
+                center=(64 + rng.integers(-12, 12), 64 + rng.integers(-12, 12)),
+                axes=(rng.uniform(34, 52), rng.uniform(28, 46)),
+                brain_level=int(rng.integers(50, 170)),
+                noise=12.0,
+                **kw,
+            )
             path = tmp_path / "set" / label / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(path)
@@ -41,8 +51,18 @@ def test_two_fold_run_reports_every_fold(tmp_path):
         w = csv.DictWriter(fh, fieldnames=["path", "label"])
         w.writeheader()
         w.writerows(rows)
-    rep = cross_validate(tmp_path / "set", 2, tmp_path / "cache", progress=False, input_size=32, epochs=1,
-                         batch_size=8, threads=1, schedule_by_time=False, max_train_images=None)
+    rep = cross_validate(
+        tmp_path / "set",
+        2,
+        tmp_path / "cache",
+        progress=False,
+        input_size=32,
+        epochs=1,
+        batch_size=8,
+        threads=1,
+        schedule_by_time=False,
+        max_train_images=None,
+    )
     assert rep["folds"] == 2 and len(rep["per_fold"]) == 2
     assert sum(f["n_test"] for f in rep["per_fold"]) <= 32
     for f in rep["per_fold"]:

@@ -11,7 +11,7 @@ from triage.records import CaseResult, Prediction, Scan, Segmentation
 def _result(label: str, mask_px: int) -> CaseResult:
     probs = np.array([0.9, 0.05, 0.03, 0.02] if label == "no_tumor" else [0.05, 0.9, 0.03, 0.02], np.float32)
     mask = np.zeros((32, 32), bool)
-    mask[:mask_px // 32, :] = True  # mask_px = 0 leaves it empty
+    mask[: mask_px // 32, :] = True  # mask_px = 0 leaves it empty
     seg = Segmentation(mask=mask, area_px=int(mask.sum()), area_mm2=None, bbox=None, max_prob=0.9)
     pred = Prediction(probs=probs, label=label, confidence=0.9, entropy=0.1, ood_score=1.0, ood=False)
     scan = Scan(scan_id="0", name="x", pixels=np.zeros((32, 32), np.uint8))
@@ -22,10 +22,12 @@ def _result(label: str, mask_px: int) -> CaseResult:
 
 def test_worklist_view_counts_a_kept_mask_as_positive():
     truth = ["tumor", "tumor", "no_tumor", "no_tumor"]
-    results = [_result("glioma", 64),        # found by the classifier
-               _result("no_tumor", 64),      # classifier missed it, segmenter kept a mask (disagreement)
-               _result("no_tumor", 0),       # true negative
-               _result("no_tumor", 64)]      # false alarm from the segmenter
+    results = [
+        _result("glioma", 64),  # found by the classifier
+        _result("no_tumor", 64),  # classifier missed it, segmenter kept a mask (disagreement)
+        _result("no_tumor", 0),  # true negative
+        _result("no_tumor", 64),
+    ]  # false alarm from the segmenter
     test = SimpleNamespace(samples=[SimpleNamespace(label=t, mask_path=None) for t in truth])
     m = score(test, results)
     assert m["binary"]["sensitivity"] == 0.5 and m["binary"]["specificity"] == 1.0
@@ -34,14 +36,25 @@ def test_worklist_view_counts_a_kept_mask_as_positive():
 
 
 def test_rejected_files_are_not_positive_and_markdown_renders():
-    test = SimpleNamespace(samples=[SimpleNamespace(label="tumor", mask_path=None),
-                                    SimpleNamespace(label="no_tumor", mask_path=None)])
+    test = SimpleNamespace(
+        samples=[SimpleNamespace(label="tumor", mask_path=None), SimpleNamespace(label="no_tumor", mask_path=None)]
+    )
     results = [CaseResult(name="bad", status="rejected", error="not an image"), _result("no_tumor", 0)]
     m = score(test, results)
     assert m["rejected_by_pipeline"] == 1 and m["screen"]["sensitivity"] == 0.0
-    rep = {"dataset": "d", "created": "now", "versions": {"classifier": "v", "segmenter": "v"}, "selection": "all",
-           "n_candidates": 2, "n_removed_duplicates": 0, "dedup_note": "", "n_unreadable": 0, "ms_per_image": 1.0,
-           "threads": 1, "metrics": m}
+    rep = {
+        "dataset": "d",
+        "created": "now",
+        "versions": {"classifier": "v", "segmenter": "v"},
+        "selection": "all",
+        "n_candidates": 2,
+        "n_removed_duplicates": 0,
+        "dedup_note": "",
+        "n_unreadable": 0,
+        "ms_per_image": 1.0,
+        "threads": 1,
+        "metrics": m,
+    }
     text = render_markdown(rep)
     assert "worklist (classifier or segmenter)" in text
 
@@ -50,10 +63,12 @@ def test_dice_summary_per_class_and_missed_masks(tmp_path):
     from PIL import Image
 
     truth = np.zeros((32, 32), np.uint8)
-    truth[:2, :] = 255                     # the same 64-pixel band _result(..., 64) predicts
+    truth[:2, :] = 255  # the same 64-pixel band _result(..., 64) predicts
     Image.fromarray(truth).save(tmp_path / "m.png")
-    samples = [SimpleNamespace(label="glioma", mask_path=tmp_path / "m.png"),
-               SimpleNamespace(label="pituitary", mask_path=tmp_path / "m.png")]
+    samples = [
+        SimpleNamespace(label="glioma", mask_path=tmp_path / "m.png"),
+        SimpleNamespace(label="pituitary", mask_path=tmp_path / "m.png"),
+    ]
     results = [_result("glioma", 64), _result("pituitary", 0)]
     seg = score(SimpleNamespace(samples=samples), results)["segmentation"]
     assert seg["dice_mean"] == 0.5 and seg["dice_below_0.1_rate"] == 0.5

@@ -15,8 +15,13 @@ from triage.records import CLASSES
 
 torch.set_num_threads(1)
 
-META = {"arch": "timm:regnetx_004", "arch_kwargs": {"num_classes": 4, "in_chans": 1},
-        "input_size": 64, "normalization": {"mean": 0.2, "std": 0.25}, "gradcam_layer": "s4"}
+META = {
+    "arch": "timm:regnetx_004",
+    "arch_kwargs": {"num_classes": 4, "in_chans": 1},
+    "input_size": 64,
+    "normalization": {"mean": 0.2, "std": 0.25},
+    "gradcam_layer": "s4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +45,7 @@ def forward_hook_count(net: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_and_class_gives_unit_map_at_crop_size(net: nn.Module, crop: np.ndarray,
-                                                           method: str) -> None:
+def test_every_method_and_class_gives_unit_map_at_crop_size(net: nn.Module, crop: np.ndarray, method: str) -> None:
     for cls in CLASSES:
         heat = explain(net, META, crop, cls, method=method)
         assert heat.shape == crop.shape and heat.dtype == np.float32
@@ -88,7 +92,7 @@ def test_concurrent_calls_match_sequential(net: nn.Module, crop: np.ndarray) -> 
             for _ in range(3):
                 results[cls] = explain(net, META, crop, cls)
                 assert np.allclose(results[cls], expected[cls], atol=1e-5)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(c,)) for c in classes]

@@ -51,8 +51,9 @@ def run_threads(targets: list) -> list[BaseException]:
         def run():
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            except BaseException as exc:
                 errors.append(exc)
+
         return run
 
     threads = [threading.Thread(target=wrap(t)) for t in targets]
@@ -97,6 +98,7 @@ def test_two_sessions_upload_and_review_each_other(service):
                     wl.review(sid, f"dr_{me}", label=label, note=note, sign_off=sign_off)
                     with reviews_lock:
                         reviews.append((sid, f"dr_{me}", note))
+
         return run
 
     errors = run_threads([session("A", "B"), session("B", "A")])
@@ -110,8 +112,10 @@ def test_two_sessions_upload_and_review_each_other(service):
     audit = wl.audit()
     lost_reviews = 0
     for sid, reviewer, note in reviews:
-        if not any(a["scan_id"] == sid and a["actor"] == reviewer and a["field"] == "note"
-                   and a["new_value"] == note for a in audit):
+        if not any(
+            a["scan_id"] == sid and a["actor"] == reviewer and a["field"] == "note" and a["new_value"] == note
+            for a in audit
+        ):
             lost_reviews += 1
     assert lost_reviews == 0
     for session_me, other in (("A", "B"), ("B", "A")):
@@ -120,15 +124,18 @@ def test_two_sessions_upload_and_review_each_other(service):
             assert c["reviewer"] == f"dr_{session_me}"
             assert c["reviewed_label"] == review_label(k + 1)
             assert c["note"] == f"{session_me} round 1"
-            expected_status = "signed_off" if k % 2 == 0 else (
-                "corrected" if review_label(k + 1) != c["label"] else "confirmed")
+            expected_status = (
+                "signed_off" if k % 2 == 0 else ("corrected" if review_label(k + 1) != c["label"] else "confirmed")
+            )
             assert c["review_status"] == expected_status, (k, c["review_status"])
             notes = [a["new_value"] for a in audit if a["scan_id"] == sid and a["field"] == "note"]
             assert notes == [f"{session_me} round 0", f"{session_me} round 1"]  # both reviews, in order
     added = [a for a in audit if a["action"] == "added"]
     assert len(added) == 20
-    print(f"\nthreads: 2 sessions x 10 uploads + {len(reviews)} reviews on one worklist: "
-          f"{len(cases)} cases, lost cases {len(lost_cases)}, lost reviews {lost_reviews}")
+    print(
+        f"\nthreads: 2 sessions x 10 uploads + {len(reviews)} reviews on one worklist: "
+        f"{len(cases)} cases, lost cases {len(lost_cases)}, lost reviews {lost_reviews}"
+    )
 
 
 def test_gradcam_on_shared_model_is_per_caller(service):
@@ -146,6 +153,7 @@ def test_gradcam_on_shared_model_is_per_caller(service):
                 exp = service.explain(result, target)
                 assert exp.target_class == target
                 got[target].append(exp.heatmap)
+
         return run
 
     errors = run_threads([worker(t) for t in targets])
@@ -153,8 +161,10 @@ def test_gradcam_on_shared_model_is_per_caller(service):
     mismatches = sum(not np.allclose(h, reference[t], atol=1e-5) for t in targets for h in got[t])
     assert all(len(got[t]) == 6 for t in targets)
     assert mismatches == 0
-    print(f"\nGrad-CAM: 2 threads x 6 heatmaps ({', '.join(targets)}) on the shared model: "
-          f"{mismatches} differ from the single-threaded result")
+    print(
+        f"\nGrad-CAM: 2 threads x 6 heatmaps ({', '.join(targets)}) on the shared model: "
+        f"{mismatches} differ from the single-threaded result"
+    )
 
 
 WRITER = r"""
@@ -185,8 +195,17 @@ def test_two_processes_same_worklist(tmp_path):
     Worklist(db).count()  # create the schema once
     n = 60
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), tag, str(n), str(go)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tag in ("p1", "p2")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), tag, str(n), str(go)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("p1", "p2")
+    ]
     try:
         for p in procs:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()[-2000:]
@@ -207,11 +226,14 @@ def test_two_processes_same_worklist(tmp_path):
     expected = {f"{tag}-{i}" for tag in ("p1", "p2") for i in range(n)}
     lost = expected - set(cases)
     assert not lost
-    assert all(cases[s]["reviewed_label"] == "meningioma" and cases[s]["note"] == f"by {s.split('-')[0]}"
-               for s in expected)
+    assert all(
+        cases[s]["reviewed_label"] == "meningioma" and cases[s]["note"] == f"by {s.split('-')[0]}" for s in expected
+    )
     audit = wl.audit()
     assert sum(a["action"] == "added" for a in audit) == 2 * n
     assert sum(a["action"] == "review" and a["field"] == "note" for a in audit) == 2 * n
     assert len(wl.rejections(limit=10_000)) == 2 * n
-    print(f"\nprocesses: 2 writers x {n} (add + review + rejection) in {elapsed:.1f} s: "
-          f"{len(cases)}/{2 * n} cases, lost {len(lost)}, audit rows {len(audit)}")
+    print(
+        f"\nprocesses: 2 writers x {n} (add + review + rejection) in {elapsed:.1f} s: "
+        f"{len(cases)}/{2 * n} cases, lost {len(lost)}, audit rows {len(audit)}"
+    )

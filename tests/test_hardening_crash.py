@@ -29,15 +29,33 @@ from triage.records import CLASSES
 from triage.worklist import PROB_COLUMNS, Worklist
 
 REPO = Path(__file__).resolve().parent.parent
-REQUIRED = ("scan_id", "name", "stored_path", "received_at", "label", *PROB_COLUMNS, "risk", "flags",
-            "classifier_version", "segmenter_version", "review_status", "extra")
+REQUIRED = (
+    "scan_id",
+    "name",
+    "stored_path",
+    "received_at",
+    "label",
+    *PROB_COLUMNS,
+    "risk",
+    "flags",
+    "classifier_version",
+    "segmenter_version",
+    "review_status",
+    "extra",
+)
 TIMEOUT_S = 600  # the machine is shared with training jobs: imports alone can take minutes
 KILLS: list[str] = []
 
 
 def child_env(weights: Path, data: Path) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO), TRIAGE_WEIGHTS_DIR=str(weights), TRIAGE_DATA_DIR=str(data),
-                TRIAGE_TORCH_THREADS="1", PYTHONUNBUFFERED="1")
+    return dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        TRIAGE_WEIGHTS_DIR=str(weights),
+        TRIAGE_DATA_DIR=str(data),
+        TRIAGE_TORCH_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +68,9 @@ def slices(tmp_path_factory) -> Path:
     """60 different synthetic slices as PNG files."""
     folder = tmp_path_factory.mktemp("crash_slices")
     for k in range(60):
-        img, _ = draw_synthetic_slice(shape=(160, 144), seed=k, tumor=k % 3 != 0,
-                                      tumor_center=(50 + k % 7 * 3, 60 + k % 5 * 4))
+        img, _ = draw_synthetic_slice(
+            shape=(160, 144), seed=k, tumor=k % 3 != 0, tumor_center=(50 + k % 7 * 3, 60 + k % 5 * 4)
+        )
         cv2.imwrite(str(folder / f"slice_{k:03d}.png"), img)
     return folder
 
@@ -84,16 +103,22 @@ def test_a_cli_killed_mid_run_leaves_a_readable_csv(weights, slices, tmp_path, i
     # (ingest_child: only started here, so that its start-up overlaps with this test)
     out = tmp_path / "partial.csv"
     with (tmp_path / "stderr.txt").open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "triage", "analyze", str(slices), "--out", str(out),
-                                 "--batch-size", "4", "--quiet"], cwd=REPO, env=child_env(weights, tmp_path / "d"),
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "triage", "analyze", str(slices), "--out", str(out), "--batch-size", "4", "--quiet"],
+            cwd=REPO,
+            env=child_env(weights, tmp_path / "d"),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if out.exists() and out.read_bytes().count(b"\n") >= 1 + 8:  # header + two batches
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, f"CLI ended before it could be killed: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
+        assert proc.poll() is None, (
+            f"CLI ended before it could be killed: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
+        )
         kill(proc, "CLI analyze")
     finally:
         if proc.poll() is None:
@@ -150,8 +175,14 @@ def ingest_child(weights, slices, tmp_path_factory):
     its go-file, so its start-up overlaps with the CLI run of test (a)."""
     root = tmp_path_factory.mktemp("crash_ingest")
     with (root / "stderr.txt").open("w") as err:  # a file, not a pipe: a full pipe would block the child
-        proc = subprocess.Popen([sys.executable, "-c", INGEST_CHILD, str(slices), str(root / "go")], cwd=REPO,
-                                env=child_env(weights, root / "data"), stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", INGEST_CHILD, str(slices), str(root / "go")],
+            cwd=REPO,
+            env=child_env(weights, root / "data"),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     yield proc, root / "data", root / "go"
     if proc.poll() is None:
         proc.kill()
@@ -194,8 +225,10 @@ def test_b_ingest_killed_mid_batch(ingest_child):
         if c["mask_path"]:
             assert Path(c["mask_path"]).is_file()
     leftovers = sorted(p.name for p in (data / "scans").glob(".tmp-*"))
-    print(f"\n(b) ingest SIGKILLed after {len(printed)} reported commits: {len(cases)} cases, integrity ok, "
-          f"0 half-written rows, every stored file present; temp files left by the kill: {len(leftovers)}")
+    print(
+        f"\n(b) ingest SIGKILLed after {len(printed)} reported commits: {len(cases)} cases, integrity ok, "
+        f"0 half-written rows, every stored file present; temp files left by the kill: {len(leftovers)}"
+    )
 
 
 REVIEW_CHILD = r"""
@@ -216,9 +249,19 @@ while True:
 
 
 def _case(sid: str, k: int) -> dict:
-    return {"scan_id": sid, "name": f"{sid}.png", "label": CLASSES[k % 4], "risk": k / 10,
-            "p_no_tumor": 0.1, "p_glioma": 0.6, "p_meningioma": 0.2, "p_pituitary": 0.1,
-            "flags": ["uncertain"], "thumbnail": bytes(500), "stored_path": f"/nowhere/{sid}.png"}
+    return {
+        "scan_id": sid,
+        "name": f"{sid}.png",
+        "label": CLASSES[k % 4],
+        "risk": k / 10,
+        "p_no_tumor": 0.1,
+        "p_glioma": 0.6,
+        "p_meningioma": 0.2,
+        "p_pituitary": 0.1,
+        "flags": ["uncertain"],
+        "thumbnail": bytes(500),
+        "stored_path": f"/nowhere/{sid}.png",
+    }
 
 
 def test_c_review_killed_repeatedly(tmp_path):
@@ -230,8 +273,14 @@ def test_c_review_killed_repeatedly(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     start, rounds, reported = 0, 3, 0
     for rnd in range(rounds):
-        proc = subprocess.Popen([sys.executable, "-c", REVIEW_CHILD, str(db), str(start), *ids], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", REVIEW_CHILD, str(db), str(start), *ids],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             printed = read_lines_until(proc, 25 + 7 * rnd)
             assert len(printed) == 25 + 7 * rnd, proc.stderr.read()[-2000:] if proc.poll() is not None else printed
@@ -263,8 +312,10 @@ def test_c_review_killed_repeatedly(tmp_path):
         sid = ids[last % len(ids)]
         assert check.get(sid)["note"] in (f"pass {last}", f"pass {last + len(ids)}")
     n_audit = len(Worklist(db).audit())
-    print(f"\n(c) review loop SIGKILLed {rounds} times after {reported} reported reviews: integrity ok, "
-          f"{n_audit} audit rows consistent with every case row")
+    print(
+        f"\n(c) review loop SIGKILLed {rounds} times after {reported} reported reviews: integrity ok, "
+        f"{n_audit} audit rows consistent with every case row"
+    )
 
 
 def test_z_report_kills():

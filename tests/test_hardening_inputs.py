@@ -52,8 +52,14 @@ def readable(message: object) -> bool:
     if not isinstance(message, str):
         return False
     text = message.strip()
-    return (len(text) >= 12 and " " in text and "\n" not in text and "Traceback" not in text
-            and 'File "' not in text and not _EXC_NAME_ONLY.fullmatch(text))
+    return (
+        len(text) >= 12
+        and " " in text
+        and "\n" not in text
+        and "Traceback" not in text
+        and 'File "' not in text
+        and not _EXC_NAME_ONLY.fullmatch(text)
+    )
 
 
 def png_bytes(img) -> bytes:
@@ -78,11 +84,17 @@ def env(tmp_path_factory):
     # The CLI run of (c) starts now, so its start-up (torch, timm, monai imports) overlaps
     # with the in-process tests; test (c) waits for it and checks its output.
     cli_out = root / "cli.csv"
-    run_env = dict(os.environ, TRIAGE_WEIGHTS_DIR=str(root / "w"), TRIAGE_DATA_DIR=str(root / "cli_data"),
-                   TRIAGE_TORCH_THREADS="1")
+    run_env = dict(
+        os.environ, TRIAGE_WEIGHTS_DIR=str(root / "w"), TRIAGE_DATA_DIR=str(root / "cli_data"), TRIAGE_TORCH_THREADS="1"
+    )
     with (root / "cli.stderr").open("w") as err:  # a file, not a pipe: a full pipe would block the CLI
-        cli = subprocess.Popen([sys.executable, "-m", "triage", "analyze", str(root / "corpus"), "--out",
-                                str(cli_out), "--quiet"], cwd=REPO, env=run_env, stdout=subprocess.DEVNULL, stderr=err)
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "triage", "analyze", str(root / "corpus"), "--out", str(cli_out), "--quiet"],
+            cwd=REPO,
+            env=run_env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     service = TriageService(get_settings(weights_dir=root / "w", data_dir=root / "data", torch_threads=1))
     yield {"root": root, "corpus": corpus, "service": service, "cli": cli, "cli_out": cli_out}
     if cli.poll() is None:
@@ -97,7 +109,7 @@ def analysed(env):
     for item in env["corpus"]:
         try:
             out[item.path.name] = env["service"].analyze_bytes(item.path.read_bytes(), item.upload_name)
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
+        except BaseException as exc:
             out[item.path.name] = exc
     return out
 
@@ -148,10 +160,14 @@ def test_a_analyze_bytes_never_raises(env, analysed):
                 for r in results:
                     if r.status != "rejected" and not ({"ood", "untrained_model"} & set(r.flags)):
                         problems.append(f"{item.path.name}: photo neither rejected nor flagged: {r.flags}")
-    table("(a) TriageService.analyze_bytes on the hostile corpus",
-          ["expectation", "inputs", "results", "ok", "ok+flagged", "rejected"],
-          [[e, stats[e]["inputs"], stats[e]["results"], stats[e]["ok"], stats[e]["ok+flagged"],
-            stats[e]["rejected"]] for e in (OK, NOT_BRAIN, EITHER, REJECTED)])
+    table(
+        "(a) TriageService.analyze_bytes on the hostile corpus",
+        ["expectation", "inputs", "results", "ok", "ok+flagged", "rejected"],
+        [
+            [e, stats[e]["inputs"], stats[e]["results"], stats[e]["ok"], stats[e]["ok+flagged"], stats[e]["rejected"]]
+            for e in (OK, NOT_BRAIN, EITHER, REJECTED)
+        ],
+    )
     assert not problems, "\n".join(problems)
     traversal = next(i for i in env["corpus"] if i.upload_name == "../../x.png")
     assert [r.name for r in analysed[traversal.path.name]] == ["x.png"]
@@ -211,11 +227,21 @@ def test_b_ingest_counts_rejections_and_keeps_existing_cases(env):
     assert {sid: seeded.audit(sid) for sid in seed_ids} == audit_before
     assert len(seeded.rejections(limit=10_000)) == n_rejected
     assert seeded.integrity_check() == "ok"
-    table("(b) intake.ingest",
-          ["worklist", "uploads", "ok results", "cases (unique content)", "rejections logged", "integrity"],
-          [["fresh", len(env["corpus"]), ok_results, fresh.count(), len(logged), fresh.integrity_check()],
-           ["3 good + hostile", 3 + len(hostile), 3 + len(extra_ok), seeded.count(), n_rejected,
-            seeded.integrity_check()]])
+    table(
+        "(b) intake.ingest",
+        ["worklist", "uploads", "ok results", "cases (unique content)", "rejections logged", "integrity"],
+        [
+            ["fresh", len(env["corpus"]), ok_results, fresh.count(), len(logged), fresh.integrity_check()],
+            [
+                "3 good + hostile",
+                3 + len(hostile),
+                3 + len(extra_ok),
+                seeded.count(),
+                n_rejected,
+                seeded.integrity_check(),
+            ],
+        ],
+    )
 
 
 def test_c_cli_whole_corpus_in_one_run(env, analysed):
@@ -252,9 +278,11 @@ def test_c_cli_whole_corpus_in_one_run(env, analysed):
     assert not problems, "\n".join(problems)
     assert len(rows) == sum(len(analysed[i.path.name]) for i in expected_files)
     counts = collections.Counter(r["status"] for r in rows)
-    table("(c) python -m triage analyze <corpus folder>",
-          ["files", "skipped (hidden)", "rows", "ok rows", "rejected rows", "exit code"],
-          [[len(expected_files), len(skipped), len(rows), counts["ok"], counts["rejected"], proc.returncode]])
+    table(
+        "(c) python -m triage analyze <corpus folder>",
+        ["files", "skipped (hidden)", "rows", "ok rows", "rejected rows", "exit code"],
+        [[len(expected_files), len(skipped), len(rows), counts["ok"], counts["rejected"], proc.returncode]],
+    )
 
 
 def _tree(root: Path) -> set[Path]:
@@ -263,8 +291,12 @@ def _tree(root: Path) -> set[Path]:
 
 def test_d_upload_page_stores_only_content_hash_names(env, tmp_path, monkeypatch):
     # Upload names that try to escape, plus unique-content files under more hostile names.
-    extra = [("..\\..\\x_win.png", fake_brain(96, seed=11)), ("sub/../../../x_deep.png", fake_brain(96, seed=12)),
-             ("脑部扫描 ①.png", fake_brain(96, seed=13)), ("tab\tnew\nline.png", fake_brain(96, seed=14))]
+    extra = [
+        ("..\\..\\x_win.png", fake_brain(96, seed=11)),
+        ("sub/../../../x_deep.png", fake_brain(96, seed=12)),
+        ("脑部扫描 ①.png", fake_brain(96, seed=13)),
+        ("tab\tnew\nline.png", fake_brain(96, seed=14)),
+    ]
     extra_files = [(name, png_bytes(img)) for name, img in extra]
     # The traversal upload goes first, so it is the one that creates its case (the corpus
     # gives it the same bytes as several other entries, e.g. 'säule_脑.png' and 'grey8.png').
@@ -274,8 +306,16 @@ def test_d_upload_page_stores_only_content_hash_names(env, tmp_path, monkeypatch
     cwd = tmp_path / "cwd" / "deep"
     cwd.mkdir(parents=True)
     monkeypatch.chdir(cwd)
-    outside = [tmp_path / "x.png", tmp_path / "a" / "x.png", tmp_path / "a" / "b" / "x.png", tmp_path / "cwd" / "x.png",
-               data_dir / "x.png", REPO / "x.png", REPO.parent / "x.png", Path("/x.png")]
+    outside = [
+        tmp_path / "x.png",
+        tmp_path / "a" / "x.png",
+        tmp_path / "a" / "b" / "x.png",
+        tmp_path / "cwd" / "x.png",
+        data_dir / "x.png",
+        REPO / "x.png",
+        REPO.parent / "x.png",
+        Path("/x.png"),
+    ]
     existed = {p for p in outside if p.exists()}
     service = TriageService(get_settings(weights_dir=env["root"] / "w", data_dir=data_dir, torch_threads=1))
     worklist = Worklist(service.settings.db_path)
@@ -301,16 +341,39 @@ def test_d_upload_page_stores_only_content_hash_names(env, tmp_path, monkeypatch
         assert "/" not in case["name"] and "\\" not in case["name"]
     for p in new:  # every stored file is content-addressed, none carries a user name
         if p.parent == scans_dir:
-            assert re.fullmatch(r"[0-9a-f]{64}(_mask)?\.(png|jpg|tif|bmp|dcm)|[0-9a-f]{32}(-f\d+)?_mask\.png",
-                                p.name), p.name
+            assert re.fullmatch(
+                r"[0-9a-f]{64}(_mask)?\.(png|jpg|tif|bmp|dcm)|[0-9a-f]{32}(-f\d+)?_mask\.png", p.name
+            ), p.name
     names = {c["name"] for c in cases}
     assert {"x.png", "x_win.png", "x_deep.png", "脑部扫描 ①.png", "tabnewline.png"} <= names, names
     statuses = collections.Counter(r["status"] for r in rows)
     assert statuses["error"] == 0, [r for r in rows if r["status"] == "error"]
     assert all(readable(r["reason"]) for r in rows if r["status"] == "rejected")
     assert worklist.integrity_check() == "ok"
-    table("(d) upload page (triage.ui.uploads.process_uploads)",
-          ["uploads", "result rows", "accepted", "already in worklist", "rejected", "error", "cases",
-           "files written", "outside data dir"],
-          [[len(files), len(rows), statuses["accepted"], statuses["already in worklist"], statuses["rejected"],
-            statuses["error"], len(cases), len(new), sum(not p.is_relative_to(data_dir) for p in new)]])
+    table(
+        "(d) upload page (triage.ui.uploads.process_uploads)",
+        [
+            "uploads",
+            "result rows",
+            "accepted",
+            "already in worklist",
+            "rejected",
+            "error",
+            "cases",
+            "files written",
+            "outside data dir",
+        ],
+        [
+            [
+                len(files),
+                len(rows),
+                statuses["accepted"],
+                statuses["already in worklist"],
+                statuses["rejected"],
+                statuses["error"],
+                len(cases),
+                len(new),
+                sum(not p.is_relative_to(data_dir) for p in new),
+            ]
+        ],
+    )

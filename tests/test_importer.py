@@ -19,8 +19,7 @@ from triage.datasets import load_manifest
 from triage.errors import DatasetError
 from triage.training_run import MIN_IMAGES_PER_CLASS
 
-FOLDERS = {"no_tumor": "notumor", "glioma": "glioma_tumor", "meningioma": "meningioma",
-           "pituitary": "pituitary_tumor"}
+FOLDERS = {"no_tumor": "notumor", "glioma": "glioma_tumor", "meningioma": "meningioma", "pituitary": "pituitary_tumor"}
 
 
 def synthetic_image(seed: int, tumor: bool = True, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -28,13 +27,21 @@ def synthetic_image(seed: int, tumor: bool = True, size: int = 64) -> tuple[np.n
     rng = np.random.default_rng(seed)
     c = size / 2
     return draw_synthetic_slice(
-        (size, size), center=(c + rng.uniform(-6, 6), c + rng.uniform(-6, 6)),
-        axes=(rng.uniform(0.25, 0.44) * size, rng.uniform(0.2, 0.37) * size), skull=3, gap=1, tumor=tumor,
-        tumor_radius=rng.uniform(3, 7), brain_level=int(rng.integers(70, 150)), seed=seed)
+        (size, size),
+        center=(c + rng.uniform(-6, 6), c + rng.uniform(-6, 6)),
+        axes=(rng.uniform(0.25, 0.44) * size, rng.uniform(0.2, 0.37) * size),
+        skull=3,
+        gap=1,
+        tumor=tumor,
+        tumor_radius=rng.uniform(3, 7),
+        brain_level=int(rng.integers(70, 150)),
+        seed=seed,
+    )
 
 
-def write_class_folders(root: Path, per_class: int = 6, classes: dict[str, str] | None = None,
-                        masks: bool = True, seed: int = 0) -> Path:
+def write_class_folders(
+    root: Path, per_class: int = 6, classes: dict[str, str] | None = None, masks: bool = True, seed: int = 0
+) -> Path:
     """``root/<folder>/<folder>_<i>.png`` per class (alias folder names) and ``root/masks/`` for tumors."""
     classes = FOLDERS if classes is None else classes
     for ci, (label, folder) in enumerate(classes.items()):
@@ -81,17 +88,30 @@ def test_class_folders_with_aliases_masks_and_layout(tmp_path, settings):
     assert out.parent == importer.staging_root(settings)
     samples = load_manifest(out)
     assert len(samples) == 24 and sum(x.mask_path is not None for x in samples) == 18
-    assert {p.name for p in out.iterdir()} == {"glioma", "meningioma", "no_tumor", "pituitary", "masks",
-                                               "manifest.csv", "summary.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "glioma",
+        "meningioma",
+        "no_tumor",
+        "pituitary",
+        "masks",
+        "manifest.csv",
+        "summary.json",
+    }
     assert importer.load_summary(out).counts == s.counts
     # no leftovers of the temporary build folder
     assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 
 def test_zip_source_skips_and_lists_non_image_members(tmp_path, settings):
-    data = zip_folder(write_class_folders(tmp_path / "src", masks=False),
-                      extra={"notes.txt": b"hello", "glioma_tumor/info.json": b"{}", "__MACOSX/._x.png": b"x",
-                             "glioma_tumor/broken.png": b"\x89PNG\r\n\x1a\nnot really"})
+    data = zip_folder(
+        write_class_folders(tmp_path / "src", masks=False),
+        extra={
+            "notes.txt": b"hello",
+            "glioma_tumor/info.json": b"{}",
+            "__MACOSX/._x.png": b"x",
+            "glioma_tumor/broken.png": b"\x89PNG\r\n\x1a\nnot really",
+        },
+    )
     s = importer.import_zip(data, "classifier", settings)
     assert s.total == 24 and s.ok
     skipped = "\n".join(s.skipped)
@@ -100,8 +120,17 @@ def test_zip_source_skips_and_lists_non_image_members(tmp_path, settings):
     assert s.rejected[0][1]  # the reason from triage.io
 
 
-@pytest.mark.parametrize("name", ["../evil.png", "glioma/../../evil.png", "/tmp/evil.png", "C:/evil.png",
-                                  "C:\\evil.png", "\\\\server\\share\\evil.png"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../evil.png",
+        "glioma/../../evil.png",
+        "/tmp/evil.png",
+        "C:/evil.png",
+        "C:\\evil.png",
+        "\\\\server\\share\\evil.png",
+    ],
+)
 def test_unsafe_member_paths_are_rejected(tmp_path, settings, name):
     buf = io.BytesIO()
     img, _ = synthetic_image(1)
@@ -128,8 +157,10 @@ def test_symlink_member_is_rejected(settings):
 def test_zip_bomb_is_rejected_by_the_compression_ratio(tmp_path, settings):
     path = tmp_path / "bomb.zip"
     chunk = bytes(1024 * 1024)
-    with (zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
-          zf.open("glioma/bomb.png", "w", force_zip64=True) as fh):
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
+        zf.open("glioma/bomb.png", "w", force_zip64=True) as fh,
+    ):
         for _ in range(200):
             fh.write(chunk)
     assert path.stat().st_size < 2 * 1024 * 1024
@@ -155,8 +186,13 @@ def test_single_class_and_too_few_images_are_problems(tmp_path, settings):
     one = write_class_folders(tmp_path / "one", classes={"glioma": "glioma"}, masks=False)
     s = importer.import_folder(one, "classifier", settings)
     assert not s.ok and any("only one class" in p for p in s.problems)
-    few = write_class_folders(tmp_path / "few", per_class=MIN_IMAGES_PER_CLASS - 2,
-                              classes={"glioma": "glioma", "no_tumor": "no_tumor"}, masks=False, seed=3)
+    few = write_class_folders(
+        tmp_path / "few",
+        per_class=MIN_IMAGES_PER_CLASS - 2,
+        classes={"glioma": "glioma", "no_tumor": "no_tumor"},
+        masks=False,
+        seed=3,
+    )
     s = importer.import_folder(few, "classifier", settings)
     assert any("too few images" in p and "glioma" in p for p in s.problems)
     assert any("pituitary" in w for w in s.warnings)  # missing classes are a warning, not a problem
@@ -202,8 +238,14 @@ def test_manifest_csv_source_relative_paths_and_test_split(tmp_path, settings):
     for label, folder in FOLDERS.items():
         for i in range(6):
             mask = f"masks/{folder}_{i}.png" if label != "no_tumor" else ""
-            rows.append({"path": f"{folder}/{folder}_{i}.png", "label": folder, "split": "test" if i == 5 else "train",
-                         "mask_path": mask})
+            rows.append(
+                {
+                    "path": f"{folder}/{folder}_{i}.png",
+                    "label": folder,
+                    "split": "test" if i == 5 else "train",
+                    "mask_path": mask,
+                }
+            )
     rows.append({"path": "missing.png", "label": "glioma", "split": "train", "mask_path": ""})
     rows.append({"path": f"{FOLDERS['glioma']}/glioma_tumor_0.png", "label": "yes", "split": "", "mask_path": ""})
     with (src / "list.csv").open("w", newline="") as fh:
@@ -211,7 +253,7 @@ def test_manifest_csv_source_relative_paths_and_test_split(tmp_path, settings):
         w.writeheader()
         w.writerows(rows)
     s = importer.import_manifest(src / "list.csv", "both", settings)
-    assert s.counts == {c: 5 for c in FOLDERS}
+    assert s.counts == dict.fromkeys(FOLDERS, 5)
     assert s.masks == 15 and s.ok
     assert ["missing.png", "file not found"] in s.rejected
     assert any("4 rows of the test split" in x for x in s.skipped)
@@ -235,13 +277,20 @@ def test_reviewed_worklist_cases(tmp_path, settings):
     cases = []
     for label, folder in FOLDERS.items():
         for i in range(6):
-            cases.append({"scan_id": f"{label}{i:02d}abcdef", "name": f"{folder}_{i}.png", "label": "glioma",
-                          "reviewed_label": label, "stored_path": str(src / folder / f"{folder}_{i}.png"),
-                          "extra": {}})
+            cases.append(
+                {
+                    "scan_id": f"{label}{i:02d}abcdef",
+                    "name": f"{folder}_{i}.png",
+                    "label": "glioma",
+                    "reviewed_label": label,
+                    "stored_path": str(src / folder / f"{folder}_{i}.png"),
+                    "extra": {},
+                }
+            )
     cases.append({"scan_id": "gone", "name": "gone.png", "reviewed_label": "glioma", "stored_path": "/nope.png"})
     cases.append({"scan_id": "nolabel", "name": "x.png", "reviewed_label": None, "stored_path": "/nope.png"})
     s = importer.import_reviewed(cases, "classifier", settings)
-    assert s.counts == {c: 6 for c in FOLDERS} and s.ok
+    assert s.counts == dict.fromkeys(FOLDERS, 6) and s.ok
     assert any(r[1] == "the stored scan file is missing" for r in s.rejected)
     assert any("no reviewed class label" in x for x in s.skipped)
 

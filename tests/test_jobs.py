@@ -70,10 +70,17 @@ def test_quick_run_finishes_and_a_cancelled_run_leaves_nothing(tmp_path, env):
     make_tiny_weights(other.weights_dir)
     summary = importer.import_folder(write_class_folders(tmp_path / "src", per_class=7), "both", env)
     assert summary.ok
-    good = jobs.start_job(env, "classifier", summary.dataset_dir, "quick", init_from="active",
-                          overrides={"epochs": 1, "time_budget_min": 0.3, "threads": 1})
-    doomed = jobs.start_job(other, "classifier", summary.dataset_dir, "quick",
-                            overrides={"epochs": 20, "time_budget_min": 10, "threads": 1})
+    good = jobs.start_job(
+        env,
+        "classifier",
+        summary.dataset_dir,
+        "quick",
+        init_from="active",
+        overrides={"epochs": 1, "time_budget_min": 0.3, "threads": 1},
+    )
+    doomed = jobs.start_job(
+        other, "classifier", summary.dataset_dir, "quick", overrides={"epochs": 20, "time_budget_min": 10, "threads": 1}
+    )
     with pytest.raises(TrainingError, match="already in progress"):
         jobs.start_job(env, "classifier", summary.dataset_dir, "quick")
     assert good.version.startswith("v2-") and good.init_from == "tiny"
@@ -122,12 +129,22 @@ def _fake_job(settings, tmp_path: Path, code: str, task: str = "classifier") -> 
     run_dir = tmp_path / "runs" / f"{task}-vX"
     run_dir.mkdir(parents=True)
     with (run_dir / "train.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    job = jobs.Job(job_id=f"fake-{proc.pid}", task=task, pid=proc.pid, run_dir=str(run_dir),
-                   out=str(settings.weights_dir / task / "v9-20260101-0000"), data=str(tmp_path), preset="quick",
-                   status="running", started="2026-01-01T00:00:00+00:00", started_ts=time.time(),
-                   weights_dir=str(settings.weights_dir))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(run_dir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    job = jobs.Job(
+        job_id=f"fake-{proc.pid}",
+        task=task,
+        pid=proc.pid,
+        run_dir=str(run_dir),
+        out=str(settings.weights_dir / task / "v9-20260101-0000"),
+        data=str(tmp_path),
+        preset="quick",
+        status="running",
+        started="2026-01-01T00:00:00+00:00",
+        started_ts=time.time(),
+        weights_dir=str(settings.weights_dir),
+    )
     jobs.save_job(settings, job)
     return job
 

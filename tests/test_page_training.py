@@ -37,8 +37,9 @@ def app(tmp_path, monkeypatch):
 
 
 def _texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("markdown", "success", "info", "error", "warning", "caption")
-             for e in getattr(at, kind)]
+    parts = [
+        e.value for kind in ("markdown", "success", "info", "error", "warning", "caption") for e in getattr(at, kind)
+    ]
     return "\n".join(str(p) for p in parts)
 
 
@@ -74,8 +75,7 @@ def test_check_train_compare_promote_and_roll_back(app, tmp_path):
     _until(at, lambda a: "Checked data" in _texts(a), timeout=30)
     assert "Cannot train" not in _texts(at)
     table = at.dataframe[0].value
-    assert dict(zip(table["class"], table["images"])) == {"no_tumor": 7, "glioma": 7, "meningioma": 7,
-                                                          "pituitary": 7}
+    assert dict(zip(table["class"], table["images"])) == {"no_tumor": 7, "glioma": 7, "meningioma": 7, "pituitary": 7}
 
     at.radio(key=state.TRAIN_INIT).set_value("finetune")
     at.radio(key=state.TRAIN_PRESET).set_value("quick")
@@ -94,8 +94,11 @@ def test_check_train_compare_promote_and_roll_back(app, tmp_path):
     assert _active(tmp_path) == "tiny"
 
     # the comparison runs in the background, then the table, confusion matrices and Promote appear
-    promote_key = next(b.key for b in at.button if b.key and "promote" in b.key) if any(
-        b.key and "promote" in b.key for b in at.button) else None
+    promote_key = (
+        next(b.key for b in at.button if b.key and "promote" in b.key)
+        if any(b.key and "promote" in b.key for b in at.button)
+        else None
+    )
     assert promote_key is not None
     _until(at, lambda a: any("metric" in getattr(d.value, "columns", []) for d in a.dataframe), timeout=60)
     assert len(at.get("plotly_chart")) >= 2

@@ -90,6 +90,7 @@ def _by_label(widgets, label: str):
 
 # ----- upload logic (no app) -------------------------------------------------------------
 
+
 def _zip(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -99,8 +100,17 @@ def _zip(members: dict[str, bytes]) -> bytes:
 
 
 def test_expand_zip_refuses_unsafe_members_and_caps_size() -> None:
-    data = _zip({"scans/glioma/a.png": b"x" * 10, "../evil.png": b"e", "/abs.png": b"a", "C:/win.png": b"w",
-                 "__MACOSX/scans/._a.png": b"junk", "scans/.DS_Store": b"junk", "scans/b.png": b"y" * 10})
+    data = _zip(
+        {
+            "scans/glioma/a.png": b"x" * 10,
+            "../evil.png": b"e",
+            "/abs.png": b"a",
+            "C:/win.png": b"w",
+            "__MACOSX/scans/._a.png": b"junk",
+            "scans/.DS_Store": b"junk",
+            "scans/b.png": b"y" * 10,
+        }
+    )
     items, skipped = expand_zip("batch.zip", data)
     assert [i.name for i in items] == ["batch.zip/scans/glioma/a.png", "batch.zip/scans/b.png"]
     assert items[0].folders == ("batch.zip", "scans", "glioma")
@@ -128,8 +138,14 @@ def test_process_uploads_zip_folder_labels_masks_and_bad_files(core, synthetic_s
     archive = _zip({"study/glioma/a.png": _png(img), "../evil.png": _png(img), "study/notes.txt": b"hello"})
     masks = _zip({"a_mask.png": _png(mask.astype(np.uint8) * 255)})
     seen = []
-    rows = process_uploads([("study.zip", archive), ("empty.png", b"")], service, wl, label_from_folder=True,
-                           masks=[("masks.zip", masks)], progress=lambda d, t, n: seen.append((d, t)))
+    rows = process_uploads(
+        [("study.zip", archive), ("empty.png", b"")],
+        service,
+        wl,
+        label_from_folder=True,
+        masks=[("masks.zip", masks)],
+        progress=lambda d, t, n: seen.append((d, t)),
+    )
     by_file = {r["file"]: r for r in rows}
     good = by_file["study.zip/study/glioma/a.png"]
     assert good["status"] == "accepted" and good["truth"] == "glioma" and "mask" in good["reason"]
@@ -165,6 +181,7 @@ def test_process_uploads_survives_an_exception(core, synthetic_slice, monkeypatc
 
 # ----- pages -----------------------------------------------------------------------------
 
+
 def test_worklist_page_empty(app_env) -> None:
     at = _app()
     assert not at.exception
@@ -175,12 +192,17 @@ def test_worklist_page_empty(app_env) -> None:
 
 def test_upload_review_sign_off_flow(core, shared_data: Path) -> None:
     service, wl = core
-    image = (shared_data / "brisc2025" / GLIOMA)
-    mask = (shared_data / "brisc2025" / GLIOMA_MASK)
+    image = shared_data / "brisc2025" / GLIOMA
+    mask = shared_data / "brisc2025" / GLIOMA_MASK
     if not image.is_file() or not mask.is_file():
         pytest.skip(f"BRISC slice {GLIOMA} not in the shared data")
-    rows = process_uploads([(image.name, image.read_bytes()), ("notes.txt", b"not a scan")], service, wl,
-                           truth_label="glioma", masks=[(mask.name, mask.read_bytes())])
+    rows = process_uploads(
+        [(image.name, image.read_bytes()), ("notes.txt", b"not a scan")],
+        service,
+        wl,
+        truth_label="glioma",
+        masks=[(mask.name, mask.read_bytes())],
+    )
     assert [r["status"] for r in rows] == ["accepted", "rejected"]
     scan_id = rows[0]["scan_id"]
 
@@ -227,8 +249,9 @@ def test_new_scans_page_uploads_files(app_env, synthetic_slice) -> None:
     img, _ = synthetic_slice()
     at = _app("views/new_scans.py")
     assert not at.exception and at.title[0].value == "New scans"
-    at.file_uploader[0].set_value([("synthetic.png", _png(img), "image/png"),
-                                   ("broken.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")]).run()
+    at.file_uploader[0].set_value(
+        [("synthetic.png", _png(img), "image/png"), ("broken.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")]
+    ).run()
     _by_label(at.button, "Analyse 2 files").click().run()
     assert not at.exception
     text = _texts(at)
@@ -272,8 +295,15 @@ def test_model_page(app_env, tmp_path, monkeypatch) -> None:
     at = _app("views/model.py")
     assert not at.exception
     text = _texts(at)
-    for needle in ("Tumor classifier", "Tumor segmenter", "NOT for", "Risk policy", "untrained placeholders",
-                   "metastases", "Evaluation on BRISC"):
+    for needle in (
+        "Tumor classifier",
+        "Tumor segmenter",
+        "NOT for",
+        "Risk policy",
+        "untrained placeholders",
+        "metastases",
+        "Evaluation on BRISC",
+    ):
         assert needle in text, needle
     assert "eval-brisc.md" in [e.label for e in at.expander]
 

@@ -26,8 +26,9 @@ from triage.preprocess import (
 MARGIN = 0.04
 
 
-def head_box(shape: tuple[int, int], center: tuple[float, float] | None = None,
-             axes: tuple[float, float] | None = None) -> tuple[float, float, float, float]:
+def head_box(
+    shape: tuple[int, int], center: tuple[float, float] | None = None, axes: tuple[float, float] | None = None
+) -> tuple[float, float, float, float]:
     """(x0, y0, x1, y1) of the outer head ellipse drawn by ``synthetic_slice`` (float, inclusive)."""
     h, w = shape
     cy, cx = center if center is not None else (h / 2.0, w / 2.0)
@@ -35,8 +36,13 @@ def head_box(shape: tuple[int, int], center: tuple[float, float] | None = None,
     return cx - ax, cy - ay, cx + ax, cy + ay
 
 
-def assert_contains_and_tight(bbox: tuple[int, int, int, int], head: tuple[float, float, float, float],
-                              shape: tuple[int, int], margin: float = MARGIN, slack: float = 3.0) -> None:
+def assert_contains_and_tight(
+    bbox: tuple[int, int, int, int],
+    head: tuple[float, float, float, float],
+    shape: tuple[int, int],
+    margin: float = MARGIN,
+    slack: float = 3.0,
+) -> None:
     x0, y0, x1, y1 = bbox
     hx0, hy0, hx1, hy1 = head
     h, w = shape
@@ -112,8 +118,9 @@ ANNOTATIONS = [  # (text, scale, thickness): PACS-style burned-in corner labels 
 
 @pytest.mark.parametrize("corner", ["tl", "tr", "bl", "br"])
 @pytest.mark.parametrize(("text", "scale", "thickness"), ANNOTATIONS)
-def test_corner_annotation_is_not_in_the_crop(synthetic_slice, corner_text, corner: str, text: str,
-                                              scale: float, thickness: int) -> None:
+def test_corner_annotation_is_not_in_the_crop(
+    synthetic_slice, corner_text, corner: str, text: str, scale: float, thickness: int
+) -> None:
     img, _ = synthetic_slice(shape=(512, 512))
     clean = crop_brain(img).bbox
     annotated = corner_text(img, text, corner=corner, scale=scale, thickness=thickness)
@@ -168,8 +175,11 @@ def test_tiny_speck_is_not_a_head() -> None:
 
 def test_noise_and_uniform_images_do_not_crash() -> None:
     rng = np.random.default_rng(0)
-    for img in (rng.integers(0, 256, (200, 240), dtype=np.uint8), np.full((64, 64), 255, np.uint8),
-                np.full((64, 64), 7, np.uint8)):
+    for img in (
+        rng.integers(0, 256, (200, 240), dtype=np.uint8),
+        np.full((64, 64), 255, np.uint8),
+        np.full((64, 64), 7, np.uint8),
+    ):
         crop = crop_brain(img)
         x0, y0, x1, y1 = crop.bbox
         assert 0 <= x0 < x1 <= img.shape[1] and 0 <= y0 < y1 <= img.shape[0]
@@ -303,6 +313,7 @@ def test_real_brisc_no_tumor_and_lgg_flair_found(shared_data: Path) -> None:
 
 # --- head-intensity standardisation -------------------------------------------------------------
 
+
 def _head_percentiles(img: np.ndarray) -> np.ndarray:
     return np.percentile(img[find_head_mask(img, join=0.0)], INTENSITY_PERCENTILES)
 
@@ -332,7 +343,7 @@ def test_standardisation_keeps_tissue_order_and_black_background(synthetic_slice
     img, _ = synthetic_slice(shape=(128, 128), noise=6.0, seed=4)
     out = standardize_intensity(img)
     order = np.argsort(img.ravel(), kind="stable")
-    assert np.all(np.diff(out.ravel()[order].astype(int)) >= 0)   # monotone map
+    assert np.all(np.diff(out.ravel()[order].astype(int)) >= 0)  # monotone map
     assert np.all(out[img == 0] == 0)
 
 
@@ -353,7 +364,7 @@ def test_saturated_head_is_still_standardised(synthetic_slice) -> None:
     sat = np.clip(img.astype(np.float32) * 1.6, 0, 255).astype(np.uint8)
     assert _head_percentiles(sat)[-1] == 255
     q = _head_percentiles(standardize_intensity(sat))
-    assert np.allclose(q[1:3], INTENSITY_TARGETS[1:3], atol=4)   # median and 90th on target
+    assert np.allclose(q[1:3], INTENSITY_TARGETS[1:3], atol=4)  # median and 90th on target
 
 
 def test_model_crops_follow_the_card(synthetic_slice) -> None:

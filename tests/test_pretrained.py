@@ -23,15 +23,29 @@ def _legacy_from_timm(state: dict, stage_depths: list[int]) -> dict:
 
 
 def test_tiny_synthetic_state_maps_key_by_key() -> None:
-    source = {"_conv_stem.weight": torch.randn(4, 3, 3, 3), "_bn0.weight": torch.ones(4),
-              "_blocks.0._depthwise_conv.weight": torch.randn(4, 1, 3, 3), "_blocks.0._bn1.bias": torch.zeros(4),
-              "_blocks.0._project_conv.weight": torch.randn(2, 4, 1, 1),
-              "_blocks.1._expand_conv.weight": torch.randn(6, 2, 1, 1), "_blocks.1._bn2.weight": torch.ones(3),
-              "_blocks.2._project_conv.weight": torch.randn(3, 6, 1, 1), "_fc.bias": torch.zeros(10)}
+    source = {
+        "_conv_stem.weight": torch.randn(4, 3, 3, 3),
+        "_bn0.weight": torch.ones(4),
+        "_blocks.0._depthwise_conv.weight": torch.randn(4, 1, 3, 3),
+        "_blocks.0._bn1.bias": torch.zeros(4),
+        "_blocks.0._project_conv.weight": torch.randn(2, 4, 1, 1),
+        "_blocks.1._expand_conv.weight": torch.randn(6, 2, 1, 1),
+        "_blocks.1._bn2.weight": torch.ones(3),
+        "_blocks.2._project_conv.weight": torch.randn(3, 6, 1, 1),
+        "_fc.bias": torch.zeros(10),
+    }
     mapped = map_lite0_state(source, [1, 2])
-    assert set(mapped) == {"conv_stem.weight", "bn1.weight", "blocks.0.0.conv_dw.weight", "blocks.0.0.bn1.bias",
-                           "blocks.0.0.conv_pw.weight", "blocks.1.0.conv_pw.weight", "blocks.1.0.bn3.weight",
-                           "blocks.1.1.conv_pwl.weight", "classifier.bias"}
+    assert set(mapped) == {
+        "conv_stem.weight",
+        "bn1.weight",
+        "blocks.0.0.conv_dw.weight",
+        "blocks.0.0.bn1.bias",
+        "blocks.0.0.conv_pw.weight",
+        "blocks.1.0.conv_pw.weight",
+        "blocks.1.0.bn3.weight",
+        "blocks.1.1.conv_pwl.weight",
+        "classifier.bias",
+    }
     assert mapped["blocks.1.1.conv_pwl.weight"] is source["_blocks.2._project_conv.weight"]
     with pytest.raises(ValueError, match="unknown layer"):
         map_lite0_state({"_blocks.0._se_reduce.weight": torch.zeros(1)}, [1])

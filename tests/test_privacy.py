@@ -85,8 +85,9 @@ def test_dicom_identifiers_do_not_reach_the_worklist(weights, tmp_path, caplog):
 
 def test_allow_phi_keeps_identifiers(weights, tmp_path):
     data = dicom_with_phi()
-    service = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "data", allow_phi=True,
-                                         torch_threads=1))
+    service = TriageService(
+        get_settings(weights_dir=weights, data_dir=tmp_path / "data", allow_phi=True, torch_threads=1)
+    )
     wl = Worklist(service.settings.db_path)
     (r,) = ingest(service, wl, data, "mr_with_phi.dcm")
     assert r.ok, r.error
@@ -112,8 +113,9 @@ def weight_files_not_allowed(folder: Path) -> list[str]:
             continue
         if p.name.startswith(".ACTIVE."):  # transient temp file of an atomic pointer switch
             continue
-        if p.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES or not (p.name == "ACTIVE"
-                                                                or p.suffix.lower() in ALLOWED_WEIGHT_SUFFIXES):
+        if p.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES or not (
+            p.name == "ACTIVE" or p.suffix.lower() in ALLOWED_WEIGHT_SUFFIXES
+        ):
             bad.append(str(p.relative_to(folder)))
     return bad
 
@@ -165,6 +167,7 @@ def test_pipeline_runs_with_sockets_disabled(weights, tmp_path, monkeypatch):
         def fn(*args, **kwargs):
             attempts.append(name)
             raise NetworkDisabled(f"network access attempted: socket.{name}")
+
         return fn
 
     class NoSocket(socket.socket):

@@ -45,25 +45,31 @@ def test_weights_override() -> None:
     assert final_risk(one_hot("meningioma"), (), s) == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize("bad", [
-    {"no_tumor": 0.0, "glioma": 1.0, "meningioma": 0.35},
-    {**DEFAULT_RISK_WEIGHTS, "astrocytoma": 0.5},
-    {**DEFAULT_RISK_WEIGHTS, "glioma": 1.5},
-    {**DEFAULT_RISK_WEIGHTS, "glioma": float("nan")},
-    {**DEFAULT_RISK_WEIGHTS, "glioma": "high"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"no_tumor": 0.0, "glioma": 1.0, "meningioma": 0.35},
+        {**DEFAULT_RISK_WEIGHTS, "astrocytoma": 0.5},
+        {**DEFAULT_RISK_WEIGHTS, "glioma": 1.5},
+        {**DEFAULT_RISK_WEIGHTS, "glioma": float("nan")},
+        {**DEFAULT_RISK_WEIGHTS, "glioma": "high"},
+    ],
+)
 def test_invalid_weights_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         risk_score(one_hot("glioma"), bad)
 
 
-@pytest.mark.parametrize("bad", [
-    [0.5, 0.5, 0.5, 0.5],
-    [1.2, -0.2, 0.0, 0.0],
-    [float("nan"), 0.5, 0.5, 0.0],
-    [0.5, 0.5, 0.0],
-    [[0.25] * 4],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [0.5, 0.5, 0.5, 0.5],
+        [1.2, -0.2, 0.0, 0.0],
+        [float("nan"), 0.5, 0.5, 0.0],
+        [0.5, 0.5, 0.0],
+        [[0.25] * 4],
+    ],
+)
 def test_invalid_probs_rejected(bad: list) -> None:
     with pytest.raises(ValueError):
         risk_score(np.array(bad))

@@ -48,12 +48,24 @@ def _tiny_val(n: int = 6, size: int = 64) -> CachedSet:
     for i in range(n):
         img, mask = draw_synthetic_slice(shape=(96, 96), seed=i, tumor=i % 2 == 0)
         im, mk = prepare_sample(img, mask, size)
-        samples.append(Sample(path=f"/s/{i}.png", label="glioma" if i % 2 == 0 else "no_tumor", dataset="s",
-                              mask_path=f"/s/{i}_m.png" if i % 2 == 0 else None))
+        samples.append(
+            Sample(
+                path=f"/s/{i}.png",
+                label="glioma" if i % 2 == 0 else "no_tumor",
+                dataset="s",
+                mask_path=f"/s/{i}_m.png" if i % 2 == 0 else None,
+            )
+        )
         images.append(im)
         masks.append(mk)
-    return CachedSet(samples, np.stack(images), np.stack(masks), np.stack([thumbnail_vector(x) for x in images]),
-                     [str(i) for i in range(n)], [])
+    return CachedSet(
+        samples,
+        np.stack(images),
+        np.stack(masks),
+        np.stack([thumbnail_vector(x) for x in images]),
+        [str(i) for i in range(n)],
+        [],
+    )
 
 
 def test_retune_segmenter_rewrites_the_card(tmp_path, monkeypatch):

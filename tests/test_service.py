@@ -14,7 +14,7 @@ from triage.service import TriageService, case_row
 
 
 def png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
+    _, buf = cv2.imencode(".png", img)
     return buf.tobytes()
 
 
@@ -35,7 +35,7 @@ def test_synthetic_slice_is_analysed(service):
     assert "untrained_model" in r.flags
     assert 0.0 <= r.risk <= 1.0
     row = case_row(r)
-    assert set(f"p_{c}" for c in CLASSES) <= set(row)
+    assert {f"p_{c}" for c in CLASSES} <= set(row)
 
 
 @pytest.mark.parametrize("kind", ["blank", "noise"])

@@ -22,15 +22,16 @@ def report(shared_data, tmp_path_factory):
 
     settings = get_settings(shared_data_dir=shared_data)
     try:
-        trained = load_model(settings.weights_dir, "classifier").trained and \
-            load_model(settings.weights_dir, "segmenter").trained
-    except Exception as exc:  # noqa: BLE001
+        trained = (
+            load_model(settings.weights_dir, "classifier").trained
+            and load_model(settings.weights_dir, "segmenter").trained
+        )
+    except Exception as exc:
         pytest.skip(f"no shipped weights: {exc}")
     if not trained:
         pytest.skip("the active weights are untrained placeholders")
     out = tmp_path_factory.mktemp("report") / "brisc_subset.md"
-    return run_evaluation(shared_data / "brisc2025", out, limit=200, progress=False,
-                          service=TriageService(settings))
+    return run_evaluation(shared_data / "brisc2025", out, limit=200, progress=False, service=TriageService(settings))
 
 
 def test_accuracy_on_fixed_brisc_subset(report):
@@ -59,7 +60,7 @@ def test_photographs_are_not_classified_as_brains(photo):
     try:
         if not load_model(settings.weights_dir, "classifier").trained:
             pytest.skip("the active weights are untrained placeholders")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.skip(f"no shipped weights: {exc}")
     buf = io.BytesIO()
     Image.fromarray(getattr(skdata, photo)()).save(buf, format="PNG")

@@ -41,8 +41,12 @@ def test_real_splits_share_no_patient_site_or_subtype(shared_data) -> None:
 
 
 def test_lgg_split_holds_out_whole_sites_and_validation_patients() -> None:
-    rows = [Row(Sample(path=f"/x/{site}{p}_{k}.jpg", label="glioma", dataset=LGG), f"{site}{p}", site)
-            for site in ("DU", "CS", "FG") for p in range(8) for k in range(3)]
+    rows = [
+        Row(Sample(path=f"/x/{site}{p}_{k}.jpg", label="glioma", dataset=LGG), f"{site}{p}", site)
+        for site in ("DU", "CS", "FG")
+        for p in range(8)
+        for k in range(3)
+    ]
     sp = split_lgg(rows, seed=1)
     assert {r.site for r in sp.test} == {"CS", "FG"}
     assert len(_groups(sp.val)) == 5 and not _groups(sp.val) & _groups(sp.train)

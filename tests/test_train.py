@@ -25,21 +25,43 @@ def _synthetic_set(n_per_class: int, size: int = 64, seed: int = 0) -> CachedSet
     """Classes differ by tumor brightness/position so a tiny net can learn them in a few steps."""
     rng = np.random.default_rng(seed)
     samples, images, masks = [], [], []
-    spec = {"no_tumor": None, "glioma": (0.35, 0.35, 240), "meningioma": (0.65, 0.65, 200),
-            "pituitary": (0.65, 0.35, 160)}
+    spec = {
+        "no_tumor": None,
+        "glioma": (0.35, 0.35, 240),
+        "meningioma": (0.65, 0.65, 200),
+        "pituitary": (0.65, 0.35, 160),
+    }
     for label, t in spec.items():
         for i in range(n_per_class):
-            kw = {"tumor": False} if t is None else {
-                "tumor_center": (t[0] * 128 + rng.integers(-6, 6), t[1] * 128 + rng.integers(-6, 6)),
-                "tumor_level": t[2], "tumor_radius": 14}
+            kw = (
+                {"tumor": False}
+                if t is None
+                else {
+                    "tumor_center": (t[0] * 128 + rng.integers(-6, 6), t[1] * 128 + rng.integers(-6, 6)),
+                    "tumor_level": t[2],
+                    "tumor_radius": 14,
+                }
+            )
             img, mask = draw_synthetic_slice(shape=(128, 128), seed=int(rng.integers(1e6)), **kw)
             im, mk = prepare_sample(img, mask, size)
-            samples.append(Sample(path=f"/synthetic/{label}{i}.png", label=label, dataset="synthetic",
-                                  mask_path=None if t is None else f"/synthetic/{label}{i}_mask.png"))
+            samples.append(
+                Sample(
+                    path=f"/synthetic/{label}{i}.png",
+                    label=label,
+                    dataset="synthetic",
+                    mask_path=None if t is None else f"/synthetic/{label}{i}_mask.png",
+                )
+            )
             images.append(im)
             masks.append(mk)
-    return CachedSet(samples, np.stack(images), np.stack(masks),
-                     np.stack([thumbnail_vector(x) for x in images]), [str(i) for i in range(len(images))], [])
+    return CachedSet(
+        samples,
+        np.stack(images),
+        np.stack(masks),
+        np.stack([thumbnail_vector(x) for x in images]),
+        [str(i) for i in range(len(images))],
+        [],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +71,20 @@ def data():
 
 def test_classifier_trains_and_loads(tmp_path, data):
     train, val = data
-    cfg = TrainConfig.from_preset("classifier", "quick", input_size=64, epochs=6, batch_size=16, lr=3e-3,
-                                  threads=1, schedule_by_time=False, patience=10)
-    folder = train_classifier(cfg, train, val, tmp_path / "run", tmp_path / "w" / "classifier" / "t1",
-                              {"recipe": "synthetic"}, progress=False)
+    cfg = TrainConfig.from_preset(
+        "classifier",
+        "quick",
+        input_size=64,
+        epochs=6,
+        batch_size=16,
+        lr=3e-3,
+        threads=1,
+        schedule_by_time=False,
+        patience=10,
+    )
+    folder = train_classifier(
+        cfg, train, val, tmp_path / "run", tmp_path / "w" / "classifier" / "t1", {"recipe": "synthetic"}, progress=False
+    )
     meta = json.loads((folder / "metadata.json").read_text())
     hist = meta["history"]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
@@ -68,12 +100,27 @@ def test_classifier_trains_and_loads(tmp_path, data):
 @pytest.mark.parametrize("seg_dice", ["batch", "batch+image", "tversky"])
 def test_segmenter_trains_and_loads(tmp_path, data, seg_dice):
     train, val = data
-    cfg = TrainConfig.from_preset("segmenter", "quick", input_size=64, epochs=4, batch_size=8, threads=1,
-                                  schedule_by_time=False, patience=10, seg_dice=seg_dice,
-                                  arch_kwargs={"in_channels": 1, "out_channels": 1, "channels": [8, 16, 32],
-                                               "strides": [2, 2], "num_res_units": 1})
-    folder = train_segmenter(cfg, train, val, tmp_path / "run", tmp_path / "w" / "segmenter" / "s1",
-                             {"recipe": "synthetic"}, progress=False)
+    cfg = TrainConfig.from_preset(
+        "segmenter",
+        "quick",
+        input_size=64,
+        epochs=4,
+        batch_size=8,
+        threads=1,
+        schedule_by_time=False,
+        patience=10,
+        seg_dice=seg_dice,
+        arch_kwargs={
+            "in_channels": 1,
+            "out_channels": 1,
+            "channels": [8, 16, 32],
+            "strides": [2, 2],
+            "num_res_units": 1,
+        },
+    )
+    folder = train_segmenter(
+        cfg, train, val, tmp_path / "run", tmp_path / "w" / "segmenter" / "s1", {"recipe": "synthetic"}, progress=False
+    )
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["history"][-1]["train_loss"] < meta["history"][0]["train_loss"]
     assert 0 < meta["threshold"] < 1
@@ -125,11 +172,11 @@ def test_resume_after_interruption(tmp_path, data):
     train, val = data
     kw = dict(input_size=64, batch_size=16, threads=1, schedule_by_time=False, patience=10)
     cfg = TrainConfig.from_preset("classifier", "quick", epochs=2, **kw)
-    train_classifier(cfg, train, val, tmp_path / "run", tmp_path / "w" / "classifier" / "a",
-                     {}, progress=False)
+    train_classifier(cfg, train, val, tmp_path / "run", tmp_path / "w" / "classifier" / "a", {}, progress=False)
     cfg3 = TrainConfig.from_preset("classifier", "quick", epochs=3, **kw)
-    folder = train_classifier(cfg3, train, val, tmp_path / "run", tmp_path / "w" / "classifier" / "b",
-                              {}, progress=False)
+    folder = train_classifier(
+        cfg3, train, val, tmp_path / "run", tmp_path / "w" / "classifier" / "b", {}, progress=False
+    )
     epochs = [h["epoch"] for h in json.loads((folder / "metadata.json").read_text())["history"]]
     assert epochs == [0, 1, 2]
 
@@ -153,16 +200,28 @@ def test_no_early_stop_in_the_first_half_of_the_schedule(tmp_path):
 
     net = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    cfg = TrainConfig.from_preset("classifier", "quick", epochs=6, batch_size=4, threads=1,
-                                  schedule_by_time=False, patience=1)
+    cfg = TrainConfig.from_preset(
+        "classifier", "quick", epochs=6, batch_size=4, threads=1, schedule_by_time=False, patience=1
+    )
     scores = iter([1.0, 0.5, 0.4, 0.3, 0.2, 0.1])  # best at epoch 0, worse ever after
     x = torch.randn(8, 2)
 
     def step_loss(idx):
         return net(x[idx]).pow(2).mean()
 
-    history, best = _fit(cfg, net, opt, torch.Generator().manual_seed(0), np.random.default_rng(0), 8,
-                         RunLog(tmp_path), step_loss, lambda: (next(scores), {}), "t", progress=False)
+    history, best = _fit(
+        cfg,
+        net,
+        opt,
+        torch.Generator().manual_seed(0),
+        np.random.default_rng(0),
+        8,
+        RunLog(tmp_path),
+        step_loss,
+        lambda: (next(scores), {}),
+        "t",
+        progress=False,
+    )
     assert best["epoch"] == 0
     assert len(history) == 3  # stale from epoch 1, but the stop waits for 3/6 of the schedule
 
@@ -187,5 +246,8 @@ def test_card_describes_the_intensity_standardisation_step():
     plain = TrainConfig.from_preset("classifier", "quick")
     normed = TrainConfig.from_preset("classifier", "quick", intensity_norm="head_percentiles_v1")
     assert "standardize_intensity" not in preprocess_description(plain)
-    assert preprocess_description(normed).index("crop_brain") < preprocess_description(normed).index(
-        "standardize_intensity (head_percentiles_v1)") < preprocess_description(normed).index("resize")
+    assert (
+        preprocess_description(normed).index("crop_brain")
+        < preprocess_description(normed).index("standardize_intensity (head_percentiles_v1)")
+        < preprocess_description(normed).index("resize")
+    )

@@ -15,7 +15,7 @@ from triage.training_run import _inherit_from_parent, run_training
 
 
 def test_fine_tune_keeps_the_parents_input_size_and_crop(tmp_path):
-    wd = make_tiny_weights(tmp_path / "w")                    # tiny classifier: 64 px, no crop key (legacy)
+    wd = make_tiny_weights(tmp_path / "w")  # tiny classifier: 64 px, no crop key (legacy)
     assert read_metadata(wd, "classifier", "tiny")["input_size"] == 64
     cfg = TrainConfig.from_preset("classifier", "quick", init_from="tiny")
     assert cfg.input_size == 128
@@ -35,8 +35,12 @@ def test_fine_tune_keeps_the_parents_augmentation_unless_overridden(tmp_path):
     wd = make_tiny_weights(tmp_path / "w")
     card = wd / "classifier" / "tiny" / "metadata.json"
     meta = json.loads(card.read_text())
-    meta["train_config"] = {"sequence_aug": 0.5, "sequence_aug_no_tumor": 0.1, "enhancement_aug": 0.35,
-                            "intensity_norm": INTENSITY_NORM}
+    meta["train_config"] = {
+        "sequence_aug": 0.5,
+        "sequence_aug_no_tumor": 0.1,
+        "enhancement_aug": 0.35,
+        "intensity_norm": INTENSITY_NORM,
+    }
     card.write_text(json.dumps(meta))
     cfg = TrainConfig.from_preset("classifier", "quick", init_from="tiny")
     _inherit_from_parent(cfg, wd, {})
@@ -60,5 +64,10 @@ def test_standardized_set_changes_only_the_images():
 
 def test_unknown_intensity_norm_is_refused_before_any_data_is_read(tmp_path):
     with pytest.raises(ValueError, match="unknown intensity_norm"):
-        run_training("classifier", tmp_path / "nowhere", tmp_path / "w" / "classifier" / "x", preset="quick",
-                     intensity_norm="zscore")
+        run_training(
+            "classifier",
+            tmp_path / "nowhere",
+            tmp_path / "w" / "classifier" / "x",
+            preset="quick",
+            intensity_norm="zscore",
+        )

@@ -34,6 +34,7 @@ def test_training_calibration_and_inference_see_the_same_tensor(tmp_path, synthe
     assert np.array_equal(_normalised_input(crop, size, clf.model.meta), x_infer[0, 0].numpy())
     np.testing.assert_allclose(to_model_input(crop, size), (x_infer[0, 0].numpy() * STD) + MEAN, atol=1e-6)
     from triage.transforms import model_input
+
     assert torch.equal(model_input([crop], seg.model.meta), x_infer)
 
 

@@ -30,18 +30,25 @@ def _roots(modules: set[str]) -> set[str]:
 
 def test_parser_sees_every_import_form(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text("import os, torch.nn\nfrom sqlite3 import connect\n\ndef f():\n    import streamlit as st\n"
-                      "from . import local\n", encoding="utf-8")
+    sample.write_text(
+        "import os, torch.nn\nfrom sqlite3 import connect\n\ndef f():\n    import streamlit as st\n"
+        "from . import local\n",
+        encoding="utf-8",
+    )
     assert _roots(imported_modules(sample)) == {"os", "torch", "sqlite3", "streamlit"}
 
 
-@pytest.mark.parametrize("path", sorted(p for p in PACKAGE.rglob("*.py") if "ui" not in p.relative_to(PACKAGE).parts),
-                         ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in PACKAGE.rglob("*.py") if "ui" not in p.relative_to(PACKAGE).parts),
+    ids=lambda p: str(p.relative_to(REPO)),
+)
 def test_core_never_imports_streamlit_or_the_ui(path: Path) -> None:
     modules = imported_modules(path)
     assert "streamlit" not in _roots(modules), f"{path.name} imports streamlit; only triage/ui may"
-    assert not any(m == "triage.ui" or m.startswith("triage.ui.") for m in modules), \
+    assert not any(m == "triage.ui" or m.startswith("triage.ui.") for m in modules), (
         f"{path.name} imports triage.ui; the core must not depend on the UI"
+    )
 
 
 @pytest.mark.parametrize("path", [*PAGES, REPO / "app.py"], ids=lambda p: str(p.relative_to(REPO)))

@@ -4,9 +4,18 @@ from triage.ui.model_card import card_rows
 
 
 def test_card_rows_show_lineage_and_augmentation():
-    meta = {"arch": "monai:UNet", "version": "v2", "trained": True, "input_size": 160, "threshold": 0.5,
-            "min_area_frac": 0.002, "tta": True, "wall_time_min": 78.0, "loss": "per-image Dice + BCE",
-            "train_config": {"init_from": "v1", "sequence_aug": 0.4}}
+    meta = {
+        "arch": "monai:UNet",
+        "version": "v2",
+        "trained": True,
+        "input_size": 160,
+        "threshold": 0.5,
+        "min_area_frac": 0.002,
+        "tta": True,
+        "wall_time_min": 78.0,
+        "loss": "per-image Dice + BCE",
+        "train_config": {"init_from": "v1", "sequence_aug": 0.4},
+    }
     rows = dict(card_rows("segmenter", meta))
     assert rows["Training loss"] == "per-image Dice + BCE"
     assert rows["Lineage"].startswith("fine-tuned from version v1")
@@ -15,8 +24,12 @@ def test_card_rows_show_lineage_and_augmentation():
 
 
 def test_card_row_shows_class_conditional_sequence_augmentation():
-    meta = {"arch": "timm:regnetx_004", "trained": True, "classes": ["no_tumor"],
-            "train_config": {"sequence_aug": 0.5, "sequence_aug_no_tumor": 0.1, "enhancement_aug": 0.35}}
+    meta = {
+        "arch": "timm:regnetx_004",
+        "trained": True,
+        "classes": ["no_tumor"],
+        "train_config": {"sequence_aug": 0.5, "sequence_aug_no_tumor": 0.1, "enhancement_aug": 0.35},
+    }
     rows = dict(card_rows("classifier", meta))
     row = rows["Cross-sequence augmentation"]
     assert "50% of tumor" in row and "10% of no-tumor" in row

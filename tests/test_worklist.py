@@ -18,18 +18,46 @@ from triage.records import CLASSES
 from triage.worklist import CaseNotFoundError, Worklist, WorklistError
 
 REPO = Path(__file__).resolve().parents[1]
-REQUIRED_COLUMNS = ("scan_id", "name", "stored_path", "received_at", "label", "p_no_tumor", "p_glioma",
-                    "p_meningioma", "p_pituitary", "risk", "flags", "ood", "tumor_area_px",
-                    "classifier_version", "segmenter_version", "review_status", "mask_rejected",
-                    "note", "extra")
+REQUIRED_COLUMNS = (
+    "scan_id",
+    "name",
+    "stored_path",
+    "received_at",
+    "label",
+    "p_no_tumor",
+    "p_glioma",
+    "p_meningioma",
+    "p_pituitary",
+    "risk",
+    "flags",
+    "ood",
+    "tumor_area_px",
+    "classifier_version",
+    "segmenter_version",
+    "review_status",
+    "mask_rejected",
+    "note",
+    "extra",
+)
 
 
 def make_case(scan_id: str, risk: float = 0.5, label: str = "glioma", **kw: object) -> dict:
     """A complete case dict with probabilities that favour ``label``."""
     probs = {f"p_{c}": (0.7 if c == label else 0.1) for c in CLASSES}
-    return {"scan_id": scan_id, "name": f"{scan_id}.png", "stored_path": f"/scans/{scan_id}.png",
-            "label": label, "risk": risk, "flags": [], "ood": False, "tumor_area_px": 10,
-            "classifier_version": "clf-1", "segmenter_version": "seg-1", **probs, **kw}
+    return {
+        "scan_id": scan_id,
+        "name": f"{scan_id}.png",
+        "stored_path": f"/scans/{scan_id}.png",
+        "label": label,
+        "risk": risk,
+        "flags": [],
+        "ood": False,
+        "tumor_area_px": 10,
+        "classifier_version": "clf-1",
+        "segmenter_version": "seg-1",
+        **probs,
+        **kw,
+    }
 
 
 def _ids(rows: list[dict]) -> list[str]:
@@ -218,7 +246,7 @@ def test_concurrent_threads_no_lost_update(wl: Worklist) -> None:
                 sid = f"t{t}-{i}"
                 assert wl.add_case(make_case(sid, risk=(t * 25 + i) / 100))
                 wl.review(sid, f"dr_{t}", label="meningioma")
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
@@ -252,8 +280,9 @@ while True:
 def test_crash_safety_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "crash.sqlite3"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
     watchdog = threading.Timer(30, proc.kill)
     watchdog.start()
     printed: list[str] = []

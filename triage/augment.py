@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from triage.transforms import identity_grid
 
 
-def random_affine_grid(n: int, size: int, rot_deg: float, scale: tuple[float, float], shift: float,
-                       hflip_p: float, gen: torch.Generator) -> torch.Tensor:
+def random_affine_grid(
+    n: int, size: int, rot_deg: float, scale: tuple[float, float], shift: float, hflip_p: float, gen: torch.Generator
+) -> torch.Tensor:
     """Sampling grid (N, size, size, 2) for a random rotation/scale/shift/flip per image."""
     ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rot_deg)
     sc = torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
@@ -45,8 +46,9 @@ _FLAIR_CURVE = (0.0, 0.15, 0.45, 0.55, 0.45, 0.6, 0.8, 0.95)
 _STYLE_SHARES = (0.45, 0.2, 0.1, 0.25)
 
 
-def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor,
-                   head: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_remap(
+    x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor, head: torch.Tensor | None = None
+) -> torch.Tensor:
     """Imitate another MRI sequence: with probability ``p`` per image (a float, or an (N,) tensor
     of per-image probabilities), remap intensities inside the head by a jittered T2-like or
     FLAIR-like tone curve, a plain inversion or a random non-monotonic curve; the background
@@ -65,12 +67,15 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
         return x
     k = len(_T2_CURVE)
     base = torch.linspace(0, 1, k).expand(n, k)
-    styles = torch.stack([
-        torch.tensor(_T2_CURVE).expand(n, k) + (torch.rand(n, k, generator=gen) - 0.5) * 0.24,
-        torch.tensor(_FLAIR_CURVE).expand(n, k) + (torch.rand(n, k, generator=gen) - 0.5) * 0.2,
-        1 - base + (torch.rand(n, k, generator=gen) - 0.5) * 0.2,
-        torch.rand(n, k, generator=gen),
-    ], 1)
+    styles = torch.stack(
+        [
+            torch.tensor(_T2_CURVE).expand(n, k) + (torch.rand(n, k, generator=gen) - 0.5) * 0.24,
+            torch.tensor(_FLAIR_CURVE).expand(n, k) + (torch.rand(n, k, generator=gen) - 0.5) * 0.2,
+            1 - base + (torch.rand(n, k, generator=gen) - 0.5) * 0.2,
+            torch.rand(n, k, generator=gen),
+        ],
+        1,
+    )
     pick = torch.multinomial(torch.tensor(_STYLE_SHARES), n, replacement=True, generator=gen)
     curve = styles[torch.arange(n), pick].clamp(0, 1)
     head = head_mask(x) if head is None else head
@@ -85,8 +90,9 @@ def sequence_remap(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tenso
     return blend * remapped + (1 - blend) * x
 
 
-def bright_background(x: torch.Tensor, gen: torch.Generator, p: float = 0.05,
-                      head: torch.Tensor | None = None) -> torch.Tensor:
+def bright_background(
+    x: torch.Tensor, gen: torch.Generator, p: float = 0.05, head: torch.Tensor | None = None
+) -> torch.Tensor:
     """With probability ``p`` per image, paint the background outside the head a light grey or
     white: web and teaching-file exports often put the slice on a white page (seen among v2's
     navoneel misses). ``head``: :func:`head_mask` of ``x`` when the caller already has it."""
@@ -99,8 +105,9 @@ def bright_background(x: torch.Tensor, gen: torch.Generator, p: float = 0.05,
     return outside * level + (1 - outside) * x
 
 
-def suppress_enhancement(x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor,
-                         head: torch.Tensor | None = None) -> torch.Tensor:
+def suppress_enhancement(
+    x: torch.Tensor, gen: torch.Generator, p: float | torch.Tensor, head: torch.Tensor | None = None
+) -> torch.Tensor:
     """With probability ``p`` per image (float or (N,) tensor), compress the head's brightest
     tones: above a knee at the head's 80th-92nd percentile, slopes shrink to 0.15-0.5.
 
@@ -163,8 +170,13 @@ def low_resolution(x: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> tor
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def intensity_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0,
-                     sequence_p: float | torch.Tensor = 0.0, enhancement_p: float = 0.0) -> torch.Tensor:
+def intensity_jitter(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    strength: float = 1.0,
+    sequence_p: float | torch.Tensor = 0.0,
+    enhancement_p: float = 0.0,
+) -> torch.Tensor:
     """Enhancement suppression, sequence remap, random tone curve, gamma, contrast, bias field,
     blur and noise; keeps values in [0, 1]."""
     n = x.shape[0]
@@ -249,10 +261,17 @@ def jpeg_degrade(images: np.ndarray, rng: np.random.Generator, p: float) -> np.n
     return out
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
-                  train: bool = True, strength: float = 1.0,
-                  sequence_p: float | torch.Tensor = 0.0,
-                  enhancement_p: float = 0.0, skull_strip_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    size: int,
+    gen: torch.Generator,
+    train: bool = True,
+    strength: float = 1.0,
+    sequence_p: float | torch.Tensor = 0.0,
+    enhancement_p: float = 0.0,
+    skull_strip_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8/float (N, 1, S, S) -> float (N, 1, size, size) in [0, 1] (+ masks resampled the same way).
 
     ``sequence_p`` is the per-image probability of a cross-sequence intensity remap (0 = off,
@@ -271,8 +290,9 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, size: int, g
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mout = None
     if masks is not None:
-        mout = (F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros",
-                              align_corners=False) >= 0.5).float()
+        mout = (
+            F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5
+        ).float()
     if train:
         out = strip_skull(out, gen, skull_strip_p, mout)
         out = intensity_jitter(out, gen, strength, sequence_p, enhancement_p)

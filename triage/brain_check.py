@@ -52,8 +52,9 @@ def not_brain_reason(scan: Scan, crop: BrainCrop) -> str | None:
     if colorfulness > MAX_COLORFULNESS:
         return f"not a brain MRI: a colour image (colourfulness {colorfulness:.0f}); MRI slices are greyscale"
     if colorfulness > PHOTO_COLORFULNESS and dark_border_fraction(img) < MIN_DARK_BORDER:
-        return (f"not a brain MRI: a colour photograph (colourfulness {colorfulness:.0f}, no dark background "
-                "around a head)")
+        return (
+            f"not a brain MRI: a colour photograph (colourfulness {colorfulness:.0f}, no dark background around a head)"
+        )
     if not crop.found:
         return "not a brain MRI: no head region found on a dark background"
     return None

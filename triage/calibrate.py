@@ -32,17 +32,29 @@ def _validation_set(meta: dict, shared: Path, cache_dir: Path, with_sources: boo
 
     data = meta.get("data", {})
     if data.get("recipe") == RECIPE:
-        bundle = multi_source_split(Path(shared), Path(cache_dir), task=data.get("task", meta.get("task")),
-                                    seed=int(data.get("seed", 0)), progress=False, crop=card_crop(meta))
+        bundle = multi_source_split(
+            Path(shared),
+            Path(cache_dir),
+            task=data.get("task", meta.get("task")),
+            seed=int(data.get("seed", 0)),
+            progress=False,
+            crop=card_crop(meta),
+        )
         if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
             raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
         val = standardized(bundle.val, meta.get("intensity_norm"))
         return (val, bundle.val_sources) if with_sources else val
     if data.get("recipe") != "triage.recipe.standard_split":
         raise TrainingError("only versions trained with the standard shared-data recipe can be recalibrated here")
-    bundle = standard_split(Path(shared), Path(cache_dir), seed=int(data.get("seed", 0)),
-                            val_fraction=float(data.get("val_fraction", 0.12)), use_sartaj=False, progress=False,
-                            crop=card_crop(meta))
+    bundle = standard_split(
+        Path(shared),
+        Path(cache_dir),
+        seed=int(data.get("seed", 0)),
+        val_fraction=float(data.get("val_fraction", 0.12)),
+        use_sartaj=False,
+        progress=False,
+        crop=card_crop(meta),
+    )
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
     val = standardized(bundle.val, meta.get("intensity_norm"))
@@ -71,9 +83,12 @@ def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: P
     truth = _resize_masks(val.masks, size)
     old = dict(meta.get("metrics", {}).get("validation", {}))
     chosen, grid = search_postprocess(predict_masks(model.net, val.images, size, tta=tta), truth)
-    entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "tta": tta,
-             "old": {k: old.get(k) for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
-             "new": {k: chosen[k] for k in ("threshold", "min_area_frac", "dice", "fp_rate")}}
+    entry = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tta": tta,
+        "old": {k: old.get(k) for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
+        "new": {k: chosen[k] for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
+    }
     meta.update({"tta": tta, "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"]})
     meta.setdefault("postprocess_history", []).append(entry)
     meta["postprocess_search"] = grid
@@ -97,13 +112,23 @@ def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_
     temperature = fit_temperature_sets(logits, allowed)
     before = classification_report(y, softmax(logits)[single])
     after = classification_report(y, softmax(logits, temperature)[single])
-    entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "tta": tta,
-             "old_temperature": meta.get("temperature"), "temperature": temperature,
-             "ece_before": before["ece"], "ece_after": after["ece"], "val_accuracy": after["accuracy"]}
+    entry = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tta": tta,
+        "old_temperature": meta.get("temperature"),
+        "temperature": temperature,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "val_accuracy": after["accuracy"],
+    }
     meta.update({"temperature": temperature, "tta": tta})
     meta.setdefault("calibration_history", []).append(entry)
-    meta["metrics"]["validation"] = {"before_calibration": before, "after_calibration": after,
-                                     "ece_before": before["ece"], "ece_after": after["ece"]}
+    meta["metrics"]["validation"] = {
+        "before_calibration": before,
+        "after_calibration": after,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+    }
     _write_metadata(model.path, meta)
     return entry
 
@@ -128,10 +153,16 @@ def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) ->
         sel = src == name
         sub = call_errors(probs[sel], allowed[sel])
         flagged = rule.uncertain(probs[sel])
-        per_source[name] = {"n": int(sel.sum()), "errors": int(sub.sum()),
-                            "errors_flagged": float(flagged[sub].mean()) if sub.any() else None,
-                            "correct_flagged": float(flagged[~sub].mean()) if (~sub).any() else None}
-    meta["flag_rule"] = {**rule.to_card(), "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                         "per_source": per_source}
+        per_source[name] = {
+            "n": int(sel.sum()),
+            "errors": int(sub.sum()),
+            "errors_flagged": float(flagged[sub].mean()) if sub.any() else None,
+            "correct_flagged": float(flagged[~sub].mean()) if (~sub).any() else None,
+        }
+    meta["flag_rule"] = {
+        **rule.to_card(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "per_source": per_source,
+    }
     _write_metadata(model.path, meta)
     return meta["flag_rule"]

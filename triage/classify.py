@@ -10,8 +10,8 @@ import torch
 from triage.flags import FlagRule
 from triage.models import LoadedModel
 from triage.preprocess import check_intensity_norm
-from triage.transforms import model_input
 from triage.records import CLASSES, Prediction
+from triage.transforms import model_input
 
 # Grad-CAM hangs hooks on the shared network while it runs; predictions from other sessions
 # must not pass through those hooks, so both take this lock (see TriageService.explain).
@@ -77,6 +77,14 @@ class Classifier:
         for p, s in zip(probs, scores):
             i = int(p.argmax())
             ent = float(-(p * np.log(np.clip(p, 1e-12, 1))).sum() / np.log(len(CLASSES)))
-            out.append(Prediction(probs=p.astype(np.float32), label=CLASSES[i], confidence=float(p[i]),
-                                  entropy=ent, ood_score=float(s), ood=bool(s > self.ood_threshold)))
+            out.append(
+                Prediction(
+                    probs=p.astype(np.float32),
+                    label=CLASSES[i],
+                    confidence=float(p[i]),
+                    entropy=ent,
+                    ood_score=float(s),
+                    ood=bool(s > self.ood_threshold),
+                )
+            )
         return out

@@ -15,8 +15,25 @@ from triage import __version__
 
 log = logging.getLogger("triage")
 
-CSV_COLUMNS = ["path", "status", "error", "label", "suspected_tumor", "p_no_tumor", "p_glioma", "p_meningioma",
-               "p_pituitary", "risk", "ood", "flags", "tumor_area_px", "tumor_area_mm2", "mask_path", "frame", "ms"]
+CSV_COLUMNS = [
+    "path",
+    "status",
+    "error",
+    "label",
+    "suspected_tumor",
+    "p_no_tumor",
+    "p_glioma",
+    "p_meningioma",
+    "p_pituitary",
+    "risk",
+    "ood",
+    "flags",
+    "tumor_area_px",
+    "tumor_area_mm2",
+    "mask_path",
+    "frame",
+    "ms",
+]
 
 
 def iter_inputs(paths: list[str]) -> Iterator[Path]:
@@ -57,7 +74,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         writer.writeheader()
         bar = tqdm(total=len(files), unit="file", desc="analyze", disable=args.quiet)
         for start in range(0, len(files), args.batch_size):
-            batch = files[start:start + args.batch_size]
+            batch = files[start : start + args.batch_size]
             t0 = time.perf_counter()
             pending: list[tuple[Path, list]] = []
             for f in batch:
@@ -72,8 +89,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 for item in items:
                     result = item if isinstance(item, CaseResult) else next(analysed)
                     row = case_row(result)
-                    row.update(path=str(f), ms=round(ms, 1), frame="" if result.scan is None or result.scan.frame is None
-                               else result.scan.frame, mask_path="")
+                    row.update(
+                        path=str(f),
+                        ms=round(ms, 1),
+                        frame="" if result.scan is None or result.scan.frame is None else result.scan.frame,
+                        mask_path="",
+                    )
                     seg = result.segmentation
                     if masks_dir and result.ok and seg is not None and seg.area_px > 0:
                         suffix = f"_f{result.scan.frame}" if result.scan.frame is not None else ""
@@ -108,9 +129,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else settings.data_dir / "runs" / f"{args.task}-{out.name}"
     cache_dir = Path(args.cache_dir) if args.cache_dir else settings.data_dir / "cache"
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None}
-    folder = run_training(args.task, Path(args.data), out, preset=args.preset, run_dir=run_dir,
-                          cache_dir=cache_dir, weights_dir=weights_dir, init_from=args.init_from,
-                          progress=not args.quiet, **overrides)
+    folder = run_training(
+        args.task,
+        Path(args.data),
+        out,
+        preset=args.preset,
+        run_dir=run_dir,
+        cache_dir=cache_dir,
+        weights_dir=weights_dir,
+        init_from=args.init_from,
+        progress=not args.quiet,
+        **overrides,
+    )
     print(f"saved {folder}")
     if args.activate:
         set_active(folder.parent.parent, args.task, folder.name)
@@ -128,8 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{len(rep['parts'])} parts -> {args.out}")
         return 0
 
-    report = run_evaluation(Path(args.data), Path(args.out), folds=args.folds, limit=args.limit,
-                            progress=not args.quiet)
+    report = run_evaluation(
+        Path(args.data), Path(args.out), folds=args.folds, limit=args.limit, progress=not args.quiet
+    )
     print(report["summary_line"])
     return 0
 
@@ -140,20 +171,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     if args.task == "segmenter":
-        entry = retune_segmenter(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache",
-                                 tta=not args.no_tta)
+        entry = retune_segmenter(
+            settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache", tta=not args.no_tta
+        )
         print(f"segmenter {args.version} (tta={entry['tta']}): {entry['old']} -> {entry['new']}")
         return 0
-    entry = recalibrate_classifier(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache",
-                                   tta=not args.no_tta)
-    print(f"classifier {args.version}: temperature {entry['old_temperature']} -> {entry['temperature']:.3f}, "
-          f"validation ECE {entry['ece_before']:.3f} -> {entry['ece_after']:.3f}, accuracy {entry['val_accuracy']:.3f}")
+    entry = recalibrate_classifier(
+        settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache", tta=not args.no_tta
+    )
+    print(
+        f"classifier {args.version}: temperature {entry['old_temperature']} -> {entry['temperature']:.3f}, "
+        f"validation ECE {entry['ece_before']:.3f} -> {entry['ece_after']:.3f}, accuracy {entry['val_accuracy']:.3f}"
+    )
     if args.flags:
         from triage.calibrate import fit_flags
 
         rule = fit_flags(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache")
-        print(f"flag rule: {rule['rule']}; validation errors flagged {rule['errors_flagged']:.1%}, "
-              f"correct calls flagged {rule['correct_flagged']:.1%}")
+        print(
+            f"flag rule: {rule['rule']}; validation errors flagged {rule['errors_flagged']:.1%}, "
+            f"correct calls flagged {rule['correct_flagged']:.1%}"
+        )
     return 0
 
 
@@ -165,7 +202,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
     for task in ("classifier", "segmenter"):
         try:
             active = active_version(wd, task)
-        except Exception:  # noqa: BLE001 - listing must not fail on an empty folder
+        except Exception:
             active = ""
         for v in list_versions(wd, task):
             meta = read_metadata(wd, task, v)
@@ -184,9 +221,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m triage", description=(
-        "Brain-MRI triage: classify (no tumor / glioma / meningioma / pituitary), segment, explain and rank "
-        "MRI slices by malignancy risk. A triage aid, not a diagnosis."))
+    p = argparse.ArgumentParser(
+        prog="python -m triage",
+        description=(
+            "Brain-MRI triage: classify (no tumor / glioma / meningioma / pituitary), segment, explain and rank "
+            "MRI slices by malignancy risk. A triage aid, not a diagnosis."
+        ),
+    )
     p.add_argument("--version", action="version", version=f"triage {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,8 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("task", choices=["classifier", "segmenter"])
     t.add_argument("--data", required=True, help="../shared/data (standard recipe) or one dataset folder")
     t.add_argument("--out", required=True, help="new version folder, e.g. weights/classifier/v2")
-    t.add_argument("--preset", choices=["quick", "full", "multi"], default="full",
-                   help="multi: every shared source, ImageNet-initialised EfficientNet-Lite0 (issue 23)")
+    t.add_argument(
+        "--preset",
+        choices=["quick", "full", "multi"],
+        default="full",
+        help="multi: every shared source, ImageNet-initialised EfficientNet-Lite0 (issue 23)",
+    )
     t.add_argument("--run-dir", help="log/checkpoint folder; rerun with the same folder to resume")
     t.add_argument("--cache-dir", help="where decoded crops are cached")
     t.add_argument("--weights-dir", help="weights folder (for --init-from)")
@@ -215,10 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--time-budget-min", type=float, dest="time_budget_min")
     t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--seg-dice", dest="seg_dice", choices=SEG_DICE_CHOICES,
-                   help="segmenter loss (default: batch; see train._seg_loss)")
-    t.add_argument("--intensity-norm", dest="intensity_norm", choices=INTENSITY_NORM_CHOICES,
-                   help="standardise each crop's head intensities (a fine-tune inherits its parent's setting)")
+    t.add_argument(
+        "--seg-dice",
+        dest="seg_dice",
+        choices=SEG_DICE_CHOICES,
+        help="segmenter loss (default: batch; see train._seg_loss)",
+    )
+    t.add_argument(
+        "--intensity-norm",
+        dest="intensity_norm",
+        choices=INTENSITY_NORM_CHOICES,
+        help="standardise each crop's head intensities (a fine-tune inherits its parent's setting)",
+    )
     t.add_argument("--activate", action="store_true", help="make the new version active when done")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -228,19 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="report path (.md; a .json is written beside it)")
     e.add_argument("--folds", type=int, default=0, help="k-fold cross-validation with the quick preset")
     e.add_argument("--limit", type=int, help="evaluate a fixed subset of N images (per part with --cross-source)")
-    e.add_argument("--cross-source", action="store_true",
-                   help="--data is ../shared/data: every held-out part of every source in one table (issue 23)")
+    e.add_argument(
+        "--cross-source",
+        action="store_true",
+        help="--data is ../shared/data: every held-out part of every source in one table (issue 23)",
+    )
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    c = sub.add_parser("calibrate", help="re-fit a classifier's temperature (or a segmenter's threshold) "
-                                         "on its validation split")
+    c = sub.add_parser(
+        "calibrate", help="re-fit a classifier's temperature (or a segmenter's threshold) on its validation split"
+    )
     c.add_argument("version")
     c.add_argument("--task", choices=["classifier", "segmenter"], default="classifier")
     c.add_argument("--data", required=True, help="the shared data folder the version was trained on")
     c.add_argument("--no-tta", action="store_true", help="calibrate without mirror test-time augmentation")
-    c.add_argument("--flags", action="store_true",
-                   help="also fit the review-flag rule (uncertain band) on the validation images")
+    c.add_argument(
+        "--flags", action="store_true", help="also fit the review-flag rule (uncertain band) on the validation images"
+    )
     c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("versions", help="list model versions (* = active)")
@@ -257,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except TriageError as exc:

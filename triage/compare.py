@@ -112,14 +112,19 @@ def metric_rows(active: dict, candidate: dict) -> list[dict]:
     sa, sb = active.get("segmentation", {}), candidate.get("segmentation", {})
     add("Dice (tumor slices)", sa.get("dice_mean"), sb.get("dice_mean"), True)
     add("false-positive masks", sa.get("false_positive_mask_rate"), sb.get("false_positive_mask_rate"), False)
-    add("rejected by the pipeline", active.get("rejected_by_pipeline"), candidate.get("rejected_by_pipeline"),
-        False)
+    add("rejected by the pipeline", active.get("rejected_by_pipeline"), candidate.get("rejected_by_pipeline"), False)
     return rows
 
 
-def compare_versions(settings: Settings, task: str, candidate: str, samples: list[Sample],
-                     active: str | None = None, max_images: int = MAX_COMPARE_IMAGES,
-                     report: Callable[[int, int], None] | None = None) -> dict:
+def compare_versions(
+    settings: Settings,
+    task: str,
+    candidate: str,
+    samples: list[Sample],
+    active: str | None = None,
+    max_images: int = MAX_COMPARE_IMAGES,
+    report: Callable[[int, int], None] | None = None,
+) -> dict:
     """Score the active and ``candidate`` versions of ``task`` on the same ``samples``.
 
     Images that either version was trained on (their ``splits.json``) are removed first; at
@@ -158,13 +163,27 @@ def compare_versions(settings: Settings, task: str, candidate: str, samples: lis
             reports[side] = score(test, results)
         if report is not None:
             report(i + 1, len(sides))
-    return {"task": task, "active": active, "candidate": candidate, "other": {other: other_version},
-            "n": len(test.samples), "counts": test.counts(), "notes": notes,
-            "reports": reports, "rows": metric_rows(reports["active"], reports["new"])}
+    return {
+        "task": task,
+        "active": active,
+        "candidate": candidate,
+        "other": {other: other_version},
+        "n": len(test.samples),
+        "counts": test.counts(),
+        "notes": notes,
+        "reports": reports,
+        "rows": metric_rows(reports["active"], reports["new"]),
+    }
 
 
-def compare_run(settings: Settings, task: str, candidate: str, dataset: str | Path, run_dir: str | Path | None = None,
-                report: Callable[[int, int], None] | None = None) -> dict:
+def compare_run(
+    settings: Settings,
+    task: str,
+    candidate: str,
+    dataset: str | Path,
+    run_dir: str | Path | None = None,
+    report: Callable[[int, int], None] | None = None,
+) -> dict:
     """Compare on the run's validation images (falling back to the whole ``dataset``); the result
     is also saved as ``run_dir/compare.json``."""
     try:
@@ -211,12 +230,17 @@ def versions_table(settings: Settings, task: str) -> list[dict]:
             meta = {}
         val = (meta.get("metrics") or {}).get("validation") or {}
         cfg = meta.get("train_config") or {}
-        rows.append({
-            "version": v, "active": v == active, "trained": bool(meta.get("trained", False)),
-            "created": str(meta.get("created", ""))[:16].replace("T", " "),
-            "preset": cfg.get("preset", ""), "fine-tuned from": cfg.get("init_from") or "",
-            "val accuracy": _num((val.get("after_calibration") or {}).get("accuracy")),
-            "val Dice": _num(val.get("dice")),
-            "data": str((meta.get("data") or {}).get("source", "")),
-        })
+        rows.append(
+            {
+                "version": v,
+                "active": v == active,
+                "trained": bool(meta.get("trained", False)),
+                "created": str(meta.get("created", ""))[:16].replace("T", " "),
+                "preset": cfg.get("preset", ""),
+                "fine-tuned from": cfg.get("init_from") or "",
+                "val accuracy": _num((val.get("after_calibration") or {}).get("accuracy")),
+                "val Dice": _num(val.get("dice")),
+                "data": str((meta.get("data") or {}).get("source", "")),
+            }
+        )
     return rows

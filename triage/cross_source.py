@@ -55,8 +55,11 @@ def held_out_parts(shared: Path, seed: int = 0) -> list[Part]:
     shared = Path(shared)
     parts = [
         Part("BRISC test", tuple(s for s in load_manifest(shared / "brisc2025") if s.split == "test"), True),
-        Part("Sartaj Testing", tuple(s for s in load_manifest(shared / "sartaj_brain_tumor_classification")
-                                     if s.split == "test"), True),
+        Part(
+            "Sartaj Testing",
+            tuple(s for s in load_manifest(shared / "sartaj_brain_tumor_classification") if s.split == "test"),
+            True,
+        ),
         Part("navoneel", tuple(load_manifest(shared / "navoneel_brain_mri_yes_no"))),
         Part("LGG subset (FLAIR)", tuple(load_manifest(shared / "lgg_kaggle_3m_subset"))),
     ]
@@ -104,26 +107,32 @@ def score_part(part: Part, results: list, masks: list[np.ndarray | None]) -> dic
     """All measures of one part from its pipeline results (and truth masks, where it has them)."""
     labels = [s.label for s in part.samples]
     ok = np.array([r.ok for r in results])
-    probs = np.stack([r.prediction.probs if r.prediction is not None else np.array([1.0, 0, 0, 0], np.float32)
-                      for r in results])
+    probs = np.stack(
+        [r.prediction.probs if r.prediction is not None else np.array([1.0, 0, 0, 0], np.float32) for r in results]
+    )
     is_tumor = np.array([lab != "no_tumor" for lab in labels])
     p_tumor = 1.0 - probs[:, 0]
     call = np.array([bool(r.ok and suspected_tumor(r.prediction.label, r.flags)) for r in results])
     flagged = np.array([any(f in r.flags for f in REVIEW_FLAGS) for r in results])
     errors = call != is_tumor
     auc, sens_at_spec = _roc(is_tumor, p_tumor)
-    out: dict = {"n": len(results), "rejected": int((~ok).sum()), "tumor": int(is_tumor.sum()),
-                 "sensitivity": float(call[is_tumor].mean()) if is_tumor.any() else None,
-                 "specificity": float((~call[~is_tumor]).mean()) if (~is_tumor).any() else None,
-                 "auc": auc, "sensitivity_at_spec85": sens_at_spec,
-                 # A lesion must never be cleared with confidence (issue 23, item 2).
-                 "confident_no_tumor_on_tumor": float((probs[is_tumor, 0] >= 0.9).mean()) if is_tumor.any() else None,
-                 "errors": int(errors.sum()),
-                 "errors_flagged": float(flagged[errors].mean()) if errors.any() else None,
-                 "correct_flagged": float(flagged[~errors].mean()) if (~errors).any() else None,
-                 "error_rate_flagged": float(errors[flagged].mean()) if flagged.any() else None,
-                 "error_rate_unflagged": float(errors[~flagged].mean()) if (~flagged).any() else None,
-                 "risk_coverage": risk_coverage(errors.astype(float), np.abs(p_tumor - 0.5))}
+    out: dict = {
+        "n": len(results),
+        "rejected": int((~ok).sum()),
+        "tumor": int(is_tumor.sum()),
+        "sensitivity": float(call[is_tumor].mean()) if is_tumor.any() else None,
+        "specificity": float((~call[~is_tumor]).mean()) if (~is_tumor).any() else None,
+        "auc": auc,
+        "sensitivity_at_spec85": sens_at_spec,
+        # A lesion must never be cleared with confidence (issue 23, item 2).
+        "confident_no_tumor_on_tumor": float((probs[is_tumor, 0] >= 0.9).mean()) if is_tumor.any() else None,
+        "errors": int(errors.sum()),
+        "errors_flagged": float(flagged[errors].mean()) if errors.any() else None,
+        "correct_flagged": float(flagged[~errors].mean()) if (~errors).any() else None,
+        "error_rate_flagged": float(errors[flagged].mean()) if flagged.any() else None,
+        "error_rate_unflagged": float(errors[~flagged].mean()) if (~flagged).any() else None,
+        "risk_coverage": risk_coverage(errors.astype(float), np.abs(p_tumor - 0.5)),
+    }
     binary = np.stack([probs[:, 0], p_tumor], 1)
     out["ece_binary"] = float(expected_calibration_error(binary, is_tumor.astype(int)))
     if part.four_class:
@@ -159,7 +168,7 @@ def _truth_masks(part: Part, results: list) -> list[np.ndarray | None]:
             continue
         try:
             out.append(read_mask(s.mask_path, r.scan.shape))
-        except Exception as exc:  # noqa: BLE001 - counted as masks_unreadable in the report
+        except Exception as exc:
             log.warning("truth mask %s unreadable: %s", s.mask_path, exc)
             out.append(None)
     return out
@@ -176,8 +185,10 @@ def _training_reference(weights_dir: Path, versions: dict, shared: Path, cache_d
         f = Path(weights_dir) / task / version / "splits.json"
         if f.is_file():
             sha |= set(json.loads(f.read_text(encoding="utf-8"))["train_sha1"])
-    pools = [cached(shared, "brisc2025", "train", cache_dir, False, LEGACY_CROP),
-             cached(shared, "sartaj_brain_tumor_classification", "train", cache_dir, False, LEGACY_CROP)]
+    pools = [
+        cached(shared, "brisc2025", "train", cache_dir, False, LEGACY_CROP),
+        cached(shared, "sartaj_brain_tumor_classification", "train", cache_dir, False, LEGACY_CROP),
+    ]
     for name, sp in source_splits(shared).items():
         if name != FELTRIN or sp.train:
             pools.append(cache_rows(sp.train + sp.val, cache_dir, False, LEGACY_CROP))
@@ -207,12 +218,18 @@ def run_cross_source(shared: Path, out: Path, service=None, limit: int | None = 
         kept = test.subset(~dup)
         part_kept = Part(part.name, tuple(kept.samples), part.four_class)
         results = predict_cached(service, kept, progress=progress)
-        rows[part.name] = {"removed_duplicates": int(dup.sum()),
-                           **score_part(part_kept, results, _truth_masks(part_kept, results))}
+        rows[part.name] = {
+            "removed_duplicates": int(dup.sum()),
+            **score_part(part_kept, results, _truth_masks(part_kept, results)),
+        }
         log.info("%s: %s", part.name, json.dumps(rows[part.name], default=float)[:300])
     rows["BRISC test no_tumor, skull-stripped + JPEG 30 (shortcut probe)"] = _shortcut_probe(service, shared, sha)
-    rep = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "versions": versions,
-           "seconds": round(time.perf_counter() - t0, 1), "parts": rows}
+    rep = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "parts": rows,
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rep, indent=2, default=float), encoding="utf-8")
@@ -245,29 +262,41 @@ def _f(x: object, pct: bool = False) -> str:
 def render_markdown(rep: dict) -> str:
     """One table across sources, then the flags table."""
     v = rep["versions"]
-    lines = [f"# Cross-source evaluation: classifier `{v['classifier']}`, segmenter `{v['segmenter']}`", "",
-             f"{rep['created']}; {rep['seconds']:.0f} s. Parts never trained on (`triage.sources`); duplicates of "
-             "training images removed first. Worklist call = a tumour class or a no_tumor call contradicted by the "
-             "segmenter. Sensitivity at specificity >= 0.85 is read off each part's own ROC (not an operating point).",
-             "",
-             "| part | n | removed dups | worklist sens. | worklist spec. | AUC | sens. @ spec>=0.85 | 4-class acc. "
-             "| glioma recall | tumour-miss | confident no_tumor on tumours | Dice | FP masks | ECE (4-class / binary) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Cross-source evaluation: classifier `{v['classifier']}`, segmenter `{v['segmenter']}`",
+        "",
+        f"{rep['created']}; {rep['seconds']:.0f} s. Parts never trained on (`triage.sources`); duplicates of "
+        "training images removed first. Worklist call = a tumour class or a no_tumor call contradicted by the "
+        "segmenter. Sensitivity at specificity >= 0.85 is read off each part's own ROC (not an operating point).",
+        "",
+        "| part | n | removed dups | worklist sens. | worklist spec. | AUC | sens. @ spec>=0.85 | 4-class acc. "
+        "| glioma recall | tumour-miss | confident no_tumor on tumours | Dice | FP masks | ECE (4-class / binary) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rep["parts"].items():
         lines.append(
             f"| {name} | {r['n']} | {r.get('removed_duplicates', 0)} | {_f(r['sensitivity'])} | {_f(r['specificity'])} | "
             f"{_f(r['auc'])} | {_f(r['sensitivity_at_spec85'])} | {_f(r.get('accuracy'))} | {_f(r.get('glioma_recall'))} | "
             f"{_f(r.get('tumor_miss'), True)} | {_f(r['confident_no_tumor_on_tumor'], True)} | {_f(r.get('dice'))} | "
-            f"{_f(r.get('fp_masks'), True)} | {_f(r.get('ece'))} / {_f(r['ece_binary'])} |")
-    lines += ["", "## Do the flags mark the errors?", "",
-              "Error = the worklist call is wrong (tumour vs no tumour). Flagged = `uncertain` or `ood`. "
-              "Risk-coverage: error rate of the most confident share of cases (confidence = |P(tumour) - 0.5|).", "",
-              "| part | errors | errors flagged | correct calls flagged | error rate flagged / unflagged "
-              "| error @ 50% / 80% / 100% coverage | AURC |", "|---|---|---|---|---|---|---|"]
+            f"{_f(r.get('fp_masks'), True)} | {_f(r.get('ece'))} / {_f(r['ece_binary'])} |"
+        )
+    lines += [
+        "",
+        "## Do the flags mark the errors?",
+        "",
+        "Error = the worklist call is wrong (tumour vs no tumour). Flagged = `uncertain` or `ood`. "
+        "Risk-coverage: error rate of the most confident share of cases (confidence = |P(tumour) - 0.5|).",
+        "",
+        "| part | errors | errors flagged | correct calls flagged | error rate flagged / unflagged "
+        "| error @ 50% / 80% / 100% coverage | AURC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in rep["parts"].items():
         rc = r["risk_coverage"]
-        lines.append(f"| {name} | {r['errors']} | {_f(r['errors_flagged'], True)} | {_f(r['correct_flagged'], True)} | "
-                     f"{_f(r['error_rate_flagged'], True)} / {_f(r['error_rate_unflagged'], True)} | "
-                     f"{_f(rc['error_at_50'], True)} / {_f(rc['error_at_80'], True)} / {_f(rc['error_at_100'], True)} | "
-                     f"{rc['aurc']:.3f} |")
+        lines.append(
+            f"| {name} | {r['errors']} | {_f(r['errors_flagged'], True)} | {_f(r['correct_flagged'], True)} | "
+            f"{_f(r['error_rate_flagged'], True)} / {_f(r['error_rate_unflagged'], True)} | "
+            f"{_f(rc['error_at_50'], True)} / {_f(rc['error_at_80'], True)} / {_f(rc['error_at_100'], True)} | "
+            f"{rc['aurc']:.3f} |"
+        )
     return "\n".join(lines) + "\n"

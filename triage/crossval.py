@@ -33,8 +33,9 @@ def fold_ids(labels: list[str], k: int, seed: int = 0) -> np.ndarray:
     return ids
 
 
-def cross_validate(data: Path, k: int, cache_dir: Path, preset: str = "quick", progress: bool = True,
-                   **overrides: object) -> dict:
+def cross_validate(
+    data: Path, k: int, cache_dir: Path, preset: str = "quick", progress: bool = True, **overrides: object
+) -> dict:
     """Train/score ``k`` folds; returns per-fold metrics and mean/sd."""
     from triage.models import load_model
     from triage.train import TrainConfig, predict_logits, softmax, train_classifier
@@ -54,18 +55,40 @@ def cross_validate(data: Path, k: int, cache_dir: Path, preset: str = "quick", p
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
             wd = Path(tmp) / "weights"
-            folder = train_classifier(cfg, train, val, Path(tmp) / "run", wd / "classifier" / f"fold{f}",
-                                      {"recipe": f"crossval fold {f}/{k}"}, progress=progress)
+            folder = train_classifier(
+                cfg,
+                train,
+                val,
+                Path(tmp) / "run",
+                wd / "classifier" / f"fold{f}",
+                {"recipe": f"crossval fold {f}/{k}"},
+                progress=progress,
+            )
             model = load_model(wd, "classifier", folder.name)
             logits = predict_logits(model.net, test.images, cfg.input_size)
             y = np.array([CLASSES.index(lab) for lab in test.labels()])
             rep = classification_report(y, softmax(logits, model.meta["temperature"]))
             train_min = float(model.meta.get("wall_time_min", 0.0))
-        per_fold.append({"fold": f, "n_train": len(train.samples), "n_test": len(y), "accuracy": rep["accuracy"],
-                         "macro_f1": rep["macro_f1"], "tumor_miss_rate": rep["tumor_miss_rate"], "ece": rep["ece"],
-                         "train_min": train_min, "fold_min": (time.time() - t0) / 60})
+        per_fold.append(
+            {
+                "fold": f,
+                "n_train": len(train.samples),
+                "n_test": len(y),
+                "accuracy": rep["accuracy"],
+                "macro_f1": rep["macro_f1"],
+                "tumor_miss_rate": rep["tumor_miss_rate"],
+                "ece": rep["ece"],
+                "train_min": train_min,
+                "fold_min": (time.time() - t0) / 60,
+            }
+        )
         log.info("fold %d: %s", f, per_fold[-1])
     keys = ("accuracy", "macro_f1", "tumor_miss_rate", "ece")
-    summary = {key: {"mean": float(np.mean([p[key] for p in per_fold])),
-                     "sd": float(np.std([p[key] for p in per_fold], ddof=1)) if k > 1 else 0.0} for key in keys}
+    summary = {
+        key: {
+            "mean": float(np.mean([p[key] for p in per_fold])),
+            "sd": float(np.std([p[key] for p in per_fold], ddof=1)) if k > 1 else 0.0,
+        }
+        for key in keys
+    }
     return {"folds": k, "preset": preset, "per_fold": per_fold, "summary": summary}

@@ -23,8 +23,8 @@ import numpy as np
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import IMAGE_SUFFIXES, read_path
 from triage.preprocess import CROP_VERSION, DEFAULT_CROP, LEGACY_CROP, crop_brain
-from triage.transforms import square, square_mask
 from triage.records import normalize_label
+from triage.transforms import square, square_mask
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,17 @@ def load_manifest(dataset_dir: str | Path, name: str | None = None) -> list[Samp
             if label is None:
                 raise DatasetError(f"{mf}: unknown label {raw!r} for {row['path']}")
             mp = (row.get("mask_path") or "").strip()
-            out.append(Sample(
-                path=(root / row["path"]).resolve(), label=label, dataset=name,
-                split=(row.get("split") or "").strip(), mask_path=(root / mp).resolve() if mp else None,
-                patient_id=(row.get("patient_id") or "").strip(), sha1=(row.get("sha1") or "").strip()))
+            out.append(
+                Sample(
+                    path=(root / row["path"]).resolve(),
+                    label=label,
+                    dataset=name,
+                    split=(row.get("split") or "").strip(),
+                    mask_path=(root / mp).resolve() if mp else None,
+                    patient_id=(row.get("patient_id") or "").strip(),
+                    sha1=(row.get("sha1") or "").strip(),
+                )
+            )
     return out
 
 
@@ -99,10 +106,12 @@ def scan_class_folders(root: str | Path) -> tuple[list[Sample], list[str]]:
         if p.suffix.lower() not in IMAGE_SUFFIXES or p.suffix == "":
             notes.append(f"{rel}: not an image file, skipped")
             continue
-        split = "test" if any(q in ("test", "testing") for q in parts) else (
-            "train" if any(q in ("train", "training") for q in parts) else "")
-        samples.append(Sample(path=p, label=label, dataset=root.name, split=split,
-                              mask_path=masks.get(p.stem)))
+        split = (
+            "test"
+            if any(q in ("test", "testing") for q in parts)
+            else ("train" if any(q in ("train", "training") for q in parts) else "")
+        )
+        samples.append(Sample(path=p, label=label, dataset=root.name, split=split, mask_path=masks.get(p.stem)))
     return samples, notes
 
 
@@ -117,15 +126,16 @@ def thumbnail_vector(img: np.ndarray) -> np.ndarray:
     return t / n if n > 0 else t
 
 
-def near_duplicate_of(query: np.ndarray, reference: np.ndarray, threshold: float = NEAR_DUP_COSINE,
-                      chunk: int = 2048) -> np.ndarray:
+def near_duplicate_of(
+    query: np.ndarray, reference: np.ndarray, threshold: float = NEAR_DUP_COSINE, chunk: int = 2048
+) -> np.ndarray:
     """For each row of ``query`` (N, D), True if any row of ``reference`` (M, D) has cosine >= threshold."""
     if len(query) == 0 or len(reference) == 0:
         return np.zeros(len(query), bool)
     hit = np.zeros(len(query), bool)
     ref = reference.T.copy()
     for i in range(0, len(query), chunk):
-        hit[i:i + chunk] = (query[i:i + chunk] @ ref).max(axis=1) >= threshold
+        hit[i : i + chunk] = (query[i : i + chunk] @ ref).max(axis=1) >= threshold
     return hit
 
 
@@ -141,7 +151,7 @@ def dedup_groups(vectors: np.ndarray, sha1s: list[str], threshold: float = NEAR_
     for i in range(len(vectors)):
         if not keep[i]:
             continue
-        dup = np.nonzero(sims[i, i + 1:] >= threshold)[0] + i + 1
+        dup = np.nonzero(sims[i, i + 1 :] >= threshold)[0] + i + 1
         keep[dup] = False
     return keep
 
@@ -154,7 +164,7 @@ def stratified_split(labels: list[str], fraction: float, seed: int) -> np.ndarra
     for lab in sorted(set(labels)):
         idx = np.nonzero(labels_arr == lab)[0]
         rng.shuffle(idx)
-        sel[idx[: int(round(fraction * len(idx)))]] = True
+        sel[idx[: round(fraction * len(idx))]] = True
     return sel
 
 
@@ -171,9 +181,14 @@ class CachedSet:
 
     def subset(self, keep: np.ndarray) -> CachedSet:
         idx = np.nonzero(keep)[0]
-        return CachedSet([self.samples[i] for i in idx], self.images[idx],
-                         None if self.masks is None else self.masks[idx], self.thumbs[idx],
-                         [self.sha1s[i] for i in idx], list(self.rejected))
+        return CachedSet(
+            [self.samples[i] for i in idx],
+            self.images[idx],
+            None if self.masks is None else self.masks[idx],
+            self.thumbs[idx],
+            [self.sha1s[i] for i in idx],
+            list(self.rejected),
+        )
 
     def labels(self) -> list[str]:
         return [s.label for s in self.samples]
@@ -187,14 +202,16 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if m is None:
         from PIL import Image
+
         m = np.asarray(Image.open(path).convert("L"))
     if m.shape != shape:
         raise DatasetError(f"mask {path.name} is {m.shape[::-1]} but its image is {shape[::-1]}")
     return m >= 128
 
 
-def prepare_sample(img: np.ndarray, mask: np.ndarray | None, size: int,
-                   crop: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def prepare_sample(
+    img: np.ndarray, mask: np.ndarray | None, size: int, crop: dict | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Crop the brain exactly as inference does (``crop`` = the model card's crop settings), then
     stage 1 of :mod:`triage.transforms` (square, resize to ``size``)."""
     head = crop_brain(img, **(crop or DEFAULT_CROP))
@@ -203,14 +220,21 @@ def prepare_sample(img: np.ndarray, mask: np.ndarray | None, size: int,
     return square(head.image, size), mout
 
 
-def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
-                with_masks: bool = True, progress: bool = False, crop: dict | None = None) -> CachedSet:
+def build_cache(
+    samples: list[Sample],
+    size: int,
+    cache_dir: Path | None = None,
+    with_masks: bool = True,
+    progress: bool = False,
+    crop: dict | None = None,
+) -> CachedSet:
     """Decode, crop and resize every sample once (cached as .npz keyed by samples and crop)."""
     crop = dict(crop or DEFAULT_CROP)
     # Legacy-crop caches keep the names they had before crops were part of the key.
     crop_key = "" if crop == LEGACY_CROP else f"|crop{CROP_VERSION}:{sorted(crop.items())}"
-    key = hashlib.sha1(("|".join(f"{s.path}:{s.label}:{s.mask_path}" for s in samples)
-                        + f"|{size}|{with_masks}|v2{crop_key}").encode()).hexdigest()[:16]
+    key = hashlib.sha1(
+        ("|".join(f"{s.path}:{s.label}:{s.mask_path}" for s in samples) + f"|{size}|{with_masks}|v2{crop_key}").encode()
+    ).hexdigest()[:16]
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"cache_{size}_{key}.npz"
         if cache_file.exists():
@@ -224,6 +248,7 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
     it = samples
     if progress:
         from tqdm import tqdm
+
         it = tqdm(samples, desc=f"caching {size}px", unit="img")
     for s in it:
         try:
@@ -249,8 +274,9 @@ def build_cache(samples: list[Sample], size: int, cache_dir: Path | None = None,
         # never read each other's half-written cache.
         tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
         try:
-            np.savez(tmp, images=images_a, masks=masks_a, thumbs=thumbs_a,
-                     sha1s=np.asarray(sha1s), keep=np.asarray(keep))
+            np.savez(
+                tmp, images=images_a, masks=masks_a, thumbs=thumbs_a, sha1s=np.asarray(sha1s), keep=np.asarray(keep)
+            )
             os.replace(tmp, cache_file)
         finally:
             tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. disk full)

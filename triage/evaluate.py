@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 TRAIN_SOURCES = (("brisc2025", "train"), ("sartaj_brain_tumor_classification", "train"))
 
 
-def _training_reference(weights_dir: Path, versions: dict, shared: Path, cache_dir: Path) -> tuple[set, np.ndarray, str]:
+def _training_reference(
+    weights_dir: Path, versions: dict, shared: Path, cache_dir: Path
+) -> tuple[set, np.ndarray, str]:
     """SHA-1 set and thumbnails of every image the active models were trained on."""
     from triage.recipe import cached
 
@@ -75,10 +77,11 @@ def predict_cached(service, test: CachedSet, batch: int = 32, progress: bool = T
     it = range(0, len(test.samples), batch)
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc="evaluate", unit="batch")
     for start in it:
         scans, slots = [], []
-        for s in test.samples[start:start + batch]:
+        for s in test.samples[start : start + batch]:
             try:
                 scans.append(read_path(s.path, service.settings)[0])
                 slots.append(True)
@@ -93,10 +96,18 @@ def score(test: CachedSet, results: list) -> dict:
     """All metrics for one evaluated set."""
     labels = [s.label for s in test.samples]
     ok = [r.ok for r in results]
-    probs = np.stack([r.prediction.probs if r.prediction is not None else np.array([1.0, 0, 0, 0], np.float32)
-                      for r in results]) if results else np.zeros((0, 4))
-    out: dict = {"n": len(results), "rejected_by_pipeline": int(len(ok) - sum(ok)),
-                 "flagged_ood": int(sum(bool(r.prediction is not None and r.prediction.ood) for r in results))}
+    probs = (
+        np.stack(
+            [r.prediction.probs if r.prediction is not None else np.array([1.0, 0, 0, 0], np.float32) for r in results]
+        )
+        if results
+        else np.zeros((0, 4))
+    )
+    out: dict = {
+        "n": len(results),
+        "rejected_by_pipeline": int(len(ok) - sum(ok)),
+        "flagged_ood": int(sum(bool(r.prediction is not None and r.prediction.ood) for r in results)),
+    }
     four_class = all(lab in CLASSES for lab in labels) and len(set(labels)) > 2
     is_tumor = np.array([lab != "no_tumor" for lab in labels])
     out["binary"] = binary_tumor_report(is_tumor, 1.0 - probs[:, 0]) if len(results) else {}
@@ -110,8 +121,9 @@ def score(test: CachedSet, results: list) -> dict:
     elif all(lab in CLASSES for lab in labels):
         y = np.array([CLASSES.index(lab) for lab in labels])
         rep = classification_report(y, probs)
-        out["classification"] = {k: rep[k] for k in ("n", "accuracy", "accuracy_ci95", "tumor_miss_rate", "ece",
-                                                     "confusion_matrix")}
+        out["classification"] = {
+            k: rep[k] for k in ("n", "accuracy", "accuracy_ci95", "tumor_miss_rate", "ece", "confusion_matrix")
+        }
     has_masks = [s.mask_path is not None for s in test.samples]
     if any(has_masks):
         dices, ious, fps, box_ious, ap_ious, ap_scores, dice_labels = [], [], [], [], [], [], []
@@ -121,7 +133,7 @@ def score(test: CachedSet, results: list) -> dict:
             if s.mask_path is not None:
                 try:
                     truth = read_mask(s.mask_path, r.scan.shape if r.scan is not None else (0, 0))
-                except Exception:  # noqa: BLE001 - a broken truth mask is reported, not fatal
+                except Exception:
                     continue
                 if not truth.any():
                     fps.append(bool(pred is not None and pred.any()))
@@ -143,20 +155,27 @@ def score(test: CachedSet, results: list) -> dict:
                     ap_ious.append(0.0)
                     ap_scores.append(r.segmentation.max_prob)
         out["segmentation"] = {
-            "tumor_slices": n_truth, "dice_mean": float(np.mean(dices)) if dices else None,
+            "tumor_slices": n_truth,
+            "dice_mean": float(np.mean(dices)) if dices else None,
             "iou_mean": float(np.mean(ious)) if ious else None,
             "dice_median": float(np.median(dices)) if dices else None,
             # Where the mean loses to the median: slices whose mask misses the tumor almost entirely.
             "dice_below_0.1_rate": float(np.mean(np.array(dices) < 0.1)) if dices else None,
-            "dice_by_class": {lab: float(np.mean([d for d, lb in zip(dices, dice_labels) if lb == lab]))
-                              for lab in sorted(set(dice_labels))},
-            "empty_slices": len(fps), "false_positive_mask_rate": float(np.mean(fps)) if fps else None,
+            "dice_by_class": {
+                lab: float(np.mean([d for d, lb in zip(dices, dice_labels) if lb == lab]))
+                for lab in sorted(set(dice_labels))
+            },
+            "empty_slices": len(fps),
+            "false_positive_mask_rate": float(np.mean(fps)) if fps else None,
             "box_iou_mean": float(np.mean(box_ious)) if box_ious else None,
             "map50": average_precision_at(ap_ious, ap_scores, n_truth, 0.5) if n_truth else None,
         }
     elif any(lab == "no_tumor" for lab in labels):
-        fps = [bool(r.ok and r.segmentation is not None and r.segmentation.area_px > 0)
-               for s, r in zip(test.samples, results) if s.label == "no_tumor"]
+        fps = [
+            bool(r.ok and r.segmentation is not None and r.segmentation.area_px > 0)
+            for s, r in zip(test.samples, results)
+            if s.label == "no_tumor"
+        ]
         out["segmentation"] = {"empty_slices": len(fps), "false_positive_mask_rate": float(np.mean(fps))}
     return out
 
@@ -172,23 +191,32 @@ def _fmt(x: object, pct: bool = False) -> str:
 def render_markdown(rep: dict) -> str:
     """Human-readable report."""
     m = rep["metrics"]
-    lines = [f"# Evaluation: {rep['dataset']}", "",
-             f"- Date: {rep['created']}; models: classifier `{rep['versions']['classifier']}`, "
-             f"segmenter `{rep['versions']['segmenter']}`",
-             f"- Images: {rep['selection']}: {rep['n_candidates']} candidates, "
-             f"**{rep['n_removed_duplicates']} removed** as duplicates of training images ({rep['dedup_note']}), "
-             f"{rep['n_unreadable']} unreadable, **{m['n']} evaluated**",
-             f"- Pipeline rejections (not a brain MRI / unreadable): {m['rejected_by_pipeline']}; "
-             f"flagged out-of-distribution: {m['flagged_ood']}",
-             f"- Speed: {rep['ms_per_image']:.1f} ms per image (decode+crop+classify+segment, batches of 32, "
-             f"{rep['threads']} threads)", ""]
+    lines = [
+        f"# Evaluation: {rep['dataset']}",
+        "",
+        f"- Date: {rep['created']}; models: classifier `{rep['versions']['classifier']}`, "
+        f"segmenter `{rep['versions']['segmenter']}`",
+        f"- Images: {rep['selection']}: {rep['n_candidates']} candidates, "
+        f"**{rep['n_removed_duplicates']} removed** as duplicates of training images ({rep['dedup_note']}), "
+        f"{rep['n_unreadable']} unreadable, **{m['n']} evaluated**",
+        f"- Pipeline rejections (not a brain MRI / unreadable): {m['rejected_by_pipeline']}; "
+        f"flagged out-of-distribution: {m['flagged_ood']}",
+        f"- Speed: {rep['ms_per_image']:.1f} ms per image (decode+crop+classify+segment, batches of 32, "
+        f"{rep['threads']} threads)",
+        "",
+    ]
     c = m.get("classification")
     if c:
         lo, hi = c["accuracy_ci95"]
-        lines += ["## Classification", "", "| measure | value |", "|---|---|",
-                  f"| accuracy (95% CI) | {c['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) |",
-                  f"| tumor-miss rate (tumor predicted as no_tumor) | {_fmt(c['tumor_miss_rate'], True)} |",
-                  f"| ECE (15 bins) | {c['ece']:.3f} |"]
+        lines += [
+            "## Classification",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| accuracy (95% CI) | {c['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) |",
+            f"| tumor-miss rate (tumor predicted as no_tumor) | {_fmt(c['tumor_miss_rate'], True)} |",
+            f"| ECE (15 bins) | {c['ece']:.3f} |",
+        ]
         if "macro_f1" in c:
             lines.append(f"| macro F1 | {c['macro_f1']:.3f} |")
         lines.append("")
@@ -197,56 +225,85 @@ def render_markdown(rep: dict) -> str:
             for k, v in c["per_class"].items():
                 lines.append(f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
             lines.append("")
-        lines += ["Confusion matrix (rows = truth, columns = prediction, order " + ", ".join(CLASSES) + "):", "",
-                  "| truth \\ pred | " + " | ".join(CLASSES) + " |", "|---" * (len(CLASSES) + 1) + "|"]
+        lines += [
+            "Confusion matrix (rows = truth, columns = prediction, order " + ", ".join(CLASSES) + "):",
+            "",
+            "| truth \\ pred | " + " | ".join(CLASSES) + " |",
+            "|---" * (len(CLASSES) + 1) + "|",
+        ]
         for cls, row in zip(CLASSES, c["confusion_matrix"]):
             lines.append(f"| {cls} | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     b, sc = m.get("binary"), m.get("screen") or {}
     if b:
+
         def ci(r: dict) -> str:
             return f"{r['accuracy']:.3f} ({r['accuracy_ci95'][0]:.3f}–{r['accuracy_ci95'][1]:.3f})" if r else "n/a"
-        lines += ["## Tumor vs no tumor", "",
-                  "Classifier: P(tumor) ≥ 0.5. Worklist: a tumor class, or a no_tumor call whose segmenter mask is "
-                  "larger than the disagreement size (flagged `disagreement` and ranked with risk ≥ 0.5).", "",
-                  "| measure | classifier | worklist (classifier or segmenter) |", "|---|---|---|",
-                  f"| accuracy (95% CI) | {ci(b)} | {ci(sc)} |",
-                  f"| sensitivity | {b['sensitivity']:.3f} | {_fmt(sc.get('sensitivity'))} |",
-                  f"| specificity | {b['specificity']:.3f} | {_fmt(sc.get('specificity'))} |", ""]
+
+        lines += [
+            "## Tumor vs no tumor",
+            "",
+            "Classifier: P(tumor) ≥ 0.5. Worklist: a tumor class, or a no_tumor call whose segmenter mask is "
+            "larger than the disagreement size (flagged `disagreement` and ranked with risk ≥ 0.5).",
+            "",
+            "| measure | classifier | worklist (classifier or segmenter) |",
+            "|---|---|---|",
+            f"| accuracy (95% CI) | {ci(b)} | {ci(sc)} |",
+            f"| sensitivity | {b['sensitivity']:.3f} | {_fmt(sc.get('sensitivity'))} |",
+            f"| specificity | {b['specificity']:.3f} | {_fmt(sc.get('specificity'))} |",
+            "",
+        ]
     s = m.get("segmentation")
     if s:
         lines += ["## Segmentation and localisation", "", "| measure | value |", "|---|---|"]
-        for key, label in [("tumor_slices", "tumor slices with a mask"), ("dice_mean", "Dice (mean over tumor slices)"),
-                           ("dice_median", "Dice (median)"),
-                           ("dice_below_0.1_rate", "tumor slices with Dice < 0.1 (mask missed)"),
-                           ("iou_mean", "IoU (mean over tumor slices)"),
-                           ("empty_slices", "tumor-free slices"),
-                           ("false_positive_mask_rate", "false-positive masks on tumor-free slices"),
-                           ("box_iou_mean", "bounding-box IoU (mean; seed 000 Mask R-CNN: 0.42–0.48)"),
-                           ("map50", "mAP@0.5 from mask bounding boxes")]:
+        for key, label in [
+            ("tumor_slices", "tumor slices with a mask"),
+            ("dice_mean", "Dice (mean over tumor slices)"),
+            ("dice_median", "Dice (median)"),
+            ("dice_below_0.1_rate", "tumor slices with Dice < 0.1 (mask missed)"),
+            ("iou_mean", "IoU (mean over tumor slices)"),
+            ("empty_slices", "tumor-free slices"),
+            ("false_positive_mask_rate", "false-positive masks on tumor-free slices"),
+            ("box_iou_mean", "bounding-box IoU (mean; seed 000 Mask R-CNN: 0.42–0.48)"),
+            ("map50", "mAP@0.5 from mask bounding boxes"),
+        ]:
             if key in s:
-                lines.append(f"| {label} | {_fmt(s[key], key in ('false_positive_mask_rate', 'dice_below_0.1_rate'))} |")
+                lines.append(
+                    f"| {label} | {_fmt(s[key], key in ('false_positive_mask_rate', 'dice_below_0.1_rate'))} |"
+                )
         for lab, d in (s.get("dice_by_class") or {}).items():
             lines.append(f"| Dice, {lab} slices | {d:.3f} |")
         lines.append("")
     if rep.get("cv"):
         cv = rep["cv"]
-        lines += ["## Cross-validation", "", f"{cv['folds']}-fold, quick preset, mean ± sd over folds:", "",
-                  "| measure | mean | sd |", "|---|---|---|"]
+        lines += [
+            "## Cross-validation",
+            "",
+            f"{cv['folds']}-fold, quick preset, mean ± sd over folds:",
+            "",
+            "| measure | mean | sd |",
+            "|---|---|---|",
+        ]
         for k, v in cv["summary"].items():
             lines.append(f"| {k} | {v['mean']:.3f} | {v['sd']:.3f} |")
-        lines += ["", "| fold | train images | test images | accuracy | macro F1 | tumor-miss | ECE | training min |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| fold | train images | test images | accuracy | macro F1 | tumor-miss | ECE | training min |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for f in cv["per_fold"]:
-            lines.append(f"| {f['fold']} | {f.get('n_train', 'n/a')} | {f['n_test']} | {f['accuracy']:.3f} | "
-                         f"{f['macro_f1']:.3f} | {_fmt(f['tumor_miss_rate'], True)} | {f['ece']:.3f} | "
-                         f"{f.get('train_min', 0):.1f} |")
+            lines.append(
+                f"| {f['fold']} | {f.get('n_train', 'n/a')} | {f['n_test']} | {f['accuracy']:.3f} | "
+                f"{f['macro_f1']:.3f} | {_fmt(f['tumor_miss_rate'], True)} | {f['ece']:.3f} | "
+                f"{f.get('train_min', 0):.1f} |"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def run_evaluation(data: Path, out: Path, folds: int = 0, limit: int | None = None, progress: bool = True,
-                   service=None) -> dict:
+def run_evaluation(
+    data: Path, out: Path, folds: int = 0, limit: int | None = None, progress: bool = True, service=None
+) -> dict:
     """Evaluate the active models on ``data``; write ``out`` (.md) and ``out.with_suffix('.json')``."""
     import torch
 
@@ -272,10 +329,19 @@ def run_evaluation(data: Path, out: Path, folds: int = 0, limit: int | None = No
     results = predict_cached(service, kept, progress=progress)
     ms = (time.perf_counter() - t0) * 1000 / max(1, len(results))
     metrics = score(kept, results)
-    rep = {"dataset": data.name, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-           "versions": versions, "selection": selection, "n_candidates": len(samples),
-           "n_unreadable": len(test.rejected), "n_removed_duplicates": removed, "dedup_note": note,
-           "ms_per_image": ms, "threads": torch.get_num_threads(), "metrics": metrics}
+    rep = {
+        "dataset": data.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions,
+        "selection": selection,
+        "n_candidates": len(samples),
+        "n_unreadable": len(test.rejected),
+        "n_removed_duplicates": removed,
+        "dedup_note": note,
+        "ms_per_image": ms,
+        "threads": torch.get_num_threads(),
+        "metrics": metrics,
+    }
     if folds and folds > 1:
         from triage.crossval import cross_validate
 
@@ -284,11 +350,13 @@ def run_evaluation(data: Path, out: Path, folds: int = 0, limit: int | None = No
     b = metrics.get("binary") or {}
     sc = metrics.get("screen") or {}
     s = metrics.get("segmentation") or {}
-    rep["summary_line"] = (f"{data.name}: n={metrics['n']} (removed {removed} duplicates) "
-                           f"acc={_fmt(c.get('accuracy'))} tumor-vs-none={_fmt(b.get('accuracy'))} "
-                           f"worklist-tumor-vs-none={_fmt(sc.get('accuracy'))} "
-                           f"miss={_fmt(c.get('tumor_miss_rate'), True)} ece={_fmt(c.get('ece'))} "
-                           f"dice={_fmt(s.get('dice_mean'))} fp_masks={_fmt(s.get('false_positive_mask_rate'), True)}")
+    rep["summary_line"] = (
+        f"{data.name}: n={metrics['n']} (removed {removed} duplicates) "
+        f"acc={_fmt(c.get('accuracy'))} tumor-vs-none={_fmt(b.get('accuracy'))} "
+        f"worklist-tumor-vs-none={_fmt(sc.get('accuracy'))} "
+        f"miss={_fmt(c.get('tumor_miss_rate'), True)} ece={_fmt(c.get('ece'))} "
+        f"dice={_fmt(s.get('dice_mean'))} fp_masks={_fmt(s.get('false_positive_mask_rate'), True)}"
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_markdown(rep), encoding="utf-8")

@@ -28,8 +28,8 @@ from torch import nn
 
 from triage.models import resolve_module
 from triage.preprocess import paste_into_scan
-from triage.transforms import from_model_output, model_input
 from triage.records import CLASSES
+from triage.transforms import from_model_output, model_input
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,14 @@ EXPLAIN_LOCK = threading.Lock()
 _DEFAULT_MEAN, _DEFAULT_STD = 0.2, 0.25
 
 
-def explain(net: nn.Module, meta: dict, crop_image: np.ndarray, target_class: str,
-            method: str = "gradcam", lock: threading.Lock | None = None) -> np.ndarray:
+def explain(
+    net: nn.Module,
+    meta: dict,
+    crop_image: np.ndarray,
+    target_class: str,
+    method: str = "gradcam",
+    lock: threading.Lock | None = None,
+) -> np.ndarray:
     """Heatmap of the evidence for ``target_class`` in a brain crop.
 
     net: the classifier (kept in eval mode; its parameters are not changed). meta: its model
@@ -68,21 +74,20 @@ def explain(net: nn.Module, meta: dict, crop_image: np.ndarray, target_class: st
     return np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0).astype(np.float32)
 
 
-def explain_to_scan(heatmap_crop: np.ndarray, bbox: tuple[int, int, int, int],
-                    scan_shape: tuple[int, int]) -> np.ndarray:
+def explain_to_scan(
+    heatmap_crop: np.ndarray, bbox: tuple[int, int, int, int], scan_shape: tuple[int, int]
+) -> np.ndarray:
     """Place a crop heatmap (float (h, w) in [0, 1]) into the scan: float32 (H, W), 0 outside."""
     heat = np.asarray(heatmap_crop, dtype=np.float32)
     x0, y0, x1, y1 = bbox
     if heat.ndim != 2 or heat.shape != (y1 - y0, x1 - x0):
-        raise ValueError(f"heatmap shape {heat.shape} does not match bbox {bbox} "
-                         f"(expected {(y1 - y0, x1 - x0)})")
+        raise ValueError(f"heatmap shape {heat.shape} does not match bbox {bbox} (expected {(y1 - y0, x1 - x0)})")
     if not (0 <= x0 < x1 <= scan_shape[1] and 0 <= y0 < y1 <= scan_shape[0]):
         raise ValueError(f"bbox {bbox} is outside the scan of shape {tuple(scan_shape)}")
     return paste_into_scan(heat, bbox, (int(scan_shape[0]), int(scan_shape[1])), fill=0.0)
 
 
-def _run_cam(net: nn.Module, cam_cls: type[BaseCAM], layer: nn.Module, x: np.ndarray,
-             class_index: int) -> np.ndarray:
+def _run_cam(net: nn.Module, cam_cls: type[BaseCAM], layer: nn.Module, x: np.ndarray, class_index: int) -> np.ndarray:
     """Run one CAM on float32 (S, S) input ``x`` with hooks on ``layer`` (always removed).
 
     Returns float32 (S, S) in [0, 1].
@@ -133,8 +138,11 @@ def _target_layer(net: nn.Module, meta: dict) -> nn.Module:
 def _normalised_input(crop: np.ndarray, size: int, meta: dict) -> np.ndarray:
     """uint8 (h, w) crop -> float32 (size, size), ``(x / 255 - mean) / std``."""
     norm = meta.get("normalization") or {}
-    card = {**meta, "input_size": size, "normalization": {"mean": float(norm.get("mean", _DEFAULT_MEAN)),
-                                                           "std": float(norm.get("std", _DEFAULT_STD))}}
+    card = {
+        **meta,
+        "input_size": size,
+        "normalization": {"mean": float(norm.get("mean", _DEFAULT_MEAN)), "std": float(norm.get("std", _DEFAULT_STD))},
+    }
     return np.ascontiguousarray(model_input([crop], card)[0, 0].numpy(), dtype=np.float32)
 
 

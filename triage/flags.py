@@ -41,16 +41,26 @@ class FlagRule:
         return ((tumor >= self.low) & (tumor <= self.high)) | (probs.max(1) < self.top_below)
 
     def to_card(self) -> dict:
-        return {**asdict(self), "rule": (f"uncertain when P(tumour) in [{self.low:.2f}, {self.high:.2f}] or top "
-                                         f"probability < {self.top_below:.2f}; fitted on validation with at most "
-                                         f"{MAX_CORRECT_FLAGGED:.0%} of correct calls flagged")}
+        return {
+            **asdict(self),
+            "rule": (
+                f"uncertain when P(tumour) in [{self.low:.2f}, {self.high:.2f}] or top "
+                f"probability < {self.top_below:.2f}; fitted on validation with at most "
+                f"{MAX_CORRECT_FLAGGED:.0%} of correct calls flagged"
+            ),
+        }
 
     @classmethod
     def from_card(cls, block: dict | None) -> FlagRule | None:
         if not block:
             return None
-        return cls(**{k: block[k] for k in ("low", "high", "top_below", "errors_flagged", "correct_flagged",
-                                            "n_errors", "n") if k in block})
+        return cls(
+            **{
+                k: block[k]
+                for k in ("low", "high", "top_below", "errors_flagged", "correct_flagged", "n_errors", "n")
+                if k in block
+            }
+        )
 
 
 def call_errors(probs: np.ndarray, allowed: np.ndarray) -> np.ndarray:

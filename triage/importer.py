@@ -105,8 +105,7 @@ class ImportSummary:
 
     def table(self) -> list[dict]:
         """One row per class: images and masks kept."""
-        return [{"class": c, "images": self.counts.get(c, 0), "masks": self.masks_per_class.get(c, 0)}
-                for c in CLASSES]
+        return [{"class": c, "images": self.counts.get(c, 0), "masks": self.masks_per_class.get(c, 0)} for c in CLASSES]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,15 +147,19 @@ def find_problems(counts: dict[str, int], masks: int, task: str) -> list[str]:
         listed = ", ".join(f"{k}: {v}" for k, v in small.items())
         problems.append(f"too few images ({listed}); at least {MIN_IMAGES_PER_CLASS} per class are needed")
     if task in ("segmenter", "both") and masks == 0:
-        problems.append("no tumor masks found: the segmenter needs a masks/ folder with files named like "
-                        "their images (or a mask_path column)")
+        problems.append(
+            "no tumor masks found: the segmenter needs a masks/ folder with files named like "
+            "their images (or a mask_path column)"
+        )
     return problems
 
 
 # ----- sources --------------------------------------------------------------------------------
 
-def import_folder(folder: str | Path, task: str = "classifier", settings: Settings | None = None,
-                  progress: Progress | None = None) -> ImportSummary:
+
+def import_folder(
+    folder: str | Path, task: str = "classifier", settings: Settings | None = None, progress: Progress | None = None
+) -> ImportSummary:
     """Import a server folder: class folders (+ masks/), or a folder holding a manifest.csv."""
     settings = settings or get_settings()
     folder = Path(folder).expanduser()
@@ -170,8 +173,13 @@ def import_folder(folder: str | Path, task: str = "classifier", settings: Settin
     return _build(items, f"folder {folder}", task, settings, skipped, rejected, mismatches, progress)
 
 
-def import_manifest(csv_path: str | Path, task: str = "classifier", settings: Settings | None = None,
-                    progress: Progress | None = None, include_test: bool = False) -> ImportSummary:
+def import_manifest(
+    csv_path: str | Path,
+    task: str = "classifier",
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    include_test: bool = False,
+) -> ImportSummary:
     """Import the rows of a manifest CSV (paths relative to its folder). Test-split rows are left out
     unless ``include_test`` (they stay available for an honest evaluation)."""
     settings = settings or get_settings()
@@ -182,8 +190,9 @@ def import_manifest(csv_path: str | Path, task: str = "classifier", settings: Se
     return _build(items, f"manifest {csv_path}", task, settings, skipped, rejected, mismatches, progress)
 
 
-def import_reviewed(cases: list[dict], task: str = "classifier", settings: Settings | None = None,
-                    progress: Progress | None = None) -> ImportSummary:
+def import_reviewed(
+    cases: list[dict], task: str = "classifier", settings: Settings | None = None, progress: Progress | None = None
+) -> ImportSummary:
     """Import reviewed worklist cases: the reviewer's label and the stored scan (and truth mask)."""
     settings = settings or get_settings()
     items, skipped, rejected = [], [], []
@@ -201,15 +210,27 @@ def import_reviewed(cases: list[dict], task: str = "classifier", settings: Setti
         frame = extra.get("frame") if isinstance(extra, dict) else None
         mask = case.get("truth_mask_path")
         sid = str(case.get("scan_id") or "")[:12]
-        items.append(_Item(path=Path(stored), label=label, name=f"{name} ({sid})", stem=f"{Path(name).stem}_{sid}",
-                           mask=Path(mask) if mask else None, frame=int(frame) if frame is not None else None))
+        items.append(
+            _Item(
+                path=Path(stored),
+                label=label,
+                name=f"{name} ({sid})",
+                stem=f"{Path(name).stem}_{sid}",
+                mask=Path(mask) if mask else None,
+                frame=int(frame) if frame is not None else None,
+            )
+        )
     if not cases:
         skipped.append("the worklist has no reviewed cases")
     return _build(items, "reviewed worklist cases", task, settings, skipped, rejected, [], progress)
 
 
-def import_zip(source: bytes | str | Path, task: str = "classifier", settings: Settings | None = None,
-               progress: Progress | None = None) -> ImportSummary:
+def import_zip(
+    source: bytes | str | Path,
+    task: str = "classifier",
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
     """Import a zip archive holding class folders (+ masks/) or a manifest.csv.
 
     The archive is checked before anything is written: absolute paths, drive letters, ``..``
@@ -220,8 +241,9 @@ def import_zip(source: bytes | str | Path, task: str = "classifier", settings: S
     root = staging_root(settings)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        zf = zipfile.ZipFile(BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview))
-                             else Path(source))
+        zf = zipfile.ZipFile(
+            BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
+        )
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise DatasetError(f"not a readable zip archive ({exc})") from exc
     with zf:
@@ -243,8 +265,9 @@ def import_zip(source: bytes | str | Path, task: str = "classifier", settings: S
 SOURCES = ("folder", "zip", "manifest", "worklist")
 
 
-def import_source(kind: str, value: object, task: str = "classifier", settings: Settings | None = None,
-                  report: Progress | None = None) -> ImportSummary:
+def import_source(
+    kind: str, value: object, task: str = "classifier", settings: Settings | None = None, report: Progress | None = None
+) -> ImportSummary:
     """Dispatch to an importer: ``kind`` in :data:`SOURCES`; ``value`` is the folder path, the zip
     (bytes or path), the manifest path, or the list of reviewed worklist cases."""
     if kind == "folder":
@@ -259,6 +282,7 @@ def import_source(kind: str, value: object, task: str = "classifier", settings: 
 
 
 # ----- zip safety ----------------------------------------------------------------------------
+
 
 def _safe_member_name(name: str) -> str:
     """The normalised relative path of a member, or DatasetError if it could escape the target."""
@@ -290,12 +314,16 @@ def _check_archive(zf: zipfile.ZipFile) -> tuple[list[tuple[zipfile.ZipInfo, str
         if info.is_dir():
             continue
         if info.file_size > MAX_MEMBER_BYTES:
-            raise DatasetError(f"archive member {info.filename!r} inflates to {info.file_size / 1e6:.0f} MB, "
-                               f"over the {MAX_MEMBER_BYTES / 1e6:.0f} MB limit per file")
+            raise DatasetError(
+                f"archive member {info.filename!r} inflates to {info.file_size / 1e6:.0f} MB, "
+                f"over the {MAX_MEMBER_BYTES / 1e6:.0f} MB limit per file"
+            )
         if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(1, info.compress_size):
-            raise DatasetError(f"archive member {info.filename!r} has a compression ratio of "
-                               f"{info.file_size / max(1, info.compress_size):.0f}:1 (limit {MAX_RATIO:.0f}:1); "
-                               "this looks like a zip bomb")
+            raise DatasetError(
+                f"archive member {info.filename!r} has a compression ratio of "
+                f"{info.file_size / max(1, info.compress_size):.0f}:1 (limit {MAX_RATIO:.0f}:1); "
+                "this looks like a zip bomb"
+            )
         total += info.file_size
         if total > MAX_TOTAL_BYTES:
             raise DatasetError(f"archive inflates to more than {MAX_TOTAL_BYTES / 1e9:.0f} GB")
@@ -327,8 +355,10 @@ def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], targe
                     written += len(chunk)
                     total += len(chunk)
                     if written > info.file_size or written > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
-                        raise DatasetError(f"archive member {info.filename!r} inflates beyond its declared "
-                                           "size or the archive limits; this looks like a zip bomb")
+                        raise DatasetError(
+                            f"archive member {info.filename!r} inflates beyond its declared "
+                            "size or the archive limits; this looks like a zip bomb"
+                        )
                     dst.write(chunk)
         except FileExistsError as exc:
             raise DatasetError(f"archive holds {clean!r} twice") from exc
@@ -337,6 +367,7 @@ def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], targe
 
 
 # ----- collecting items ----------------------------------------------------------------------
+
 
 def _class_of(parts: list[str]) -> str | None:
     return next((normalize_label(p) for p in reversed(parts) if normalize_label(p)), None)
@@ -377,19 +408,21 @@ def _collect_class_folders(root: Path) -> tuple[list[_Item], list[str], list[str
     for p, label, name in images:
         choices = masks.get(p.stem, [])
         mask = next((m for m, lab in choices if lab == label), None) or next(
-            (m for m, lab in choices if lab is None), None)
+            (m for m, lab in choices if lab is None), None
+        )
         if mask is not None:
             used.add(mask)
         items.append(_Item(path=p, label=label, name=name, mask=mask))
-    for stem, choices in sorted(masks.items()):
+    for _stem, choices in sorted(masks.items()):
         for m, _ in choices:
             if m not in used:
                 mismatches.append(f"{m.relative_to(root).as_posix()}: mask without a matching image, dropped")
     return items, skipped, mismatches
 
 
-def _collect_manifest(csv_path: Path, confine: Path | None,
-                      include_test: bool = True) -> tuple[list[_Item], list[str], list[list[str]], list[str]]:
+def _collect_manifest(
+    csv_path: Path, confine: Path | None, include_test: bool = True
+) -> tuple[list[_Item], list[str], list[list[str]], list[str]]:
     """Rows of a manifest CSV. ``confine``: paths must stay inside this folder (archives)."""
     base = csv_path.parent
     items, skipped, rejected, mismatches = [], [], [], []
@@ -400,8 +433,10 @@ def _collect_manifest(csv_path: Path, confine: Path | None,
             cols = [c.strip().lower() for c in (reader.fieldnames or [])]
             if "path" not in cols or "label" not in cols:
                 raise DatasetError(f"{csv_path.name} needs at least the columns 'path' and 'label'")
-            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
-                    for row in reader]
+            rows = [
+                {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
+                for row in reader
+            ]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{csv_path.name} is not a readable CSV file ({exc})") from exc
     for i, row in enumerate(rows, start=2):
@@ -413,8 +448,11 @@ def _collect_manifest(csv_path: Path, confine: Path | None,
         raw_label = row.get("label", "")
         label = normalize_label(raw_label)
         if label is None:
-            why = ("binary tumor/no label cannot train the 4-class model" if raw_label.lower() in {"yes", "tumor"}
-                   else f"unknown label {raw_label!r}")
+            why = (
+                "binary tumor/no label cannot train the 4-class model"
+                if raw_label.lower() in {"yes", "tumor"}
+                else f"unknown label {raw_label!r}"
+            )
             skipped.append(f"{name}: {why}, skipped")
             continue
         path = _manifest_path(base, rel, confine)
@@ -447,6 +485,7 @@ def _manifest_path(base: Path, rel: str, confine: Path | None) -> Path | None:
 
 # ----- building the dataset ------------------------------------------------------------------
 
+
 def _unique_stem(stem: str, used: set[str]) -> str:
     stem = _UNSAFE_CHARS.sub("_", stem).strip("._")[:80] or "image"
     candidate, n = stem, 1
@@ -470,8 +509,16 @@ def _dataset_id(source: str) -> str:
     return f"{stamp}-{kind}-{hashlib.sha1(os.urandom(8)).hexdigest()[:6]}"
 
 
-def _build(items: list[_Item], source: str, task: str, settings: Settings, skipped: list[str],
-           rejected: list[list[str]], mismatches: list[str], progress: Progress | None) -> ImportSummary:
+def _build(
+    items: list[_Item],
+    source: str,
+    task: str,
+    settings: Settings,
+    skipped: list[str],
+    rejected: list[list[str]],
+    mismatches: list[str],
+    progress: Progress | None,
+) -> ImportSummary:
     """Validate, de-duplicate and write ``items`` as a dataset folder; return its summary."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -479,8 +526,9 @@ def _build(items: list[_Item], source: str, task: str, settings: Settings, skipp
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".import-"))
     try:
-        summary = _write_dataset(items, source, task, settings, skipped, list(rejected), list(mismatches),
-                                 tmp, progress)
+        summary = _write_dataset(
+            items, source, task, settings, skipped, list(rejected), list(mismatches), tmp, progress
+        )
         final = root / _dataset_id(source)
         summary.dataset_dir = str(final)
         (tmp / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
@@ -492,9 +540,17 @@ def _build(items: list[_Item], source: str, task: str, settings: Settings, skipp
     return summary
 
 
-def _write_dataset(items: list[_Item], source: str, task: str, settings: Settings, skipped: list[str],
-                   rejected: list[list[str]], mismatches: list[str], out: Path,
-                   progress: Progress | None) -> ImportSummary:
+def _write_dataset(
+    items: list[_Item],
+    source: str,
+    task: str,
+    settings: Settings,
+    skipped: list[str],
+    rejected: list[list[str]],
+    mismatches: list[str],
+    out: Path,
+    progress: Progress | None,
+) -> ImportSummary:
     accepted: list[tuple[_Item, np.ndarray, np.ndarray | None, bytes | None]] = []
     thumbs, sha1s = [], []
     for i, item in enumerate(items):
@@ -530,7 +586,7 @@ def _write_dataset(items: list[_Item], source: str, task: str, settings: Setting
         sha1s.append(hashlib.sha1(as_png).hexdigest() if as_png is not None else file_sha1(item.path))
     if progress is not None:
         progress(len(items), len(items))
-    keep = (dedup_groups(np.stack(thumbs), sha1s) if thumbs else np.zeros(0, bool))
+    keep = dedup_groups(np.stack(thumbs), sha1s) if thumbs else np.zeros(0, bool)
     vectors = np.stack(thumbs) if thumbs else np.zeros((0, 1), np.float32)
     duplicates, exact, near = [], 0, 0
     first_by_sha: dict[str, int] = {}
@@ -578,18 +634,32 @@ def _write_dataset(items: list[_Item], source: str, task: str, settings: Setting
         writer.writerows(rows)
     counts_d = {c: int(counts.get(c, 0)) for c in CLASSES}
     masks_d = {c: int(mask_counts.get(c, 0)) for c in CLASSES}
-    warnings = [f"no images for {c}: the new classifier will never predict it" for c in CLASSES
-                if counts_d[c] == 0 and sum(counts_d.values()) > 0]
+    warnings = [
+        f"no images for {c}: the new classifier will never predict it"
+        for c in CLASSES
+        if counts_d[c] == 0 and sum(counts_d.values()) > 0
+    ]
     n_test = sum(1 for i in kept_idx if _TEST_FOLDERS & {q.lower() for q in Path(accepted[i][0].name).parts[:-1]})
     if n_test:
         warnings.append(f"{n_test} images come from a test/Testing folder and will be used for training")
     if task in ("segmenter", "both") and sum(masks_d.values()) and counts_d["no_tumor"] == 0:
         warnings.append("no tumor-free images: the segmenter will not learn to leave healthy slices empty")
     return ImportSummary(
-        dataset_dir=str(out), source=source, task=task, counts=counts_d, masks_per_class=masks_d,
-        mask_mismatches=mismatches, duplicates=duplicates, exact_duplicates=exact, near_duplicates=near,
-        rejected=rejected, skipped=skipped, problems=find_problems(counts_d, sum(masks_d.values()), task),
-        warnings=warnings, created=datetime.now(UTC).isoformat(timespec="seconds"))
+        dataset_dir=str(out),
+        source=source,
+        task=task,
+        counts=counts_d,
+        masks_per_class=masks_d,
+        mask_mismatches=mismatches,
+        duplicates=duplicates,
+        exact_duplicates=exact,
+        near_duplicates=near,
+        rejected=rejected,
+        skipped=skipped,
+        problems=find_problems(counts_d, sum(masks_d.values()), task),
+        warnings=warnings,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def load_summary(dataset_dir: str | Path) -> ImportSummary:

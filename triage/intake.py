@@ -48,8 +48,14 @@ def store_upload(data: bytes, fmt: str, scans_dir: Path) -> Path:
     return path
 
 
-def ingest(service: TriageService, worklist: Worklist, data: bytes, name: str,
-           truth_label: str | None = None, truth_mask: bytes | None = None) -> list[CaseResult]:
+def ingest(
+    service: TriageService,
+    worklist: Worklist,
+    data: bytes,
+    name: str,
+    truth_label: str | None = None,
+    truth_mask: bytes | None = None,
+) -> list[CaseResult]:
     """Analyse one upload and record it: cases for good scans, a rejection entry otherwise.
 
     Returns the analysis results (one per frame). A scan already in the worklist is not added
@@ -73,15 +79,23 @@ def ingest(service: TriageService, worklist: Worklist, data: bytes, name: str,
             truth_path = store_upload(truth_mask, "png", scans_dir / "truth")
         row = case_row(r)
         case = {
-            "scan_id": r.scan_id, "name": shown, "stored_path": str(stored), "label": row["label"],
-            "risk": r.risk, "flags": list(r.flags), "ood": bool(r.prediction.ood),
+            "scan_id": r.scan_id,
+            "name": shown,
+            "stored_path": str(stored),
+            "label": row["label"],
+            "risk": r.risk,
+            "flags": list(r.flags),
+            "ood": bool(r.prediction.ood),
             "tumor_area_px": r.segmentation.area_px if r.segmentation else 0,
             "tumor_area_mm2": r.segmentation.area_mm2 if r.segmentation else None,
             "mask_path": str(mask_path) if mask_path else None,
             "thumbnail": thumbnail_png(r.scan.pixels),
-            "classifier_version": versions.get("classifier", ""), "segmenter_version": versions.get("segmenter", ""),
-            "truth_label": truth_label, "truth_mask_path": str(truth_path) if truth_path else None,
-            "frame": r.scan.frame, "ood_score": r.prediction.ood_score,
+            "classifier_version": versions.get("classifier", ""),
+            "segmenter_version": versions.get("segmenter", ""),
+            "truth_label": truth_label,
+            "truth_mask_path": str(truth_path) if truth_path else None,
+            "frame": r.scan.frame,
+            "ood_score": r.prediction.ood_score,
             "pixel_spacing": list(r.scan.pixel_spacing) if r.scan.pixel_spacing else None,
             "dicom": r.scan.meta,
             **{k: row[k] for k in row if k.startswith("p_")},

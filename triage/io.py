@@ -34,10 +34,26 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".di
 MAX_FRAMES = 256
 _Frame = tuple[np.ndarray, int | None, dict]  # (uint8 pixels, frame index, per-frame meta)
 # DICOM attributes that are safe to keep; identifiers are added only with allow_phi.
-_SAFE_DICOM_TAGS = ("Modality", "SeriesDescription", "StudyDescription", "BodyPartExamined",
-                    "MRAcquisitionType", "SliceThickness", "MagneticFieldStrength", "Manufacturer")
-_PHI_DICOM_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                   "AccessionNumber", "StudyDate", "InstitutionName", "ReferringPhysicianName")
+_SAFE_DICOM_TAGS = (
+    "Modality",
+    "SeriesDescription",
+    "StudyDescription",
+    "BodyPartExamined",
+    "MRAcquisitionType",
+    "SliceThickness",
+    "MagneticFieldStrength",
+    "Manufacturer",
+)
+_PHI_DICOM_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyDate",
+    "InstitutionName",
+    "ReferringPhysicianName",
+)
 
 
 def content_id(data: bytes) -> str:
@@ -196,10 +212,10 @@ def _check_dims(h: int, w: int, settings: Settings) -> None:
     if h * w > settings.max_pixels:
         raise InvalidScanError(
             f"image is {w}x{h} pixels, over the limit of {settings.max_pixels:,} pixels "
-            "(possible decompression bomb); export the slice at a normal size")
+            "(possible decompression bomb); export the slice at a normal size"
+        )
     if min(h, w) < settings.min_side:
-        raise InvalidScanError(
-            f"image is only {w}x{h} pixels; at least {settings.min_side} px per side is needed")
+        raise InvalidScanError(f"image is only {w}x{h} pixels; at least {settings.min_side} px per side is needed")
 
 
 def _total_budget(settings: Settings) -> int:
@@ -211,14 +227,17 @@ def _check_total(total: int, n_frames: int, settings: Settings) -> None:
     if total > _total_budget(settings):
         raise InvalidScanError(
             f"file has {n_frames} frames totalling {total:,} pixels, over the limit of "
-            f"{_total_budget(settings):,}; split the series into smaller files")
+            f"{_total_budget(settings):,}; split the series into smaller files"
+        )
 
 
 def _bomb_message(exc: Exception, settings: Settings) -> str:
     m = re.search(r"\((\d+) pixels\)", str(exc))
     size = f" ({int(m.group(1)):,} pixels)" if m else ""
-    return (f"image is too large to decode safely{size}, over the limit of {settings.max_pixels:,} "
-            "pixels (possible decompression bomb); export the slice at a normal size")
+    return (
+        f"image is too large to decode safely{size}, over the limit of {settings.max_pixels:,} "
+        "pixels (possible decompression bomb); export the slice at a normal size"
+    )
 
 
 def _is_reduced_resolution(frame: Image.Image) -> bool:
@@ -270,7 +289,8 @@ def _decode_pil(data: bytes, settings: Settings, kind: str = "image") -> tuple[l
     except UnidentifiedImageError as exc:
         if kind in _PIL_KINDS:
             raise InvalidScanError(
-                f"the file starts like a {kind.upper()} image but its header is corrupt or truncated") from exc
+                f"the file starts like a {kind.upper()} image but its header is corrupt or truncated"
+            ) from exc
         raise InvalidScanError(f"not a readable image: the bytes are not {SUPPORTED}") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ValueError...
         log.info("image decode failed: %s: %s", type(exc).__name__, exc)
@@ -301,7 +321,7 @@ def _safe_get(ds: object, keyword: str) -> object:
     """``ds.get(keyword)`` that returns None instead of raising on malformed values."""
     try:
         return ds.get(keyword)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - pydicom raises many types converting broken raw values
+    except Exception:
         return None
 
 
@@ -314,7 +334,7 @@ def _fg_item(ds: object, frame: int, seq: str) -> object:
                 inner = _safe_get(fg[idx], seq)
                 if inner is not None and len(inner):
                     return inner[0]
-        except Exception as exc:  # noqa: BLE001 - malformed sequence: fall back to the top level
+        except Exception as exc:
             log.debug("ignoring malformed %s: %s", groups, exc)
     return None
 
@@ -357,7 +377,7 @@ def _dicom_rescale(ds: object, frame: int, arr: np.ndarray) -> np.ndarray:
     if _safe_get(ds, "ModalityLUTSequence"):
         try:
             return np.asarray(apply_modality_lut(arr, ds), np.float32)
-        except Exception as exc:  # noqa: BLE001 - a broken LUT falls back to stored values
+        except Exception as exc:
             log.info("modality LUT ignored: %s", exc)
             return arr.astype(np.float32)
     slope = _finite_float(_dicom_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
@@ -385,7 +405,7 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[_Frame], tuple 
             raise InvalidScanError(f"DICOM file is corrupt or truncated ({_short(exc)})") from exc
         try:
             has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
-        except Exception:  # noqa: BLE001 - unparseable data set
+        except Exception:
             has_pixels = False
         if not has_pixels:
             raise InvalidScanError("DICOM file has no pixel data (a report, a header-only or a truncated file?)")
@@ -404,9 +424,9 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[_Frame], tuple 
             if ts is not None and getattr(ts, "is_compressed", False):
                 raise InvalidScanError(
                     f"DICOM pixel data is compressed as '{getattr(ts, 'name', ts)}', which cannot be decoded "
-                    f"here ({_short(exc, 80)}); export the series uncompressed") from exc
-            raise InvalidScanError(
-                f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
+                    f"here ({_short(exc, 80)}); export the series uncompressed"
+                ) from exc
+            raise InvalidScanError(f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
         photometric = str(_safe_get(ds, "PhotometricInterpretation") or "").strip().upper()
         if photometric == "PALETTE COLOR":
             try:
@@ -420,8 +440,9 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[_Frame], tuple 
         colour_meta: list[dict] = []
         if is_colour:
             rgb = arr[..., :3] if arr.ndim == 4 else arr[None, ..., :3]
-            colour_meta = [{"colorfulness": round(colorfulness(to_uint8(f) if f.dtype != np.uint8 else f), 2)}
-                           for f in rgb]
+            colour_meta = [
+                {"colorfulness": round(colorfulness(to_uint8(f) if f.dtype != np.uint8 else f), 2)} for f in rgb
+            ]
             arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         frames_arr = arr if (n_frames > 1 and arr.ndim == 3) else arr[None, ...]
         invert = photometric == "MONOCHROME1"
@@ -458,7 +479,8 @@ def read_scans(data: bytes, name: str = "upload", settings: Settings | None = No
         raise InvalidScanError("file is empty (0 bytes)")
     if len(data) > settings.max_file_bytes:
         raise InvalidScanError(
-            f"file is {len(data) / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.0f} MB limit")
+            f"file is {len(data) / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.0f} MB limit"
+        )
     try:
         frames, spacing, meta, fmt = _decode(data, display, settings)
     except InvalidScanError:
@@ -472,8 +494,17 @@ def read_scans(data: bytes, name: str = "upload", settings: Settings | None = No
         if pixels.ndim != 2:
             raise InvalidScanError(f"unexpected pixel array shape {pixels.shape}")
         sid = base if frame is None else f"{base}-f{frame}"
-        scans.append(Scan(scan_id=sid, name=display, pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
-                          pixel_spacing=spacing, source_format=fmt, frame=frame, meta={**meta, **frame_meta}))
+        scans.append(
+            Scan(
+                scan_id=sid,
+                name=display,
+                pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
+                pixel_spacing=spacing,
+                source_format=fmt,
+                frame=frame,
+                meta={**meta, **frame_meta},
+            )
+        )
     if not scans:
         raise InvalidScanError("file contains no image frames")
     return scans

@@ -47,8 +47,12 @@ TERMINAL = ("done", "failed", "cancelled")
 GRACE_S = 30.0  # after a cancel, how long the trainer gets to stop by itself
 KILL_AFTER_S = 15.0  # after SIGTERM, how long before SIGKILL
 NICENESS = 10  # training runs at a lower CPU priority so the app stays responsive
-OVERRIDE_FLAGS = {"epochs": "--epochs", "threads": "--threads", "time_budget_min": "--time-budget-min",
-                  "seed": "--seed"}
+OVERRIDE_FLAGS = {
+    "epochs": "--epochs",
+    "threads": "--threads",
+    "time_budget_min": "--time-budget-min",
+    "seed": "--seed",
+}
 _FINETUNE_IGNORED_KWARGS = {"drop_rate", "drop_path_rate"}
 _VERSION_NUM = re.compile(r"^v(\d+)(?:\D|$)")
 
@@ -123,6 +127,7 @@ class JobStatus:
 
 # ----- registry --------------------------------------------------------------------------------
 
+
 def jobs_dir(settings: Settings | None = None) -> Path:
     return (settings or get_settings()).data_dir / "jobs"
 
@@ -170,8 +175,10 @@ def running_jobs(settings: Settings | None = None) -> list[Job]:
 
 # ----- starting ---------------------------------------------------------------------------------
 
-def new_version_name(weights_dir: Path, task: str, reserved: set[str] = frozenset(),
-                     now: datetime | None = None) -> str:
+
+def new_version_name(
+    weights_dir: Path, task: str, reserved: set[str] = frozenset(), now: datetime | None = None
+) -> str:
     """``v<N>-<YYYYmmdd-HHMM>``: N one past the highest existing (or reserved) version number."""
     names = set(list_versions(weights_dir, task)) | set(reserved)
     nums = [int(m.group(1)) for n in names if (m := _VERSION_NUM.match(n))]
@@ -197,12 +204,21 @@ def check_finetune(weights_dir: Path, task: str, version: str, preset: str) -> N
     want = {k: v for k, v in ARCH_KWARGS[arch].items() if k not in _FINETUNE_IGNORED_KWARGS}
     have = {k: v for k, v in meta.get("arch_kwargs", {}).items() if k not in _FINETUNE_IGNORED_KWARGS}
     if meta.get("arch") != arch or have != want:
-        raise TrainingError(f"cannot fine-tune {task} {version}: it is a {meta.get('arch')} {have}, the "
-                            f"{preset} preset trains {arch} {want}; start from scratch instead")
+        raise TrainingError(
+            f"cannot fine-tune {task} {version}: it is a {meta.get('arch')} {have}, the "
+            f"{preset} preset trains {arch} {want}; start from scratch instead"
+        )
 
 
-def start_job(settings: Settings, task: str, data: str | Path, preset: str = "quick",
-              init_from: str | None = None, overrides: dict | None = None, group: str = "") -> Job:
+def start_job(
+    settings: Settings,
+    task: str,
+    data: str | Path,
+    preset: str = "quick",
+    init_from: str | None = None,
+    overrides: dict | None = None,
+    group: str = "",
+) -> Job:
     """Launch ``python -m triage train`` for ``task`` on the dataset folder ``data`` in the background.
 
     ``init_from``: a version of the same task to fine-tune from (``"active"`` = the active one).
@@ -223,8 +239,9 @@ def start_job(settings: Settings, task: str, data: str | Path, preset: str = "qu
     weights_dir = Path(settings.weights_dir)
     busy = [j for j in list_jobs(settings) if j.task == task and job_status(settings, j).running]
     if busy:
-        raise TrainingError(f"a {task} run is already in progress (version {busy[0].version}); "
-                            "wait for it or cancel it first")
+        raise TrainingError(
+            f"a {task} run is already in progress (version {busy[0].version}); wait for it or cancel it first"
+        )
     try:
         active = active_version(weights_dir, task)
     except ModelNotFoundError:
@@ -240,23 +257,52 @@ def start_job(settings: Settings, task: str, data: str | Path, preset: str = "qu
     out = weights_dir / task / version
     run_dir = settings.data_dir / "runs" / f"{task}-{version}"
     run_dir.mkdir(parents=True, exist_ok=False)
-    cmd = [sys.executable, "-m", "triage", "train", task, "--data", str(data.resolve()), "--out", str(out),
-           "--preset", preset, "--run-dir", str(run_dir), "--cache-dir", str(settings.data_dir / "cache"),
-           "--weights-dir", str(weights_dir), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "triage",
+        "train",
+        task,
+        "--data",
+        str(data.resolve()),
+        "--out",
+        str(out),
+        "--preset",
+        preset,
+        "--run-dir",
+        str(run_dir),
+        "--cache-dir",
+        str(settings.data_dir / "cache"),
+        "--weights-dir",
+        str(weights_dir),
+        "--quiet",
+    ]
     if init_from:
         cmd += ["--init-from", init_from]
     for key, value in overrides.items():
         cmd += [OVERRIDE_FLAGS[key], str(value)]
     env = dict(os.environ)
-    env.update(TRIAGE_DATA_DIR=str(settings.data_dir), TRIAGE_WEIGHTS_DIR=str(weights_dir),
-               OMP_NUM_THREADS=str(overrides["threads"]), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p))
+    env.update(
+        TRIAGE_DATA_DIR=str(settings.data_dir),
+        TRIAGE_WEIGHTS_DIR=str(weights_dir),
+        OMP_NUM_THREADS=str(overrides["threads"]),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p),
+    )
     job_id = f"{task}-{version}-{uuid.uuid4().hex[:6]}"
     with (run_dir / "train.log").open("ab") as logf:
         logf.write((" ".join(cmd) + "\n").encode())
         logf.flush()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(REPO_DIR), env=env, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO_DIR),
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
     if NICENESS:
         try:
             os.setpriority(os.PRIO_PROCESS, proc.pid, NICENESS)
@@ -265,17 +311,36 @@ def start_job(settings: Settings, task: str, data: str | Path, preset: str = "qu
     with _PROCS_LOCK:
         _PROCS[job_id] = proc
     now = datetime.now(UTC)
-    job = Job(job_id=job_id, task=task, pid=proc.pid, run_dir=str(run_dir), out=str(out), data=str(data),
-              preset=preset, status="running", started=now.isoformat(timespec="seconds"),
-              started_ts=now.timestamp(), weights_dir=str(weights_dir), init_from=init_from,
-              active_at_start=active, overrides=overrides, group=group)
+    job = Job(
+        job_id=job_id,
+        task=task,
+        pid=proc.pid,
+        run_dir=str(run_dir),
+        out=str(out),
+        data=str(data),
+        preset=preset,
+        status="running",
+        started=now.isoformat(timespec="seconds"),
+        started_ts=now.timestamp(),
+        weights_dir=str(weights_dir),
+        init_from=init_from,
+        active_at_start=active,
+        overrides=overrides,
+        group=group,
+    )
     save_job(settings, job)
     log.info("started %s (pid %d): %s", job_id, proc.pid, " ".join(cmd))
     return job
 
 
-def start_jobs(settings: Settings, task: str, data: str | Path, preset: str = "quick", finetune: bool = True,
-               overrides: dict | None = None) -> list[Job]:
+def start_jobs(
+    settings: Settings,
+    task: str,
+    data: str | Path,
+    preset: str = "quick",
+    finetune: bool = True,
+    overrides: dict | None = None,
+) -> list[Job]:
     """Start one job per model for ``task`` in classifier / segmenter / both.
 
     Everything is checked before anything starts (no run already in progress, fine-tuning
@@ -290,8 +355,9 @@ def start_jobs(settings: Settings, task: str, data: str | Path, preset: str = "q
     for t in tasks:
         busy = [j for j in list_jobs(settings) if j.task == t and job_status(settings, j).running]
         if busy:
-            raise TrainingError(f"a {t} run is already in progress (version {busy[0].version}); "
-                                "wait for it or cancel it first")
+            raise TrainingError(
+                f"a {t} run is already in progress (version {busy[0].version}); wait for it or cancel it first"
+            )
         if finetune:
             try:
                 base = active_version(settings.weights_dir, t)
@@ -304,12 +370,14 @@ def start_jobs(settings: Settings, task: str, data: str | Path, preset: str = "q
 
 # ----- status -----------------------------------------------------------------------------------
 
+
 def _start_time(pid: int) -> float | None:
     """Wall-clock start of process ``pid`` from /proc (None where unavailable)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        btime = next(float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
-                     if ln.startswith("btime"))
+        btime = next(
+            float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime")
+        )
         return btime + float(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError, StopIteration):
         return None
@@ -384,14 +452,17 @@ def log_tail(run_dir: str | Path, lines: int = 20) -> list[str]:
 def _error_from_log(tail: list[str], returncode: int | None) -> str:
     for ln in reversed(tail):
         if ln.startswith("error:"):
-            return ln[len("error:"):].strip()
+            return ln[len("error:") :].strip()
     for ln in reversed(tail):
         if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln):
             return ln.strip()
     if returncode is not None and returncode < 0:
         return f"the training process was stopped by signal {-returncode}"
-    return f"the training process ended with exit code {returncode}" if returncode is not None else \
-        "the training process ended without finishing"
+    return (
+        f"the training process ended with exit code {returncode}"
+        if returncode is not None
+        else "the training process ended without finishing"
+    )
 
 
 def _budget_min(run_dir: Path) -> float | None:
@@ -437,11 +508,22 @@ def job_status(settings: Settings, job: Job) -> JobStatus:
     total_epochs = int(epochs[-1]["total_epochs"]) if epochs else int(job.overrides.get("epochs") or 0)
     end = job.finished_ts if job.finished and job.finished_ts else now
     elapsed = max(0.0, end - job.started_ts)
-    st = JobStatus(job=job, phase=job.status, fraction=1.0 if job.status == "done" else 0.0, elapsed_s=elapsed,
-                   eta_s=0.0 if job.status == "done" else None, step=step, total_steps=total_steps,
-                   epoch=len(epochs), total_epochs=total_epochs,
-                   steps=[{"step": int(e["step"]), "loss": float(e["loss"])} for e in steps if "loss" in e],
-                   epochs=epochs, result=done or {}, log_tail=tail, error=job.error)
+    st = JobStatus(
+        job=job,
+        phase=job.status,
+        fraction=1.0 if job.status == "done" else 0.0,
+        elapsed_s=elapsed,
+        eta_s=0.0 if job.status == "done" else None,
+        step=step,
+        total_steps=total_steps,
+        epoch=len(epochs),
+        total_epochs=total_epochs,
+        steps=[{"step": int(e["step"]), "loss": float(e["loss"])} for e in steps if "loss" in e],
+        epochs=epochs,
+        result=done or {},
+        log_tail=tail,
+        error=job.error,
+    )
     if job.finished:
         return st
     # Running: estimate progress like the trainer's schedule (steps or wall-time budget, whichever is further).
@@ -521,6 +603,7 @@ def cancel(settings: Settings, job: Job, grace_s: float = GRACE_S) -> JobStatus:
 
 
 # ----- threads for shorter work -------------------------------------------------------------------
+
 
 class BackgroundTasks:
     """Named functions on worker threads of the server process, shared by every tab.

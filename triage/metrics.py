@@ -5,6 +5,7 @@ Classification metrics use scikit-learn; mask metrics are computed from tp/fp/fn
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -36,7 +37,7 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
     correct = (probs.argmax(1) == y_true).astype(np.float64)
     edges = np.linspace(0, 1, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
@@ -59,8 +60,10 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: tuple[
         "n": len(y_true),
         "accuracy": acc,
         "accuracy_ci95": [lo, hi],
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
         "macro_f1": float(np.mean(f)),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "tumor_miss_rate": missed / max(1, int(tumor.sum())),

@@ -81,7 +81,9 @@ def list_versions(weights_dir: Path, task: str) -> list[str]:
     d = task_dir(weights_dir, task)
     if not d.is_dir():
         return []
-    return sorted(p.name for p in d.iterdir() if (p / "metadata.json").is_file() and (p / "model.safetensors").is_file())
+    return sorted(
+        p.name for p in d.iterdir() if (p / "metadata.json").is_file() and (p / "model.safetensors").is_file()
+    )
 
 
 def active_version(weights_dir: Path, task: str) -> str:
@@ -96,7 +98,8 @@ def active_version(weights_dir: Path, task: str) -> str:
         log.warning("ACTIVE points at missing version %r for %s", name, task)
     if not versions:
         raise ModelNotFoundError(
-            f"no {task} model in {d}; train one with `python -m triage train {task}` or restore weights/")
+            f"no {task} model in {d}; train one with `python -m triage train {task}` or restore weights/"
+        )
     return versions[-1]
 
 
@@ -155,8 +158,9 @@ def save_model(folder: Path, net: nn.Module, meta: dict, extras: dict[str, torch
     save_file(state, str(tmp / "model.safetensors"))
     if extras:
         save_file({k: v.detach().cpu().contiguous() for k, v in extras.items()}, str(tmp / "extras.safetensors"))
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n",
-                                       encoding="utf-8")
+    (tmp / "metadata.json").write_text(
+        json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8"
+    )
     os.replace(tmp, folder)
     return folder
 

@@ -40,8 +40,9 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {image.shape}")
 
 
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4,
-                    colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+def heatmap_overlay(
+    image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET
+) -> np.ndarray:
     """Blend a colour-mapped heatmap over an image.
 
     image: uint8 (H, W) grey (or (H, W, 3) RGB). heatmap: float (H, W) in [0, 1] (values
@@ -68,8 +69,9 @@ def auto_thickness(shape: tuple[int, ...]) -> int:
     return max(1, round(max(shape[:2]) / 256))
 
 
-def mask_contour_overlay(image: np.ndarray, mask: np.ndarray, color: Color = PREDICTION_COLOR,
-                         thickness: int | None = None) -> np.ndarray:
+def mask_contour_overlay(
+    image: np.ndarray, mask: np.ndarray, color: Color = PREDICTION_COLOR, thickness: int | None = None
+) -> np.ndarray:
     """Draw the outline of a binary mask (outer borders and holes) over an image.
 
     image: uint8 (H, W) or (H, W, 3) RGB. mask: bool (or 0/1) (H, W). thickness: pixels, None
@@ -81,8 +83,9 @@ def mask_contour_overlay(image: np.ndarray, mask: np.ndarray, color: Color = PRE
     return _draw_contours(rgb, m, color, thickness)
 
 
-def truth_vs_prediction_overlay(image: np.ndarray, pred_mask: np.ndarray, truth_mask: np.ndarray,
-                                thickness: int | None = None) -> np.ndarray:
+def truth_vs_prediction_overlay(
+    image: np.ndarray, pred_mask: np.ndarray, truth_mask: np.ndarray, thickness: int | None = None
+) -> np.ndarray:
     """Outline the ground truth in green and the prediction in red (drawn on top).
 
     image: uint8 (H, W) or (H, W, 3). pred_mask, truth_mask: bool (H, W). Returns uint8 RGB.
@@ -94,8 +97,9 @@ def truth_vs_prediction_overlay(image: np.ndarray, pred_mask: np.ndarray, truth_
     return _draw_contours(rgb, pred, PREDICTION_COLOR, thickness)
 
 
-def bbox_overlay(image: np.ndarray, bbox: tuple[int, int, int, int], color: Color = BBOX_COLOR,
-                 thickness: int | None = None) -> np.ndarray:
+def bbox_overlay(
+    image: np.ndarray, bbox: tuple[int, int, int, int], color: Color = BBOX_COLOR, thickness: int | None = None
+) -> np.ndarray:
     """Draw a rectangle ``bbox = (x0, y0, x1, y1)`` (x1/y1 exclusive, image pixels).
 
     image: uint8 (H, W) or (H, W, 3). Returns uint8 (H, W, 3) RGB. The box must be non-empty;

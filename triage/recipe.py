@@ -51,10 +51,12 @@ def dataset_samples(shared: Path, name: str, split: str | None = None) -> list[S
     return [s for s in samples if split is None or s.split == split]
 
 
-def cached(shared: Path, name: str, split: str | None, cache_dir: Path, progress: bool = True,
-           crop: dict | None = None) -> CachedSet:
-    return build_cache(dataset_samples(shared, name, split), CACHE_SIZE, cache_dir, with_masks=True,
-                       progress=progress, crop=crop)
+def cached(
+    shared: Path, name: str, split: str | None, cache_dir: Path, progress: bool = True, crop: dict | None = None
+) -> CachedSet:
+    return build_cache(
+        dataset_samples(shared, name, split), CACHE_SIZE, cache_dir, with_masks=True, progress=progress, crop=crop
+    )
 
 
 def _dup_mask(query: CachedSet, refs: list[CachedSet]) -> np.ndarray:
@@ -73,8 +75,15 @@ class SplitBundle:
     info: dict
 
 
-def standard_split(shared: Path, cache_dir: Path, seed: int = 0, val_fraction: float = 0.12,
-                   use_sartaj: bool = True, progress: bool = True, crop: dict | None = None) -> SplitBundle:
+def standard_split(
+    shared: Path,
+    cache_dir: Path,
+    seed: int = 0,
+    val_fraction: float = 0.12,
+    use_sartaj: bool = True,
+    progress: bool = True,
+    crop: dict | None = None,
+) -> SplitBundle:
     """Build the training and validation sets described in the module docstring."""
     brisc_train = cached(shared, "brisc2025", "train", cache_dir, progress, crop)
     val_sel = stratified_split(brisc_train.labels(), val_fraction, seed)
@@ -83,7 +92,9 @@ def standard_split(shared: Path, cache_dir: Path, seed: int = 0, val_fraction: f
     val_dup = _dup_mask(val_cand, [train])
     val = val_cand.subset(~val_dup)
     info: dict = {
-        "recipe": "triage.recipe.standard_split", "seed": seed, "val_fraction": val_fraction,
+        "recipe": "triage.recipe.standard_split",
+        "seed": seed,
+        "val_fraction": val_fraction,
         "near_duplicate_rule": "sha1 equal or 64x64 grey thumbnail cosine >= 0.99",
         "val_removed_as_duplicates_of_train": int(val_dup.sum()),
         "sources": {"brisc2025": {"train": len(train.samples), "val": len(val.samples)}},
@@ -102,12 +113,16 @@ def standard_split(shared: Path, cache_dir: Path, seed: int = 0, val_fraction: f
         drop = _dup_mask(extra, protect) | np.array([s in already for s in extra.sha1s], bool)
         extra_kept = extra.subset(~drop)
         info["sources"]["sartaj_training"] = {
-            "available": len(extra.samples), "kept": len(extra_kept.samples),
-            "dropped_duplicates_of_val_or_test_or_brisc_train": int(drop.sum())}
+            "available": len(extra.samples),
+            "kept": len(extra_kept.samples),
+            "dropped_duplicates_of_val_or_test_or_brisc_train": int(drop.sum()),
+        }
         train = concat([train, extra_kept])
     info["train_counts"] = train.counts()
     info["val_counts"] = val.counts()
-    info["train_with_mask"] = int(train.masks.reshape(len(train.masks), -1).any(1).sum()) if train.masks is not None else 0
+    info["train_with_mask"] = (
+        int(train.masks.reshape(len(train.masks), -1).any(1).sum()) if train.masks is not None else 0
+    )
     info["train_sha1_digest"] = hashlib.sha1("".join(sorted(train.sha1s)).encode()).hexdigest()
     info["val_sha1_digest"] = hashlib.sha1("".join(sorted(val.sha1s)).encode()).hexdigest()
     return SplitBundle(train, val, info)
@@ -118,9 +133,13 @@ def concat(sets: list[CachedSet]) -> CachedSet:
     if all(s.masks is not None for s in sets):
         masks = np.concatenate([s.masks for s in sets])
     return CachedSet(
-        samples=[x for s in sets for x in s.samples], images=np.concatenate([s.images for s in sets]),
-        masks=masks, thumbs=np.concatenate([s.thumbs for s in sets]),
-        sha1s=[x for s in sets for x in s.sha1s], rejected=[x for s in sets for x in s.rejected])
+        samples=[x for s in sets for x in s.samples],
+        images=np.concatenate([s.images for s in sets]),
+        masks=masks,
+        thumbs=np.concatenate([s.thumbs for s in sets]),
+        sha1s=[x for s in sets for x in s.sha1s],
+        rejected=[x for s in sets for x in s.rejected],
+    )
 
 
 def standardized(s: CachedSet, intensity_norm: str | None) -> CachedSet:
@@ -138,7 +157,9 @@ def write_split_file(folder: Path, bundle: SplitBundle) -> None:
     (Path(folder) / "splits.json").write_text(json.dumps(data), encoding="utf-8")
 
 
-def dedup_test_against_training(test: CachedSet, train_sha1: set[str], train_thumbs: np.ndarray) -> tuple[CachedSet, int]:
+def dedup_test_against_training(
+    test: CachedSet, train_sha1: set[str], train_thumbs: np.ndarray
+) -> tuple[CachedSet, int]:
     """Drop test images that duplicate (exact or near) any training image; return kept set and count."""
     hit = np.array([s in train_sha1 for s in test.sha1s], bool)
     hit |= near_duplicate_of(test.thumbs, train_thumbs)

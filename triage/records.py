@@ -23,11 +23,22 @@ CLASSES: tuple[str, ...] = tuple(c.value for c in TumorClass)
 
 # Folder names seen in public datasets, mapped to our class names.
 CLASS_ALIASES: dict[str, str] = {
-    "no_tumor": "no_tumor", "notumor": "no_tumor", "no": "no_tumor", "normal": "no_tumor",
-    "no tumor": "no_tumor", "no-tumor": "no_tumor", "healthy": "no_tumor",
-    "glioma": "glioma", "glioma_tumor": "glioma", "gliomas": "glioma",
-    "meningioma": "meningioma", "meningioma_tumor": "meningioma", "meningiomas": "meningioma",
-    "pituitary": "pituitary", "pituitary_tumor": "pituitary", "pituitary_adenoma": "pituitary",
+    "no_tumor": "no_tumor",
+    "notumor": "no_tumor",
+    "no": "no_tumor",
+    "normal": "no_tumor",
+    "no tumor": "no_tumor",
+    "no-tumor": "no_tumor",
+    "healthy": "no_tumor",
+    "glioma": "glioma",
+    "glioma_tumor": "glioma",
+    "gliomas": "glioma",
+    "meningioma": "meningioma",
+    "meningioma_tumor": "meningioma",
+    "meningiomas": "meningioma",
+    "pituitary": "pituitary",
+    "pituitary_tumor": "pituitary",
+    "pituitary_adenoma": "pituitary",
 }
 
 

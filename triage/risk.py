@@ -110,8 +110,9 @@ def risk_score(probs: np.ndarray, weights: Mapping[str, float] | None = None) ->
     return float(np.clip(np.dot(p, w), 0.0, 1.0))
 
 
-def triage_flags(probs: np.ndarray, ood: bool, disagreement: bool, uncertain_below: float,
-                 rule: FlagRule | None = None) -> tuple[str, ...]:
+def triage_flags(
+    probs: np.ndarray, ood: bool, disagreement: bool, uncertain_below: float, rule: FlagRule | None = None
+) -> tuple[str, ...]:
     """Review flags for a case, in the order of :data:`FLAGS`.
 
     ``uncertain``: by the classifier card's fitted ``rule`` (:mod:`triage.flags`) when it has one;
@@ -165,21 +166,26 @@ def describe_policy(settings: Settings) -> str:
     lo, hi = TUMOR_UNCERTAIN_BAND
     rows = [f"| {cls} | {w[i]:.2f} | {RATIONALE.get(cls, '')} |" for i, cls in enumerate(CLASSES)]
     custom = "" if dict(settings.risk_weights) == DEFAULT_RISK_WEIGHTS else " (customised)"
-    return "\n".join([
-        f"**Risk weights{custom}**",
-        "",
-        "| Class | Weight | Reasoning |",
-        "|---|---:|---|",
-        *rows,
-        "",
-        "**Rules**",
-        "",
-        "- Risk = sum over classes of calibrated probability x weight, clipped to [0, 1].",
-        (f"- *uncertain*: top probability < {settings.uncertain_below:.2f}, or tumour probability "
-         f"(1 - p(no_tumor)) between {lo:.2f} and {hi:.2f}."),
-        ("- *ood*: the scan looks unlike the training data; *disagreement*: classifier and "
-         "segmenter disagree."),
-        (f"- Any flagged case is ranked at risk >= {settings.review_risk_floor:.2f}, so it never "
-         "sinks to the bottom of the worklist."),
-        "- A triage ordering aid, not a diagnosis.",
-    ])
+    return "\n".join(
+        [
+            f"**Risk weights{custom}**",
+            "",
+            "| Class | Weight | Reasoning |",
+            "|---|---:|---|",
+            *rows,
+            "",
+            "**Rules**",
+            "",
+            "- Risk = sum over classes of calibrated probability x weight, clipped to [0, 1].",
+            (
+                f"- *uncertain*: top probability < {settings.uncertain_below:.2f}, or tumour probability "
+                f"(1 - p(no_tumor)) between {lo:.2f} and {hi:.2f}."
+            ),
+            ("- *ood*: the scan looks unlike the training data; *disagreement*: classifier and segmenter disagree."),
+            (
+                f"- Any flagged case is ranked at risk >= {settings.review_risk_floor:.2f}, so it never "
+                "sinks to the bottom of the worklist."
+            ),
+            "- A triage ordering aid, not a diagnosis.",
+        ]
+    )

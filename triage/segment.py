@@ -9,8 +9,8 @@ import torch
 from triage.metrics import mask_bbox
 from triage.models import LoadedModel
 from triage.preprocess import check_intensity_norm, paste_into_scan
-from triage.transforms import from_model_output, model_input
 from triage.records import BrainCrop, Segmentation
+from triage.transforms import from_model_output, model_input
 
 
 def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
@@ -57,12 +57,14 @@ class Segmenter:
         probs = probability_maps(self.net, x, self.tta).numpy()
         return [from_model_output(p, c.shape[:2]) for p, c in zip(probs, crops)]
 
-    def segment(self, crops: list[BrainCrop], scan_shapes: list[tuple[int, int]],
-                spacings: list[tuple[float, float] | None]) -> list[Segmentation]:
+    def segment(
+        self, crops: list[BrainCrop], scan_shapes: list[tuple[int, int]], spacings: list[tuple[float, float] | None]
+    ) -> list[Segmentation]:
         """Binary masks at scan resolution with area (px, and mm² when spacing is known) and bbox."""
         out = []
-        for crop, prob, shape, spacing in zip(crops, self.probabilities([c.image for c in crops]), scan_shapes,
-                                              spacings):
+        for crop, prob, shape, spacing in zip(
+            crops, self.probabilities([c.image for c in crops]), scan_shapes, spacings
+        ):
             m = prob >= self.threshold
             # min_area_frac is relative to the model's input square; scale to crop pixels.
             side = max(crop.image.shape[:2])
@@ -70,6 +72,13 @@ class Segmenter:
             full = paste_into_scan(m, crop.bbox, shape, fill=False)
             area = int(full.sum())
             mm2 = float(area * spacing[0] * spacing[1]) if spacing else None
-            out.append(Segmentation(mask=full, area_px=area, area_mm2=mm2, bbox=mask_bbox(full),
-                                    max_prob=float(prob.max()) if prob.size else 0.0))
+            out.append(
+                Segmentation(
+                    mask=full,
+                    area_px=area,
+                    area_mm2=mm2,
+                    bbox=mask_bbox(full),
+                    max_prob=float(prob.max()) if prob.size else 0.0,
+                )
+            )
         return out

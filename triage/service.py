@@ -81,9 +81,12 @@ class TriageService:
                 cls = load_model(wd, "classifier")
                 seg = load_model(wd, "segmenter")
                 self._bundle = ModelBundle(
-                    classifier=Classifier(cls), segmenter=Segmenter(seg),
+                    classifier=Classifier(cls),
+                    segmenter=Segmenter(seg),
                     versions={"classifier": cls.version, "segmenter": seg.version},
-                    trained=cls.trained and seg.trained, pointers=state)
+                    trained=cls.trained and seg.trained,
+                    pointers=state,
+                )
                 log.info("loaded classifier %s and segmenter %s", cls.version, seg.version)
             return self._bundle
 
@@ -102,8 +105,15 @@ class TriageService:
         try:
             scans = read_scans(data, name, self.settings)
         except InvalidScanError as exc:
-            return [CaseResult(name=name, status="rejected", scan_id=content_id(data) if data else "",
-                               error=str(exc), flags=("rejected",))]
+            return [
+                CaseResult(
+                    name=name,
+                    status="rejected",
+                    scan_id=content_id(data) if data else "",
+                    error=str(exc),
+                    flags=("rejected",),
+                )
+            ]
         decode_ms = (time.perf_counter() - t0) * 1000 / len(scans)
         results = self.analyze_scans(scans, explain=explain)
         return [replace(r, timings_ms={"decode": decode_ms, **r.timings_ms}) for r in results]
@@ -114,13 +124,20 @@ class TriageService:
             size = p.stat().st_size
             if size > self.settings.max_file_bytes:
                 raise InvalidScanError(
-                    f"file is {size / 1e6:.1f} MB, over the {self.settings.max_file_bytes / 1e6:.0f} MB limit")
+                    f"file is {size / 1e6:.1f} MB, over the {self.settings.max_file_bytes / 1e6:.0f} MB limit"
+                )
             data = p.read_bytes()
         except InvalidScanError as exc:
             return [CaseResult(name=p.name, status="rejected", error=str(exc), flags=("rejected",))]
         except OSError as exc:
-            return [CaseResult(name=p.name, status="rejected", error=f"cannot read file: {exc.strerror or exc}",
-                               flags=("rejected",))]
+            return [
+                CaseResult(
+                    name=p.name,
+                    status="rejected",
+                    error=f"cannot read file: {exc.strerror or exc}",
+                    flags=("rejected",),
+                )
+            ]
         return self.analyze_bytes(data, p.name, explain=explain)
 
     def analyze_scans(self, scans: list[Scan], explain: bool = False) -> list[CaseResult]:
@@ -138,37 +155,64 @@ class TriageService:
         for i, (scan, crop) in enumerate(zip(scans, crops)):
             reason = not_brain_reason(scan, crop)
             if reason:
-                results[i] = CaseResult(name=scan.name, status="rejected", scan_id=scan.scan_id, error=reason,
-                                        scan=scan, crop=crop, flags=("rejected", "not_brain"))
+                results[i] = CaseResult(
+                    name=scan.name,
+                    status="rejected",
+                    scan_id=scan.scan_id,
+                    error=reason,
+                    scan=scan,
+                    crop=crop,
+                    flags=("rejected", "not_brain"),
+                )
             else:
                 keep.append(i)
         t = time.perf_counter()
         preds = bundle.classifier.predict([crops[i].image for i in keep])
         cls_ms = (time.perf_counter() - t) * 1000 / max(1, len(keep))
         t = time.perf_counter()
-        segs = bundle.segmenter.segment([crops[i] for i in keep], [scans[i].shape for i in keep],
-                                        [scans[i].pixel_spacing for i in keep])
+        segs = bundle.segmenter.segment(
+            [crops[i] for i in keep], [scans[i].shape for i in keep], [scans[i].pixel_spacing for i in keep]
+        )
         seg_ms = (time.perf_counter() - t) * 1000 / max(1, len(keep))
         for i, pred, seg in zip(keep, preds, segs):
             scan, crop = scans[i], crops[i]
             if pred.ood_score > OOD_REJECT_FACTOR * bundle.classifier.ood_threshold:
                 results[i] = CaseResult(
-                    name=scan.name, status="rejected", scan_id=scan.scan_id, scan=scan, crop=crop, prediction=pred,
-                    error=(f"not a brain MRI: the image is far outside what the model was trained on "
-                           f"(out-of-distribution score {pred.ood_score:.0f}, limit "
-                           f"{OOD_REJECT_FACTOR * bundle.classifier.ood_threshold:.0f})"),
-                    flags=("rejected", "not_brain"))
+                    name=scan.name,
+                    status="rejected",
+                    scan_id=scan.scan_id,
+                    scan=scan,
+                    crop=crop,
+                    prediction=pred,
+                    error=(
+                        f"not a brain MRI: the image is far outside what the model was trained on "
+                        f"(out-of-distribution score {pred.ood_score:.0f}, limit "
+                        f"{OOD_REJECT_FACTOR * bundle.classifier.ood_threshold:.0f})"
+                    ),
+                    flags=("rejected", "not_brain"),
+                )
                 continue
             seg, disagreement = self.reconcile(pred, seg, crop.image.size)
-            flags = list(triage_flags(pred.probs, pred.ood, disagreement, self.settings.uncertain_below,
-                                      bundle.classifier.flag_rule))
+            flags = list(
+                triage_flags(
+                    pred.probs, pred.ood, disagreement, self.settings.uncertain_below, bundle.classifier.flag_rule
+                )
+            )
             if not bundle.trained:
                 flags.append("untrained_model")
             risk = final_risk(pred.probs, tuple(flags), self.settings)
             results[i] = CaseResult(
-                name=scan.name, status="ok", scan_id=scan.scan_id, scan=scan, crop=crop, prediction=pred,
-                segmentation=seg, risk=risk, flags=tuple(flags),
-                timings_ms={"crop": crop_ms, "classify": cls_ms, "segment": seg_ms})
+                name=scan.name,
+                status="ok",
+                scan_id=scan.scan_id,
+                scan=scan,
+                crop=crop,
+                prediction=pred,
+                segmentation=seg,
+                risk=risk,
+                flags=tuple(flags),
+                timings_ms={"crop": crop_ms, "classify": cls_ms, "segment": seg_ms},
+            )
         if explain:
             results = [self.with_explanation(r) if r is not None and r.ok else r for r in results]
         return [r for r in results if r is not None]
@@ -186,8 +230,9 @@ class TriageService:
         if seg.area_px > self.settings.disagreement_mask_fraction * crop_area:
             return seg, True
         empty = np.zeros_like(seg.mask)
-        return Segmentation(mask=empty, area_px=0, area_mm2=0.0 if seg.area_mm2 is not None else None,
-                            bbox=None, max_prob=seg.max_prob), False
+        return Segmentation(
+            mask=empty, area_px=0, area_mm2=0.0 if seg.area_mm2 is not None else None, bbox=None, max_prob=seg.max_prob
+        ), False
 
     def explain(self, result: CaseResult, target_class: str | None = None, method: str = "gradcam") -> Explanation:
         """Class-activation heatmap at scan resolution for ``target_class`` (default: predicted)."""
@@ -207,8 +252,9 @@ class TriageService:
     def with_explanation(self, result: CaseResult) -> CaseResult:
         t = time.perf_counter()
         exp = self.explain(result)
-        return replace(result, explanation=exp,
-                       timings_ms={**result.timings_ms, "gradcam": (time.perf_counter() - t) * 1000})
+        return replace(
+            result, explanation=exp, timings_ms={**result.timings_ms, "gradcam": (time.perf_counter() - t) * 1000}
+        )
 
 
 def mask_png(mask: np.ndarray) -> bytes:
@@ -224,9 +270,14 @@ def case_row(result: CaseResult) -> dict:
     p = result.prediction
     seg = result.segmentation
     row = {
-        "name": result.name, "scan_id": result.scan_id, "status": result.status, "error": result.error,
-        "label": p.label if p else "", "risk": round(result.risk, 4) if result.ok else "",
-        "ood": int(p.ood) if p else "", "ood_score": round(p.ood_score, 2) if p else "",
+        "name": result.name,
+        "scan_id": result.scan_id,
+        "status": result.status,
+        "error": result.error,
+        "label": p.label if p else "",
+        "risk": round(result.risk, 4) if result.ok else "",
+        "ood": int(p.ood) if p else "",
+        "ood_score": round(p.ood_score, 2) if p else "",
         "flags": ";".join(result.flags),
         "suspected_tumor": int(suspected_tumor(p.label, result.flags)) if (p and result.ok) else "",
         "tumor_area_px": seg.area_px if seg else "",

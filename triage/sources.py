@@ -95,9 +95,14 @@ def read_rows(shared: Path, name: str) -> list[Row]:
             if label not in CLASSES and label != "tumor":
                 raise DatasetError(f"{mf}: unknown label {raw!r}")
             mp = (row.get("mask_path") or "").strip()
-            sample = Sample(path=(root / row["path"]).resolve(), label=label, dataset=name,
-                            mask_path=(root / mp).resolve() if mp else None,
-                            patient_id=(row.get("patient_id") or "").strip(), sha1=row.get("sha1", "").strip())
+            sample = Sample(
+                path=(root / row["path"]).resolve(),
+                label=label,
+                dataset=name,
+                mask_path=(root / mp).resolve() if mp else None,
+                patient_id=(row.get("patient_id") or "").strip(),
+                sha1=row.get("sha1", "").strip(),
+            )
             group = row.get("subtype") or sample.patient_id
             out.append(Row(sample, group, row.get("site", ""), row.get("sequence", "")))
     return out
@@ -166,8 +171,14 @@ def _source_name(s: Sample) -> str:
     return "sartaj" if s.dataset.startswith("sartaj") else s.dataset
 
 
-def multi_source_split(shared: Path, cache_dir: Path, task: str = "classifier", seed: int = 0,
-                       progress: bool = True, crop: dict | None = None) -> MultiSourceBundle:
+def multi_source_split(
+    shared: Path,
+    cache_dir: Path,
+    task: str = "classifier",
+    seed: int = 0,
+    progress: bool = True,
+    crop: dict | None = None,
+) -> MultiSourceBundle:
     """Training and validation sets of every source, as the module docstring lays out.
 
     ``task="segmenter"`` keeps only images with a mask or of tumour-free slices, and leaves out
@@ -179,26 +190,43 @@ def multi_source_split(shared: Path, cache_dir: Path, task: str = "classifier", 
     b_train, b_val = brisc_train.subset(~val_sel), brisc_train.subset(val_sel)
     b_val, _ = _drop_dups(b_val, [b_train])
     splits = source_splits(shared, seed)
-    added = {name: {part: _cache(getattr(sp, part), cache_dir, progress, crop) for part in ("train", "val", "test")}
-             for name, sp in splits.items()}
-    protect = [cached(shared, "brisc2025", "test", cache_dir, progress),
-               cached(shared, "sartaj_brain_tumor_classification", "test", cache_dir, progress),
-               *[added[name]["test"] for name in added]]
+    added = {
+        name: {part: _cache(getattr(sp, part), cache_dir, progress, crop) for part in ("train", "val", "test")}
+        for name, sp in splits.items()
+    }
+    protect = [
+        cached(shared, "brisc2025", "test", cache_dir, progress),
+        cached(shared, "sartaj_brain_tumor_classification", "test", cache_dir, progress),
+        *[added[name]["test"] for name in added],
+    ]
     for name in ("navoneel_brain_mri_yes_no", "lgg_kaggle_3m_subset"):
         try:
             protect.append(cached(shared, name, None, cache_dir, progress))
         except DatasetError:
             log.warning("%s missing: cannot protect it from leakage", name)
     trains, vals = [b_train], [b_val]
-    info: dict = {"recipe": RECIPE, "seed": seed, "task": task,
-                  "near_duplicate_rule": "sha1 equal or 64x64 grey thumbnail cosine >= 0.99",
-                  "held_out": {"brisc2025": "test split", "sartaj": "Testing",
-                               LGG: f"sites {', '.join(LGG_TEST_SITES)}", BRATS: list(BRATS_TEST_PATIENTS),
-                               FELTRIN: list(FELTRIN_TEST_SUBTYPES),
-                               "navoneel_brain_mri_yes_no": "all", "lgg_kaggle_3m_subset": "all"},
-                  "validation": {"brisc2025": "stratified 12% of train", LGG: f"{LGG_VAL_PATIENTS} patients",
-                                 BRATS: list(BRATS_VAL_PATIENTS), FELTRIN: list(FELTRIN_VAL_SUBTYPES)},
-                  "sources": {}}
+    info: dict = {
+        "recipe": RECIPE,
+        "seed": seed,
+        "task": task,
+        "near_duplicate_rule": "sha1 equal or 64x64 grey thumbnail cosine >= 0.99",
+        "held_out": {
+            "brisc2025": "test split",
+            "sartaj": "Testing",
+            LGG: f"sites {', '.join(LGG_TEST_SITES)}",
+            BRATS: list(BRATS_TEST_PATIENTS),
+            FELTRIN: list(FELTRIN_TEST_SUBTYPES),
+            "navoneel_brain_mri_yes_no": "all",
+            "lgg_kaggle_3m_subset": "all",
+        },
+        "validation": {
+            "brisc2025": "stratified 12% of train",
+            LGG: f"{LGG_VAL_PATIENTS} patients",
+            BRATS: list(BRATS_VAL_PATIENTS),
+            FELTRIN: list(FELTRIN_VAL_SUBTYPES),
+        },
+        "sources": {},
+    }
     names = ["sartaj", LGG, BRATS, FELTRIN] if task == "classifier" else [LGG, BRATS]
     for name in names:
         if name == "sartaj":
@@ -209,12 +237,15 @@ def multi_source_split(shared: Path, cache_dir: Path, task: str = "classifier", 
             va = None
         else:
             tr, n_drop = _drop_dups(added[name]["train"], protect)
-            va, n_drop_val = _drop_dups(added[name]["val"], protect)
+            va, _ = _drop_dups(added[name]["val"], protect)
         trains.append(tr)
         if va is not None and len(va.samples):
             vals.append(va)
-        info["sources"][name] = {"train": len(tr.samples), "val": 0 if va is None else len(va.samples),
-                                 "dropped_duplicates_of_test": n_drop}
+        info["sources"][name] = {
+            "train": len(tr.samples),
+            "val": 0 if va is None else len(va.samples),
+            "dropped_duplicates_of_test": n_drop,
+        }
     info["sources"]["brisc2025"] = {"train": len(b_train.samples), "val": len(b_val.samples)}
     train, val = concat(trains), concat(vals)
     if task == "segmenter":
@@ -223,8 +254,9 @@ def multi_source_split(shared: Path, cache_dir: Path, task: str = "classifier", 
     info["val_counts"] = val.counts()
     info["train_sha1_digest"] = hashlib.sha1("".join(sorted(train.sha1s)).encode()).hexdigest()
     info["val_sha1_digest"] = hashlib.sha1("".join(sorted(val.sha1s)).encode()).hexdigest()
-    return MultiSourceBundle(train, val, info, [_source_name(s) for s in train.samples],
-                             [_source_name(s) for s in val.samples])
+    return MultiSourceBundle(
+        train, val, info, [_source_name(s) for s in train.samples], [_source_name(s) for s in val.samples]
+    )
 
 
 def segmentation_subset(s: CachedSet) -> CachedSet:

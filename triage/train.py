@@ -45,39 +45,95 @@ PRESETS: dict[str, dict[str, dict]] = {
     "classifier": {
         # Issue 23: every shared source, per-source balance, ImageNet-initialised EfficientNet-Lite0.
         # The remap is the same for every class now that tumours come on real T2/FLAIR too.
-        "multi": dict(arch="timm:efficientnet_lite0", input_size=160, epochs=60, batch_size=32, lr=1e-3,
-                      time_budget_min=150.0, recipe="multi_source", pretrained="efficientnet_lite0_imagenet",
-                      epoch_images=4800, sequence_aug=0.3, sequence_aug_no_tumor=0.3, enhancement_aug=0.3,
-                      skull_strip_aug=0.15, jpeg_aug=0.3),
+        "multi": dict(
+            arch="timm:efficientnet_lite0",
+            input_size=160,
+            epochs=60,
+            batch_size=32,
+            lr=1e-3,
+            time_budget_min=150.0,
+            recipe="multi_source",
+            pretrained="efficientnet_lite0_imagenet",
+            epoch_images=4800,
+            sequence_aug=0.3,
+            sequence_aug_no_tumor=0.3,
+            enhancement_aug=0.3,
+            skull_strip_aug=0.15,
+            jpeg_aug=0.3,
+        ),
         # Augmentation as shipped since v4 (class-conditional T2/FLAIR remap + enhancement suppression).
-        "full": dict(arch="timm:regnetx_004", input_size=160, epochs=30, batch_size=32, lr=3e-3,
-                     time_budget_min=65.0, sequence_aug=0.5, sequence_aug_no_tumor=0.1, enhancement_aug=0.35),
+        "full": dict(
+            arch="timm:regnetx_004",
+            input_size=160,
+            epochs=30,
+            batch_size=32,
+            lr=3e-3,
+            time_budget_min=65.0,
+            sequence_aug=0.5,
+            sequence_aug_no_tumor=0.1,
+            enhancement_aug=0.35,
+        ),
         # Epoch and image caps high enough that the 8-min budget, not the cap, ends the run (the
         # v1 caps of 3 epochs x 1200 images stopped after 1.1-1.4 min: 5-fold CV 0.537).
-        "quick": dict(arch="timm:regnetx_004", input_size=128, epochs=12, batch_size=32, lr=3e-3,
-                      max_train_images=2400, time_budget_min=8.0),
+        "quick": dict(
+            arch="timm:regnetx_004",
+            input_size=128,
+            epochs=12,
+            batch_size=32,
+            lr=3e-3,
+            max_train_images=2400,
+            time_budget_min=8.0,
+        ),
     },
     "segmenter": {
         # Issue 23: every shared source, U-Net on an ImageNet-initialised EfficientNet-Lite0 encoder.
-        "multi": dict(arch="smp:Unet", input_size=160, epochs=60, batch_size=16, lr=1e-3, time_budget_min=150.0,
-                      recipe="multi_source", pretrained="efficientnet_lite0_imagenet", epoch_images=3200,
-                      sequence_aug=0.3, sequence_aug_no_tumor=0.3, enhancement_aug=0.3, skull_strip_aug=0.15,
-                      jpeg_aug=0.3, seg_dice="batch+image"),
-        "full": dict(arch="monai:UNet", input_size=160, epochs=30, batch_size=16, lr=3e-3,
-                     time_budget_min=65.0),
-        "quick": dict(arch="monai:UNet", input_size=128, epochs=10, batch_size=16, lr=2e-3,
-                      max_train_images=1600, time_budget_min=8.0),
+        "multi": dict(
+            arch="smp:Unet",
+            input_size=160,
+            epochs=60,
+            batch_size=16,
+            lr=1e-3,
+            time_budget_min=150.0,
+            recipe="multi_source",
+            pretrained="efficientnet_lite0_imagenet",
+            epoch_images=3200,
+            sequence_aug=0.3,
+            sequence_aug_no_tumor=0.3,
+            enhancement_aug=0.3,
+            skull_strip_aug=0.15,
+            jpeg_aug=0.3,
+            seg_dice="batch+image",
+        ),
+        "full": dict(arch="monai:UNet", input_size=160, epochs=30, batch_size=16, lr=3e-3, time_budget_min=65.0),
+        "quick": dict(
+            arch="monai:UNet",
+            input_size=128,
+            epochs=10,
+            batch_size=16,
+            lr=2e-3,
+            max_train_images=1600,
+            time_budget_min=8.0,
+        ),
     },
 }
 
 ARCH_KWARGS = {
     "timm:regnetx_004": {"num_classes": len(CLASSES), "in_chans": 1, "drop_rate": 0.2},
-    "monai:UNet": {"in_channels": 1, "out_channels": 1, "channels": [16, 32, 64, 128, 256],
-                   "strides": [2, 2, 2, 2], "num_res_units": 1},
+    "monai:UNet": {
+        "in_channels": 1,
+        "out_channels": 1,
+        "channels": [16, 32, 64, 128, 256],
+        "strides": [2, 2, 2, 2],
+        "num_res_units": 1,
+    },
     "timm:efficientnet_lite0": {"num_classes": len(CLASSES), "in_chans": 1, "drop_rate": 0.2},
     # A light decoder: the default (256..16) doubles the segmenter's CPU time for no measured gain here.
-    "smp:Unet": {"encoder_name": "tu-efficientnet_lite0", "in_channels": 1, "classes": 1,
-                 "decoder_channels": [96, 48, 24, 16, 8]},
+    "smp:Unet": {
+        "encoder_name": "tu-efficientnet_lite0",
+        "in_channels": 1,
+        "classes": 1,
+        "decoder_channels": [96, 48, 24, 16, 8],
+    },
 }
 GRADCAM_LAYERS = {"timm:regnetx_004": "s4", "timm:efficientnet_lite0": "bn2"}
 # Minimum component area (fraction of the input square) used when selecting the best segmenter epoch.
@@ -233,13 +289,14 @@ def _progress(step: int, total_steps: int, t0: float, budget_min: float) -> floa
     return max(step / max(1, total_steps), (time.time() - t0) / (60.0 * budget_min))
 
 
-def _batches(n: int, bs: int, rng: np.random.Generator, weights: np.ndarray | None = None,
-             epoch_images: int | None = None) -> list[np.ndarray]:
+def _batches(
+    n: int, bs: int, rng: np.random.Generator, weights: np.ndarray | None = None, epoch_images: int | None = None
+) -> list[np.ndarray]:
     if weights is None:
         order = rng.permutation(n)
     else:
         order = rng.choice(n, size=epoch_images or n, replace=True, p=weights / weights.sum())
-    return [order[i:i + bs] for i in range(0, len(order), bs)]
+    return [order[i : i + bs] for i in range(0, len(order), bs)]
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -256,7 +313,7 @@ def predict_logits(net: nn.Module, images: np.ndarray, size: int, bs: int = 64, 
     net.eval()
     out = []
     for i in range(0, len(images), bs):
-        x = squares_to_tensor(images[i:i + bs], size, MEAN, STD)
+        x = squares_to_tensor(images[i : i + bs], size, MEAN, STD)
         logits = net(x).float()
         if tta:
             logits = (logits + net(x.flip(-1)).float()) / 2
@@ -294,7 +351,7 @@ def pooled_features(net: nn.Module, images: np.ndarray, size: int, bs: int = 64)
     net.eval()
     feats = []
     for i in range(0, len(images), bs):
-        x = squares_to_tensor(images[i:i + bs], size, MEAN, STD)
+        x = squares_to_tensor(images[i : i + bs], size, MEAN, STD)
         feats.append(net.forward_head(net.forward_features(x), pre_logits=True).float())
     return torch.cat(feats).numpy()
 
@@ -316,20 +373,44 @@ def mahalanobis_score(feats: np.ndarray, means: np.ndarray, precision: np.ndarra
 
 
 def _environment() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "triage": __version__,
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triage": __version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
 
 
-def _save_checkpoint(path: Path, net: nn.Module, opt: torch.optim.Optimizer, epoch: int, best: dict,
-                     history: list, gen: torch.Generator, rng_state: dict) -> None:
+def _save_checkpoint(
+    path: Path,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    best: dict,
+    history: list,
+    gen: torch.Generator,
+    rng_state: dict,
+) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
-                "history": history, "gen": gen.get_state(), "np_rng": rng_state}, tmp)
+    torch.save(
+        {
+            "net": net.state_dict(),
+            "opt": opt.state_dict(),
+            "epoch": epoch,
+            "best": best,
+            "history": history,
+            "gen": gen.get_state(),
+            "np_rng": rng_state,
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
-def _resume(ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-            rng: np.random.Generator) -> tuple[int, dict, list]:
+def _resume(
+    ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, rng: np.random.Generator
+) -> tuple[int, dict, list]:
     """Restore a run from its checkpoint; returns (next epoch, best so far, history)."""
     state = torch.load(ckpt, weights_only=False)  # our own file in our own run folder
     net.load_state_dict(state["net"])
@@ -367,9 +448,20 @@ def _init_net(cfg: TrainConfig, meta: dict, weights_dir: Path | None) -> nn.Modu
     return net
 
 
-def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-         rng: np.random.Generator, n_train: int, runlog: RunLog, step_loss, evaluate, desc: str,
-         progress: bool, batch_weights: np.ndarray | None = None) -> tuple[list[dict], dict]:
+def _fit(
+    cfg: TrainConfig,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+    n_train: int,
+    runlog: RunLog,
+    step_loss,
+    evaluate,
+    desc: str,
+    progress: bool,
+    batch_weights: np.ndarray | None = None,
+) -> tuple[list[dict], dict]:
     """The epoch loop both trainers share; ends with the best weights loaded into ``net``.
 
     Resumes from ``checkpoint.pt``; per batch: cosine LR (by steps or wall time), ``step_loss(idx)``,
@@ -389,14 +481,22 @@ def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torc
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=desc, unit="batch")
     stale = sum(1 for h in history if h["epoch"] > best["epoch"])
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         te = time.time()
         losses = []
-        for bi, idx in enumerate(_batches(len(batch_weights) if batch_weights is not None else n_train,
-                                          cfg.batch_size, rng, batch_weights, cfg.epoch_images)):
+        for bi, idx in enumerate(
+            _batches(
+                len(batch_weights) if batch_weights is not None else n_train,
+                cfg.batch_size,
+                rng,
+                batch_weights,
+                cfg.epoch_images,
+            )
+        ):
             step = epoch * steps_per_epoch + bi
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(step, steps_per_epoch // 2, cfg.lr, _progress(step, total_steps, t0, _budget(cfg)))
@@ -409,8 +509,9 @@ def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torc
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if bi % 10 == 0:
-                runlog.event(kind="step", epoch=epoch, step=step, total_steps=total_steps,
-                             loss=float(np.mean(losses[-10:])))
+                runlog.event(
+                    kind="step", epoch=epoch, step=step, total_steps=total_steps, loss=float(np.mean(losses[-10:]))
+                )
             if runlog.cancelled():
                 runlog.event(kind="cancelled")
                 raise TrainingError("training cancelled")
@@ -418,8 +519,13 @@ def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torc
         h = {"epoch": epoch, "train_loss": float(np.mean(losses)), **record, "epoch_s": time.time() - te}
         history.append(h)
         elapsed = time.time() - t0
-        runlog.event(kind="epoch", total_epochs=cfg.epochs, elapsed_s=elapsed,
-                     eta_s=elapsed / (epoch + 1) * (cfg.epochs - epoch - 1), **h)
+        runlog.event(
+            kind="epoch",
+            total_epochs=cfg.epochs,
+            elapsed_s=elapsed,
+            eta_s=elapsed / (epoch + 1) * (cfg.epochs - epoch - 1),
+            **h,
+        )
         log.info("epoch %d %s", epoch, json.dumps(h))
         best, improved = _keep_best(score, best, h, net, best_path)
         stale = 0 if improved else stale + 1
@@ -436,6 +542,7 @@ def _fit(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, gen: torc
     if bar is not None:
         bar.close()
     from safetensors.torch import load_file
+
     net.load_state_dict(load_file(str(best_path)))
     return history, best
 
@@ -479,14 +586,26 @@ def source_scores(probs: np.ndarray, allowed: np.ndarray, sources: list[str]) ->
     for name in sorted(set(sources)):
         sel = src == name
         n_t = int((tumor & sel).sum())
-        out[name] = {"n": int(sel.sum()), "accuracy": float(correct[sel].mean()),
-                     "tumor_miss": float(((pred == no) & tumor & sel).sum() / n_t) if n_t else 0.0}
+        out[name] = {
+            "n": int(sel.sum()),
+            "accuracy": float(correct[sel].mean()),
+            "tumor_miss": float(((pred == no) & tumor & sel).sum() / n_t) if n_t else 0.0,
+        }
     return out
 
 
-def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir: Path, out_dir: Path,
-                     data_info: dict, weights_dir: Path | None = None, progress: bool = True,
-                     sample_weights: np.ndarray | None = None, val_sources: list[str] | None = None) -> Path:
+def train_classifier(
+    cfg: TrainConfig,
+    train: CachedSet,
+    val: CachedSet,
+    run_dir: Path,
+    out_dir: Path,
+    data_info: dict,
+    weights_dir: Path | None = None,
+    progress: bool = True,
+    sample_weights: np.ndarray | None = None,
+    val_sources: list[str] | None = None,
+) -> Path:
     """Train, early-stop, calibrate (temperature) and fit OOD statistics; save a model version.
 
     ``sample_weights``: per-image sampling weights (per-source balance; None: uniform, class-weighted
@@ -522,13 +641,23 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
         images = jpeg_degrade(train.images[idx], rng, cfg.jpeg_aug)
-        x, _ = augment_batch(_to_tensor(images), None, cfg.input_size, gen, True, cfg.aug_strength,
-                             sequence_probabilities(cfg, is_tumor[idx]), cfg.enhancement_aug, cfg.skull_strip_aug)
+        x, _ = augment_batch(
+            _to_tensor(images),
+            None,
+            cfg.input_size,
+            gen,
+            True,
+            cfg.aug_strength,
+            sequence_probabilities(cfg, is_tumor[idx]),
+            cfg.enhancement_aug,
+            cfg.skull_strip_aug,
+        )
         logits = net(_normalize(x).contiguous(memory_format=torch.channels_last))
         if sample_weights is not None:  # balance comes from the sampler
             return partial_label_loss(logits, allowed_t[idx], cfg.label_smoothing)
-        return F.cross_entropy(logits, torch.from_numpy(y_train[idx]), weight=class_w,
-                               label_smoothing=cfg.label_smoothing)
+        return F.cross_entropy(
+            logits, torch.from_numpy(y_train[idx]), weight=class_w, label_smoothing=cfg.label_smoothing
+        )
 
     def evaluate() -> tuple[float, dict]:
         val_logits = predict_logits(net, val.images, cfg.input_size)
@@ -538,12 +667,16 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
         # Model selection favours not missing tumors: accuracy minus the tumor-miss rate, per source.
         score = float(np.mean([v["accuracy"] - v["tumor_miss"] for v in per_source.values()]))
         return score, {
-            "val_accuracy": rep["accuracy"], "val_macro_f1": rep["macro_f1"], "val_tumor_miss": rep["tumor_miss_rate"],
+            "val_accuracy": rep["accuracy"],
+            "val_macro_f1": rep["macro_f1"],
+            "val_tumor_miss": rep["tumor_miss_rate"],
             "val_loss": float(partial_label_loss(torch.from_numpy(val_logits), torch.from_numpy(allowed_val))),
-            "val_sources": per_source}
+            "val_sources": per_source,
+        }
 
-    history, best = _fit(cfg, net, opt, gen, rng, len(train.images), runlog, step_loss, evaluate, "classifier",
-                         progress, sample_weights)
+    history, best = _fit(
+        cfg, net, opt, gen, rng, len(train.images), runlog, step_loss, evaluate, "classifier", progress, sample_weights
+    )
     net = net.to(memory_format=torch.contiguous_format).eval()
     val_logits = predict_logits(net, val.images, cfg.input_size, tta=cfg.tta)
     temperature = fit_temperature_sets(val_logits, allowed_val)
@@ -553,24 +686,43 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
     means, precision = fit_ood_stats(feats, y_train[single])
     val_ood = mahalanobis_score(pooled_features(net, val.images, cfg.input_size), means, precision)
     ood_threshold = float(np.percentile(val_ood, 99.5))
-    meta.update({
-        "version": Path(out_dir).name, "trained": True, "classes": list(CLASSES),
-        "input_size": cfg.input_size, "in_chans": 1, "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
-        "preprocess": preprocess_description(cfg),
-        "crop": cfg.crop, "intensity_norm": cfg.intensity_norm,
-        "gradcam_layer": GRADCAM_LAYERS.get(cfg.arch, ""), "temperature": temperature,
-        "tta": cfg.tta,
-        "ood": {"method": "min class Mahalanobis distance on pre-logit features (Ledoit-Wolf)",
-                "threshold": ood_threshold, "threshold_rule": "99.5th percentile of validation scores"},
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "train_config": asdict(cfg), "history": history, "best_epoch": best["epoch"],
-        "wall_time_min": round((time.time() - runlog.start) / 60, 2), "environment": _environment(),
-        "data": data_info,
-        "metrics": {"validation": {"before_calibration": before, "after_calibration": after,
-                                   "ece_before": before["ece"], "ece_after": after["ece"],
-                                   "per_source": source_scores(softmax(val_logits, temperature), allowed_val,
-                                                               val_sources)}},
-    })
+    meta.update(
+        {
+            "version": Path(out_dir).name,
+            "trained": True,
+            "classes": list(CLASSES),
+            "input_size": cfg.input_size,
+            "in_chans": 1,
+            "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
+            "preprocess": preprocess_description(cfg),
+            "crop": cfg.crop,
+            "intensity_norm": cfg.intensity_norm,
+            "gradcam_layer": GRADCAM_LAYERS.get(cfg.arch, ""),
+            "temperature": temperature,
+            "tta": cfg.tta,
+            "ood": {
+                "method": "min class Mahalanobis distance on pre-logit features (Ledoit-Wolf)",
+                "threshold": ood_threshold,
+                "threshold_rule": "99.5th percentile of validation scores",
+            },
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "train_config": asdict(cfg),
+            "history": history,
+            "best_epoch": best["epoch"],
+            "wall_time_min": round((time.time() - runlog.start) / 60, 2),
+            "environment": _environment(),
+            "data": data_info,
+            "metrics": {
+                "validation": {
+                    "before_calibration": before,
+                    "after_calibration": after,
+                    "ece_before": before["ece"],
+                    "ece_after": after["ece"],
+                    "per_source": source_scores(softmax(val_logits, temperature), allowed_val, val_sources),
+                }
+            },
+        }
+    )
     extras = {"ood_means": torch.from_numpy(means), "ood_precision": torch.from_numpy(precision)}
     folder = save_model(Path(out_dir), net, meta, extras)
     runlog.event(kind="done", version=folder.name, val_accuracy=after["accuracy"], ece_after=after["ece"])
@@ -578,9 +730,11 @@ def train_classifier(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir
     return folder
 
 
-SEG_LOSS_NAMES = {"batch": "MONAI DiceCELoss(sigmoid, batch=True)",
-                  "batch+image": "MONAI DiceCELoss(sigmoid, batch=True) + mean per-tumor-slice DiceLoss",
-                  "tversky": "MONAI TverskyLoss(sigmoid, batch=True, alpha=0.3, beta=0.7) + BCE"}
+SEG_LOSS_NAMES = {
+    "batch": "MONAI DiceCELoss(sigmoid, batch=True)",
+    "batch+image": "MONAI DiceCELoss(sigmoid, batch=True) + mean per-tumor-slice DiceLoss",
+    "tversky": "MONAI TverskyLoss(sigmoid, batch=True, alpha=0.3, beta=0.7) + BCE",
+}
 
 
 def _seg_loss(kind: str = "batch"):
@@ -626,7 +780,7 @@ def predict_masks(net: nn.Module, images: np.ndarray, size: int, bs: int = 32, t
     net.eval()
     out = []
     for i in range(0, len(images), bs):
-        out.append(probability_maps(net, squares_to_tensor(images[i:i + bs], size, MEAN, STD), tta))
+        out.append(probability_maps(net, squares_to_tensor(images[i : i + bs], size, MEAN, STD), tta))
     return torch.cat(out).numpy() if out else np.zeros((0, size, size), np.float32)
 
 
@@ -662,13 +816,27 @@ def seg_scores(probs: np.ndarray, truth: np.ndarray, threshold: float, min_area_
             ious.append(j)
         else:
             fps.append(bool(m.any()))
-    return {"dice": float(np.mean(dices)) if dices else 0.0, "iou": float(np.mean(ious)) if ious else 0.0,
-            "fp_rate": float(np.mean(fps)) if fps else 0.0, "n_tumor": len(dices), "n_empty": len(fps)}
+    return {
+        "dice": float(np.mean(dices)) if dices else 0.0,
+        "iou": float(np.mean(ious)) if ious else 0.0,
+        "fp_rate": float(np.mean(fps)) if fps else 0.0,
+        "n_tumor": len(dices),
+        "n_empty": len(fps),
+    }
 
 
-def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir: Path, out_dir: Path,
-                    data_info: dict, weights_dir: Path | None = None, progress: bool = True,
-                    sample_weights: np.ndarray | None = None, val_sources: list[str] | None = None) -> Path:
+def train_segmenter(
+    cfg: TrainConfig,
+    train: CachedSet,
+    val: CachedSet,
+    run_dir: Path,
+    out_dir: Path,
+    data_info: dict,
+    weights_dir: Path | None = None,
+    progress: bool = True,
+    sample_weights: np.ndarray | None = None,
+    val_sources: list[str] | None = None,
+) -> Path:
     """Train the U-Net with Dice+cross-entropy, pick threshold/min-area on validation, save a version.
 
     ``sample_weights`` / ``val_sources`` as in :func:`train_classifier`: per-source balanced batches,
@@ -694,9 +862,17 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
         images = jpeg_degrade(train.images[idx], rng, cfg.jpeg_aug)
-        x, m = augment_batch(_to_tensor(images), _to_tensor(train.masks[idx]),
-                             cfg.input_size, gen, True, cfg.aug_strength,
-                             sequence_probabilities(cfg, has_tumor[idx]), cfg.enhancement_aug, cfg.skull_strip_aug)
+        x, m = augment_batch(
+            _to_tensor(images),
+            _to_tensor(train.masks[idx]),
+            cfg.input_size,
+            gen,
+            True,
+            cfg.aug_strength,
+            sequence_probabilities(cfg, has_tumor[idx]),
+            cfg.enhancement_aug,
+            cfg.skull_strip_aug,
+        )
         return loss_fn(net(_normalize(x)), m)
 
     def evaluate() -> tuple[float, dict]:
@@ -705,33 +881,63 @@ def train_segmenter(cfg: TrainConfig, train: CachedSet, val: CachedSet, run_dir:
         # Select on the masks as shipped (small specks removed): the raw false-positive rate
         # counts single-pixel specks and swings between epochs.
         post = seg_scores(probs, val_truth, 0.5, SELECTION_MIN_AREA)
-        per_source = {name: seg_scores(probs[src == name], val_truth[src == name], 0.5, SELECTION_MIN_AREA)
-                      for name in sorted(set(src.tolist()))}
+        per_source = {
+            name: seg_scores(probs[src == name], val_truth[src == name], 0.5, SELECTION_MIN_AREA)
+            for name in sorted(set(src.tolist()))
+        }
         score = float(np.mean([seg_selection_score(v) for v in per_source.values()]))
         return score, {
-            "val_dice": raw["dice"], "val_iou": raw["iou"], "val_fp_rate": raw["fp_rate"],
-            "val_dice_post": post["dice"], "val_fp_rate_post": post["fp_rate"], "val_sources": per_source}
+            "val_dice": raw["dice"],
+            "val_iou": raw["iou"],
+            "val_fp_rate": raw["fp_rate"],
+            "val_dice_post": post["dice"],
+            "val_fp_rate_post": post["fp_rate"],
+            "val_sources": per_source,
+        }
 
     use_weights = sample_weights is not None or cfg.tumor_oversample != 1.0
-    history, best = _fit(cfg, net, opt, gen, rng, len(train.images), runlog, step_loss, evaluate, "segmenter",
-                         progress, weights if use_weights else None)
+    history, best = _fit(
+        cfg,
+        net,
+        opt,
+        gen,
+        rng,
+        len(train.images),
+        runlog,
+        step_loss,
+        evaluate,
+        "segmenter",
+        progress,
+        weights if use_weights else None,
+    )
     net.eval()
     probs = predict_masks(net, val.images, cfg.input_size, tta=cfg.tta)
     chosen, grid = search_postprocess(probs, val_truth)
-    meta.update({
-        "version": Path(out_dir).name, "trained": True, "input_size": cfg.input_size, "in_chans": 1,
-        "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
-        "preprocess": preprocess_description(cfg),
-        "crop": cfg.crop, "intensity_norm": cfg.intensity_norm,
-        "threshold": chosen["threshold"], "min_area_frac": chosen["min_area_frac"],
-        "tta": cfg.tta, "loss": SEG_LOSS_NAMES[cfg.seg_dice],
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "train_config": asdict(cfg), "history": history, "best_epoch": best["epoch"],
-        "postprocess_search": grid,
-        "wall_time_min": round((time.time() - runlog.start) / 60, 2), "environment": _environment(),
-        "data": data_info,
-        "metrics": {"validation": chosen},
-    })
+    meta.update(
+        {
+            "version": Path(out_dir).name,
+            "trained": True,
+            "input_size": cfg.input_size,
+            "in_chans": 1,
+            "normalization": {"mean": MEAN, "std": STD, "scale": "x/255"},
+            "preprocess": preprocess_description(cfg),
+            "crop": cfg.crop,
+            "intensity_norm": cfg.intensity_norm,
+            "threshold": chosen["threshold"],
+            "min_area_frac": chosen["min_area_frac"],
+            "tta": cfg.tta,
+            "loss": SEG_LOSS_NAMES[cfg.seg_dice],
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "train_config": asdict(cfg),
+            "history": history,
+            "best_epoch": best["epoch"],
+            "postprocess_search": grid,
+            "wall_time_min": round((time.time() - runlog.start) / 60, 2),
+            "environment": _environment(),
+            "data": data_info,
+            "metrics": {"validation": chosen},
+        }
+    )
     folder = save_model(Path(out_dir), net, meta)
     runlog.event(kind="done", version=folder.name, val_dice=chosen["dice"], val_fp_rate=chosen["fp_rate"])
     runlog.close()

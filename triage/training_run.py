@@ -41,8 +41,14 @@ def is_shared_root(path: Path) -> bool:
     return (Path(path) / "brisc2025" / "manifest.csv").is_file()
 
 
-def folder_split(data: Path, cache_dir: Path, seed: int = 0, val_fraction: float = 0.15,
-                 progress: bool = True, crop: dict | None = None) -> SplitBundle:
+def folder_split(
+    data: Path,
+    cache_dir: Path,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    progress: bool = True,
+    crop: dict | None = None,
+) -> SplitBundle:
     """De-duplicate and split one dataset folder (manifest.csv or class folders)."""
     data = Path(data)
     notes: list[str] = []
@@ -67,10 +73,18 @@ def folder_split(data: Path, cache_dir: Path, seed: int = 0, val_fraction: float
     train, val = cache.subset(~val_sel), cache.subset(val_sel)
     dup = near_duplicate_of(val.thumbs, train.thumbs)
     val = val.subset(~dup)
-    info = {"recipe": "triage.training_run.folder_split", "source": str(data), "seed": seed,
-            "val_fraction": val_fraction, "duplicates_removed": removed,
-            "val_removed_as_duplicates_of_train": int(dup.sum()), "rejected": cache.rejected[:50],
-            "skipped": notes[:50], "train_counts": train.counts(), "val_counts": val.counts()}
+    info = {
+        "recipe": "triage.training_run.folder_split",
+        "source": str(data),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "duplicates_removed": removed,
+        "val_removed_as_duplicates_of_train": int(dup.sum()),
+        "rejected": cache.rejected[:50],
+        "skipped": notes[:50],
+        "train_counts": train.counts(),
+        "val_counts": val.counts(),
+    }
     return SplitBundle(train, val, info)
 
 
@@ -112,9 +126,18 @@ def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -
             setattr(cfg, key, parent_cfg[key])
 
 
-def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir: Path | None = None,
-                 cache_dir: Path | None = None, weights_dir: Path | None = None, init_from: str | None = None,
-                 progress: bool = True, **overrides: object) -> Path:
+def run_training(
+    task: str,
+    data: Path,
+    out: Path,
+    preset: str = "full",
+    run_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    init_from: str | None = None,
+    progress: bool = True,
+    **overrides: object,
+) -> Path:
     """Prepare data, train ``task`` and write the model version folder ``out``. Returns ``out``."""
     out = Path(out)
     run_dir = Path(run_dir) if run_dir else out.parent.parent.parent / "runs" / f"{task}-{out.name}"
@@ -132,8 +155,9 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
         sample_weights = balanced_weights(bundle.train_sources, bundle.train.labels(), shares)
         val_sources = bundle.val_sources
     elif is_shared_root(data):
-        bundle = standard_split(Path(data), cache_dir, seed=cfg.seed, use_sartaj=(task == "classifier"),
-                                progress=progress, crop=cfg.crop)
+        bundle = standard_split(
+            Path(data), cache_dir, seed=cfg.seed, use_sartaj=(task == "classifier"), progress=progress, crop=cfg.crop
+        )
     else:
         bundle = folder_split(Path(data), cache_dir, seed=cfg.seed, progress=progress, crop=cfg.crop)
     train, val = bundle.train, bundle.val
@@ -151,7 +175,17 @@ def run_training(task: str, data: Path, out: Path, preset: str = "full", run_dir
     (run_dir / "data_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     log.info("training %s on %d images (val %d)", task, len(train.samples), len(val.samples))
     trainer = train_classifier if task == "classifier" else train_segmenter
-    folder = trainer(cfg, train, val, run_dir, out, info, weights_dir=weights_dir, progress=progress,
-                     sample_weights=sample_weights, val_sources=val_sources)
+    folder = trainer(
+        cfg,
+        train,
+        val,
+        run_dir,
+        out,
+        info,
+        weights_dir=weights_dir,
+        progress=progress,
+        sample_weights=sample_weights,
+        val_sources=val_sources,
+    )
     write_split_file(folder, SplitBundle(train, val, info))
     return folder

@@ -30,7 +30,7 @@ def pad_to_square(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     s = max(h, w)
     top, left = (s - h) // 2, (s - w) // 2
     out = np.zeros((s, s) + img.shape[2:], img.dtype)
-    out[top:top + h, left:left + w] = img
+    out[top : top + h, left : left + w] = img
     return out, (top, left)
 
 
@@ -54,8 +54,9 @@ def identity_grid(n: int, size: int) -> torch.Tensor:
 
 def resize_batch(squares: torch.Tensor, size: int) -> torch.Tensor:
     """Stage 2 without normalisation: (N, 1, S, S) in [0, 1] -> (N, 1, size, size), bilinear."""
-    return F.grid_sample(squares, identity_grid(squares.shape[0], size), mode="bilinear",
-                         padding_mode="zeros", align_corners=False)
+    return F.grid_sample(
+        squares, identity_grid(squares.shape[0], size), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
 def squares_to_tensor(squares: np.ndarray, size: int, mean: float, std: float) -> torch.Tensor:
@@ -71,8 +72,9 @@ def model_input(crops: list[np.ndarray], meta: dict) -> torch.Tensor:
 
     norm = meta.get("normalization") or {}
     squares = np.stack([square(c) for c in model_crops(crops, meta)])
-    return squares_to_tensor(squares, int(meta["input_size"]), float(norm.get("mean", 0.2)),
-                             float(norm.get("std", 0.25)))
+    return squares_to_tensor(
+        squares, int(meta["input_size"]), float(norm.get("mean", 0.2)), float(norm.get("std", 0.25))
+    )
 
 
 def from_model_output(prob: np.ndarray, crop_shape: tuple[int, int]) -> np.ndarray:
@@ -81,4 +83,4 @@ def from_model_output(prob: np.ndarray, crop_shape: tuple[int, int]) -> np.ndarr
     s = max(h, w)
     up = cv2.resize(prob.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
     top, left = (s - h) // 2, (s - w) // 2
-    return up[top:top + h, left:left + w]
+    return up[top : top + h, left : left + w]

@@ -29,16 +29,51 @@ log = logging.getLogger(__name__)
 REVIEW_STATUSES: tuple[str, ...] = ("unreviewed", "confirmed", "corrected", "signed_off")
 PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CLASSES)
 CASE_COLUMNS: tuple[str, ...] = (
-    "scan_id", "name", "stored_path", "received_at", "label", *PROB_COLUMNS, "risk", "flags",
-    "ood", "tumor_area_px", "tumor_area_mm2", "mask_path", "thumbnail", "classifier_version",
-    "segmenter_version", "truth_label", "truth_mask_path", "review_status", "reviewed_label",
-    "mask_rejected", "note", "reviewer", "reviewed_at", "extra",
+    "scan_id",
+    "name",
+    "stored_path",
+    "received_at",
+    "label",
+    *PROB_COLUMNS,
+    "risk",
+    "flags",
+    "ood",
+    "tumor_area_px",
+    "tumor_area_mm2",
+    "mask_path",
+    "thumbnail",
+    "classifier_version",
+    "segmenter_version",
+    "truth_label",
+    "truth_mask_path",
+    "review_status",
+    "reviewed_label",
+    "mask_rejected",
+    "note",
+    "reviewer",
+    "reviewed_at",
+    "extra",
 )
 # Columns add_case() accepts; review columns are only written by review().
 _INPUT_COLUMNS: tuple[str, ...] = (
-    "scan_id", "name", "stored_path", "received_at", "label", *PROB_COLUMNS, "risk", "flags",
-    "ood", "tumor_area_px", "tumor_area_mm2", "mask_path", "thumbnail", "classifier_version",
-    "segmenter_version", "truth_label", "truth_mask_path", "extra",
+    "scan_id",
+    "name",
+    "stored_path",
+    "received_at",
+    "label",
+    *PROB_COLUMNS,
+    "risk",
+    "flags",
+    "ood",
+    "tumor_area_px",
+    "tumor_area_mm2",
+    "mask_path",
+    "thumbnail",
+    "classifier_version",
+    "segmenter_version",
+    "truth_label",
+    "truth_mask_path",
+    "extra",
 )
 _REVIEW_COLUMNS = frozenset(CASE_COLUMNS) - frozenset(_INPUT_COLUMNS)
 _REQUIRED_INPUT: tuple[str, ...] = ("scan_id", "label", *PROB_COLUMNS, "risk")
@@ -211,14 +246,14 @@ def _column_values(case: dict, extra: dict) -> dict:
         "flags": _encode_flags(case.get("flags")),
         "ood": int(bool(case.get("ood", False))),
         "tumor_area_px": int(case.get("tumor_area_px") or 0),
-        "tumor_area_mm2": (None if case.get("tumor_area_mm2") is None
-                           else _finite(case["tumor_area_mm2"], "tumor_area_mm2")),
+        "tumor_area_mm2": (
+            None if case.get("tumor_area_mm2") is None else _finite(case["tumor_area_mm2"], "tumor_area_mm2")
+        ),
         "mask_path": None if case.get("mask_path") is None else str(case["mask_path"]),
         "thumbnail": _encode_thumbnail(case.get("thumbnail")),
         "classifier_version": str(case.get("classifier_version") or ""),
         "segmenter_version": str(case.get("segmenter_version") or ""),
-        "truth_label": (None if case.get("truth_label") is None
-                        else _check_label(case["truth_label"], "truth_label")),
+        "truth_label": (None if case.get("truth_label") is None else _check_label(case["truth_label"], "truth_label")),
         "truth_mask_path": None if case.get("truth_mask_path") is None else str(case["truth_mask_path"]),
         "extra": _dumps(extra),
     }
@@ -247,8 +282,7 @@ def _audit_text(value: object) -> str | None:
     return str(value)
 
 
-def _filter_sql(label: str | None, review_status: str | None, flag: str | None,
-                search: str | None) -> tuple[str, list]:
+def _filter_sql(label: str | None, review_status: str | None, flag: str | None, search: str | None) -> tuple[str, list]:
     """WHERE clause and parameters for the list filters (label = effective label)."""
     clauses: list[str] = []
     params: list = []
@@ -308,8 +342,7 @@ class Worklist:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.create_function("py_casefold", 1, lambda s: None if s is None else str(s).casefold(),
-                             deterministic=True)
+        conn.create_function("py_casefold", 1, lambda s: None if s is None else str(s).casefold(), deterministic=True)
         return conn
 
     @contextmanager
@@ -346,8 +379,9 @@ class Worklist:
         with _immediate(conn):
             version = _user_version(conn)
             if version > SCHEMA_VERSION:
-                raise WorklistError(f"worklist {self.db_path} has schema v{version}; this app knows "
-                                    f"v{SCHEMA_VERSION}. Update the app.")
+                raise WorklistError(
+                    f"worklist {self.db_path} has schema v{version}; this app knows v{SCHEMA_VERSION}. Update the app."
+                )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target - 1]:
                     conn.execute(statement)
@@ -362,14 +396,14 @@ class Worklist:
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._write() as conn:
-            cur = conn.execute(f"INSERT INTO cases ({cols}) VALUES ({marks}) "
-                               "ON CONFLICT (scan_id) DO NOTHING", tuple(values.values()))
+            cur = conn.execute(
+                f"INSERT INTO cases ({cols}) VALUES ({marks}) ON CONFLICT (scan_id) DO NOTHING", tuple(values.values())
+            )
             if cur.rowcount == 0:
                 log.info("worklist: case %s already present, not added", values["scan_id"])
                 return False
             _append_audit(conn, values["scan_id"], actor, "added", None, None, values["label"])
-        log.info("worklist: added case %s (%s, risk %.3f)", values["scan_id"], values["label"],
-                 values["risk"])
+        log.info("worklist: added case %s (%s, risk %.3f)", values["scan_id"], values["label"], values["risk"])
         return True
 
     def get(self, scan_id: str) -> dict | None:
@@ -378,9 +412,14 @@ class Worklist:
             row = conn.execute("SELECT * FROM cases WHERE scan_id = ?", (scan_id,)).fetchone()
         return None if row is None else _row_to_case(row)
 
-    def list_cases(self, label: str | None = None, review_status: str | None = None,
-                   flag: str | None = None, search: str | None = None,
-                   limit: int | None = None) -> list[dict]:
+    def list_cases(
+        self,
+        label: str | None = None,
+        review_status: str | None = None,
+        flag: str | None = None,
+        search: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict]:
         """Cases by risk (highest first), then arrival (oldest first), optionally filtered."""
         where, params = _filter_sql(label, review_status, flag, search)
         sql = "SELECT * FROM cases" + where + _ORDER_SQL + " LIMIT ?"
@@ -388,8 +427,14 @@ class Worklist:
             rows = conn.execute(sql, [*params, -1 if limit is None else int(limit)]).fetchall()
         return [_row_to_case(r) for r in rows]
 
-    def neighbours(self, scan_id: str, label: str | None = None, review_status: str | None = None,
-                   flag: str | None = None, search: str | None = None) -> tuple[str | None, str | None]:
+    def neighbours(
+        self,
+        scan_id: str,
+        label: str | None = None,
+        review_status: str | None = None,
+        flag: str | None = None,
+        search: str | None = None,
+    ) -> tuple[str | None, str | None]:
         """(previous, next) scan_ids around ``scan_id`` in the filtered list order."""
         where, params = _filter_sql(label, review_status, flag, search)
         with self._read() as conn:
@@ -407,15 +452,20 @@ class Worklist:
     def reviewed_cases(self) -> list[dict]:
         """Cases a reviewer has looked at (status != unreviewed), for retraining."""
         with self._read() as conn:
-            rows = conn.execute("SELECT * FROM cases WHERE review_status != 'unreviewed'"
-                                + _ORDER_SQL).fetchall()
+            rows = conn.execute("SELECT * FROM cases WHERE review_status != 'unreviewed'" + _ORDER_SQL).fetchall()
         return [_row_to_case(r) for r in rows]
 
     # -- review and ground truth -------------------------------------------------------
 
-    def review(self, scan_id: str, reviewer: str, label: str | None = None,
-               mask_rejected: bool | None = None, note: str | None = None,
-               sign_off: bool = False) -> dict:
+    def review(
+        self,
+        scan_id: str,
+        reviewer: str,
+        label: str | None = None,
+        mask_rejected: bool | None = None,
+        note: str | None = None,
+        sign_off: bool = False,
+    ) -> dict:
         """Record a reviewer's decision; one audit row per changed field. Returns the case."""
         reviewer = _check_reviewer(reviewer)
         if label is not None:
@@ -435,8 +485,9 @@ class Worklist:
         log.info("worklist: %s of %s by %s changed %s", action, scan_id, reviewer, sorted(changed))
         return result
 
-    def set_truth(self, scan_id: str, truth_label: str, truth_mask_path: str | Path | None = None,
-                  actor: str = "system") -> dict:
+    def set_truth(
+        self, scan_id: str, truth_label: str, truth_mask_path: str | Path | None = None, actor: str = "system"
+    ) -> dict:
         """Attach the ground-truth label (and mask path) to a case; audited. Returns the case."""
         new = {"truth_label": _check_label(truth_label, "truth_label")}
         if truth_mask_path is not None:
@@ -462,8 +513,10 @@ class Worklist:
     def log_rejection(self, name: str, reason: str, sha256: str | None = None) -> int:
         """Record a refused upload (it does not become a case). Returns the row id."""
         with self._write() as conn:
-            cur = conn.execute("INSERT INTO rejections (received_at, name, reason, sha256) "
-                               "VALUES (?, ?, ?, ?)", (utc_now(), str(name), str(reason), sha256))
+            cur = conn.execute(
+                "INSERT INTO rejections (received_at, name, reason, sha256) VALUES (?, ?, ?, ?)",
+                (utc_now(), str(name), str(reason), sha256),
+            )
             row_id = int(cur.lastrowid or 0)
         log.warning("worklist: rejected %r: %s", name, reason)
         return row_id
@@ -523,11 +576,13 @@ def _update(conn: sqlite3.Connection, scan_id: str, values: dict) -> None:
     conn.execute(f"UPDATE cases SET {assignments} WHERE scan_id = ?", [*values.values(), scan_id])
 
 
-def _append_audit(conn: sqlite3.Connection, scan_id: str, actor: str, action: str,
-                  field: str | None, old: object, new: object) -> None:
-    conn.execute("INSERT INTO audit (scan_id, at, actor, action, field, old_value, new_value) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (scan_id, utc_now(), actor, action, field, _audit_text(old), _audit_text(new)))
+def _append_audit(
+    conn: sqlite3.Connection, scan_id: str, actor: str, action: str, field: str | None, old: object, new: object
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (scan_id, at, actor, action, field, old_value, new_value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (scan_id, utc_now(), actor, action, field, _audit_text(old), _audit_text(new)),
+    )
 
 
 def _check_reviewer(reviewer: object) -> str:
@@ -536,8 +591,9 @@ def _check_reviewer(reviewer: object) -> str:
     return reviewer.strip()
 
 
-def _review_values(row: sqlite3.Row, reviewer: str, label: str | None, mask_rejected: bool | None,
-                   note: str | None, sign_off: bool) -> dict:
+def _review_values(
+    row: sqlite3.Row, reviewer: str, label: str | None, mask_rejected: bool | None, note: str | None, sign_off: bool
+) -> dict:
     """New values of the review fields. The reviewed label defaults to the current effective one."""
     reviewed_label = label if label is not None else (row["reviewed_label"] or row["label"])
     if sign_off:

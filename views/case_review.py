@@ -67,8 +67,18 @@ if prev_id is None and next_id is None and any(filters.values()):
     prev_id, next_id = wl.neighbours(selected)  # the case left the filtered list (e.g. just signed off)
 n1, n2, n3 = st.columns([6, 1, 1], vertical_alignment="bottom")
 n1.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
-n2.button("Previous", icon=":material/chevron_left:", disabled=prev_id is None, on_click=_go, args=(prev_id,), width="stretch")
-n3.button("Next", icon=":material/chevron_right:", icon_position="right", disabled=next_id is None, on_click=_go, args=(next_id,), width="stretch")
+n2.button(
+    "Previous", icon=":material/chevron_left:", disabled=prev_id is None, on_click=_go, args=(prev_id,), width="stretch"
+)
+n3.button(
+    "Next",
+    icon=":material/chevron_right:",
+    icon_position="right",
+    disabled=next_id is None,
+    on_click=_go,
+    args=(next_id,),
+    width="stretch",
+)
 
 case = wl.get(selected)
 if case is None:
@@ -83,19 +93,27 @@ m4.metric("Review", REVIEW_TEXT.get(case["review_status"], case["review_status"]
 area = f"{case['tumor_area_px']:,} px"
 if case["tumor_area_mm2"] is not None:
     area += f" · {case['tumor_area_mm2']:.1f} mm²"
-m5.metric("Tumor area", area if case["tumor_area_px"] else "none",
-          help=None if case["tumor_area_mm2"] is not None else "mm² unknown: the file has no pixel spacing")
-st.caption(f"File **{case['name']}** · received {case['received_at'][:19].replace('T', ' ')} UTC · "
-           f"classifier `{case['classifier_version']}` · segmenter `{case['segmenter_version']}`"
-           + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else ""))
+m5.metric(
+    "Tumor area",
+    area if case["tumor_area_px"] else "none",
+    help=None if case["tumor_area_mm2"] is not None else "mm² unknown: the file has no pixel spacing",
+)
+st.caption(
+    f"File **{case['name']}** · received {case['received_at'][:19].replace('T', ' ')} UTC · "
+    f"classifier `{case['classifier_version']}` · segmenter `{case['segmenter_version']}`"
+    + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
+)
 show_flags(case["flags"])
 
 result = None
 try:
     result = analyse_case(case)
 except StoredFileMissing as exc:
-    st.error(f"The stored image file is missing ({exc}). The record, review and audit trail are still "
-             "available; upload the file again to see the images.", icon=":material/folder_off:")
+    st.error(
+        f"The stored image file is missing ({exc}). The record, review and audit trail are still "
+        "available; upload the file again to see the images.",
+        icon=":material/folder_off:",
+    )
 except (TriageError, OSError, ValueError) as exc:
     st.error(f"The stored slice could not be analysed again: {exc}")
 
@@ -105,21 +123,35 @@ if result is not None and result.ok and result.scan is not None:
     scan = result.scan
     pred = result.prediction.label if result.prediction else case["label"]
     if result.prediction is not None and pred != case["label"]:
-        st.info(f"Re-analysed with the active models, which now predict {class_text(pred)}; the stored result "
-                f"({class_text(case['label'])}) came from classifier `{case['classifier_version']}`.")
+        st.info(
+            f"Re-analysed with the active models, which now predict {class_text(pred)}; the stored result "
+            f"({class_text(case['label'])}) came from classifier `{case['classifier_version']}`."
+        )
     c1, c2 = st.columns(2)
-    target = c1.selectbox("Heatmap for class", CLASSES, index=CLASSES.index(pred), format_func=class_text,
-                          key=state.keyed(state.CAM_CLASS, selected))
-    method = c2.selectbox("Heatmap method", list(METHODS), format_func=lambda m: METHOD_TEXT.get(m, m),
-                          key=state.keyed(state.CAM_METHOD, selected))
+    target = c1.selectbox(
+        "Heatmap for class",
+        CLASSES,
+        index=CLASSES.index(pred),
+        format_func=class_text,
+        key=state.keyed(state.CAM_CLASS, selected),
+    )
+    method = c2.selectbox(
+        "Heatmap method",
+        list(METHODS),
+        format_func=lambda m: METHOD_TEXT.get(m, m),
+        key=state.keyed(state.CAM_METHOD, selected),
+    )
 
     top = st.columns(3)
     top[0].image(scan.pixels, caption=f"Original slice ({scan.shape[1]}×{scan.shape[0]} px)", width="stretch")
     top[1].image(result.crop.image, caption="Brain crop (model input)", width="stretch")
     try:
         heat = explanation(result, target, method)
-        top[2].image(heatmap_overlay(scan.pixels, heat), width="stretch",
-                     caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: where the evidence is")
+        top[2].image(
+            heatmap_overlay(scan.pixels, heat),
+            width="stretch",
+            caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: where the evidence is",
+        )
     except (TriageError, ValueError, RuntimeError) as exc:
         top[2].error(f"Heatmap unavailable: {exc}")
 
@@ -142,8 +174,11 @@ if result is not None and result.ok and result.scan is not None:
     if truth is not None:
         pred_mask = mask if mask is not None else np.zeros_like(truth)
         dice, iou = dice_iou(pred_mask, truth)
-        bottom[1].image(truth_vs_prediction_overlay(scan.pixels, pred_mask, truth), width="stretch",
-                        caption=f"Ground truth (green) vs prediction (red) — Dice {dice:.2f}, IoU {iou:.2f}")
+        bottom[1].image(
+            truth_vs_prediction_overlay(scan.pixels, pred_mask, truth),
+            width="stretch",
+            caption=f"Ground truth (green) vs prediction (red) — Dice {dice:.2f}, IoU {iou:.2f}",
+        )
     elif case["truth_mask_path"]:
         bottom[1].warning("The ground-truth mask file is missing.")
     else:
@@ -163,8 +198,11 @@ with st.form(state.keyed(state.REVIEW_FORM, selected)):
     reviewer = f1.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
     current = effective_label(case)
     label = f2.selectbox(
-        "Label (confirm or correct)", CLASSES, index=CLASSES.index(current) if current in CLASSES else 0,
-        format_func=lambda c: class_text(c) + (" — model's prediction" if c == case["label"] else ""))
+        "Label (confirm or correct)",
+        CLASSES,
+        index=CLASSES.index(current) if current in CLASSES else 0,
+        format_func=lambda c: class_text(c) + (" — model's prediction" if c == case["label"] else ""),
+    )
     mask_rejected = st.checkbox("Reject the tumor mask", value=bool(case["mask_rejected"]))
     note = st.text_area("Note", value=case["note"] or "", max_chars=10_000)
     s1, s2, _ = st.columns([1, 1, 4])
@@ -175,8 +213,9 @@ if save or sign:
         st.error("Enter your name as reviewer first.")
     else:
         try:
-            wl.review(selected, reviewer.strip(), label=label, mask_rejected=mask_rejected, note=note,
-                      sign_off=bool(sign))
+            wl.review(
+                selected, reviewer.strip(), label=label, mask_rejected=mask_rejected, note=note, sign_off=bool(sign)
+            )
         except WorklistError as exc:
             st.error(f"Review not saved: {exc}")
         else:
@@ -186,6 +225,15 @@ if save or sign:
 
 st.subheader("Audit trail")
 audit = wl.audit(selected)
-st.dataframe(audit_frame(audit), hide_index=True, column_config={
-    "when": "When (UTC)", "who": "Who", "action": "Action", "field": "Field", "old": "Old value",
-    "new": "New value"})
+st.dataframe(
+    audit_frame(audit),
+    hide_index=True,
+    column_config={
+        "when": "When (UTC)",
+        "who": "Who",
+        "action": "Action",
+        "field": "Field",
+        "old": "Old value",
+        "new": "New value",
+    },
+)

@@ -48,14 +48,21 @@ if cards:
             per_class = per_class_rows(meta)
             if per_class:
                 with st.expander("Per-class validation metrics"):
-                    st.dataframe(pd.DataFrame(per_class), hide_index=True, column_config={
-                        k: st.column_config.NumberColumn(k, format="%.3f") for k in ("precision", "recall", "f1")})
+                    st.dataframe(
+                        pd.DataFrame(per_class),
+                        hide_index=True,
+                        column_config={
+                            k: st.column_config.NumberColumn(k, format="%.3f") for k in ("precision", "recall", "f1")
+                        },
+                    )
             with st.expander("Training data and all versions"):
                 st.markdown("**Data**")
                 st.json(meta.get("data") or {}, expanded=False)
                 versions = list_versions(settings().weights_dir, task)
-                st.markdown("**Versions on disk** (active in bold): " + ", ".join(
-                    f"**{v}**" if v == meta.get("version") else v for v in versions))
+                st.markdown(
+                    "**Versions on disk** (active in bold): "
+                    + ", ".join(f"**{v}**" if v == meta.get("version") else v for v in versions)
+                )
 
 st.subheader("What the models are NOT for")
 st.markdown(NOT_FOR)

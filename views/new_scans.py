@@ -27,25 +27,40 @@ except TriageError as exc:
 nonce = st.session_state[state.UPLOAD_NONCE]
 left, right = st.columns(2)
 files = left.file_uploader(
-    "Scan files or .zip archives", accept_multiple_files=True, key=state.keyed(state.UPLOAD_FILES, nonce),
-    help=f"{FORMATS}. A .zip of a folder is extracted in memory (unsafe paths are refused).")
+    "Scan files or .zip archives",
+    accept_multiple_files=True,
+    key=state.keyed(state.UPLOAD_FILES, nonce),
+    help=f"{FORMATS}. A .zip of a folder is extracted in memory (unsafe paths are refused).",
+)
 folder = right.file_uploader(
-    "Or a whole folder", accept_multiple_files="directory", key=state.keyed(state.UPLOAD_FOLDER, nonce),
-    help=f"Every file in the folder and its sub-folders; {FORMATS}.")
+    "Or a whole folder",
+    accept_multiple_files="directory",
+    key=state.keyed(state.UPLOAD_FOLDER, nonce),
+    help=f"Every file in the folder and its sub-folders; {FORMATS}.",
+)
 
 with st.expander("Ground truth (optional, for evaluation)"):
     truth = st.selectbox(
-        "Truth label for all uploaded files", [NO_TRUTH, FROM_FOLDER, *CLASSES],
+        "Truth label for all uploaded files",
+        [NO_TRUTH, FROM_FOLDER, *CLASSES],
         key=state.keyed(state.UPLOAD_TRUTH, nonce),
         format_func=lambda c: class_text(c) if c in CLASSES else c,
-        help="'from folder names' takes the label from a parent folder such as glioma/ or no_tumor/")
+        help="'from folder names' takes the label from a parent folder such as glioma/ or no_tumor/",
+    )
     masks = st.file_uploader(
-        "Tumor masks, matched by file name (x.png ↔ x_mask.png or x.png)", accept_multiple_files=True,
-        key=state.keyed(state.UPLOAD_MASKS, nonce), help="Binary PNG masks, or a .zip of them.")
+        "Tumor masks, matched by file name (x.png ↔ x_mask.png or x.png)",
+        accept_multiple_files=True,
+        key=state.keyed(state.UPLOAD_MASKS, nonce),
+        help="Binary PNG masks, or a .zip of them.",
+    )
 
 uploads = [*(files or []), *(folder or [])]
-go = st.button(f"Analyse {len(uploads)} file{'s' if len(uploads) != 1 else ''}", type="primary",
-               disabled=not uploads, icon=":material/biotech:")
+go = st.button(
+    f"Analyse {len(uploads)} file{'s' if len(uploads) != 1 else ''}",
+    type="primary",
+    disabled=not uploads,
+    icon=":material/biotech:",
+)
 if go and uploads:
     bar = st.progress(0.0, text="Starting…")
 
@@ -54,9 +69,14 @@ if go and uploads:
 
     with st.spinner("Analysing…"):
         rows = process_uploads(
-            [(f.name, f.getvalue()) for f in uploads], get_service(), get_worklist(),
-            truth_label=truth if truth in CLASSES else None, label_from_folder=truth == FROM_FOLDER,
-            masks=[(m.name, m.getvalue()) for m in masks or []], progress=report)
+            [(f.name, f.getvalue()) for f in uploads],
+            get_service(),
+            get_worklist(),
+            truth_label=truth if truth in CLASSES else None,
+            label_from_folder=truth == FROM_FOLDER,
+            masks=[(m.name, m.getvalue()) for m in masks or []],
+            progress=report,
+        )
     st.session_state[state.LAST_UPLOAD] = rows
     st.session_state[state.UPLOAD_NONCE] = nonce + 1  # fresh, empty uploaders
     st.rerun()
@@ -67,23 +87,54 @@ if rows:
     known = [r for r in rows if r["status"] == "already in worklist"]
     refused = [r for r in rows if r["status"] not in ("accepted", "already in worklist")]
     st.subheader("Last batch")
-    st.success(f"{len(accepted)} added to the worklist" + (f", {len(known)} already there" if known else "")
-               + (f", {len(refused)} not added" if refused else "") + ".")
+    st.success(
+        f"{len(accepted)} added to the worklist"
+        + (f", {len(known)} already there" if known else "")
+        + (f", {len(refused)} not added" if refused else "")
+        + "."
+    )
     if accepted or known:
-        ok = pd.DataFrame([{"file": r["file"], "status": r["status"], "class": class_text(r["label"]),
-                            "risk": r["risk"], "flags": flag_text(r["flags"]), "truth": class_text(r["truth"]),
-                            "note": r["reason"]} for r in accepted + known])
-        st.dataframe(ok, hide_index=True, column_config={
-            "file": "File", "status": "Status", "class": "Class",
-            "risk": st.column_config.ProgressColumn("Risk", min_value=0.0, max_value=1.0, format="%.2f"),
-            "flags": "Flags", "truth": "Truth", "note": "Note"})
+        ok = pd.DataFrame(
+            [
+                {
+                    "file": r["file"],
+                    "status": r["status"],
+                    "class": class_text(r["label"]),
+                    "risk": r["risk"],
+                    "flags": flag_text(r["flags"]),
+                    "truth": class_text(r["truth"]),
+                    "note": r["reason"],
+                }
+                for r in accepted + known
+            ]
+        )
+        st.dataframe(
+            ok,
+            hide_index=True,
+            column_config={
+                "file": "File",
+                "status": "Status",
+                "class": "Class",
+                "risk": st.column_config.ProgressColumn("Risk", min_value=0.0, max_value=1.0, format="%.2f"),
+                "flags": "Flags",
+                "truth": "Truth",
+                "note": "Note",
+            },
+        )
         st.page_link("views/worklist.py", label="Open the worklist", icon=":material/list:")
     if refused:
         st.error(f"{len(refused)} file(s) were not added:")
-        st.dataframe(pd.DataFrame([{"file": r["file"], "status": r["status"], "reason": r["reason"]}
-                                   for r in refused]), hide_index=True,
-                     column_config={"file": "File", "status": "Status",
-                                    "reason": st.column_config.TextColumn("Reason", width="large")})
+        st.dataframe(
+            pd.DataFrame([{"file": r["file"], "status": r["status"], "reason": r["reason"]} for r in refused]),
+            hide_index=True,
+            column_config={
+                "file": "File",
+                "status": "Status",
+                "reason": st.column_config.TextColumn("Reason", width="large"),
+            },
+        )
 elif not uploads:
-    st.caption(f"Accepted: {FORMATS}, one slice per file (multi-frame DICOM gives one case per frame). "
-               "Files are analysed on this machine only.")
+    st.caption(
+        f"Accepted: {FORMATS}, one slice per file (multi-frame DICOM gives one case per frame). "
+        "Files are analysed on this machine only."
+    )

@@ -14,14 +14,24 @@ from triage.ui import state
 from triage.ui.resources import get_worklist, settings
 from triage.ui.widgets import show_flash
 
-SOURCES = {"folder": "Folder on this computer", "zip": "Zip upload", "manifest": "Manifest CSV",
-           "worklist": "Reviewed worklist cases"}
+SOURCES = {
+    "folder": "Folder on this computer",
+    "zip": "Zip upload",
+    "manifest": "Manifest CSV",
+    "worklist": "Reviewed worklist cases",
+}
 TASK_TEXT = {"classifier": "Classifier", "segmenter": "Segmenter", "both": "Both"}
 PRESET_TEXT = {"quick": "Quick (about 10 minutes per model)", "full": "Full (up to about 70 minutes per model)"}
 INIT_TEXT = {"finetune": "Fine-tune the current model", "scratch": "Start from scratch"}
-PHASE_TEXT = {"preparing": "Preparing data and loading the trainer", "training": "Training",
-              "finishing": "Calibrating and saving the new version", "cancelling": "Cancelling",
-              "done": "Finished", "failed": "Failed", "cancelled": "Cancelled"}
+PHASE_TEXT = {
+    "preparing": "Preparing data and loading the trainer",
+    "training": "Training",
+    "finishing": "Calibrating and saving the new version",
+    "cancelling": "Cancelling",
+    "done": "Finished",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+}
 RUN_PICK = state.keyed(state.TRAIN_RUN, "pick")
 VERSION_PICK = state.keyed(state.TRAIN_RUN, "version")
 MARGIN = {"t": 40, "b": 30, "l": 30, "r": 10}
@@ -46,6 +56,7 @@ def _error(exc: BaseException) -> None:
 
 
 # ----- data check -----------------------------------------------------------------------------
+
 
 def _check_value(source: str) -> object:
     """What the importer needs for ``source``, or raise ValueError with what is missing."""
@@ -101,8 +112,11 @@ def _data_check(task: str, status: str) -> importer.ImportSummary | None:
     st.markdown(f"**Checked data** from {summary.source}: {summary.total} images, {summary.masks} masks")
     st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
     c = st.columns(4)
-    c[0].metric("Duplicates removed", summary.exact_duplicates + summary.near_duplicates,
-                help="exact copies (same bytes) and near duplicates (64×64 thumbnail cosine ≥ 0.99)")
+    c[0].metric(
+        "Duplicates removed",
+        summary.exact_duplicates + summary.near_duplicates,
+        help="exact copies (same bytes) and near duplicates (64×64 thumbnail cosine ≥ 0.99)",
+    )
     c[1].metric("Files rejected", len(summary.rejected))
     c[2].metric("Files skipped", len(summary.skipped))
     c[3].metric("Masks dropped", len(summary.mask_mismatches))
@@ -110,8 +124,12 @@ def _data_check(task: str, status: str) -> importer.ImportSummary | None:
         st.error(f"Cannot train: {problem}", icon=":material/block:")
     for warning in summary.warnings:
         st.warning(warning)
-    lists = [("Rejected files", [f"{n}: {r}" for n, r in summary.rejected]), ("Skipped files", summary.skipped),
-             ("Duplicates removed", summary.duplicates), ("Mask problems", summary.mask_mismatches)]
+    lists = [
+        ("Rejected files", [f"{n}: {r}" for n, r in summary.rejected]),
+        ("Skipped files", summary.skipped),
+        ("Duplicates removed", summary.duplicates),
+        ("Mask problems", summary.mask_mismatches),
+    ]
     for title, items in lists:
         if items:
             with st.expander(f"{title} ({len(items)})"):
@@ -121,12 +139,17 @@ def _data_check(task: str, status: str) -> importer.ImportSummary | None:
 
 # ----- charts -----------------------------------------------------------------------------------
 
+
 def _curves(status: jobs.JobStatus) -> None:
     left, right = st.columns(2)
     loss = go.Figure()
     if status.steps:
-        loss.add_scatter(x=[s["step"] for s in status.steps], y=[s["loss"] for s in status.steps],
-                         mode="lines+markers", name="training loss (batches)")
+        loss.add_scatter(
+            x=[s["step"] for s in status.steps],
+            y=[s["loss"] for s in status.steps],
+            mode="lines+markers",
+            name="training loss (batches)",
+        )
     spe = status.total_steps / max(1, status.total_epochs) if status.total_steps else 1
     for key, name in (("train_loss", "training loss (epoch)"), ("val_loss", "validation loss")):
         pts = [(spe * (e["epoch"] + 1), e[key]) for e in status.epochs if key in e]
@@ -137,22 +160,30 @@ def _curves(status: jobs.JobStatus) -> None:
     val = go.Figure()
     keys = sorted({k for e in status.epochs for k in e if k.startswith("val_") and k != "val_loss"})
     for key in keys:
-        val.add_scatter(x=[e["epoch"] + 1 for e in status.epochs], y=[e.get(key) for e in status.epochs],
-                        mode="lines+markers", name=key[4:].replace("_", " "))
-    val.update_layout(title="Validation", xaxis_title="epoch", yaxis_range=[0, 1], height=300,
-                      margin=MARGIN)
+        val.add_scatter(
+            x=[e["epoch"] + 1 for e in status.epochs],
+            y=[e.get(key) for e in status.epochs],
+            mode="lines+markers",
+            name=key[4:].replace("_", " "),
+        )
+    val.update_layout(title="Validation", xaxis_title="epoch", yaxis_range=[0, 1], height=300, margin=MARGIN)
     right.plotly_chart(val, width="stretch")
 
 
 def _confusion(cm: list, title: str) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=cm, x=list(CLASSES), y=list(CLASSES), colorscale="Blues", showscale=False,
-                               text=cm, texttemplate="%{text}"))
-    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="truth", yaxis_autorange="reversed",
-                      height=320, margin=MARGIN)
+    fig = go.Figure(
+        go.Heatmap(
+            z=cm, x=list(CLASSES), y=list(CLASSES), colorscale="Blues", showscale=False, text=cm, texttemplate="%{text}"
+        )
+    )
+    fig.update_layout(
+        title=title, xaxis_title="predicted", yaxis_title="truth", yaxis_autorange="reversed", height=320, margin=MARGIN
+    )
     return fig
 
 
 # ----- runs -----------------------------------------------------------------------------------
+
 
 @st.fragment(run_every=2)
 def _live(job_id: str) -> None:
@@ -171,7 +202,9 @@ def _live(job_id: str) -> None:
     c[2].metric("Version being trained", job.version)
     if status.steps or status.epochs:
         _curves(status)
-    if status.phase != "cancelling" and st.button("Cancel training", key=state.keyed(state.TRAIN_RUN, "cancel", job_id)):
+    if status.phase != "cancelling" and st.button(
+        "Cancel training", key=state.keyed(state.TRAIN_RUN, "cancel", job_id)
+    ):
         jobs.cancel(cfg, job)
         st.rerun()
 
@@ -181,8 +214,10 @@ def _comparison_progress(key: str) -> None:
     if jobs.BACKGROUND.state(key)[0] != "running":
         st.rerun()
     done, total = jobs.BACKGROUND.progress(key)
-    st.progress((done + 0.5) / total if total else 0.05,
-                text="Comparing the new version with the active one on held-out images…")
+    st.progress(
+        (done + 0.5) / total if total else 0.05,
+        text="Comparing the new version with the active one on held-out images…",
+    )
 
 
 def _comparison(cfg, job: jobs.Job, active: str) -> None:
@@ -203,29 +238,38 @@ def _comparison(cfg, job: jobs.Job, active: str) -> None:
                 st.rerun()
             return
         saved = value
-    st.markdown(f"**New `{job.version}` vs active `{active}`** on {saved['n']} held-out images "
-                f"({saved.get('source', '')})")
-    rows = [{"metric": r["metric"],
-             "active": _pct(r["active"]) if r["metric"] != "rejected by the pipeline" else r["active"],
-             "new": _pct(r["new"]) if r["metric"] != "rejected by the pipeline" else r["new"],
-             "": {True: "better", False: "worse", None: ""}[r["better"]]} for r in saved["rows"]]
+    st.markdown(
+        f"**New `{job.version}` vs active `{active}`** on {saved['n']} held-out images ({saved.get('source', '')})"
+    )
+    rows = [
+        {
+            "metric": r["metric"],
+            "active": _pct(r["active"]) if r["metric"] != "rejected by the pipeline" else r["active"],
+            "new": _pct(r["new"]) if r["metric"] != "rejected by the pipeline" else r["new"],
+            "": {True: "better", False: "worse", None: ""}[r["better"]],
+        }
+        for r in saved["rows"]
+    ]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     for note in saved.get("notes", []):
         st.caption(note)
-    cms = [(side, saved["reports"][side].get("classification", {}).get("confusion_matrix")) for side in ("active", "new")]
+    cms = [
+        (side, saved["reports"][side].get("classification", {}).get("confusion_matrix")) for side in ("active", "new")
+    ]
     if all(cm for _, cm in cms):
         cols = st.columns(2)
         for col, (side, cm) in zip(cols, cms):
-            col.plotly_chart(_confusion(cm, f"{side} ({active if side == 'active' else job.version})"),
-                             width="stretch")
+            col.plotly_chart(_confusion(cm, f"{side} ({active if side == 'active' else job.version})"), width="stretch")
 
 
 def _run_panel(cfg, job: jobs.Job) -> None:
     status = jobs.job_status(cfg, job)
     started = job.started[:16].replace("T", " ")
-    st.caption(f"{job.task} · preset {job.preset} · "
-               f"{'fine-tuned from ' + job.init_from if job.init_from else 'from scratch'} · started {started} UTC "
-               f"· data {job.data}")
+    st.caption(
+        f"{job.task} · preset {job.preset} · "
+        f"{'fine-tuned from ' + job.init_from if job.init_from else 'from scratch'} · started {started} UTC "
+        f"· data {job.data}"
+    )
     if status.running:
         _live(job.job_id)
         return
@@ -238,8 +282,11 @@ def _run_panel(cfg, job: jobs.Job) -> None:
         st.info("Training was cancelled. The active model was not changed and no new version was kept.")
         return
     result = status.result
-    summary = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in result.items()
-                        if k.startswith(("val_", "ece")) and isinstance(v, float))
+    summary = ", ".join(
+        f"{k.replace('_', ' ')} {v:.3f}"
+        for k, v in result.items()
+        if k.startswith(("val_", "ece")) and isinstance(v, float)
+    )
     st.success(f"Finished in {_duration(status.elapsed_s)}: new {job.task} version `{job.version}` ({summary}).")
     if status.steps or status.epochs:
         with st.expander("Training curves"):
@@ -253,8 +300,11 @@ def _run_panel(cfg, job: jobs.Job) -> None:
         st.success(f"`{job.version}` is the active {job.task}.")
         return
     _comparison(cfg, job, active)
-    if st.button(f"Promote {job.version} to active {job.task}", type="primary",
-                 key=state.keyed(state.TRAIN_RUN, "promote", job.job_id)):
+    if st.button(
+        f"Promote {job.version} to active {job.task}",
+        type="primary",
+        key=state.keyed(state.TRAIN_RUN, "promote", job.job_id),
+    ):
         try:
             compare.promote(cfg, job.task, job.version)
         except TriageError as exc:
@@ -274,27 +324,40 @@ def _job_label(job_id: str, by_id: dict) -> str:
 state.init_state()
 cfg = settings()
 st.title("Training")
-st.caption("Retrain the classifier or the segmenter on new data. A run writes a new model version beside the "
-           "active one and never replaces it: nothing changes for readers until you promote the new version.")
+st.caption(
+    "Retrain the classifier or the segmenter on new data. A run writes a new model version beside the "
+    "active one and never replaces it: nothing changes for readers until you promote the new version."
+)
 show_flash()
 
 st.subheader("1. Training data")
 source = st.radio("Source", list(SOURCES), format_func=SOURCES.get, key=state.TRAIN_SOURCE, horizontal=True)
 if source == "folder":
-    st.text_input("Folder on this computer", key=state.TRAIN_FOLDER, placeholder="/path/to/dataset",
-                  help="One folder per class (glioma, meningioma, no_tumor, pituitary; aliases such as notumor "
-                       "or glioma_tumor work), optional masks/ with the same file names, or a manifest.csv.")
+    st.text_input(
+        "Folder on this computer",
+        key=state.TRAIN_FOLDER,
+        placeholder="/path/to/dataset",
+        help="One folder per class (glioma, meningioma, no_tumor, pituitary; aliases such as notumor "
+        "or glioma_tumor work), optional masks/ with the same file names, or a manifest.csv.",
+    )
 elif source == "zip":
-    st.file_uploader("Zip archive", type=["zip"], key=state.TRAIN_ZIP,
-                     help="The same layout as a folder: class folders and optional masks/, or a manifest.csv.")
+    st.file_uploader(
+        "Zip archive",
+        type=["zip"],
+        key=state.TRAIN_ZIP,
+        help="The same layout as a folder: class folders and optional masks/, or a manifest.csv.",
+    )
 elif source == "manifest":
-    st.text_input("Manifest CSV", key=state.TRAIN_MANIFEST, placeholder="/path/to/manifest.csv",
-                  help="Columns path,label[,mask_path] with paths relative to the CSV; test-split rows are left "
-                       "out for evaluation.")
+    st.text_input(
+        "Manifest CSV",
+        key=state.TRAIN_MANIFEST,
+        placeholder="/path/to/manifest.csv",
+        help="Columns path,label[,mask_path] with paths relative to the CSV; test-split rows are left "
+        "out for evaluation.",
+    )
 else:
     st.caption("Cases a reviewer confirmed or corrected, with the reviewer's label (and ground-truth mask if any).")
-task = st.radio("Model to train", list(TASK_TEXT), format_func=TASK_TEXT.get, key=state.TRAIN_TASK,
-                horizontal=True)
+task = st.radio("Model to train", list(TASK_TEXT), format_func=TASK_TEXT.get, key=state.TRAIN_TASK, horizontal=True)
 check_status = _check_state()
 if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disabled=check_status == "running"):
     try:
@@ -316,15 +379,20 @@ summary = _data_check(task, check_status)
 
 st.subheader("2. Train")
 init = st.radio("Start from", list(INIT_TEXT), format_func=INIT_TEXT.get, key=state.TRAIN_INIT, horizontal=True)
-preset = st.radio("Preset", list(PRESET_TEXT), format_func=PRESET_TEXT.get, key=state.TRAIN_PRESET,
-                  horizontal=True)
+preset = st.radio("Preset", list(PRESET_TEXT), format_func=PRESET_TEXT.get, key=state.TRAIN_PRESET, horizontal=True)
 with st.expander("Advanced"):
     epochs = st.number_input("Epochs (0 = the preset's)", 0, 200, 0, key=state.TRAIN_EPOCHS)
-    budget = st.number_input("Time budget per model in minutes (0 = the preset's)", 0.0, 600.0, 0.0, step=1.0,
-                             key=state.TRAIN_BUDGET)
+    budget = st.number_input(
+        "Time budget per model in minutes (0 = the preset's)", 0.0, 600.0, 0.0, step=1.0, key=state.TRAIN_BUDGET
+    )
 ready = summary is not None and summary.ok
-if st.button("Start training", type="primary", disabled=not ready, key=state.keyed(state.TRAIN_RUN, "start"),
-             help=None if ready else "Check data without problems first."):
+if st.button(
+    "Start training",
+    type="primary",
+    disabled=not ready,
+    key=state.keyed(state.TRAIN_RUN, "start"),
+    help=None if ready else "Check data without problems first.",
+):
     overrides = {"epochs": int(epochs) or None, "time_budget_min": float(budget) or None}
     try:
         started = jobs.start_jobs(cfg, task, summary.dataset_dir, preset, init == "finetune", overrides)
@@ -346,8 +414,11 @@ else:
     if running:
         st.info(f"{len(running)} run(s) in progress: " + ", ".join(f"{j.task} {j.version}" for j in running))
     if st.session_state.get(RUN_PICK) not in by_id:
-        st.session_state[RUN_PICK] = (st.session_state[state.TRAIN_RUN] if st.session_state[state.TRAIN_RUN] in by_id
-                                      else (running or all_jobs)[0].job_id)
+        st.session_state[RUN_PICK] = (
+            st.session_state[state.TRAIN_RUN]
+            if st.session_state[state.TRAIN_RUN] in by_id
+            else (running or all_jobs)[0].job_id
+        )
     picked = st.selectbox("Run", list(by_id), format_func=lambda j: _job_label(j, by_id), key=RUN_PICK)
     st.session_state[state.TRAIN_RUN] = picked
     _run_panel(cfg, by_id[picked])
@@ -366,8 +437,9 @@ for t in TASKS:
         table[col] = table[col].map(_pct)
     st.dataframe(table, hide_index=True)
     c1, c2 = st.columns([3, 1])
-    choice = c1.selectbox(f"{t} version", [r["version"] for r in rows], key=state.keyed(VERSION_PICK, t),
-                          label_visibility="collapsed")
+    choice = c1.selectbox(
+        f"{t} version", [r["version"] for r in rows], key=state.keyed(VERSION_PICK, t), label_visibility="collapsed"
+    )
     current = next((r["version"] for r in rows if r["active"]), None)
     if c2.button("Make active", key=state.keyed(VERSION_PICK, t, "activate"), disabled=choice == current):
         try:

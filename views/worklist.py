@@ -29,8 +29,11 @@ everything = wl.list_cases()  # read from SQLite on every run: all tabs see the 
 c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
 c1.metric("Cases", len(everything))
 c2.metric("Unreviewed", sum(c["review_status"] == "unreviewed" for c in everything))
-c3.metric("Flagged", sum(is_flagged(c) for c in everything),
-          help="uncertain, outside what the model knows, or classifier and segmenter disagree")
+c3.metric(
+    "Flagged",
+    sum(is_flagged(c) for c in everything),
+    help="uncertain, outside what the model knows, or classifier and segmenter disagree",
+)
 c4.button("Refresh", icon=":material/refresh:", help="Read the worklist again (new uploads from other tabs)")
 
 f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
@@ -38,8 +41,12 @@ status = f1.selectbox("Review status", [ALL, *REVIEW_STATUSES], format_func=lamb
 label = f2.selectbox("Class", [ALL, *CLASSES], format_func=lambda c: c if c == ALL else class_text(c))
 flag = f3.selectbox("Flag", [ALL, *CASE_FLAGS], format_func=lambda f: FLAG_TEXT.get(f, f))
 search = f4.text_input("Search file name", placeholder="e.g. patient_017").strip()
-filters = {"review_status": None if status == ALL else status, "label": None if label == ALL else label,
-           "flag": None if flag == ALL else flag, "search": search or None}
+filters = {
+    "review_status": None if status == ALL else status,
+    "label": None if label == ALL else label,
+    "flag": None if flag == ALL else flag,
+    "search": search or None,
+}
 st.session_state[state.WORKLIST_FILTERS] = filters
 rows = wl.list_cases(**filters)
 
@@ -50,21 +57,34 @@ elif not rows:
     st.info("No case matches these filters.")
 else:
     st.caption(f"{len(rows)} of {len(everything)} cases, highest risk first. Click a row to open it.")
-    probability = {f"p_{c}": st.column_config.NumberColumn(class_text(c), format="%.0f%%", width=64,
-                                                           help=f"calibrated probability of {class_text(c)}")
-                   for c in CLASSES}
+    probability = {
+        f"p_{c}": st.column_config.NumberColumn(
+            class_text(c), format="%.0f%%", width=64, help=f"calibrated probability of {class_text(c)}"
+        )
+        for c in CLASSES
+    }
     table = worklist_frame(rows)
     shown = table.assign(**{f"p_{c}": table[f"p_{c}"] * 100 for c in CLASSES})  # percent, no decimals
     event = st.dataframe(
-        shown, hide_index=True, on_select="rerun", selection_mode="single-row", row_height=56,
+        shown,
+        hide_index=True,
+        on_select="rerun",
+        selection_mode="single-row",
+        row_height=56,
         key=state.keyed(state.WORKLIST_TABLE, st.session_state[state.WORKLIST_NONCE]),
         column_order=[c for c in table.columns if c != "scan_id"],
         column_config={
             "thumbnail": st.column_config.ImageColumn("Slice", width=56),
             "name": st.column_config.TextColumn("File", width=160),
             "class": st.column_config.TextColumn("Class", width=100, help="reviewed label if any, else the model's"),
-            "risk": st.column_config.ProgressColumn("Risk", min_value=0.0, max_value=1.0, format="%.2f", width=95,
-                                                    help="malignancy-weighted risk (see the Model page)"),
+            "risk": st.column_config.ProgressColumn(
+                "Risk",
+                min_value=0.0,
+                max_value=1.0,
+                format="%.2f",
+                width=95,
+                help="malignancy-weighted risk (see the Model page)",
+            ),
             "review": st.column_config.TextColumn("Review", width=90),
             "flags": st.column_config.TextColumn("Flags", width=165),
             **probability,
@@ -79,22 +99,34 @@ else:
 
     o1, o2, o3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     by_id = {c["scan_id"]: c for c in rows}
-    chosen = o1.selectbox("Open a case", list(by_id), format_func=lambda sid: case_title(by_id[sid]),
-                          key=state.WORKLIST_OPEN)
+    chosen = o1.selectbox(
+        "Open a case", list(by_id), format_func=lambda sid: case_title(by_id[sid]), key=state.WORKLIST_OPEN
+    )
     if o2.button("Open", type="primary", width="stretch"):
         st.session_state[state.SELECTED_CASE] = chosen
         st.switch_page("views/case_review.py")
-    o3.download_button("Export CSV", data=wl.export_csv(rows), file_name="worklist.csv", mime="text/csv",
-                       icon=":material/download:", width="stretch", help="the filtered list, without thumbnails")
+    o3.download_button(
+        "Export CSV",
+        data=wl.export_csv(rows),
+        file_name="worklist.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        width="stretch",
+        help="the filtered list, without thumbnails",
+    )
 
 rejected = wl.rejections(limit=REJECTIONS_SHOWN)
 title = f"Rejected uploads ({len(rejected)}{', most recent' if len(rejected) == REJECTIONS_SHOWN else ''})"
 with st.expander(title if rejected else "Rejected uploads (none)"):
     if rejected:
-        st.dataframe(rejections_frame(rejected), hide_index=True, column_config={
-            "name": st.column_config.TextColumn("File"),
-            "reason": st.column_config.TextColumn("Reason", width="large"),
-            "received": st.column_config.DatetimeColumn("Received (UTC)", format="YYYY-MM-DD HH:mm"),
-        })
+        st.dataframe(
+            rejections_frame(rejected),
+            hide_index=True,
+            column_config={
+                "name": st.column_config.TextColumn("File"),
+                "reason": st.column_config.TextColumn("Reason", width="large"),
+                "received": st.column_config.DatetimeColumn("Received (UTC)", format="YYYY-MM-DD HH:mm"),
+            },
+        )
     else:
         st.caption("No upload has been refused.")

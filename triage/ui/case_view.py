@@ -17,7 +17,9 @@ from triage.ui.resources import get_service
 __all__ = ["METHODS", "StoredFileMissing", "analyse_case", "explanation", "probability_figure", "read_mask"]
 
 METHOD_TEXT: dict[str, str] = {
-    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "Eigen-CAM (class-agnostic)",
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "eigencam": "Eigen-CAM (class-agnostic)",
     "layercam": "Layer-CAM",
 }
 
@@ -79,11 +81,22 @@ def probability_figure(case: dict) -> go.Figure:
     """Horizontal bar chart of the stored calibrated probabilities; the predicted class highlighted."""
     probs = [float(case.get(f"p_{c}") or 0.0) for c in CLASSES]
     colors = ["#e4572e" if c == case.get("label") else "#6c8ebf" for c in CLASSES]
-    fig = go.Figure(go.Bar(
-        x=probs, y=[class_text(c) for c in CLASSES], orientation="h", marker_color=colors,
-        text=[f"{p:.0%}" for p in probs], textposition="auto",
-        hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=[class_text(c) for c in CLASSES],
+            orientation="h",
+            marker_color=colors,
+            text=[f"{p:.0%}" for p in probs],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+        )
+    )
     fig.update_layout(
-        height=260, margin={"l": 10, "r": 20, "t": 10, "b": 10},
-        xaxis={"range": [0, 1], "tickformat": ".0%"}, yaxis={"autorange": "reversed"}, showlegend=False)
+        height=260,
+        margin={"l": 10, "r": 20, "t": 10, "b": 10},
+        xaxis={"range": [0, 1], "tickformat": ".0%"},
+        yaxis={"autorange": "reversed"},
+        showlegend=False,
+    )
     return fig

@@ -69,12 +69,21 @@ def thumbnail_uri(png: bytes | None) -> str | None:
 
 def case_title(case: dict) -> str:
     """One-line description of a case for pickers: name, class, risk."""
-    return f"{case.get('name') or case['scan_id'][:12]} — {class_text(effective_label(case))} — " \
-           f"risk {float(case.get('risk', 0.0)):.2f}"
+    return (
+        f"{case.get('name') or case['scan_id'][:12]} — {class_text(effective_label(case))} — "
+        f"risk {float(case.get('risk', 0.0)):.2f}"
+    )
 
 
 WORKLIST_COLUMNS: tuple[str, ...] = (
-    "thumbnail", "name", "class", "risk", "review", "flags", *(f"p_{c}" for c in CLASSES), "received",
+    "thumbnail",
+    "name",
+    "class",
+    "risk",
+    "review",
+    "flags",
+    *(f"p_{c}" for c in CLASSES),
+    "received",
 )
 
 
@@ -91,17 +100,19 @@ def worklist_frame(cases: Sequence[dict]) -> pd.DataFrame:
         shown = class_text(label)
         if c.get("reviewed_label") and c["reviewed_label"] != c.get("label"):
             shown += " (corrected)"
-        rows.append({
-            "thumbnail": thumbnail_uri(c.get("thumbnail")),
-            "name": c.get("name") or "",
-            "class": shown,
-            **{f"p_{k}": float(c.get(f"p_{k}") or 0.0) for k in CLASSES},
-            "risk": float(c.get("risk") or 0.0),
-            "flags": flag_text(c.get("flags") or ()),
-            "review": REVIEW_TEXT.get(c.get("review_status") or "", c.get("review_status") or ""),
-            "received": pd.to_datetime(c.get("received_at"), utc=True, errors="coerce"),
-            "scan_id": c["scan_id"],
-        })
+        rows.append(
+            {
+                "thumbnail": thumbnail_uri(c.get("thumbnail")),
+                "name": c.get("name") or "",
+                "class": shown,
+                **{f"p_{k}": float(c.get(f"p_{k}") or 0.0) for k in CLASSES},
+                "risk": float(c.get("risk") or 0.0),
+                "flags": flag_text(c.get("flags") or ()),
+                "review": REVIEW_TEXT.get(c.get("review_status") or "", c.get("review_status") or ""),
+                "received": pd.to_datetime(c.get("received_at"), utc=True, errors="coerce"),
+                "scan_id": c["scan_id"],
+            }
+        )
     columns = [*WORKLIST_COLUMNS, "scan_id"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -109,16 +120,31 @@ def worklist_frame(cases: Sequence[dict]) -> pd.DataFrame:
 def rejections_frame(rejections: Sequence[dict]) -> pd.DataFrame:
     """Refused uploads: name, reason, received (UTC)."""
     return pd.DataFrame(
-        [{"name": r.get("name", ""), "reason": r.get("reason", ""),
-          "received": pd.to_datetime(r.get("received_at"), utc=True, errors="coerce")} for r in rejections],
-        columns=["name", "reason", "received"])
+        [
+            {
+                "name": r.get("name", ""),
+                "reason": r.get("reason", ""),
+                "received": pd.to_datetime(r.get("received_at"), utc=True, errors="coerce"),
+            }
+            for r in rejections
+        ],
+        columns=["name", "reason", "received"],
+    )
 
 
 def audit_frame(audit: Sequence[dict]) -> pd.DataFrame:
     """Audit rows (oldest first) for display: when (UTC, seconds), who, action, field, old, new."""
     return pd.DataFrame(
-        [{"when": str(a.get("at", ""))[:19].replace("T", " "), "who": a.get("actor", ""),
-          "action": str(a.get("action", "")).replace("_", " "), "field": a.get("field") or "",
-          "old": a.get("old_value") if a.get("old_value") is not None else "",
-          "new": a.get("new_value") if a.get("new_value") is not None else ""} for a in audit],
-        columns=["when", "who", "action", "field", "old", "new"])
+        [
+            {
+                "when": str(a.get("at", ""))[:19].replace("T", " "),
+                "who": a.get("actor", ""),
+                "action": str(a.get("action", "")).replace("_", " "),
+                "field": a.get("field") or "",
+                "old": a.get("old_value") if a.get("old_value") is not None else "",
+                "new": a.get("new_value") if a.get("new_value") is not None else "",
+            }
+            for a in audit
+        ],
+        columns=["when", "who", "action", "field", "old", "new"],
+    )

@@ -47,8 +47,15 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
     if isinstance(meta.get("crop"), dict) and meta["crop"]:
         rows.append(("Brain-crop settings", ", ".join(f"{k}={v}" for k, v in meta["crop"].items())))
     if meta.get("intensity_norm"):
-        rows.append(("Intensity standardisation", (f"{meta['intensity_norm']}: each crop's head 10/50/90/99th "
-                                                   "percentiles mapped to fixed values before the model sees it")))
+        rows.append(
+            (
+                "Intensity standardisation",
+                (
+                    f"{meta['intensity_norm']}: each crop's head 10/50/90/99th "
+                    "percentiles mapped to fixed values before the model sees it"
+                ),
+            )
+        )
     if task == "classifier":
         rows.append(("Class order", ", ".join(meta.get("classes") or []) or "—"))
         rows.append(("Temperature (calibration)", _num(meta.get("temperature"))))
@@ -58,8 +65,13 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
             rows.append(("Out-of-distribution threshold", f"{_num(float(ood['threshold']), 1)} ({rule})"))
     else:
         rows.append(("Mask threshold", _num(meta.get("threshold"), 2)))
-        rows.append(("Minimum mask area", _pct(meta.get("min_area_frac"))
-                     + (" of the brain crop" if meta.get("min_area_frac") is not None else "")))
+        rows.append(
+            (
+                "Minimum mask area",
+                _pct(meta.get("min_area_frac"))
+                + (" of the brain crop" if meta.get("min_area_frac") is not None else ""),
+            )
+        )
         if meta.get("loss"):
             rows.append(("Training loss", str(meta["loss"])))
     if meta.get("tta") is not None:
@@ -71,13 +83,24 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
         share = f"{cfg['sequence_aug']:.0%} of"
         if cfg.get("sequence_aug_no_tumor") is not None:
             share += f" tumor and {cfg['sequence_aug_no_tumor']:.0%} of no-tumor"
-        rows.append(("Cross-sequence augmentation", f"tone-curve remap inside the head on {share} training "
-                                                     "images, imitating other MRI sequences"))
+        rows.append(
+            (
+                "Cross-sequence augmentation",
+                f"tone-curve remap inside the head on {share} training images, imitating other MRI sequences",
+            )
+        )
     if cfg.get("enhancement_aug"):
         share = f"{cfg['enhancement_aug']:.0%}"
-        rows.append(("Enhancement suppression", (f"brightest tones inside the head compressed on {share} of "
-                                                 "training images, so a tumor is not recognised by contrast "
-                                                 "enhancement alone")))
+        rows.append(
+            (
+                "Enhancement suppression",
+                (
+                    f"brightest tones inside the head compressed on {share} of "
+                    "training images, so a tumor is not recognised by contrast "
+                    "enhancement alone"
+                ),
+            )
+        )
     rows.extend(_data_rows(data))
     if meta.get("wall_time_min") is not None:
         rows.append(("Training wall time", f"{meta['wall_time_min']} min"))
@@ -103,12 +126,23 @@ def _data_rows(data: dict) -> list[tuple[str, str]]:
         rows.append(("Validation images", f"{data['used_val']}{_counts(data.get('val_counts'))}"))
     sources = data.get("sources")
     if isinstance(sources, dict) and sources:
-        rows.append(("Sources", "; ".join(
-            f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in part.items())
-            if isinstance(part, dict) else f"{name}: {part}" for name, part in sources.items())))
+        rows.append(
+            (
+                "Sources",
+                "; ".join(
+                    f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in part.items())
+                    if isinstance(part, dict)
+                    else f"{name}: {part}"
+                    for name, part in sources.items()
+                ),
+            )
+        )
     known = {"used_train", "used_val", "seed", "val_fraction"}
-    other = [f"{k.replace('_', ' ')}: {v}" for k, v in data.items()
-             if k not in known and isinstance(v, int) and not isinstance(v, bool)]
+    other = [
+        f"{k.replace('_', ' ')}: {v}"
+        for k, v in data.items()
+        if k not in known and isinstance(v, int) and not isinstance(v, bool)
+    ]
     if other:
         rows.append(("Other data counts", "; ".join(other)))
     return rows
@@ -146,11 +180,12 @@ def metric_rows(task: str, meta: dict) -> list[tuple[str, str]]:
 def per_class_rows(meta: dict) -> list[dict]:
     """Per-class precision/recall/F1/support of the calibrated classifier (validation)."""
     after = ((meta.get("metrics") or {}).get("validation") or {}).get("after_calibration") or {}
-    return [{"class": c, **{k: v for k, v in m.items()}} for c, m in (after.get("per_class") or {}).items()]
+    return [{"class": c, **m} for c, m in (after.get("per_class") or {}).items()]
 
 
 def markdown_table(rows: list[tuple[str, str]]) -> str:
     """Two-column markdown table (wraps long values, unlike a scrolling dataframe)."""
+
     def cell(text: object) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 

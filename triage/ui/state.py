@@ -29,8 +29,16 @@ CAM_CLASS = "cam_class"
 CAM_METHOD = "cam_method"
 REVIEW_FORM = "review_form"
 
-_DEFAULTS = {SELECTED_CASE: None, REVIEWER: "", LAST_UPLOAD: None, UPLOAD_NONCE: 0, TRAIN_RUN: None,
-             WORKLIST_FILTERS: {}, WORKLIST_NONCE: 0, FLASH: None}
+_DEFAULTS = {
+    SELECTED_CASE: None,
+    REVIEWER: "",
+    LAST_UPLOAD: None,
+    UPLOAD_NONCE: 0,
+    TRAIN_RUN: None,
+    WORKLIST_FILTERS: {},
+    WORKLIST_NONCE: 0,
+    FLASH: None,
+}
 
 
 def init_state() -> None:

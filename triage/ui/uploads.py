@@ -54,8 +54,9 @@ def _parts(name: str) -> list[str]:
 
 
 def _is_junk(parts: Sequence[str]) -> bool:
-    return any(p.startswith("__MACOSX") for p in parts) or parts[-1].lower() in _JUNK_NAMES \
-        or parts[-1].startswith("._")
+    return (
+        any(p.startswith("__MACOSX") for p in parts) or parts[-1].lower() in _JUNK_NAMES or parts[-1].startswith("._")
+    )
 
 
 def is_zip(name: str, data: bytes) -> bool:
@@ -73,9 +74,13 @@ def _unsafe_member(name: str) -> str | None:
     return None
 
 
-def expand_zip(name: str, data: bytes, max_members: int = MAX_ZIP_MEMBERS,
-               max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
-               max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[list[UploadItem], list[dict]]:
+def expand_zip(
+    name: str,
+    data: bytes,
+    max_members: int = MAX_ZIP_MEMBERS,
+    max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+) -> tuple[list[UploadItem], list[dict]]:
     """Extract an archive in memory. Returns (files, skipped rows with a reason).
 
     Refused members: absolute paths, '..', symlinks, encrypted members, members larger than
@@ -96,9 +101,16 @@ def expand_zip(name: str, data: bytes, max_members: int = MAX_ZIP_MEMBERS,
         for count, info in enumerate(members):
             shown = f"{archive}/{info.filename}"
             if count >= max_members:
-                skipped.append(_row(archive, "skipped", reason=(
-                    f"{len(members) - max_members} more files not extracted: the limit is {max_members} "
-                    "files per archive")))
+                skipped.append(
+                    _row(
+                        archive,
+                        "skipped",
+                        reason=(
+                            f"{len(members) - max_members} more files not extracted: the limit is {max_members} "
+                            "files per archive"
+                        ),
+                    )
+                )
                 break
             unsafe = _unsafe_member(info.filename)
             if unsafe:
@@ -115,25 +127,41 @@ def expand_zip(name: str, data: bytes, max_members: int = MAX_ZIP_MEMBERS,
                 skipped.append(_row(shown, "rejected", reason="encrypted archive member"))
                 continue
             if info.file_size > max_member_bytes:
-                skipped.append(_row(shown, "rejected", reason=(
-                    f"{info.file_size / 1e6:.1f} MB uncompressed, over the {max_member_bytes / 1e6:.0f} MB limit")))
+                skipped.append(
+                    _row(
+                        shown,
+                        "rejected",
+                        reason=(
+                            f"{info.file_size / 1e6:.1f} MB uncompressed, over the {max_member_bytes / 1e6:.0f} MB limit"
+                        ),
+                    )
+                )
                 continue
             budget = min(max_member_bytes, max_total_bytes - total)
             try:
                 with zf.open(info) as fh:
                     content = fh.read(budget + 1)
-            except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError,
-                    NotImplementedError) as exc:
+            except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError, NotImplementedError) as exc:
                 skipped.append(_row(shown, "rejected", reason=f"cannot extract: {exc}"))
                 continue
             if len(content) > budget:
                 if budget < max_member_bytes:
-                    skipped.append(_row(archive, "skipped", reason=(
-                        f"extraction stopped at {max_total_bytes / 1e6:.0f} MB of uncompressed data; "
-                        f"{len(members) - count} files not extracted")))
+                    skipped.append(
+                        _row(
+                            archive,
+                            "skipped",
+                            reason=(
+                                f"extraction stopped at {max_total_bytes / 1e6:.0f} MB of uncompressed data; "
+                                f"{len(members) - count} files not extracted"
+                            ),
+                        )
+                    )
                     break
-                skipped.append(_row(shown, "rejected", reason=(
-                    f"over the {max_member_bytes / 1e6:.0f} MB limit once uncompressed")))
+                skipped.append(
+                    _row(
+                        shown, "rejected", reason=(f"over the {max_member_bytes / 1e6:.0f} MB limit once uncompressed")
+                    )
+                )
                 continue
             total += len(content)
             items.append(UploadItem(name=shown, data=content, folders=(archive, *parts[:-1])))
@@ -189,14 +217,27 @@ def label_from_folders(item: UploadItem) -> str | None:
 
 
 def _row(name: str, status: str, **kw: object) -> dict:
-    return {"file": name, "status": status, "label": kw.get("label", ""), "risk": kw.get("risk"),
-            "flags": list(kw.get("flags", ())), "truth": kw.get("truth", ""), "reason": kw.get("reason", ""),
-            "scan_id": kw.get("scan_id", "")}
+    return {
+        "file": name,
+        "status": status,
+        "label": kw.get("label", ""),
+        "risk": kw.get("risk"),
+        "flags": list(kw.get("flags", ())),
+        "truth": kw.get("truth", ""),
+        "reason": kw.get("reason", ""),
+        "scan_id": kw.get("scan_id", ""),
+    }
 
 
-def process_uploads(files: Sequence[tuple[str, bytes]], service: TriageService, worklist: Worklist,
-                    truth_label: str | None = None, masks: Sequence[tuple[str, bytes]] | None = None,
-                    label_from_folder: bool = False, progress: Progress | None = None) -> list[dict]:
+def process_uploads(
+    files: Sequence[tuple[str, bytes]],
+    service: TriageService,
+    worklist: Worklist,
+    truth_label: str | None = None,
+    masks: Sequence[tuple[str, bytes]] | None = None,
+    label_from_folder: bool = False,
+    progress: Progress | None = None,
+) -> list[dict]:
     """Analyse every uploaded file and add the good ones to the worklist.
 
     files/masks: (name, bytes) pairs (.zip archives are extracted). truth_label: a class
@@ -227,8 +268,9 @@ def process_uploads(files: Sequence[tuple[str, bytes]], service: TriageService, 
     return rows
 
 
-def _ingest_one(service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None,
-                mask: bytes | None) -> list[dict]:
+def _ingest_one(
+    service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None, mask: bytes | None
+) -> list[dict]:
     started = datetime.now(UTC).isoformat(timespec="microseconds")
     try:
         results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
@@ -245,12 +287,20 @@ def _ingest_one(service: TriageService, worklist: Worklist, item: UploadItem, tr
             continue
         case = worklist.get(r.scan_id)
         earlier = case is not None and str(case.get("received_at", "")) < started
-        out.append(_row(
-            shown, "already in worklist" if earlier else "accepted", label=r.prediction.label,
-            risk=round(float(r.risk), 3), flags=r.flags, truth=truth or "",
-            reason="the same file was analysed before; the earlier case is kept" if earlier else
-            ("ground-truth mask attached" if mask is not None else ""),
-            scan_id=r.scan_id))
+        out.append(
+            _row(
+                shown,
+                "already in worklist" if earlier else "accepted",
+                label=r.prediction.label,
+                risk=round(float(r.risk), 3),
+                flags=r.flags,
+                truth=truth or "",
+                reason="the same file was analysed before; the earlier case is kept"
+                if earlier
+                else ("ground-truth mask attached" if mask is not None else ""),
+                scan_id=r.scan_id,
+            )
+        )
     return out
 
 

@@ -9,16 +9,18 @@ import streamlit as st
 from triage.ui.format import FLAG_TEXT
 from triage.ui.state import pop_flash
 
-DISCLAIMER = ("**Triage aid, not a diagnosis.** Results order the reading queue and point at regions of interest; "
-              "every case must be read by a radiologist.")
+DISCLAIMER = (
+    "**Triage aid, not a diagnosis.** Results order the reading queue and point at regions of interest; "
+    "every case must be read by a radiologist."
+)
 
 # What each flag means for the reader, shown on the Case review page.
 FLAG_HELP: dict[str, str] = {
     "uncertain": "the model is **uncertain** between classes: read this case with extra care.",
     "ood": "this image is **outside what the model knows** (unusual contrast, scanner or anatomy); "
-           "its prediction may be meaningless.",
+    "its prediction may be meaningless.",
     "disagreement": "the **classifier and segmenter disagree** (a tumor class without a mask, or a "
-                    "large mask on a no-tumor prediction).",
+    "large mask on a no-tumor prediction).",
     "untrained_model": "this result comes from an **untrained placeholder model**: ignore the prediction.",
 }
 
@@ -30,7 +32,9 @@ def banner() -> None:
 
 def untrained_warning(trained: bool) -> None:
     if not trained:
-        st.error("The active models are **untrained placeholders**: their outputs are meaningless.", icon=":material/block:")
+        st.error(
+            "The active models are **untrained placeholders**: their outputs are meaningless.", icon=":material/block:"
+        )
 
 
 def show_flags(flags: Iterable[str]) -> None:
@@ -56,5 +60,7 @@ def show_flash() -> None:
 def model_error(exc: Exception) -> None:
     """Explain that no usable model is installed, and how to get one."""
     st.error(f"No usable model: {exc}", icon=":material/block:")
-    st.info("Train one on the **Training** page or with `python -m triage train classifier` / "
-            "`python -m triage train segmenter`, or restore the `weights/` folder.")
+    st.info(
+        "Train one on the **Training** page or with `python -m triage train classifier` / "
+        "`python -m triage train segmenter`, or restore the `weights/` folder."
+    )
