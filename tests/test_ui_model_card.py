@@ -47,3 +47,18 @@ def test_card_row_shows_intensity_standardisation_only_when_used():
     assert "Intensity standardisation" not in dict(card_rows("classifier", meta))
     rows = dict(card_rows("classifier", {**meta, "intensity_norm": "head_percentiles_v1"}))
     assert rows["Intensity standardisation"].startswith("head_percentiles_v1")
+
+
+def test_licence_rows_name_non_commercial_sources() -> None:
+    from triage.sources import non_commercial, training_sources
+    from triage.ui.model_card import licence_rows
+
+    info = {"sources": {"brisc2025": {"train": 10, "val": 2}, "brats2015_hgg6": {"train": 5, "val": 1}}}
+    sources = training_sources(info)
+    rows = licence_rows({"training_sources": sources})
+    assert [(r["source"], r["training images"], r["commercial use"]) for r in rows] == [
+        ("brisc2025", 10, "allowed"),
+        ("brats2015_hgg6", 5, "NOT allowed"),
+    ]
+    assert non_commercial(sources) and not non_commercial(sources[:1])
+    assert licence_rows({}) == []

@@ -282,3 +282,36 @@ def balanced_weights(sources: list[str], labels: list[str], shares: dict[str, fl
             sel = in_src & (lab == c)
             w[sel] = shares[s] / total / len(classes) / sel.sum()
     return w
+
+
+# Licence of each training source as its README in ../shared/data states it. Several forbid
+# commercial use; a model trained on them inherits that, and its card and the Model page say so.
+SOURCE_LICENCES: dict[str, dict] = {
+    "brisc2025": {"licence": "CC BY 4.0", "commercial_use": True},
+    "sartaj": {"licence": "CC0 (per the Kaggle listing, quoted by third parties)", "commercial_use": True},
+    LGG: {
+        "licence": "TCIA data-usage policy; Kaggle page believed CC BY-NC-SA 4.0 (not verified offline)",
+        "commercial_use": False,
+    },
+    BRATS: {"licence": "CC BY-NC-SA 3.0 Switzerland", "commercial_use": False},
+    FELTRIN: {
+        "licence": "none stated; Radiopaedia case images (CC BY-NC-SA): non-commercial research only",
+        "commercial_use": False,
+    },
+}
+
+
+def training_sources(info: dict) -> list[dict]:
+    """The card's list of training sources: name, images used and licence (from the split info)."""
+    out = []
+    for name, counts in (info.get("sources") or {}).items():
+        key = "sartaj" if name.startswith("sartaj") else name
+        lic = SOURCE_LICENCES.get(key, {"licence": "unknown", "commercial_use": False})
+        n = counts.get("train", counts.get("kept", 0)) if isinstance(counts, dict) else 0
+        out.append({"source": key, "train_images": int(n), **lic})
+    return out
+
+
+def non_commercial(sources: list[dict]) -> bool:
+    """True when any training source forbids commercial use."""
+    return any(not s.get("commercial_use", False) for s in sources)

@@ -32,6 +32,7 @@ from triage.models import build_model, load_model, save_model
 from triage.preprocess import DEFAULT_CROP, check_intensity_norm
 from triage.records import CLASSES
 from triage.segment import probability_maps, remove_small_components
+from triage.sources import training_sources
 from triage.transforms import squares_to_tensor
 
 log = logging.getLogger(__name__)
@@ -712,6 +713,7 @@ def train_classifier(
             "wall_time_min": round((time.time() - runlog.start) / 60, 2),
             "environment": _environment(),
             "data": data_info,
+            "training_sources": training_sources(data_info),
             "metrics": {
                 "validation": {
                     "before_calibration": before,
@@ -935,6 +937,7 @@ def train_segmenter(
             "wall_time_min": round((time.time() - runlog.start) / 60, 2),
             "environment": _environment(),
             "data": data_info,
+            "training_sources": training_sources(data_info),
             "metrics": {"validation": chosen},
         }
     )

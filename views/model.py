@@ -9,6 +9,7 @@ from triage.risk import describe_policy
 from triage.ui.model_card import (
     NOT_FOR,
     card_rows,
+    licence_rows,
     markdown_table,
     metric_rows,
     per_class_rows,
@@ -55,6 +56,15 @@ if cards:
                             k: st.column_config.NumberColumn(k, format="%.3f") for k in ("precision", "recall", "f1")
                         },
                     )
+            licences = licence_rows(meta)
+            if licences:
+                if any(r["commercial use"] != "allowed" for r in licences):
+                    st.warning(
+                        "Trained on data licensed for non-commercial research only: this model may not be used "
+                        "commercially."
+                    )
+                st.markdown("**Training sources and licences**")
+                st.dataframe(pd.DataFrame(licences), hide_index=True)
             with st.expander("Training data and all versions"):
                 st.markdown("**Data**")
                 st.json(meta.get("data") or {}, expanded=False)

@@ -204,3 +204,16 @@ def reports(directory: Path | None = None) -> list[tuple[str, str]]:
         except OSError as exc:
             out.append((path.name, f"*cannot read this report: {exc}*"))
     return out
+
+
+def licence_rows(meta: dict) -> list[dict]:
+    """The card's training sources with their licences (empty for cards that predate the list)."""
+    return [
+        {
+            "source": s.get("source", ""),
+            "training images": s.get("train_images", 0),
+            "licence": s.get("licence", "unknown"),
+            "commercial use": "allowed" if s.get("commercial_use") else "NOT allowed",
+        }
+        for s in meta.get("training_sources") or []
+    ]
