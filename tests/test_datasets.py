@@ -94,3 +94,34 @@ def test_build_cache_removes_its_temporary_file_when_the_write_fails(tmp_path, m
     with pytest.raises(OSError, match="No space"):
         build_cache(samples, 64, cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").iterdir())  # neither a temporary file nor a half-written cache
+
+
+def test_dedup_groups_in_chunks_matches_the_whole_matrix() -> None:
+    import numpy as np
+
+    from triage.datasets import dedup_groups
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(60, 32)).astype(np.float32)
+    vectors = np.concatenate([base, base[:20] + 0.001, base[10:15] + 0.002])  # planted near-duplicates
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sha = [f"s{i}" for i in range(len(vectors))]
+    sha[3] = sha[4] = "same"
+
+    def whole(v, s, thr=0.99):  # the earlier N x N version, as reference
+        keep = np.ones(len(v), bool)
+        seen = set()
+        for i, x in enumerate(s):
+            if x in seen:
+                keep[i] = False
+            seen.add(x)
+        sims = v @ v.T
+        for i in range(len(v)):
+            if keep[i]:
+                keep[np.nonzero(sims[i, i + 1 :] >= thr)[0] + i + 1] = False
+        return keep
+
+    expected = whole(vectors, sha)
+    assert expected.sum() == 60  # 85 - 25 near copies; "same" drops slice 4, whose copy 64 then stays
+    for chunk in (1, 7, 256):
+        assert np.array_equal(dedup_groups(vectors, sha, chunk=chunk), expected)

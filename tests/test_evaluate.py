@@ -73,3 +73,23 @@ def test_dice_summary_per_class_and_missed_masks(tmp_path):
     seg = score(SimpleNamespace(samples=samples), results)["segmentation"]
     assert seg["dice_mean"] == 0.5 and seg["dice_below_0.1_rate"] == 0.5
     assert seg["dice_by_class"] == {"glioma": 1.0, "pituitary": 0.0}
+
+
+def test_unreadable_truth_masks_are_counted_not_dropped(tmp_path):
+    broken = tmp_path / "broken_mask.png"
+    broken.write_bytes(b"not a png")
+    wrong_size = tmp_path / "small_mask.png"
+    import cv2
+
+    cv2.imwrite(str(wrong_size), np.zeros((8, 8), np.uint8))
+    test = SimpleNamespace(
+        samples=[
+            SimpleNamespace(label="glioma", mask_path=broken),
+            SimpleNamespace(label="glioma", mask_path=wrong_size),
+            SimpleNamespace(label="no_tumor", mask_path=None),
+        ]
+    )
+    m = score(test, [_result("glioma", 64), _result("glioma", 64), _result("no_tumor", 0)])
+    seg = m["segmentation"]
+    assert seg["truth_masks_unreadable"] == 2 and seg["tumor_slices"] == 0
+    assert any("broken_mask.png" in e for e in seg["truth_masks_unreadable_examples"])

@@ -58,6 +58,14 @@ def child_env(weights: Path, data: Path) -> dict:
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def kill_summary():
+    """Print how many SIGKILLs the module's tests survived (each test asserts its own kills; a
+    cross-test count used to be a test of its own and failed whenever it ran alone)."""
+    yield
+    print(f"\nkills survived: {len(KILLS)} ({', '.join(KILLS)})")
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     return make_tiny_weights(tmp_path_factory.mktemp("crash_w") / "w")
@@ -316,8 +324,3 @@ def test_c_review_killed_repeatedly(tmp_path):
         f"\n(c) review loop SIGKILLed {rounds} times after {reported} reported reviews: integrity ok, "
         f"{n_audit} audit rows consistent with every case row"
     )
-
-
-def test_z_report_kills():
-    print(f"\nkills survived: {len(KILLS)} ({', '.join(KILLS)})")
-    assert len(KILLS) >= 5

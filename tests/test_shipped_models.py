@@ -8,11 +8,36 @@ when the active weights are untrained placeholders.
 import pytest
 
 from triage.config import get_settings
+from triage.errors import ModelNotFoundError
 from triage.models import load_model
 
 MIN_ACCURACY = 0.90
 MIN_DICE = 0.65
 MAX_FP_MASK_RATE = 0.05
+
+
+def require_trained(weights_dir, tasks) -> None:
+    """Skip only when there are no weights or they are untrained placeholders. Anything else that
+    goes wrong loading them (a corrupt promoted model) must fail the test, not skip it."""
+    for task in tasks:
+        try:
+            model = load_model(weights_dir, task)
+        except ModelNotFoundError as exc:
+            pytest.skip(f"no shipped weights: {exc}")
+        if not model.trained:
+            pytest.skip("the active weights are untrained placeholders")
+
+
+def test_a_corrupt_active_model_fails_instead_of_skipping(tmp_path):
+    from tests.model_fixtures import make_tiny_weights
+
+    weights = make_tiny_weights(tmp_path)
+    (weights / "classifier" / "tiny" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception) as info:
+        require_trained(weights, ("classifier",))
+    assert not isinstance(info.value, pytest.skip.Exception)
+    with pytest.raises(pytest.skip.Exception):
+        require_trained(tmp_path / "empty", ("classifier",))
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +46,7 @@ def report(shared_data, tmp_path_factory):
     from triage.service import TriageService
 
     settings = get_settings(shared_data_dir=shared_data)
-    try:
-        trained = (
-            load_model(settings.weights_dir, "classifier").trained
-            and load_model(settings.weights_dir, "segmenter").trained
-        )
-    except Exception as exc:
-        pytest.skip(f"no shipped weights: {exc}")
-    if not trained:
-        pytest.skip("the active weights are untrained placeholders")
+    require_trained(settings.weights_dir, ("classifier", "segmenter"))
     out = tmp_path_factory.mktemp("report") / "brisc_subset.md"
     return run_evaluation(shared_data / "brisc2025", out, limit=200, progress=False, service=TriageService(settings))
 
@@ -57,11 +74,7 @@ def test_photographs_are_not_classified_as_brains(photo):
     from triage.service import TriageService
 
     settings = get_settings()
-    try:
-        if not load_model(settings.weights_dir, "classifier").trained:
-            pytest.skip("the active weights are untrained placeholders")
-    except Exception as exc:
-        pytest.skip(f"no shipped weights: {exc}")
+    require_trained(settings.weights_dir, ("classifier",))
     buf = io.BytesIO()
     Image.fromarray(getattr(skdata, photo)()).save(buf, format="PNG")
     (r,) = TriageService(settings).analyze_bytes(buf.getvalue(), f"{photo}.png")

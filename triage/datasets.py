@@ -139,20 +139,27 @@ def near_duplicate_of(
     return hit
 
 
-def dedup_groups(vectors: np.ndarray, sha1s: list[str], threshold: float = NEAR_DUP_COSINE) -> np.ndarray:
-    """Keep-mask that drops exact (sha1) and near duplicates inside one set, keeping the first."""
+def dedup_groups(
+    vectors: np.ndarray, sha1s: list[str], threshold: float = NEAR_DUP_COSINE, chunk: int = 256
+) -> np.ndarray:
+    """Keep-mask that drops exact (sha1) and near duplicates inside one set, keeping the first.
+
+    Similarities are computed ``chunk`` rows at a time, so memory is ``chunk x N`` rather than the
+    ``N x N`` matrix (about 10 GB at the importer's 50,000-file limit) that an earlier version built.
+    """
     keep = np.ones(len(vectors), bool)
     seen: set[str] = set()
     for i, s in enumerate(sha1s):
         if s and s in seen:
             keep[i] = False
         seen.add(s)
-    sims = vectors @ vectors.T
-    for i in range(len(vectors)):
-        if not keep[i]:
-            continue
-        dup = np.nonzero(sims[i, i + 1 :] >= threshold)[0] + i + 1
-        keep[dup] = False
+    ref = np.ascontiguousarray(vectors.T)
+    for start in range(0, len(vectors), chunk):
+        sims = vectors[start : start + chunk] @ ref
+        for row, i in enumerate(range(start, min(start + chunk, len(vectors)))):
+            if keep[i]:
+                dup = np.nonzero(sims[row, i + 1 :] >= threshold)[0] + i + 1
+                keep[dup] = False
     return keep
 
 

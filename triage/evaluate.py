@@ -128,12 +128,16 @@ def score(test: CachedSet, results: list) -> dict:
     if any(has_masks):
         dices, ious, fps, box_ious, ap_ious, ap_scores, dice_labels = [], [], [], [], [], [], []
         n_truth = 0
+        unreadable: list[str] = []
         for s, r in zip(test.samples, results):
             pred = r.segmentation.mask if (r.ok and r.segmentation is not None) else None
             if s.mask_path is not None:
+                if r.scan is None:  # the image itself was rejected: nothing to compare the mask with
+                    continue
                 try:
-                    truth = read_mask(s.mask_path, r.scan.shape if r.scan is not None else (0, 0))
-                except Exception:
+                    truth = read_mask(s.mask_path, r.scan.shape)
+                except Exception as exc:  # a broken truth mask is reported, not fatal
+                    unreadable.append(f"{Path(s.mask_path).name}: {exc}")
                     continue
                 if not truth.any():
                     fps.append(bool(pred is not None and pred.any()))
@@ -156,6 +160,8 @@ def score(test: CachedSet, results: list) -> dict:
                     ap_scores.append(r.segmentation.max_prob)
         out["segmentation"] = {
             "tumor_slices": n_truth,
+            "truth_masks_unreadable": len(unreadable),
+            "truth_masks_unreadable_examples": unreadable[:10],
             "dice_mean": float(np.mean(dices)) if dices else None,
             "iou_mean": float(np.mean(ious)) if ious else None,
             "dice_median": float(np.median(dices)) if dices else None,
@@ -258,6 +264,7 @@ def render_markdown(rep: dict) -> str:
         lines += ["## Segmentation and localisation", "", "| measure | value |", "|---|---|"]
         for key, label in [
             ("tumor_slices", "tumor slices with a mask"),
+            ("truth_masks_unreadable", "truth masks that could not be read (left out of Dice)"),
             ("dice_mean", "Dice (mean over tumor slices)"),
             ("dice_median", "Dice (median)"),
             ("dice_below_0.1_rate", "tumor slices with Dice < 0.1 (mask missed)"),
