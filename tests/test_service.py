@@ -98,3 +98,26 @@ def test_promotion_is_picked_up_without_restart(tmp_path):
     assert svc.models().versions["classifier"] == "b"
     svc.promote("classifier", "a")
     assert svc.models().versions["classifier"] == "a"
+
+
+def test_a_case_records_the_versions_that_analysed_it(tmp_path, monkeypatch):
+    """A promotion between the analysis and the worklist write must not relabel the case."""
+    from triage.intake import ingest
+    from triage.worklist import Worklist
+
+    make_tiny_weights(tmp_path / "w", "a", seed=0)
+    make_tiny_weights(tmp_path / "w", "b", seed=1)
+    svc = TriageService(get_settings(weights_dir=tmp_path / "w", data_dir=tmp_path / "d"))
+    analyse = svc.analyze_bytes
+
+    def analyse_then_promote(*args, **kwargs):
+        results = analyse(*args, **kwargs)
+        svc.promote("classifier", "a")  # another reader promotes while this upload is being recorded
+        return results
+
+    monkeypatch.setattr(svc, "analyze_bytes", analyse_then_promote)
+    img, _ = draw_synthetic_slice(seed=3)
+    wl = Worklist(tmp_path / "wl.sqlite")
+    (r,) = ingest(svc, wl, png(img), "slice.png")
+    assert r.model_versions == {"classifier": "b", "segmenter": "b"}
+    assert wl.get(r.scan_id)["classifier_version"] == "b"

@@ -63,7 +63,6 @@ def ingest(
     """
     shown = display_name(name)
     results = service.analyze_bytes(data, shown)
-    versions = service.models().versions if any(r.ok for r in results) else {}
     scans_dir = service.settings.scans_dir
     for r in results:
         if not r.ok:
@@ -90,8 +89,8 @@ def ingest(
             "tumor_area_mm2": r.segmentation.area_mm2 if r.segmentation else None,
             "mask_path": str(mask_path) if mask_path else None,
             "thumbnail": thumbnail_png(r.scan.pixels),
-            "classifier_version": versions.get("classifier", ""),
-            "segmenter_version": versions.get("segmenter", ""),
+            "classifier_version": r.model_versions.get("classifier", ""),
+            "segmenter_version": r.model_versions.get("segmenter", ""),
             "truth_label": truth_label,
             "truth_mask_path": str(truth_path) if truth_path else None,
             "frame": r.scan.frame,

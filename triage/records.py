@@ -130,6 +130,9 @@ class CaseResult:
     risk: float = 0.0
     flags: tuple[str, ...] = ()
     timings_ms: dict = field(default_factory=dict)
+    # The model versions that produced this result ({"classifier": ..., "segmenter": ...}): read from
+    # the bundle the analysis used, so a promotion during the analysis cannot relabel it.
+    model_versions: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

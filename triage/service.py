@@ -212,6 +212,7 @@ class TriageService:
                 risk=risk,
                 flags=tuple(flags),
                 timings_ms={"crop": crop_ms, "classify": cls_ms, "segment": seg_ms},
+                model_versions=dict(bundle.versions),
             )
         if explain:
             results = [self.with_explanation(r) if r is not None and r.ok else r for r in results]
