@@ -33,10 +33,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason="chromium/chromedriver not found: apt-get install -y chromium chromium-driver",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+        reason="chromium/chromedriver not found: apt-get install -y chromium chromium-driver",
+    ),
+]
 
 
 def _free_port() -> int:

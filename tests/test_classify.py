@@ -1,6 +1,7 @@
 """Classifier wrapper: the crop goes through the same intensity standardisation the card was trained with."""
 
 import numpy as np
+import pytest
 
 from tests.conftest import draw_synthetic_slice
 from tests.model_fixtures import make_tiny_weights, plain_and_standardising
@@ -8,6 +9,7 @@ from triage.classify import Classifier
 from triage.preprocess import standardize_intensity
 
 
+@pytest.mark.slow
 def test_classifier_standardises_crops_when_the_card_says_so(tmp_path):
     plain_model, normed_model = plain_and_standardising(make_tiny_weights(tmp_path / "w"), "classifier")
     plain, normed = Classifier(plain_model), Classifier(normed_model)

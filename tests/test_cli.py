@@ -14,6 +14,9 @@ from tests.conftest import draw_synthetic_slice
 from tests.model_fixtures import make_tiny_weights
 from triage import __version__
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 
 

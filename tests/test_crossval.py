@@ -3,10 +3,14 @@
 import csv
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import draw_synthetic_slice
 from triage.crossval import cross_validate, fold_ids
+
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
 
 
 def test_folds_are_stratified_and_cover_everything():

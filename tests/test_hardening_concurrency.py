@@ -27,6 +27,9 @@ from triage.records import CLASSES
 from triage.service import TriageService
 from triage.worklist import Worklist
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 600  # shared, busy machine
 

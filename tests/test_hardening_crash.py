@@ -28,6 +28,9 @@ from triage.cli import CSV_COLUMNS
 from triage.records import CLASSES
 from triage.worklist import PROB_COLUMNS, Worklist
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = (
     "scan_id",

@@ -41,6 +41,9 @@ from triage.service import TriageService
 from triage.ui.uploads import process_uploads
 from triage.worklist import Worklist
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 # Corpus entries that must be rejected by the brain check whatever the model (blank, noise).
 MUST_REJECT_NOT_BRAIN = {"blank_zero.png", "blank_white.png", "noise.png"}

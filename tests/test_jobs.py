@@ -20,6 +20,9 @@ from triage.config import get_settings
 from triage.errors import TrainingError
 from triage.models import list_versions, read_metadata
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 300  # generous: the test machine runs other trainings (about 40 s when it is calmer)
 
 

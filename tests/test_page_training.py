@@ -16,6 +16,9 @@ from triage import jobs
 from triage.config import get_settings
 from triage.ui import state
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 PAGE = str(REPO_DIR / "views" / "training.py")
 TIMEOUT_S = 300  # generous: the test machine runs other trainings
 

@@ -29,6 +29,9 @@ from triage.ui import state
 from triage.ui.uploads import UploadItem, expand_zip, match_masks, process_uploads
 from triage.worklist import Worklist
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 APP = str(REPO / "app.py")
 TIMEOUT = 120  # seconds per script run: the CPU may be shared with training jobs
 GLIOMA = "classification_task/test/glioma/brisc2025_test_00001_gl_ax_t1.jpg"

@@ -11,6 +11,9 @@ from triage.config import get_settings
 from triage.errors import ModelNotFoundError
 from triage.models import load_model
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 MIN_ACCURACY = 0.90
 MIN_DICE = 0.65
 MAX_FP_MASK_RATE = 0.05

@@ -20,6 +20,9 @@ from triage.train import (
     train_segmenter,
 )
 
+# Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 
 def _synthetic_set(n_per_class: int, size: int = 64, seed: int = 0) -> CachedSet:
     """Classes differ by tumor brightness/position so a tiny net can learn them in a few steps."""
