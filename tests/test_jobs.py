@@ -51,7 +51,7 @@ def _active(settings, task: str) -> str:
 def _wait(settings, job: jobs.Job, until=lambda st: not st.running) -> jobs.JobStatus:
     deadline = time.time() + TIMEOUT_S
     while True:
-        status = jobs.job_status(settings, jobs.load_job(settings, job.job_id))
+        status = jobs.poll(settings, jobs.load_job(settings, job.job_id))
         if until(status) or time.time() > deadline:
             return status
         time.sleep(0.5)

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -210,6 +210,16 @@ def check_finetune(weights_dir: Path, task: str, version: str, preset: str) -> N
         )
 
 
+def _start_lock(settings: Settings):
+    """A file lock held while a run is checked and launched: two tabs (or two servers sharing a
+    data folder) pressing Start together cannot both pass the "no run in progress" check."""
+    from filelock import FileLock
+
+    d = jobs_dir(settings)
+    d.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(d / ".start.lock"), timeout=60)
+
+
 def start_job(
     settings: Settings,
     task: str,
@@ -224,6 +234,20 @@ def start_job(
     ``init_from``: a version of the same task to fine-tune from (``"active"`` = the active one).
     ``overrides``: any of ``epochs``, ``threads``, ``time_budget_min``, ``seed``.
     """
+    with _start_lock(settings):
+        return _launch_job(settings, task, data, preset, init_from, overrides, group)
+
+
+def _launch_job(
+    settings: Settings,
+    task: str,
+    data: str | Path,
+    preset: str,
+    init_from: str | None,
+    overrides: dict | None,
+    group: str,
+) -> Job:
+    """:func:`start_job` without the lock (its callers hold it)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if preset not in PRESETS:
@@ -352,73 +376,54 @@ def start_jobs(
     overrides = dict(overrides or {})
     if len(tasks) > 1 and not overrides.get("threads"):
         overrides["threads"] = max(1, int(settings.torch_threads) // len(tasks))
-    for t in tasks:
-        busy = [j for j in list_jobs(settings) if j.task == t and job_status(settings, j).running]
-        if busy:
-            raise TrainingError(
-                f"a {t} run is already in progress (version {busy[0].version}); wait for it or cancel it first"
-            )
-        if finetune:
-            try:
-                base = active_version(settings.weights_dir, t)
-            except ModelNotFoundError as exc:
-                raise TrainingError(f"there is no active {t} to fine-tune from; start from scratch") from exc
-            check_finetune(settings.weights_dir, t, base, preset)
-    group = uuid.uuid4().hex[:8] if len(tasks) > 1 else ""
-    return [start_job(settings, t, data, preset, "active" if finetune else None, overrides, group) for t in tasks]
+    with _start_lock(settings):
+        for t in tasks:
+            busy = [j for j in list_jobs(settings) if j.task == t and job_status(settings, j).running]
+            if busy:
+                raise TrainingError(
+                    f"a {t} run is already in progress (version {busy[0].version}); wait for it or cancel it first"
+                )
+            if finetune:
+                try:
+                    base = active_version(settings.weights_dir, t)
+                except ModelNotFoundError as exc:
+                    raise TrainingError(f"there is no active {t} to fine-tune from; start from scratch") from exc
+                check_finetune(settings.weights_dir, t, base, preset)
+        group = uuid.uuid4().hex[:8] if len(tasks) > 1 else ""
+        init = "active" if finetune else None
+        return [_launch_job(settings, t, data, preset, init, overrides, group) for t in tasks]
 
 
 # ----- status -----------------------------------------------------------------------------------
 
 
-def _start_time(pid: int) -> float | None:
-    """Wall-clock start of process ``pid`` from /proc (None where unavailable)."""
+def _alive(job: Job) -> bool:
+    """True while ``job.pid`` is still our trainer (psutil: any OS). A zombie counts as ended, and a
+    later process that reused the pid is told apart by its start time. Reads only; never reaps."""
+    import psutil
+
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        btime = next(
-            float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime")
-        )
-        return btime + float(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError, StopIteration):
-        return None
+        proc = psutil.Process(job.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - job.started_ts) < 10.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
-def _ours(job: Job) -> bool:
-    """True if ``job.pid`` is still our trainer, not a later process that reused the pid."""
-    try:
-        if job.run_dir.encode() in Path(f"/proc/{job.pid}/cmdline").read_bytes():
-            return True
-    except OSError:
-        return True  # no /proc: trust the pid
-    started = _start_time(job.pid)  # e.g. between fork and exec the command line is the parent's
-    return started is not None and abs(started - job.started_ts) < 10.0
-
-
-def _alive(job: Job) -> tuple[bool, int | None]:
-    """(process still running, exit code if known)."""
+def _reap(job: Job) -> int | None:
+    """Collect the exit code of a trainer this process started (so it leaves no zombie)."""
     with _PROCS_LOCK:
         proc = _PROCS.get(job.job_id)
     if proc is not None:
-        rc = proc.poll()
-        return rc is None, rc
-    try:  # our own child (e.g. started before this module was reloaded): reap it for its exit code
+        return proc.poll()
+    try:  # our own child from before a module reload: waitpid still reaps it
         pid, status = os.waitpid(job.pid, os.WNOHANG)
         if pid:
-            return False, os.waitstatus_to_exitcode(status)
+            return os.waitstatus_to_exitcode(status)
     except ChildProcessError:
         pass
-    try:
-        os.kill(job.pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False, None  # gone, or another user's process reusing the pid
-    if not _ours(job):
-        return False, None
-    try:
-        if Path(f"/proc/{job.pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return False, None
-    except (OSError, IndexError):
-        pass
-    return True, None
+    return None
 
 
 def read_events(run_dir: str | Path) -> list[dict]:
@@ -486,8 +491,35 @@ def _signal_group(job: Job, sig: int) -> None:
         pass
 
 
+def poll(settings: Settings, job: Job) -> JobStatus:
+    """The explicit step of a job's life: reap an ended trainer and record how it ended (cleaning up
+    what a killed run left), or escalate a cancel whose grace period is over (SIGTERM, then SIGKILL).
+    Returns the status afterwards. :func:`job_status` only reads."""
+    if not job.finished:
+        events = read_events(job.run_dir)
+        rc = _reap(job)
+        if rc is None and _alive(job):
+            _escalate_cancel(settings, job, time.time())
+        else:
+            has_done = any(e.get("kind") == "done" for e in events)
+            _finish(settings, job, rc, has_done, any(e.get("kind") == "cancelled" for e in events))
+    return job_status(settings, job)
+
+
+def _ended_as(job: Job, has_done: bool, cancelled_event: bool) -> str:
+    """How an ended run counts: done only with a 'done' event *and* a complete version folder."""
+    out = Path(job.out)
+    complete = (out / "metadata.json").is_file() and (out / "model.safetensors").is_file()
+    if has_done and complete and job.returncode in (0, None):
+        return "done"
+    if cancelled_event or job.cancel_requested_ts is not None or (Path(job.run_dir) / "CANCEL").exists():
+        return "cancelled"
+    return "failed"
+
+
 def job_status(settings: Settings, job: Job) -> JobStatus:
-    """Current state of ``job`` from its process and run folder. Terminal states are persisted."""
+    """Current state of ``job`` from its process and run folder. A pure read: it never signals,
+    reaps or writes (an ended run that :func:`poll` has not recorded yet shows how it ended)."""
     run_dir = Path(job.run_dir)
     events = read_events(run_dir)
     steps = [e for e in events if e.get("kind") == "step"]
@@ -495,12 +527,8 @@ def job_status(settings: Settings, job: Job) -> JobStatus:
     done = next((e for e in reversed(events) if e.get("kind") == "done"), None)
     cancelled_event = any(e.get("kind") == "cancelled" for e in events)
     now = time.time()
-    if not job.finished:
-        alive, rc = _alive(job)
-        if alive:
-            _escalate_cancel(settings, job, now)
-        elif not alive:
-            _finish(settings, job, rc, done is not None, cancelled_event)
+    if not job.finished and not _alive(job):
+        job = replace(job, status=_ended_as(job, done is not None, cancelled_event), finished_ts=job.finished_ts or now)
     tail = log_tail(run_dir) if job.status in ("failed", "running") else []
     last = steps[-1] if steps else {}
     total_steps = int(last.get("total_steps", 0))
@@ -551,17 +579,11 @@ def job_status(settings: Settings, job: Job) -> JobStatus:
 
 
 def _finish(settings: Settings, job: Job, rc: int | None, has_done: bool, cancelled_event: bool) -> None:
-    """Record the end of a job: done only with a 'done' event *and* a complete version folder."""
-    out = Path(job.out)
-    complete = (out / "metadata.json").is_file() and (out / "model.safetensors").is_file()
-    if has_done and complete and (rc in (0, None)):
-        job.status = "done"
-    elif cancelled_event or job.cancel_requested_ts is not None or (Path(job.run_dir) / "CANCEL").exists():
-        job.status = "cancelled"
-    else:
-        job.status = "failed"
-        job.error = _error_from_log(log_tail(job.run_dir, 40), rc)
+    """Record the end of a job (:func:`_ended_as`) and clean up what a killed run left."""
     job.returncode = rc
+    job.status = _ended_as(job, has_done, cancelled_event)
+    if job.status == "failed":
+        job.error = _error_from_log(log_tail(job.run_dir, 40), rc)
     job.finished_ts = time.time()
     if job.status != "done":
         _cleanup_partial(job)
@@ -599,7 +621,20 @@ def cancel(settings: Settings, job: Job, grace_s: float = GRACE_S) -> JobStatus:
             job.cancel_requested_ts = now
         job.terminate_at = min(job.terminate_at or float("inf"), now + grace_s)
         save_job(settings, job)
-    return job_status(settings, job)
+        # Escalate on time even when no page is open to poll: one check after the grace period,
+        # one after the SIGKILL delay (daemon timers of this process; a poll does the same).
+        for delay in (grace_s, grace_s + KILL_AFTER_S + 0.5):
+            timer = threading.Timer(delay + 0.1, _poll_by_id, (settings, job.job_id))
+            timer.daemon = True
+            timer.start()
+    return poll(settings, job)
+
+
+def _poll_by_id(settings: Settings, job_id: str) -> None:
+    try:
+        poll(settings, load_job(settings, job_id))
+    except Exception as exc:  # a timer thread must never raise into the server
+        log.warning("poll of job %s failed: %s", job_id, exc)
 
 
 # ----- threads for shorter work -------------------------------------------------------------------

@@ -189,7 +189,7 @@ def _confusion(cm: list, title: str) -> go.Figure:
 def _live(job_id: str) -> None:
     cfg = settings()
     job = jobs.load_job(cfg, job_id)
-    status = jobs.job_status(cfg, job)
+    status = jobs.poll(cfg, job)  # the live panel is the one place the page moves a job on
     if not status.running:
         st.rerun()
     text = PHASE_TEXT.get(status.phase, status.phase)
