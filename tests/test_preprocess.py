@@ -15,13 +15,12 @@ from triage.preprocess import (
     INTENSITY_TARGETS,
     crop_brain,
     find_head_mask,
-    from_model_output,
     model_crops,
     pad_to_square,
     paste_into_scan,
     standardize_intensity,
-    to_model_input,
 )
+from triage.transforms import from_model_output, to_model_input
 
 MARGIN = 0.04
 

@@ -9,10 +9,10 @@ from triage.classify import Classifier
 from triage.datasets import prepare_sample
 from triage.explain import _normalised_input
 from triage.models import load_model
-from triage.preprocess import DEFAULT_CROP, crop_brain, to_model_input
+from triage.preprocess import DEFAULT_CROP, crop_brain
 from triage.segment import Segmenter
 from triage.train import MEAN, STD, _normalize, _to_tensor
-from triage.transforms import SQUARE_SIDE, squares_to_tensor
+from triage.transforms import SQUARE_SIDE, squares_to_tensor, to_model_input
 
 
 def test_training_calibration_and_inference_see_the_same_tensor(tmp_path, synthetic_slice) -> None:

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
 
 from triage.io import to_uint8
 from triage.records import BrainCrop
-from triage.transforms import SQUARE_SIDE, from_model_output, pad_to_square, resize_batch, square
-
-__all__ = ["from_model_output", "pad_to_square"]  # re-exported: the transforms' home is triage.transforms
 
 # Bump when the crop changes, so caches of cropped training images can be keyed on it.
 # v2: scalp/skull fragments next to the largest component are part of the head (v1 cut them off).
@@ -166,11 +162,14 @@ def crop_brain(img: np.ndarray, margin: float = 0.04, join: float = 0.03) -> Bra
     return BrainCrop(image=img[y0:y1, x0:x1], bbox=(x0, y0, x1, y1), found=True, head_fraction=area / (h * w))
 
 
-def to_model_input(crop: np.ndarray, size: int) -> np.ndarray:
-    """uint8 crop (h, w) -> float32 (size, size) in [0, 1], aspect kept by zero padding: the
-    transform of :mod:`triage.transforms` without the normalisation."""
-    x = torch.from_numpy(square(crop)).float().view(1, 1, SQUARE_SIDE, SQUARE_SIDE) / 255.0
-    return resize_batch(x, size)[0, 0].numpy()
+def pad_to_square(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Zero-pad (H, W[, C]) to a centred square. Returns the square and the (top, left) offsets."""
+    h, w = img.shape[:2]
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    out = np.zeros((s, s) + img.shape[2:], img.dtype)
+    out[top : top + h, left : left + w] = img
+    return out, (top, left)
 
 
 def paste_into_scan(

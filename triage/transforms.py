@@ -20,18 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from triage.preprocess import model_crops, pad_to_square
+
 SQUARE_SIDE = 256
 INPUT_TRANSFORM = "square256-bilinear-v1"
-
-
-def pad_to_square(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """Zero-pad (H, W[, C]) to a centred square. Returns the square and the (top, left) offsets."""
-    h, w = img.shape[:2]
-    s = max(h, w)
-    top, left = (s - h) // 2, (s - w) // 2
-    out = np.zeros((s, s) + img.shape[2:], img.dtype)
-    out[top : top + h, left : left + w] = img
-    return out, (top, left)
 
 
 def square(crop: np.ndarray, side: int = SQUARE_SIDE) -> np.ndarray:
@@ -68,13 +60,17 @@ def squares_to_tensor(squares: np.ndarray, size: int, mean: float, std: float) -
 def model_input(crops: list[np.ndarray], meta: dict) -> torch.Tensor:
     """Both stages, driven by a model card: intensity standardisation when the card says so,
     square, resize to ``input_size``, normalise with the card's mean and std."""
-    from triage.preprocess import model_crops
-
     norm = meta.get("normalization") or {}
     squares = np.stack([square(c) for c in model_crops(crops, meta)])
     return squares_to_tensor(
         squares, int(meta["input_size"]), float(norm.get("mean", 0.2)), float(norm.get("std", 0.25))
     )
+
+
+def to_model_input(crop: np.ndarray, size: int) -> np.ndarray:
+    """Both stages without the normalisation: uint8 crop -> float32 (size, size) in [0, 1]."""
+    x = torch.from_numpy(square(crop)).float().view(1, 1, SQUARE_SIDE, SQUARE_SIDE) / 255.0
+    return resize_batch(x, size)[0, 0].numpy()
 
 
 def from_model_output(prob: np.ndarray, crop_shape: tuple[int, int]) -> np.ndarray:
