@@ -253,7 +253,7 @@ i = int(sys.argv[2])
 while True:
     sid = ids[i % len(ids)]
     wl.review(sid, f"dr_{i % 3}", label=CLASSES[(i // len(ids)) % len(CLASSES)], note=f"pass {i}",
-              mask_rejected=bool(i % 5 == 0), sign_off=bool(i % 2))
+              mask_rejected=bool(i % 5 == 0))  # no sign-off: a signed-off case is read-only (issue 16)
     print(i, flush=True)
     i += 1
 """

@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:  # the pages import `triage` from the repository
 
 from tests.model_fixtures import make_tiny_weights
 from triage.config import get_settings
+from triage.records import CLASSES
 from triage.service import TriageService
 from triage.ui import state
 from triage.ui.uploads import UploadItem, expand_zip, match_masks, process_uploads
@@ -322,3 +323,77 @@ def test_pages_without_models(tmp_path, monkeypatch) -> None:
         assert not at.exception
         assert any("No usable model" in e.value for e in at.error), page
     st.cache_resource.clear()
+
+
+def _open_case(scan_id: str) -> AppTest:
+    at = _app()
+    at.session_state[state.SELECTED_CASE] = scan_id
+    at.switch_page("views/case_review.py").run()
+    assert not at.exception
+    return at
+
+
+def _two_cases(core, synthetic_slice) -> list[str]:
+    service, wl = core
+    files = [(f"s{k}.png", _png(synthetic_slice(seed=k)[0])) for k in range(2)]
+    return [r["scan_id"] for r in process_uploads(files, service, wl)]
+
+
+def test_sign_off_after_a_label_correction_stays_on_the_case(core, synthetic_slice) -> None:
+    """Issue 16, bug 1: correcting the label changed the picker's text and the next save was lost."""
+    _, wl = core
+    first, other = _two_cases(core, synthetic_slice)
+    at = _open_case(first)
+    model_label = wl.get(first)["label"]
+    corrected = next(c for c in CLASSES if c != model_label)
+    _by_label(at.text_input, "Reviewer").input("Dr A")
+    _by_label(at.selectbox, "Label (confirm or correct)").select(corrected)
+    _by_label(at.button, "Save review").click().run()
+    assert not at.exception and wl.get(first)["review_status"] == "corrected"
+    assert at.session_state[state.SELECTED_CASE] == first
+    assert "no longer in the worklist" not in _texts(at)
+    _by_label(at.text_area, "Note").input("checked twice")
+    _by_label(at.button, "Sign off").click().run()
+    assert not at.exception
+    case = wl.get(first)
+    assert case["review_status"] == "signed_off" and case["reviewed_label"] == corrected
+    assert case["note"] == "checked twice" and case["reviewer"] == "Dr A"
+    assert wl.get(other)["review_status"] == "unreviewed"  # nothing landed on another case
+
+
+def test_a_stale_tab_cannot_undo_a_sign_off(core, synthetic_slice) -> None:
+    """Issue 16, bug 2: B's page predates A's sign-off; B's save is refused and B's input is shown."""
+    _, wl = core
+    sid, _ = _two_cases(core, synthetic_slice)
+    tab_a, tab_b = _open_case(sid), _open_case(sid)
+    _by_label(tab_a.text_input, "Reviewer").input("Dr A")
+    _by_label(tab_a.button, "Sign off").click().run()
+    assert wl.get(sid)["review_status"] == "signed_off"
+    wrong = next(c for c in CLASSES if c != wl.get(sid)["label"])
+    _by_label(tab_b.text_input, "Reviewer").input("Dr B")
+    _by_label(tab_b.selectbox, "Label (confirm or correct)").select(wrong)
+    _by_label(tab_b.text_area, "Note").input("B's careful note")
+    _by_label(tab_b.button, "Save review").click().run()
+    assert not tab_b.exception
+    assert any("changed since you opened it" in e.value for e in tab_b.error)
+    assert any("B's careful note" in c.value for c in tab_b.code)
+    case = wl.get(sid)
+    assert case["review_status"] == "signed_off" and case["reviewer"] == "Dr A"
+
+
+def test_a_signed_off_case_takes_addenda_only(core, synthetic_slice) -> None:
+    """Issue 16, bug 3: after sign-off the review form is gone; an addendum is its own audit row."""
+    _, wl = core
+    sid, _ = _two_cases(core, synthetic_slice)
+    wl.review(sid, "Dr A", note="signed", sign_off=True)
+    at = _open_case(sid)
+    assert not [b for b in at.button if b.label in ("Save review", "Sign off")]
+    assert "read-only" in _texts(at)
+    _by_label(at.text_input, "Reviewer").input("Dr C")
+    _by_label(at.text_area, "Addendum").input("Compare with prior study.")
+    _by_label(at.button, "Add addendum").click().run()
+    assert not at.exception
+    (add,) = wl.addenda(sid)
+    assert add["actor"] == "Dr C" and add["new_value"] == "Compare with prior study."
+    assert wl.get(sid)["note"] == "signed"
+    assert "Compare with prior study." in _texts(at)

@@ -312,3 +312,57 @@ def test_crash_safety_sigkill(tmp_path: Path) -> None:
         for col in REQUIRED_COLUMNS:
             assert conn.execute(f"SELECT COUNT(*) FROM cases WHERE {col} IS NULL").fetchone()[0] == 0
         assert conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'added'").fetchone()[0] == n
+
+
+def test_a_stale_save_is_refused_and_changes_nothing(wl: Worklist) -> None:
+    """Two readers open revision 0; A signs off; B's correction from the stale page is refused."""
+    from triage.worklist import ReviewConflictError
+
+    wl.add_case(make_case("c", label="glioma"))
+    opened = wl.get("c")["revision"]
+    assert opened == 0
+    signed = wl.review("c", "dr_a", sign_off=True, expected_revision=opened)
+    assert signed["revision"] == 1
+    with pytest.raises(ReviewConflictError, match="changed since you opened it") as info:
+        wl.review("c", "dr_b", label="meningioma", note="B's note", expected_revision=opened)
+    assert info.value.case["review_status"] == "signed_off"
+    case = wl.get("c")
+    assert case["review_status"] == "signed_off" and case["reviewer"] == "dr_a" and case["note"] == ""
+    assert not [a for a in wl.audit("c") if a["actor"] == "dr_b"]
+
+
+def test_a_sign_off_is_final_and_remarks_are_addenda(wl: Worklist) -> None:
+    from triage.worklist import SignedOffError
+
+    wl.add_case(make_case("c", label="glioma"))
+    wl.review("c", "dr_a", label="meningioma", note="signed text", sign_off=True)
+    with pytest.raises(SignedOffError, match="read-only"):
+        wl.review("c", "dr_b", label="glioma")
+    case = wl.addendum("c", "dr_b", "Follow-up MRI in 3 months.")
+    assert case["reviewed_label"] == "meningioma" and case["note"] == "signed text"
+    assert case["review_status"] == "signed_off" and case["revision"] == 2
+    (add,) = wl.addenda("c")
+    assert (add["actor"], add["new_value"]) == ("dr_b", "Follow-up MRI in 3 months.")
+    wl.add_case(make_case("d"))
+    with pytest.raises(WorklistError, match="signed-off"):
+        wl.addendum("d", "dr_b", "too early")
+    with pytest.raises(WorklistError, match="some text"):
+        wl.addendum("c", "dr_b", "  ")
+
+
+def test_a_v1_worklist_is_migrated_with_its_reviews(tmp_path: Path) -> None:
+    from triage import worklist as wmod
+
+    db = tmp_path / "old.sqlite3"
+    with sqlite3.connect(db) as conn:  # a worklist as the previous release left it
+        for statement in wmod._SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO cases (scan_id, received_at, label, p_no_tumor, p_glioma, p_meningioma, p_pituitary, risk,"
+            " review_status, note) VALUES ('old', '2026-01-01T00:00:00+00:00', 'glioma', .1, .7, .1, .1, .9,"
+            " 'confirmed', 'kept')"
+        )
+    case = Worklist(db).get("old")
+    assert case["revision"] == 0 and case["note"] == "kept" and case["review_status"] == "confirmed"
+    assert Worklist(db).review("old", "dr_a", note="new", expected_revision=0)["revision"] == 1

@@ -53,6 +53,7 @@ CASE_COLUMNS: tuple[str, ...] = (
     "reviewer",
     "reviewed_at",
     "extra",
+    "revision",
 )
 # Columns add_case() accepts; review columns are only written by review().
 _INPUT_COLUMNS: tuple[str, ...] = (
@@ -136,8 +137,11 @@ _SCHEMA_V1: tuple[str, ...] = (
         sha256 TEXT
     )""",
 )
+# v2: a revision counter per case, raised by every review in the same transaction, so a save made
+# from a stale page (another reader changed the case since) is refused instead of overwriting it.
+_SCHEMA_V2: tuple[str, ...] = ("ALTER TABLE cases ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",)
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1. Append, never edit.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -147,6 +151,18 @@ class WorklistError(TriageError):
 
 class CaseNotFoundError(WorklistError):
     """No case with the given scan_id is in the worklist."""
+
+
+class ReviewConflictError(WorklistError):
+    """The case changed since the reader opened it (``expected_revision`` is stale); nothing was written."""
+
+    def __init__(self, message: str, case: dict):
+        super().__init__(message)
+        self.case = case
+
+
+class SignedOffError(WorklistError):
+    """The case is signed off: it is read-only, and further remarks are addenda."""
 
 
 def utc_now() -> str:
@@ -465,8 +481,15 @@ class Worklist:
         mask_rejected: bool | None = None,
         note: str | None = None,
         sign_off: bool = False,
+        expected_revision: int | None = None,
     ) -> dict:
-        """Record a reviewer's decision; one audit row per changed field. Returns the case."""
+        """Record a reviewer's decision; one audit row per changed field. Returns the case.
+
+        ``expected_revision``: the case's ``revision`` when the reader opened it. If another save
+        happened since, :class:`ReviewConflictError` is raised and nothing is written (checked in the
+        same transaction as the write). A signed-off case refuses every review
+        (:class:`SignedOffError`); use :meth:`addendum`.
+        """
         reviewer = _check_reviewer(reviewer)
         if label is not None:
             _check_label(label)
@@ -475,15 +498,42 @@ class Worklist:
         action = "sign_off" if sign_off else "review"
         with self._write() as conn:
             row = _fetch(conn, scan_id)
+            _check_current(row, expected_revision)
+            if row["review_status"] == "signed_off":
+                raise SignedOffError(
+                    f"case {row['name'] or scan_id} was signed off by {row['reviewer']} at "
+                    f"{(row['reviewed_at'] or '')[:19].replace('T', ' ')} UTC and is read-only; add an addendum instead"
+                )
             new = _review_values(row, reviewer, label, mask_rejected, note, sign_off)
             changed = {k: v for k, v in new.items() if row[k] != v}
             if changed:
-                _update(conn, scan_id, {**changed, "reviewed_at": utc_now()})
+                _update(conn, scan_id, {**changed, "reviewed_at": utc_now(), "revision": row["revision"] + 1})
                 for field, value in changed.items():
                     _append_audit(conn, scan_id, reviewer, action, field, row[field], value)
             result = _row_to_case(_fetch(conn, scan_id))
         log.info("worklist: %s of %s by %s changed %s", action, scan_id, reviewer, sorted(changed))
         return result
+
+    def addendum(self, scan_id: str, reviewer: str, text: str, expected_revision: int | None = None) -> dict:
+        """Append a remark to a signed-off case: its own audit row (action ``addendum``); the signed
+        fields stay as signed. Returns the case."""
+        reviewer = _check_reviewer(reviewer)
+        if not isinstance(text, str) or not text.strip():
+            raise WorklistError("an addendum needs some text")
+        if len(text) > MAX_NOTE_CHARS:
+            raise WorklistError(f"addendum is longer than {MAX_NOTE_CHARS} characters")
+        with self._write() as conn:
+            row = _fetch(conn, scan_id)
+            _check_current(row, expected_revision)
+            if row["review_status"] != "signed_off":
+                raise WorklistError("addenda are for signed-off cases; save the review instead")
+            _update(conn, scan_id, {"revision": row["revision"] + 1})
+            _append_audit(conn, scan_id, reviewer, "addendum", "note", None, text.strip())
+            return _row_to_case(_fetch(conn, scan_id))
+
+    def addenda(self, scan_id: str) -> list[dict]:
+        """The addenda of a case, oldest first."""
+        return [a for a in self.audit(scan_id) if a["action"] == "addendum"]
 
     def set_truth(
         self, scan_id: str, truth_label: str, truth_mask_path: str | Path | None = None, actor: str = "system"
@@ -583,6 +633,28 @@ def _append_audit(
         "INSERT INTO audit (scan_id, at, actor, action, field, old_value, new_value) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (scan_id, utc_now(), actor, action, field, _audit_text(old), _audit_text(new)),
     )
+
+
+def _check_current(row: sqlite3.Row, expected_revision: int | None) -> None:
+    """Refuse a write made from a page that shows an older revision of the case."""
+    if expected_revision is None or int(row["revision"]) == int(expected_revision):
+        return
+    who = row["reviewer"] or "another reader"
+    when = (row["reviewed_at"] or "")[:19].replace("T", " ")
+    raise ReviewConflictError(
+        f"case {row['name'] or row['scan_id']} changed since you opened it ({who}, {when} UTC, now "
+        f"{REVIEW_LABELS.get(row['review_status'], row['review_status'])}); nothing was saved. "
+        "Reload the case and apply your changes again.",
+        _row_to_case(row),
+    )
+
+
+REVIEW_LABELS = {
+    "unreviewed": "unreviewed",
+    "confirmed": "confirmed",
+    "corrected": "corrected",
+    "signed_off": "signed off",
+}
 
 
 def _check_reviewer(reviewer: object) -> str:

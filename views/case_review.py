@@ -25,7 +25,7 @@ from triage.ui.format import REVIEW_TEXT, audit_frame, class_text, effective_lab
 from triage.ui.resources import get_worklist
 from triage.ui.state import init_state
 from triage.ui.widgets import show_flags, show_flash
-from triage.worklist import WorklistError
+from triage.worklist import ReviewConflictError, WorklistError
 
 init_state()
 st.title("Case review")
@@ -57,8 +57,10 @@ def _go(scan_id: str) -> None:
 
 
 def _title(sid: str) -> str:
+    # Only fields that never change: the picker matches its selection by this text, so a title
+    # holding the label or risk lost the case as soon as a review changed them (issue 16, bug 1).
     c = by_id[sid]
-    return f"{c['name'] or sid[:12]} — {class_text(effective_label(c))} — risk {c['risk']:.2f}"
+    return f"{c['name'] or sid[:12]} · received {c['received_at'][:16].replace('T', ' ')} · {sid[:8]}"
 
 
 filters = st.session_state[state.WORKLIST_FILTERS] or {}
@@ -84,6 +86,11 @@ case = wl.get(selected)
 if case is None:
     st.error("This case was removed from the worklist.")
     st.stop()
+# The revision (and review state) this reader's page shows: a save is refused when the case changed
+# since (bug 2), and the form the reader submitted is the one they saw, even if the case was signed
+# off meanwhile, so their input reaches the conflict check instead of vanishing.
+opened = st.session_state[state.OPENED_REVISION]
+opened_revision, opened_status = opened.setdefault(selected, (case["revision"], case["review_status"]))
 
 m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Model class", class_text(case["label"]))
@@ -193,35 +200,85 @@ else:
     right.caption("Calibrated probabilities (predicted class in orange)")
 
 st.subheader("Review")
-with st.form(state.keyed(state.REVIEW_FORM, selected)):
-    f1, f2 = st.columns(2)
-    reviewer = f1.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
-    current = effective_label(case)
-    label = f2.selectbox(
-        "Label (confirm or correct)",
-        CLASSES,
-        index=CLASSES.index(current) if current in CLASSES else 0,
-        format_func=lambda c: class_text(c) + (" — model's prediction" if c == case["label"] else ""),
+
+
+def _reload() -> None:
+    opened.pop(selected, None)
+
+
+if opened_revision != case["revision"]:
+    st.warning(
+        f"Another reader changed this case since you opened it (now {REVIEW_TEXT.get(case['review_status'], '')}, "
+        f"by {case['reviewer']}). A save from this page will be refused.",
+        icon=":material/sync_problem:",
     )
-    mask_rejected = st.checkbox("Reject the tumor mask", value=bool(case["mask_rejected"]))
-    note = st.text_area("Note", value=case["note"] or "", max_chars=10_000)
-    s1, s2, _ = st.columns([1, 1, 4])
-    save = s1.form_submit_button("Save review", width="stretch")
-    sign = s2.form_submit_button("Sign off", type="primary", width="stretch")
-if save or sign:
-    if not reviewer.strip():
-        st.error("Enter your name as reviewer first.")
-    else:
+    st.button("Reload the case", on_click=_reload, icon=":material/refresh:")
+if opened_status == "signed_off":
+    st.success(
+        f"Signed off by **{case['reviewer']}** at {(case['reviewed_at'] or '')[:19].replace('T', ' ')} UTC as "
+        f"**{class_text(effective_label(case))}**. The case is read-only; further remarks are addenda.",
+        icon=":material/verified:",
+    )
+    if case["note"]:
+        st.markdown(f"**Note:** {case['note']}")
+    for add in wl.addenda(selected):
+        st.markdown(f"**Addendum** by {add['actor']} at {add['at'][:19].replace('T', ' ')} UTC: {add['new_value']}")
+    with st.form(state.keyed(state.ADDENDUM_FORM, selected)):
+        reviewer = st.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
+        text = st.text_area("Addendum", max_chars=10_000)
+        add = st.form_submit_button("Add addendum")
+    if add:
         try:
-            wl.review(
-                selected, reviewer.strip(), label=label, mask_rejected=mask_rejected, note=note, sign_off=bool(sign)
-            )
+            updated = wl.addendum(selected, reviewer, text, expected_revision=opened_revision)
         except WorklistError as exc:
-            st.error(f"Review not saved: {exc}")
+            st.error(f"Addendum not saved: {exc}")
         else:
+            opened[selected] = (updated["revision"], updated["review_status"])
             st.session_state[state.REVIEWER] = reviewer.strip()
-            state.flash("success", f"{'Signed off' if sign else 'Review saved'} by {reviewer.strip()}.")
+            state.flash("success", f"Addendum added by {reviewer.strip()}.")
             st.rerun()
+else:
+    with st.form(state.keyed(state.REVIEW_FORM, selected)):
+        f1, f2 = st.columns(2)
+        reviewer = f1.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
+        current = effective_label(case)
+        label = f2.selectbox(
+            "Label (confirm or correct)",
+            CLASSES,
+            index=CLASSES.index(current) if current in CLASSES else 0,
+            format_func=lambda c: class_text(c) + (" — model's prediction" if c == case["label"] else ""),
+        )
+        mask_rejected = st.checkbox("Reject the tumor mask", value=bool(case["mask_rejected"]))
+        note = st.text_area("Note", value=case["note"] or "", max_chars=10_000)
+        s1, s2, _ = st.columns([1, 1, 4])
+        save = s1.form_submit_button("Save review", width="stretch")
+        sign = s2.form_submit_button("Sign off", type="primary", width="stretch")
+    if save or sign:
+        if not reviewer.strip():
+            st.error("Enter your name as reviewer first.")
+        else:
+            try:
+                updated = wl.review(
+                    selected,
+                    reviewer.strip(),
+                    label=label,
+                    mask_rejected=mask_rejected,
+                    note=note,
+                    sign_off=bool(sign),
+                    expected_revision=opened_revision,
+                )
+            except ReviewConflictError as exc:
+                # Nothing was written; the form keeps what the reader typed so it can be applied again.
+                st.error(f"Review not saved: {exc}", icon=":material/sync_problem:")
+                st.markdown("Your input, to apply again:")
+                st.code(f"label: {class_text(label)}\nreject mask: {mask_rejected}\nnote: {note}", language=None)
+            except WorklistError as exc:
+                st.error(f"Review not saved: {exc}")
+            else:
+                opened[selected] = (updated["revision"], updated["review_status"])
+                st.session_state[state.REVIEWER] = reviewer.strip()
+                state.flash("success", f"{'Signed off' if sign else 'Review saved'} by {reviewer.strip()}.")
+                st.rerun()
 
 st.subheader("Audit trail")
 audit = wl.audit(selected)

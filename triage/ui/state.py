@@ -5,6 +5,8 @@ Widget keys that pages read or reset live here too, so no page spells a key by h
 
 from __future__ import annotations
 
+import copy
+
 import streamlit as st
 
 # Values kept across pages.
@@ -16,6 +18,7 @@ TRAIN_RUN = "train_run"
 WORKLIST_FILTERS = "worklist_filters"  # filters of the Worklist page, reused by previous/next
 WORKLIST_NONCE = "worklist_nonce"  # bumped when a row is opened so the table selection resets
 FLASH = "flash"  # one-shot (kind, message) shown at the top of the next run
+OPENED_REVISION = "opened_revision"  # {scan_id: the case revision this session's page shows}
 
 # Widget keys.
 CASE_PICKER = "case_picker"
@@ -28,6 +31,7 @@ UPLOAD_TRUTH = "upload_truth"
 CAM_CLASS = "cam_class"
 CAM_METHOD = "cam_method"
 REVIEW_FORM = "review_form"
+ADDENDUM_FORM = "addendum_form"
 
 _DEFAULTS = {
     SELECTED_CASE: None,
@@ -38,6 +42,7 @@ _DEFAULTS = {
     WORKLIST_FILTERS: {},
     WORKLIST_NONCE: 0,
     FLASH: None,
+    OPENED_REVISION: {},
 }
 
 
@@ -45,7 +50,8 @@ def init_state() -> None:
     """Fill missing session keys (idempotent)."""
     for key, value in _DEFAULTS.items():
         if key not in st.session_state:
-            st.session_state[key] = value
+            # A copy: a mutable default ({} or []) would otherwise be one object shared by every session.
+            st.session_state[key] = copy.deepcopy(value)
 
 
 def keyed(base: str, *parts: object) -> str:
