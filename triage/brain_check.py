@@ -40,8 +40,41 @@ def neighbour_correlation(img: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+# BodyPartExamined values (DICOM CS, upper case) that a brain MRI may carry; anything else named is refused.
+HEAD_BODY_PARTS = ("HEAD", "BRAIN", "SKULL", "CEREBRUM", "CEREBELLUM", "HEADNECK", "HEAD NECK", "HEAD_NECK")
+MODALITY_TEXT = {
+    "CT": "CT (computed tomography)",
+    "CR": "a radiograph",
+    "DX": "a radiograph",
+    "US": "ultrasound",
+    "PT": "PET",
+    "NM": "nuclear medicine",
+    "MG": "mammography",
+    "XA": "angiography",
+    "OT": "'other'",
+}
+
+
+def dicom_reason(meta: dict) -> str | None:
+    """Why a DICOM file's own tags say it is not a brain MRI (None when they allow it, or are absent).
+
+    Tags are the file's statement of what it is: a CT of the spine is refused on its Modality before
+    any pixel is looked at (pydicom's CT_small.dcm used to come back "No tumor 100%")."""
+    modality = str(meta.get("Modality") or "").strip().upper()
+    if modality and modality != "MR":
+        return f"not a brain MRI: the DICOM Modality is {MODALITY_TEXT.get(modality, modality)}; only MR is analysed"
+    part = str(meta.get("BodyPartExamined") or "").strip().upper()
+    if part and not any(p in part for p in HEAD_BODY_PARTS):
+        return f"not a brain MRI: the DICOM BodyPartExamined is {part}; only head / brain studies are analysed"
+    return None
+
+
 def not_brain_reason(scan: Scan, crop: BrainCrop) -> str | None:
     """A sentence saying why ``scan`` is not a brain-MRI slice, or None if it may be one."""
+    if scan.source_format == "dicom":
+        reason = dicom_reason(scan.meta)
+        if reason:
+            return reason
     img = scan.pixels
     lo, hi = np.percentile(img, [1, 99])
     if hi - lo < MIN_DYNAMIC_RANGE:
