@@ -121,3 +121,23 @@ def test_a_case_records_the_versions_that_analysed_it(tmp_path, monkeypatch):
     (r,) = ingest(svc, wl, png(img), "slice.png")
     assert r.model_versions == {"classifier": "b", "segmenter": "b"}
     assert wl.get(r.scan_id)["classifier_version"] == "b"
+
+
+def test_reuploading_a_case_with_its_mask_attaches_the_truth(tmp_path):
+    """Issue 16, bug 4: the slice is already in the worklist; its mask must not be ignored."""
+    from triage.intake import ingest
+    from triage.worklist import Worklist
+
+    svc = TriageService(get_settings(weights_dir=make_tiny_weights(tmp_path / "w"), data_dir=tmp_path / "d"))
+    wl = Worklist(tmp_path / "wl.sqlite")
+    img, mask = draw_synthetic_slice(seed=5)
+    (r,) = ingest(svc, wl, png(img), "slice.png")
+    assert wl.get(r.scan_id)["truth_mask_path"] is None
+    ingest(svc, wl, png(img), "slice again.png", truth_label="glioma", truth_mask=png(mask.astype(np.uint8) * 255))
+    case = wl.get(r.scan_id)
+    assert case["truth_label"] == "glioma" and case["truth_mask_path"]
+    assert {(a["action"], a["field"], a["actor"]) for a in wl.audit(r.scan_id)} >= {
+        ("truth", "truth_label", "upload"),
+        ("truth", "truth_mask_path", "upload"),
+    }
+    assert len(wl.list_cases()) == 1

@@ -59,7 +59,8 @@ def ingest(
     """Analyse one upload and record it: cases for good scans, a rejection entry otherwise.
 
     Returns the analysis results (one per frame). A scan already in the worklist is not added
-    twice. Truth labels/masks, when given, are attached to the new cases.
+    twice. Truth labels/masks, when given, are attached to the new cases, and to an existing case
+    when its slice is uploaded again with them.
     """
     shown = display_name(name)
     results = service.analyze_bytes(data, shown)
@@ -99,5 +100,7 @@ def ingest(
             "dicom": r.scan.meta,
             **{k: row[k] for k in row if k.startswith("p_")},
         }
-        worklist.add_case(case)
+        if not worklist.add_case(case) and (truth_label or truth_path):
+            # The slice is already a case: its new ground truth is attached (and audited), not dropped.
+            worklist.set_truth(r.scan_id, truth_label, truth_path, actor="upload")
     return results

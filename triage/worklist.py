@@ -536,10 +536,12 @@ class Worklist:
         return [a for a in self.audit(scan_id) if a["action"] == "addendum"]
 
     def set_truth(
-        self, scan_id: str, truth_label: str, truth_mask_path: str | Path | None = None, actor: str = "system"
+        self, scan_id: str, truth_label: str | None, truth_mask_path: str | Path | None = None, actor: str = "system"
     ) -> dict:
-        """Attach the ground-truth label (and mask path) to a case; audited. Returns the case."""
-        new = {"truth_label": _check_label(truth_label, "truth_label")}
+        """Attach the ground-truth label and/or mask path to a case; audited. Returns the case."""
+        if truth_label is None and truth_mask_path is None:
+            raise WorklistError("set_truth needs a truth label or a truth mask")
+        new = {} if truth_label is None else {"truth_label": _check_label(truth_label, "truth_label")}
         if truth_mask_path is not None:
             new["truth_mask_path"] = str(truth_mask_path)
         with self._write() as conn:
