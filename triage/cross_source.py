@@ -223,11 +223,17 @@ def run_cross_source(shared: Path, out: Path, service=None, limit: int | None = 
             **score_part(part_kept, results, _truth_masks(part_kept, results)),
         }
         log.info("%s: %s", part.name, json.dumps(rows[part.name], default=float)[:300])
+        _write(out, versions, t0, rows, complete=False)  # a long run leaves a readable partial report
     rows["BRISC test no_tumor, skull-stripped + JPEG 30 (shortcut probe)"] = _shortcut_probe(service, shared, sha)
+    return _write(out, versions, t0, rows, complete=True)
+
+
+def _write(out: Path, versions: dict, t0: float, rows: dict, complete: bool) -> dict:
     rep = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions,
         "seconds": round(time.perf_counter() - t0, 1),
+        "complete": complete,
         "parts": rows,
     }
     out = Path(out)
@@ -265,6 +271,7 @@ def render_markdown(rep: dict) -> str:
     lines = [
         f"# Cross-source evaluation: classifier `{v['classifier']}`, segmenter `{v['segmenter']}`",
         "",
+        *([] if rep.get("complete", True) else ["**Partial report: only the parts below are done.**", ""]),
         f"{rep['created']}; {rep['seconds']:.0f} s. Parts never trained on (`triage.sources`); duplicates of "
         "training images removed first. Worklist call = a tumour class or a no_tumor call contradicted by the "
         "segmenter. Sensitivity at specificity >= 0.85 is read off each part's own ROC (not an operating point).",
