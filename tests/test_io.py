@@ -553,3 +553,21 @@ def test_real_lgg_tiffs_decode(shared_data: Path) -> None:
         assert mask.shape == (256, 256)
         assert set(np.unique(mask.pixels)) <= {0, 255}
         assert (int(row["mask_pixels"]) > 0) == bool(mask.pixels.any())
+
+
+def test_an_aspect_ratio_bomb_is_refused_from_the_header() -> None:
+    """Issue 22, item 1: a 5.8 kB PNG of 32x60000 px made one upload allocate 13.7 GB."""
+    import tracemalloc
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (32, 60000)).save(buf, format="PNG", optimize=True)
+    data = buf.getvalue()
+    assert len(data) < 100_000
+    tracemalloc.start()
+    with pytest.raises(InvalidScanError, match="aspect ratio of 1875:1"):
+        read_scans(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 1024 * 1024, peak

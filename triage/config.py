@@ -34,6 +34,9 @@ class Settings:
     max_file_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 40_000_000
     min_side: int = 32
+    # Longer side / shorter side above this is refused: no slice is that narrow, and the crop's
+    # padding to a square grows with the square of the longer side.
+    max_aspect_ratio: float = 4.0
     # A case is "uncertain" when the top probability is below this.
     uncertain_below: float = 0.6
     # Minimum mask area (fraction of brain crop) before the classifier/segmenter disagree.

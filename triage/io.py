@@ -216,6 +216,13 @@ def _check_dims(h: int, w: int, settings: Settings) -> None:
         )
     if min(h, w) < settings.min_side:
         raise InvalidScanError(f"image is only {w}x{h} pixels; at least {settings.min_side} px per side is needed")
+    if max(h, w) > settings.max_aspect_ratio * min(h, w):
+        # Checked on the header, before decoding: a 32x60000 strip is 1.9 MP but its padded square
+        # is 3.6 G pixels (a 5.8 kB PNG once made an upload allocate 13.7 GB).
+        raise InvalidScanError(
+            f"image is {w}x{h} pixels, an aspect ratio of {max(h, w) / min(h, w):.0f}:1; "
+            f"a slice is at most {settings.max_aspect_ratio:.0f}:1"
+        )
 
 
 def _total_budget(settings: Settings) -> int:

@@ -26,8 +26,14 @@ SQUARE_SIDE = 256
 INPUT_TRANSFORM = "square256-bilinear-v1"
 
 
+MAX_CROP_ASPECT = 8.0  # the intake refuses scans over 4:1; this bounds the padded square for any caller
+
+
 def square(crop: np.ndarray, side: int = SQUARE_SIDE) -> np.ndarray:
     """Stage 1: uint8 (h, w) crop -> uint8 (side, side), aspect kept by zero padding."""
+    h, w = crop.shape[:2]
+    if max(h, w) > MAX_CROP_ASPECT * max(1, min(h, w)):
+        raise ValueError(f"crop of {w}x{h} px is too narrow to be a brain slice")
     sq, _ = pad_to_square(crop)
     interp = cv2.INTER_AREA if sq.shape[0] > side else cv2.INTER_LINEAR
     return cv2.resize(sq, (side, side), interpolation=interp)
