@@ -206,6 +206,14 @@ def _reload() -> None:
     opened.pop(selected, None)
 
 
+def _saved(updated: dict, reviewer: str, what: str) -> None:
+    """After a successful write: the page now shows that revision; remember the reviewer."""
+    opened[selected] = (updated["revision"], updated["review_status"])
+    st.session_state[state.REVIEWER] = reviewer.strip()
+    state.flash("success", f"{what} by {reviewer.strip()}.")
+    st.rerun()
+
+
 if opened_revision != case["revision"]:
     st.warning(
         f"Another reader changed this case since you opened it (now {REVIEW_TEXT.get(case['review_status'], '')}, "
@@ -233,10 +241,7 @@ if opened_status == "signed_off":
         except WorklistError as exc:
             st.error(f"Addendum not saved: {exc}")
         else:
-            opened[selected] = (updated["revision"], updated["review_status"])
-            st.session_state[state.REVIEWER] = reviewer.strip()
-            state.flash("success", f"Addendum added by {reviewer.strip()}.")
-            st.rerun()
+            _saved(updated, reviewer, "Addendum added")
 else:
     with st.form(state.keyed(state.REVIEW_FORM, selected)):
         f1, f2 = st.columns(2)
@@ -275,10 +280,7 @@ else:
             except WorklistError as exc:
                 st.error(f"Review not saved: {exc}")
             else:
-                opened[selected] = (updated["revision"], updated["review_status"])
-                st.session_state[state.REVIEWER] = reviewer.strip()
-                state.flash("success", f"{'Signed off' if sign else 'Review saved'} by {reviewer.strip()}.")
-                st.rerun()
+                _saved(updated, reviewer, "Signed off" if sign else "Review saved")
 
 st.subheader("Audit trail")
 audit = wl.audit(selected)
