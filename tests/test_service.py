@@ -141,3 +141,29 @@ def test_reuploading_a_case_with_its_mask_attaches_the_truth(tmp_path):
         ("truth", "truth_mask_path", "upload"),
     }
     assert len(wl.list_cases()) == 1
+
+
+def test_a_multi_frame_upload_is_hashed_and_stored_once(tmp_path, monkeypatch):
+    """Issue 24: every frame of a multi-frame file used to hash and rewrite the whole upload."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from triage import intake
+    from triage.worklist import Worklist
+
+    svc = TriageService(get_settings(weights_dir=make_tiny_weights(tmp_path / "w"), data_dir=tmp_path / "d"))
+    frames = [Image.fromarray(draw_synthetic_slice(seed=k)[0]) for k in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
+    data = buf.getvalue()
+    whole_file_hashes, writes = [], []
+    real_sha, real_write = hashlib.sha256, intake._atomic_write
+    monkeypatch.setattr(intake.hashlib, "sha256", lambda b=b"": (whole_file_hashes.append(b == data), real_sha(b))[1])
+    monkeypatch.setattr(intake, "_atomic_write", lambda p, b: (writes.append(b == data), real_write(p, b))[1])
+    results = intake.ingest(svc, Worklist(tmp_path / "wl.sqlite"), data, "three.tif")
+    assert [r.ok for r in results] == [True, True, True]
+    # One hash for the scan ids (triage.io) and one for the stored name, whatever the number of frames
+    # (before: 1 + one per frame, and one write per frame).
+    assert sum(whole_file_hashes) == 2 and sum(writes) == 1

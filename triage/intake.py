@@ -40,11 +40,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def store_upload(data: bytes, fmt: str, scans_dir: Path) -> Path:
-    """Write bytes under their SHA-256 name (idempotent) and return the path."""
-    digest = hashlib.sha256(data).hexdigest()
+def store_upload(data: bytes, fmt: str, scans_dir: Path, digest: str | None = None) -> Path:
+    """Write bytes under their SHA-256 name and return the path. Content-addressed, so a file that is
+    already there (written atomically, hence complete) is not written again. ``digest``: the bytes'
+    SHA-256 when the caller has it (one hash per upload, not one per frame)."""
+    digest = digest or hashlib.sha256(data).hexdigest()
     path = Path(scans_dir) / f"{digest}{_SAFE_EXT.get(fmt, '.bin')}"
-    _atomic_write(path, data)
+    if not path.is_file():
+        _atomic_write(path, data)
     return path
 
 
@@ -65,11 +68,12 @@ def ingest(
     shown = display_name(name)
     results = service.analyze_bytes(data, shown)
     scans_dir = service.settings.scans_dir
+    digest = hashlib.sha256(data).hexdigest() if data else None  # once per upload, whatever its frames
     for r in results:
         if not r.ok:
-            worklist.log_rejection(shown, r.error, hashlib.sha256(data).hexdigest() if data else None)
+            worklist.log_rejection(shown, r.error, digest)
             continue
-        stored = store_upload(data, r.scan.source_format, scans_dir)
+        stored = store_upload(data, r.scan.source_format, scans_dir, digest)
         mask_path = None
         if r.segmentation is not None and r.segmentation.area_px > 0:
             mask_path = scans_dir / f"{r.scan_id}_mask.png"
