@@ -30,6 +30,7 @@ import numpy as np
 from triage.datasets import Sample, build_cache, load_manifest, near_duplicate_of, read_mask
 from triage.metrics import dice_iou, expected_calibration_error
 from triage.preprocess import LEGACY_CROP
+from triage.recipe import CACHE_SIZE
 from triage.records import CLASSES
 from triage.risk import suspected_tumor
 
@@ -177,8 +178,7 @@ def _truth_masks(part: Part, results: list) -> list[np.ndarray | None]:
 def _training_reference(weights_dir: Path, versions: dict, shared: Path, cache_dir: Path) -> tuple[set, np.ndarray]:
     """SHA-1s and thumbnails of every image the evaluated models trained on (any recipe)."""
     from triage.recipe import cached
-    from triage.sources import FELTRIN, source_splits
-    from triage.sources import _cache as cache_rows
+    from triage.sources import FELTRIN, cache_rows, source_splits
 
     sha: set[str] = set()
     for task, version in versions.items():
@@ -213,7 +213,7 @@ def run_cross_source(shared: Path, out: Path, service=None, limit: int | None = 
         if limit and len(samples) > limit:
             idx = np.sort(np.random.default_rng(0).choice(len(samples), limit, replace=False))
             samples = [samples[i] for i in idx]
-        test = build_cache(samples, 256, cache_dir, with_masks=False, progress=False, crop=LEGACY_CROP)
+        test = build_cache(samples, CACHE_SIZE, cache_dir, with_masks=False, progress=False, crop=LEGACY_CROP)
         dup = np.array([s in sha for s in test.sha1s], bool) | near_duplicate_of(test.thumbs, thumbs)
         kept = test.subset(~dup)
         part_kept = Part(part.name, tuple(kept.samples), part.four_class)

@@ -146,7 +146,8 @@ def source_splits(shared: Path, seed: int = 0) -> dict[str, SourceSplit]:
     }
 
 
-def _cache(rows: list[Row], cache_dir: Path, progress: bool, crop: dict | None) -> CachedSet:
+def cache_rows(rows: list[Row], cache_dir: Path, progress: bool, crop: dict | None) -> CachedSet:
+    """Decoded, cropped crops of manifest rows (the shared crop cache)."""
     return build_cache([r.sample for r in rows], CACHE_SIZE, cache_dir, with_masks=True, progress=progress, crop=crop)
 
 
@@ -191,7 +192,7 @@ def multi_source_split(
     b_val, _ = _drop_dups(b_val, [b_train])
     splits = source_splits(shared, seed)
     added = {
-        name: {part: _cache(getattr(sp, part), cache_dir, progress, crop) for part in ("train", "val", "test")}
+        name: {part: cache_rows(getattr(sp, part), cache_dir, progress, crop) for part in ("train", "val", "test")}
         for name, sp in splits.items()
     }
     protect = [
