@@ -8,9 +8,9 @@ from triage.metrics import (
     classification_report,
     dice_iou,
     expected_calibration_error,
-    mask_bbox,
     wilson_interval,
 )
+from triage.preprocess import mask_bbox
 
 
 def test_dice_iou_known_values():

@@ -102,7 +102,8 @@ def test_streamlit_binds_to_localhost_only():
     assert config["browser"].get("gatherUsageStats") is False
 
 
-ALLOWED_WEIGHT_SUFFIXES = {".safetensors", ".json", ".md"}
+# .onnx is a protobuf graph (no code runs when it is loaded), the analysis path's export (issue 17).
+ALLOWED_WEIGHT_SUFFIXES = {".safetensors", ".json", ".md", ".onnx"}
 FORBIDDEN_WEIGHT_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".h5"}
 
 

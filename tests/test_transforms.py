@@ -12,7 +12,7 @@ from triage.models import load_model
 from triage.preprocess import DEFAULT_CROP, crop_brain
 from triage.segment import Segmenter
 from triage.train import MEAN, STD, _normalize, _to_tensor
-from triage.transforms import SQUARE_SIDE, squares_to_tensor, to_model_input
+from triage.transforms import SQUARE_SIDE, model_array, resize_matrix, squares_to_tensor, to_model_input
 
 
 def test_training_calibration_and_inference_see_the_same_tensor(tmp_path, synthetic_slice) -> None:
@@ -28,7 +28,7 @@ def test_training_calibration_and_inference_see_the_same_tensor(tmp_path, synthe
     x_calib = squares_to_tensor(cached[None], size, MEAN, STD)
     # Inference: the service's crop, through the classifier's and segmenter's own input path.
     crop = crop_brain(img, **DEFAULT_CROP).image
-    x_infer = clf.tensor([crop])
+    x_infer = torch.from_numpy(model_array([crop], clf.model.meta))
     assert torch.equal(x_train, x_calib)
     assert torch.equal(x_calib, x_infer)
     assert np.array_equal(_normalised_input(crop, size, clf.model.meta), x_infer[0, 0].numpy())
@@ -36,6 +36,22 @@ def test_training_calibration_and_inference_see_the_same_tensor(tmp_path, synthe
     from triage.transforms import model_input
 
     assert torch.equal(model_input([crop], seg.model.meta), x_infer)
+
+
+def test_resize_matrix_is_the_identity_grid_sample() -> None:
+    """The NumPy stage 2 (inference, no torch) equals grid_sample with the identity grid, which
+    is the evaluation case of the training augmentation, for shrinking and enlarging."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.random((2, 1, SQUARE_SIDE, SQUARE_SIDE), dtype=np.float32))
+    for size in (64, 160, 192, 300):
+        theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3)
+        grid = F.affine_grid(theta, (2, 1, size, size), align_corners=False)
+        ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        w = resize_matrix(size)
+        np.testing.assert_allclose(w @ x.numpy() @ w.T, ref.numpy(), atol=2e-5)
+        assert np.allclose(w.sum(1)[1:-1], 1.0)  # interior rows interpolate; edges meet the zero padding
 
 
 def test_dark_uint8_batches_are_scaled_like_bright_ones() -> None:

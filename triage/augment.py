@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from triage.transforms import identity_grid
+from triage.transforms import resize_batch
 
 
 def random_affine_grid(
@@ -283,17 +283,16 @@ def augment_batch(
     if images.dtype == torch.uint8 or x.max() > 1.5:  # a dark uint8 batch (max <= 1) is still 0..255
         x = x / 255.0
     n = x.shape[0]
-    if train:
-        grid = random_affine_grid(n, size, rot_deg=15, scale=(0.85, 1.15), shift=0.06, hflip_p=0.5, gen=gen)
-    else:  # exactly stage 2 of triage.transforms, the path inference takes
-        grid = identity_grid(n, size)
+    if not train:  # exactly stage 2 of triage.transforms, the path inference takes
+        mout = None if masks is None else (resize_batch(masks.float(), size) >= 0.5).float()
+        return resize_batch(x, size), mout
+    grid = random_affine_grid(n, size, rot_deg=15, scale=(0.85, 1.15), shift=0.06, hflip_p=0.5, gen=gen)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mout = None
     if masks is not None:
         mout = (
             F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5
         ).float()
-    if train:
-        out = strip_skull(out, gen, skull_strip_p, mout)
-        out = intensity_jitter(out, gen, strength, sequence_p, enhancement_p)
+    out = strip_skull(out, gen, skull_strip_p, mout)
+    out = intensity_jitter(out, gen, strength, sequence_p, enhancement_p)
     return out, mout

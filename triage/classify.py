@@ -3,30 +3,53 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from triage.flags import FlagRule
 from triage.models import LoadedModel
 from triage.preprocess import check_intensity_norm
 from triage.records import CLASSES, Prediction
-from triage.transforms import model_input
+from triage.transforms import model_array
 
 # Grad-CAM hangs hooks on the shared network while it runs; predictions from other sessions
 # must not pass through those hooks, so both take this lock (see TriageService.explain).
 MODEL_LOCK = threading.RLock()
 
 
-class Classifier:
-    """Wraps a loaded classifier version: temperature-scaled softmax + Mahalanobis OOD score."""
+# float32 (N, 1, S, S) model input -> (logits (N, C), pre-logit features (N, D)).
+ClassifierForward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-    def __init__(self, model: LoadedModel):
+
+def torch_forward(model: LoadedModel) -> ClassifierForward:
+    """The torch network as a :data:`ClassifierForward` (imports torch; used without an ONNX export)."""
+    import torch
+
+    net = model.net
+
+    @torch.inference_mode()
+    def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with MODEL_LOCK:
+            feats = net.forward_head(net.forward_features(torch.from_numpy(x)), pre_logits=True)
+            logits = net.get_classifier()(feats)
+        return logits.float().numpy(), feats.float().numpy()
+
+    return forward
+
+
+class Classifier:
+    """Wraps a classifier version: temperature-scaled softmax + Mahalanobis OOD score.
+
+    ``forward`` runs the network (the ONNX runner from :func:`triage.runtime.onnx_net`); without
+    one the torch network is built from the weights.
+    """
+
+    def __init__(self, model: LoadedModel, forward: ClassifierForward | None = None):
         meta = model.meta
         if list(meta.get("classes", CLASSES)) != list(CLASSES):
             raise ValueError(f"model class order {meta.get('classes')} differs from {list(CLASSES)}")
         self.model = model
-        self.net = model.net
         self.size = int(meta["input_size"])
         self.mean = float(meta["normalization"]["mean"])
         self.std = float(meta["normalization"]["std"])
@@ -37,32 +60,31 @@ class Classifier:
         self.flag_rule = FlagRule.from_card(meta.get("flag_rule"))
         ood = meta.get("ood", {})
         self.ood_threshold = float(ood.get("threshold", float("inf")))
-        self._ood_means = model.extras.get("ood_means")
-        self._ood_precision = model.extras.get("ood_precision")
+        self._ood_means = _as_array(model.extras.get("ood_means"))
+        self._ood_precision = _as_array(model.extras.get("ood_precision"))
+        self.forward = forward or torch_forward(model)
 
-    def tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
-        """uint8 crops -> normalised float tensor (N, 1, S, S) (:func:`triage.transforms.model_input`)."""
-        return model_input(crops, self.model.meta)
+    @property
+    def net(self):
+        """The torch network (built on first use; Grad-CAM needs it)."""
+        return self.model.net
 
-    @torch.inference_mode()
     def logits_and_scores(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits (N, C) and OOD scores (N,) (min class Mahalanobis distance, higher = stranger)."""
-        x = self.tensor(crops)
+        x = model_array(crops, self.model.meta)
         n = x.shape[0]
         if self.tta:  # slice and its mirror image in one batch (one call is cheaper than two)
-            x = torch.cat([x, x.flip(-1)])
-        with MODEL_LOCK:
-            all_feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-            logits = self.net.get_classifier()(all_feats)
-        feats = all_feats[:n]  # OOD statistics were fitted on unmirrored features
+            x = np.concatenate([x, x[..., ::-1]])
+        logits, all_feats = self.forward(x)
+        feats = all_feats[:n].astype(np.float64)  # OOD statistics were fitted on unmirrored features
         if self.tta:
             logits = (logits[:n] + logits[n:]) / 2
         if self._ood_means is None or self._ood_precision is None:
-            scores = torch.zeros(len(crops))
+            scores = np.zeros(len(crops))
         else:
-            d = feats[:, None, :] - self._ood_means[None]
-            scores = torch.einsum("ncd,de,nce->nc", d, self._ood_precision, d).min(1).values
-        return logits.float().numpy(), scores.float().numpy()
+            d = feats[:, None, :] - self._ood_means[None]  # (N, C, D)
+            scores = np.einsum("ncd,ncd->nc", d @ self._ood_precision, d).min(1)
+        return logits.astype(np.float32), scores.astype(np.float32)
 
     def predict(self, crops: list[np.ndarray]) -> list[Prediction]:
         """Calibrated predictions for a batch of uint8 brain crops."""
@@ -88,3 +110,7 @@ class Classifier:
                 )
             )
         return out
+
+
+def _as_array(value) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=np.float64)

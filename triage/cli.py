@@ -220,6 +220,24 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from triage.config import get_settings
+    from triage.models import active_version, load_model
+    from triage.onnx_export import export_onnx
+
+    wd = get_settings().weights_dir
+    tasks = [args.task] if args.task else ["classifier", "segmenter"]
+    failed = 0
+    for task in tasks:
+        model = load_model(wd, task, args.version or active_version(wd, task))
+        record = export_onnx(model.net, model.meta, model.path)
+        worst = max((record.get("max_difference") or {0: float("nan")}).values())
+        state = "ok" if record["ok"] else f"NOT USED: {record.get('reason')}"
+        print(f"{task} {model.version}: {state} (largest difference to torch {worst:.2e})")
+        failed += not record["ok"]
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m triage",
@@ -307,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("task", choices=["classifier", "segmenter"])
     pr.add_argument("version")
     pr.set_defaults(func=cmd_promote)
+    x = sub.add_parser(
+        "export-onnx", help="write and check a version's ONNX export (the fast analysis path); default: active ones"
+    )
+    x.add_argument("--task", choices=["classifier", "segmenter"])
+    x.add_argument("--version", help="version to export (default: the active one)")
+    x.set_defaults(func=cmd_export_onnx)
     return p
 
 

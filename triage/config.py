@@ -46,7 +46,12 @@ class Settings:
     risk_weights: dict = field(default_factory=lambda: dict(DEFAULT_RISK_WEIGHTS))
     # Privacy: keep DICOM patient identifiers only when explicitly allowed.
     allow_phi: bool = False
+    # Training and Grad-CAM (torch) threads.
     torch_threads: int = 2
+    # Analysis: "auto" runs each version's checked ONNX export and falls back to torch without
+    # one; "onnx" makes a missing export an error; "torch" never uses ONNX (triage/runtime.py).
+    inference_backend: str = "auto"
+    inference_threads: int = 2
 
     @property
     def db_path(self) -> Path:

@@ -22,9 +22,8 @@ from triage.metrics import (
     box_iou,
     classification_report,
     dice_iou,
-    mask_bbox,
 )
-from triage.preprocess import LEGACY_CROP
+from triage.preprocess import LEGACY_CROP, mask_bbox
 from triage.records import CLASSES
 from triage.risk import suspected_tumor
 

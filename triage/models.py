@@ -4,6 +4,11 @@ A model version is a folder ``weights/<task>/<version>/`` with ``model.safetenso
 only, never pickle) and ``metadata.json`` (architecture, class order, input size,
 normalisation, Grad-CAM layer, temperature, data, metrics). ``weights/<task>/ACTIVE`` names the
 active version; promotion rewrites it atomically. Nothing is ever downloaded.
+
+Each version also holds ``model.onnx`` + ``onnx.json`` (:mod:`triage.onnx_export`), written when
+the version is created and checked against the torch outputs; the analysis path runs that file
+with ONNX Runtime and never imports torch. The torch network is built only when something asks
+for :attr:`LoadedModel.net` (Grad-CAM, training, calibration, or a version without ONNX).
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+import numpy as np
 
 from triage.errors import ModelNotFoundError
+
+if TYPE_CHECKING:  # torch is imported where a network is built, never on the ONNX analysis path
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +65,31 @@ def build_model(meta: dict) -> nn.Module:
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with its metadata and folder."""
+    """A model version: its card, folder and extra arrays; the torch network is built on first use.
+
+    ``extras`` are NumPy arrays (e.g. the classifier's OOD statistics). ``net`` builds the torch
+    module from ``model.safetensors`` the first time it is read (thread-safe) and keeps it in eval
+    mode; reading it imports torch.
+    """
 
     task: str
     version: str
     path: Path
     meta: dict
-    net: nn.Module
     extras: dict
+    _net: nn.Module | None = field(default=None, repr=False)
+    _net_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def trained(self) -> bool:
         return bool(self.meta.get("trained", False))
+
+    @property
+    def net(self) -> nn.Module:
+        with self._net_lock:
+            if self._net is None:
+                self._net = _build_from_folder(self.meta, self.path)
+            return self._net
 
 
 def task_dir(weights_dir: Path, task: str) -> Path:
@@ -121,32 +143,62 @@ def read_metadata(weights_dir: Path, task: str, version: str) -> dict:
 
 
 def load_model(weights_dir: Path, task: str, version: str | None = None) -> LoadedModel:
-    """Load a model version (the active one by default) from safetensors + JSON, in eval mode."""
+    """A model version (the active one by default): card, extras and a checked weights file.
+
+    The safetensors header is read and checked (names, shapes, file length) without building the
+    network, so a truncated file fails here with a clear reason rather than at the first scan.
+    """
     version = version or active_version(weights_dir, task)
     if not _VERSION_RE.match(version):
         raise ModelNotFoundError(f"invalid version name {version!r}")
     folder = task_dir(weights_dir, task) / version
     try:
         meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-        state = load_file(str(folder / "model.safetensors"))
+        check_weights_file(folder / "model.safetensors")
     except FileNotFoundError as exc:
         raise ModelNotFoundError(f"{task} version {version!r} is incomplete: {exc}") from exc
-    net = build_model(meta)
-    net.load_state_dict(state)
-    net.eval()
     extras = {}
     extra_file = folder / "extras.safetensors"
     if extra_file.is_file():
+        from safetensors.numpy import load_file
+
         extras = load_file(str(extra_file))
-    return LoadedModel(task=task, version=version, path=folder, meta=meta, net=net, extras=extras)
+    return LoadedModel(task=task, version=version, path=folder, meta=meta, extras=extras)
 
 
-def save_model(folder: Path, net: nn.Module, meta: dict, extras: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model.safetensors`` (+ optional ``extras.safetensors``) and ``metadata.json``.
+def check_weights_file(path: Path) -> list[str]:
+    """Tensor names in a safetensors file whose header and length are consistent (else ValueError)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        return list(fh.keys())
+
+
+def _build_from_folder(meta: dict, folder: Path) -> nn.Module:
+    from safetensors.torch import load_file
+
+    net = build_model(meta)
+    net.load_state_dict(load_file(str(folder / "model.safetensors")))
+    net.eval()
+    return net
+
+
+def save_model(
+    folder: Path,
+    net: nn.Module,
+    meta: dict,
+    extras: dict[str, torch.Tensor | np.ndarray] | None = None,
+    onnx: bool = True,
+) -> Path:
+    """Write ``model.safetensors`` (+ optional ``extras.safetensors``), ``metadata.json`` and, with
+    ``onnx``, the checked ONNX export the analysis path runs (:func:`triage.onnx_export.export_onnx`).
 
     The folder is written under a temporary name and renamed at the end, so a crash never
     leaves a half-written version that ``list_versions`` would pick up.
     """
+    import torch
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder} already exists; versions are never overwritten")
@@ -157,16 +209,23 @@ def save_model(folder: Path, net: nn.Module, meta: dict, extras: dict[str, torch
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     if extras:
-        save_file({k: v.detach().cpu().contiguous() for k, v in extras.items()}, str(tmp / "extras.safetensors"))
+        tensors = {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in extras.items()}
+        save_file(tensors, str(tmp / "extras.safetensors"))
     (tmp / "metadata.json").write_text(
         json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8"
     )
+    if onnx:
+        from triage.onnx_export import export_onnx
+
+        export_onnx(net, meta, tmp)
     os.replace(tmp, folder)
     return folder
 
 
 def resolve_module(net: nn.Module, dotted: str) -> nn.Module:
     """``"layer4"`` / ``"blocks.-1"`` -> the submodule (negative indexes allowed)."""
+    from torch import nn
+
     mod: nn.Module = net
     for part in dotted.split("."):
         if part.lstrip("-").isdigit():

@@ -185,3 +185,11 @@ def paste_into_scan(
     out = np.full((h, w) + crop_map.shape[2:], fill, crop_map.dtype)
     out[y0:y1, x0:x1] = crop_map
     return out
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of a boolean mask's True pixels (x1/y1 exclusive), or None when empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
 
-from triage.metrics import mask_bbox
 from triage.models import LoadedModel
-from triage.preprocess import check_intensity_norm, paste_into_scan
+from triage.preprocess import check_intensity_norm, mask_bbox, paste_into_scan
 from triage.records import BrainCrop, Segmentation
-from triage.transforms import from_model_output, model_input
+from triage.transforms import from_model_output, model_array
+
+if TYPE_CHECKING:
+    import torch
+
+# float32 (N, 1, S, S) model input -> sigmoid maps (N, 1, S, S).
+SegmenterForward = Callable[[np.ndarray], np.ndarray]
 
 
 def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
@@ -24,7 +31,9 @@ def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
 
 def probability_maps(net: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Sigmoid maps (N, H, W) of normalised inputs; with ``tta`` averaged over the slice and its
-    left-right mirror (both in one batch)."""
+    left-right mirror (both in one batch). The torch twin of :meth:`Segmenter.probabilities`."""
+    import torch
+
     if not tta:
         return torch.sigmoid(net(x)).squeeze(1)
     n = x.shape[0]
@@ -32,13 +41,30 @@ def probability_maps(net: torch.nn.Module, x: torch.Tensor, tta: bool = False) -
     return (p[:n] + p[n:].flip(-1)) / 2
 
 
-class Segmenter:
-    """Wraps a loaded U-Net version: threshold and minimum component area come from its card."""
+def torch_forward(model: LoadedModel) -> SegmenterForward:
+    """The torch network as a :data:`SegmenterForward` (imports torch; used without an ONNX export)."""
+    import torch
 
-    def __init__(self, model: LoadedModel):
+    net = model.net
+
+    @torch.inference_mode()
+    def forward(x: np.ndarray) -> np.ndarray:
+        return torch.sigmoid(net(torch.from_numpy(x))).float().numpy()
+
+    return forward
+
+
+class Segmenter:
+    """Wraps a U-Net version: threshold and minimum component area come from its card.
+
+    ``forward`` runs the network (the ONNX runner's first output); without one the torch network
+    is built from the weights.
+    """
+
+    def __init__(self, model: LoadedModel, forward: SegmenterForward | None = None):
         meta = model.meta
         self.model = model
-        self.net = model.net
+        self.forward = forward or torch_forward(model)
         self.size = int(meta["input_size"])
         self.mean = float(meta["normalization"]["mean"])
         self.std = float(meta["normalization"]["std"])
@@ -48,13 +74,17 @@ class Segmenter:
         # Mirror test-time augmentation, when the card says the threshold was chosen with it.
         self.tta = bool(meta.get("tta", False))
 
-    @torch.inference_mode()
     def probabilities(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Tumor probability maps, float32 (h, w) in [0, 1] at each crop's resolution."""
         if not crops:
             return []
-        x = model_input(crops, self.model.meta)
-        probs = probability_maps(self.net, x, self.tta).numpy()
+        x = model_array(crops, self.model.meta)
+        n = x.shape[0]
+        if self.tta:  # the slice and its mirror in one batch, the mirrored map flipped back
+            p = self.forward(np.concatenate([x, x[..., ::-1]]))[:, 0]
+            probs = (p[:n] + p[n:, :, ::-1]) / 2
+        else:
+            probs = self.forward(x)[:, 0]
         return [from_model_output(p, c.shape[:2]) for p, c in zip(probs, crops)]
 
     def segment(

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from triage.brain_check import not_brain_reason
 from triage.classify import MODEL_LOCK, Classifier
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
 from triage.io import content_id, read_scans, safe_name
-from triage.models import active_version, load_model, set_active
+from triage.models import LoadedModel, active_version, load_model, set_active
 from triage.preprocess import card_crop, crop_brain
 from triage.records import (
     CLASSES,
@@ -32,6 +31,8 @@ from triage.records import (
     Segmentation,
 )
 from triage.risk import suspected_tumor
+from triage.runtime import onnx_net
+from triage.segment import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,11 @@ OOD_REJECT_FACTOR = 3.0
 @dataclass
 class ModelBundle:
     classifier: Classifier
-    segmenter: object
+    segmenter: Segmenter
     versions: dict
     trained: bool
     pointers: tuple
+    backends: dict  # task -> "onnx" | "torch": what runs the analysis
 
 
 def _pointer_state(weights_dir: Path) -> tuple:
@@ -67,7 +69,7 @@ class TriageService:
         self.settings = settings or get_settings()
         self._lock = threading.Lock()
         self._bundle: ModelBundle | None = None
-        torch.set_num_threads(max(1, self.settings.torch_threads))
+        self._torch_configured = False
 
     # ----- models -----------------------------------------------------------------------
     def models(self) -> ModelBundle:
@@ -76,19 +78,35 @@ class TriageService:
         state = _pointer_state(wd)
         with self._lock:
             if self._bundle is None or self._bundle.pointers != state:
-                from triage.segment import Segmenter
-
                 cls = load_model(wd, "classifier")
                 seg = load_model(wd, "segmenter")
+                cls_net, seg_net = self._onnx(cls), self._onnx(seg)
+                if cls_net is None or seg_net is None:
+                    self.torch_ready()
                 self._bundle = ModelBundle(
-                    classifier=Classifier(cls),
-                    segmenter=Segmenter(seg),
+                    classifier=Classifier(cls, (lambda x: tuple(cls_net(x))) if cls_net else None),
+                    segmenter=Segmenter(seg, (lambda x: seg_net(x)[0]) if seg_net else None),
                     versions={"classifier": cls.version, "segmenter": seg.version},
                     trained=cls.trained and seg.trained,
                     pointers=state,
+                    backends={
+                        "classifier": "onnx" if cls_net else "torch",
+                        "segmenter": "onnx" if seg_net else "torch",
+                    },
                 )
-                log.info("loaded classifier %s and segmenter %s", cls.version, seg.version)
+                log.info("loaded classifier %s and segmenter %s (%s)", cls.version, seg.version, self._bundle.backends)
             return self._bundle
+
+    def _onnx(self, model: LoadedModel):
+        return onnx_net(model.path, self.settings.inference_backend, self.settings.inference_threads)
+
+    def torch_ready(self) -> None:
+        """Import torch and size its thread pool (once): Grad-CAM and the fallback path need it."""
+        if not self._torch_configured:
+            import torch
+
+            torch.set_num_threads(max(1, self.settings.torch_threads))
+            self._torch_configured = True
 
     def promote(self, task: str, version: str) -> None:
         """Make ``version`` the active model for ``task`` (atomic; older versions are kept)."""
@@ -246,6 +264,7 @@ class TriageService:
         if target not in CLASSES:
             raise ValueError(f"unknown class {target!r}; expected one of {CLASSES}")
         clf = self.models().classifier
+        self.torch_ready()
         cam = run_cam(clf.net, clf.model.meta, result.crop.image, target, method=method, lock=MODEL_LOCK)
         heat = explain_to_scan(cam, result.crop.bbox, result.scan.shape)
         return Explanation(heatmap=heat, target_class=target, method=method)

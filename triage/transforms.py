@@ -4,8 +4,10 @@ A brain crop (uint8, any shape) becomes a model tensor in two stages:
 
 1. :func:`square`: zero-pad to a centred square and resize to ``SQUARE_SIDE`` (256) px with
    OpenCV (area filter when shrinking, linear when enlarging). Training caches this stage.
-2. :func:`resize_batch`: bilinear resampling of the squares to the card's ``input_size``
-   (the identity case of the training augmentation's ``grid_sample``), then ``(x / 255 - mean) / std``.
+2. :func:`squares_to_array`: bilinear resampling of the squares to the card's ``input_size``
+   (exactly the identity case of the training augmentation's ``grid_sample``), then ``(x / 255 - mean) / std``.
+   It is done in NumPy with a separable weight matrix (:func:`resize_matrix`), so the analysis path
+   never imports torch (issue 17).
 
 Before this module, inference resized each crop straight to ``input_size`` while training,
 temperature scaling and the OOD statistics saw the two-stage path, so the calibrated numbers
@@ -15,12 +17,16 @@ card was fitted on the two-stage path, which is why it is the one kept.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from triage.preprocess import model_crops, pad_to_square
+
+if TYPE_CHECKING:  # torch is imported inside the training-side functions only
+    import torch
 
 SQUARE_SIDE = 256
 INPUT_TRANSFORM = "square256-bilinear-v1"
@@ -45,38 +51,69 @@ def square_mask(mask: np.ndarray, side: int = SQUARE_SIDE) -> np.ndarray:
     return cv2.resize(sq, (side, side), interpolation=cv2.INTER_LINEAR) >= 128
 
 
-def identity_grid(n: int, size: int) -> torch.Tensor:
-    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(n, 2, 3)
-    return F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+@lru_cache(maxsize=8)
+def resize_matrix(size: int, side: int = SQUARE_SIDE) -> np.ndarray:
+    """(size, side) float32 weights of 1-D bilinear resampling with ``align_corners=False`` and zero
+    padding: ``W @ img @ W.T`` equals ``grid_sample`` with the identity grid (to float32 rounding)."""
+    w = np.zeros((size, side), np.float64)
+    src = (np.arange(size) + 0.5) * side / size - 0.5  # output pixel centre in source pixels
+    lo = np.floor(src).astype(int)
+    frac = src - lo
+    for i, (j, f) in enumerate(zip(lo, frac)):
+        for k, weight in ((j, 1.0 - f), (j + 1, f)):
+            if 0 <= k < side:  # outside the square: the zero padding contributes nothing
+                w[i, k] += weight
+    out = w.astype(np.float32)
+    out.setflags(write=False)
+    return out
 
 
-def resize_batch(squares: torch.Tensor, size: int) -> torch.Tensor:
-    """Stage 2 without normalisation: (N, 1, S, S) in [0, 1] -> (N, 1, size, size), bilinear."""
-    return F.grid_sample(
-        squares, identity_grid(squares.shape[0], size), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+def squares_to_array(squares: np.ndarray, size: int, mean: float, std: float) -> np.ndarray:
+    """Stage 2 in NumPy: uint8 (N, S, S) squares -> normalised float32 (N, 1, size, size)."""
+    w = resize_matrix(size, squares.shape[-1])
+    x = w @ (squares.astype(np.float32) / 255.0) @ w.T
+    return ((x - mean) / std).astype(np.float32)[:, None]
 
 
-def squares_to_tensor(squares: np.ndarray, size: int, mean: float, std: float) -> torch.Tensor:
-    """Stage 2: uint8 (N, S, S) squares -> normalised float (N, 1, size, size)."""
-    x = torch.from_numpy(np.ascontiguousarray(squares)).unsqueeze(1).float() / 255.0
-    return (resize_batch(x, size) - mean) / std
-
-
-def model_input(crops: list[np.ndarray], meta: dict) -> torch.Tensor:
-    """Both stages, driven by a model card: intensity standardisation when the card says so,
-    square, resize to ``input_size``, normalise with the card's mean and std."""
+def model_array(crops: list[np.ndarray], meta: dict) -> np.ndarray:
+    """Both stages, driven by a model card, as a float32 array (N, 1, size, size): intensity
+    standardisation when the card says so, square, resize to ``input_size``, normalise with the
+    card's mean and std."""
     norm = meta.get("normalization") or {}
     squares = np.stack([square(c) for c in model_crops(crops, meta)])
-    return squares_to_tensor(
+    return squares_to_array(
         squares, int(meta["input_size"]), float(norm.get("mean", 0.2)), float(norm.get("std", 0.25))
     )
 
 
+def resize_batch(squares: torch.Tensor, size: int) -> torch.Tensor:
+    """Stage 2 without normalisation on a torch batch: (N, 1, S, S) in [0, 1] -> (N, 1, size, size),
+    the same weights as :func:`resize_matrix` (the evaluation path of the augmentation)."""
+    import torch
+
+    w = torch.from_numpy(resize_matrix(size, squares.shape[-1]).copy())
+    return w @ squares.float() @ w.T
+
+
+def squares_to_tensor(squares: np.ndarray, size: int, mean: float, std: float) -> torch.Tensor:
+    """Stage 2 as a torch tensor: uint8 (N, S, S) squares -> normalised float (N, 1, size, size)
+    (:func:`squares_to_array`, so evaluation and inference see the same pixels bit for bit)."""
+    import torch
+
+    return torch.from_numpy(squares_to_array(squares, size, mean, std))
+
+
+def model_input(crops: list[np.ndarray], meta: dict) -> torch.Tensor:
+    """:func:`model_array` as a torch tensor (Grad-CAM and the torch fallback)."""
+    import torch
+
+    return torch.from_numpy(model_array(crops, meta))
+
+
 def to_model_input(crop: np.ndarray, size: int) -> np.ndarray:
     """Both stages without the normalisation: uint8 crop -> float32 (size, size) in [0, 1]."""
-    x = torch.from_numpy(square(crop)).float().view(1, 1, SQUARE_SIDE, SQUARE_SIDE) / 255.0
-    return resize_batch(x, size)[0, 0].numpy()
+    w = resize_matrix(size)
+    return (w @ (square(crop).astype(np.float32) / 255.0) @ w.T).astype(np.float32)
 
 
 def from_model_output(prob: np.ndarray, crop_shape: tuple[int, int]) -> np.ndarray:
