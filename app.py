@@ -7,11 +7,13 @@ that file on its own, without this router, its banner and its navigation.
 
 import streamlit as st
 
+from triage.ui.resources import start_warm_up
 from triage.ui.state import init_state
 from triage.ui.widgets import banner
 
 st.set_page_config(page_title="Brain-MRI triage", page_icon="🧠", layout="wide")
 init_state()
+start_warm_up()  # background thread, once per server: the first upload finds the models loaded
 
 PAGES = [
     st.Page("views/worklist.py", title="Worklist", icon="📋", default=True),

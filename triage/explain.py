@@ -12,32 +12,36 @@ model that may run while a heatmap is computed should take the same lock.
 Hook clean-up: ``BaseCAM.__exit__`` in grad-cam 1.5.7 prints and *swallows* ``IndexError``
 (e.g. a bad layer index), so the context manager is not used; hooks are released in a
 ``try/finally`` and every exception propagates.
+
+torch and pytorch-grad-cam are imported when a heatmap is computed, not with this module, so
+pages and the analysis path can name the methods without loading torch (issue 17).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from torch import nn
 
 from triage.models import resolve_module
 from triage.preprocess import paste_into_scan
 from triage.records import CLASSES
-from triage.transforms import from_model_output, model_input
+from triage.transforms import from_model_output, model_array
+
+if TYPE_CHECKING:
+    from pytorch_grad_cam.base_cam import BaseCAM
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
-METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "eigencam": EigenCAM,  # class-agnostic: first principal component of the activations
-    "layercam": LayerCAM,
+# Method name -> pytorch_grad_cam class name.
+METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "eigencam": "EigenCAM",  # class-agnostic: first principal component of the activations
+    "layercam": "LayerCAM",
 }
 
 # Serialises every heatmap computation on shared models (hooks are not thread-safe).
@@ -96,6 +100,9 @@ def _run_cam(net: nn.Module, cam_cls: type[BaseCAM], layer: nn.Module, x: np.nda
     # Only the target layer's weights require grad while the CAM runs, so backward stops at that
     # layer instead of walking the whole network (about half the CAM time on regnetx_004). The
     # caller holds the model lock, so no other thread sees the temporarily changed flags.
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     params = list(net.parameters())
     saved = [p.requires_grad for p in params]
     layer_params = list(layer.parameters())
@@ -122,6 +129,8 @@ def _run_cam(net: nn.Module, cam_cls: type[BaseCAM], layer: nn.Module, x: np.nda
 
 def _target_layer(net: nn.Module, meta: dict) -> nn.Module:
     """The module named by ``meta["gradcam_layer"]``, or the last Conv2d when it is not set."""
+    from torch import nn
+
     name = str(meta.get("gradcam_layer") or "").strip()
     if name:
         try:
@@ -143,14 +152,17 @@ def _normalised_input(crop: np.ndarray, size: int, meta: dict) -> np.ndarray:
         "input_size": size,
         "normalization": {"mean": float(norm.get("mean", _DEFAULT_MEAN)), "std": float(norm.get("std", _DEFAULT_STD))},
     }
-    return np.ascontiguousarray(model_input([crop], card)[0, 0].numpy(), dtype=np.float32)
+    return np.ascontiguousarray(model_array([crop], card)[0, 0], dtype=np.float32)
 
 
 def _method_class(method: str) -> type[BaseCAM]:
     try:
-        return METHODS[method]
+        name = METHODS[method]
     except (KeyError, TypeError):
         raise ValueError(f"unknown explanation method {method!r}; expected one of {sorted(METHODS)}") from None
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, name)
 
 
 def _class_index(target_class: str) -> int:

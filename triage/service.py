@@ -108,6 +108,27 @@ class TriageService:
             torch.set_num_threads(max(1, self.settings.torch_threads))
             self._torch_configured = True
 
+    def warm_up(self, explain: bool = False) -> None:
+        """Load the active models and run one synthetic slice through them (and, with ``explain``,
+        through Grad-CAM, which imports torch), so the first real upload does not pay for it.
+        Failures are logged, not raised: the upload that follows reports them to the reader."""
+        t = time.perf_counter()
+        try:
+            bundle = self.models()
+            yy, xx = np.mgrid[:192, :160]
+            head = (((yy - 96) / 90.0) ** 2 + ((xx - 80) / 75.0) ** 2 < 1).astype(np.uint8) * 120
+            bundle.classifier.predict([head])
+            bundle.segmenter.probabilities([head])
+            if explain:
+                from triage.explain import explain as run_cam
+
+                self.torch_ready()
+                run_cam(bundle.classifier.net, bundle.classifier.model.meta, head, CLASSES[1], lock=MODEL_LOCK)
+        except Exception:  # a broken model is reported where it is used; warming must not kill the server
+            log.exception("warming the models failed")
+            return
+        log.info("models warm in %.1f s (%s)", time.perf_counter() - t, self._bundle.backends)
+
     def promote(self, task: str, version: str) -> None:
         """Make ``version`` the active model for ``task`` (atomic; older versions are kept)."""
         set_active(self.settings.weights_dir, task, version)

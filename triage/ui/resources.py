@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
 
 from triage.config import Settings, get_settings
 from triage.worklist import Worklist
 
-# triage.service / triage.models import torch (~0.7 GB, seconds): imported lazily so pages that
-# only read the worklist (the default page) render without loading the ML stack.
+# triage.service is imported lazily so pages that only read the worklist (the default page)
+# render without loading the model runtime.
 
 
 @st.cache_resource(show_spinner=False)
@@ -17,6 +19,20 @@ def get_service():  # -> triage.service.TriageService
     from triage.service import TriageService
 
     return TriageService(get_settings())
+
+
+@st.cache_resource(show_spinner=False)
+def start_warm_up() -> threading.Thread:
+    """Once per server process: warm the analysis path, then Grad-CAM, in a background thread.
+
+    The ONNX models first (the first upload then analyses at full speed), then torch for the
+    heatmap that case review shows with every case (about 5 s of imports a reader would
+    otherwise wait for when opening the first case).
+    """
+    service = get_service()
+    thread = threading.Thread(target=service.warm_up, kwargs={"explain": True}, name="warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False)
