@@ -167,3 +167,63 @@ def test_a_multi_frame_upload_is_hashed_and_stored_once(tmp_path, monkeypatch):
     # One hash for the scan ids (triage.io) and one for the stored name, whatever the number of frames
     # (before: 1 + one per frame, and one write per frame).
     assert sum(whole_file_hashes) == 2 and sum(writes) == 1
+
+
+def _break(folder, how: str) -> None:
+    weights = folder / "model.safetensors"
+    if how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "wrong-shaped weights":  # the segmenter's tensors under the classifier's name
+        weights.write_bytes((folder.parent.parent / "segmenter" / "tiny" / "model.safetensors").read_bytes())
+    elif how == "truncated card":
+        card = folder / "metadata.json"
+        card.write_text(card.read_text()[:40])
+    elif how == "card without arch":
+        card = folder / "metadata.json"
+        card.write_text(card.read_text().replace('"arch"', '"architecture"'))
+
+
+@pytest.mark.parametrize("how", ["truncated weights", "wrong-shaped weights", "truncated card", "card without arch"])
+def test_a_broken_active_model_refuses_uploads_and_keeps_the_worklist_readable(tmp_path, caplog, how):
+    """Issue 22, item 14: one clear reason, logged once; uploads refused with it; existing cases
+    can still be read and signed off; repairing the files brings the models back."""
+    from triage.intake import ingest
+    from triage.ui.uploads import process_uploads
+    from triage.worklist import Worklist
+
+    weights = make_tiny_weights(tmp_path / "w")
+    svc = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "d"))
+    wl = Worklist(tmp_path / "wl.sqlite")
+    (case,) = ingest(svc, wl, png(draw_synthetic_slice(seed=1)[0]), "earlier.png")
+    folder = weights / "classifier" / "tiny"
+    saved = {f.name: f.read_bytes() for f in folder.iterdir()}
+    _break(folder, how)
+    with caplog.at_level("ERROR"):
+        rows = process_uploads([(f"new{i}.png", png(draw_synthetic_slice(seed=i)[0])) for i in range(3)], svc, wl)
+    assert [r["status"] for r in rows] == ["refused"] * 3
+    assert all("classifier" in r["reason"] and "cannot be used" in r["reason"] for r in rows)
+    assert caplog.text.count("cannot be used") == 1  # reported once, not once per file
+    assert [c["scan_id"] for c in wl.list_cases()] == [case.scan_id]
+    wl.review(case.scan_id, "Dr A", label="glioma", sign_off=True)
+    assert wl.get(case.scan_id)["review_status"] == "signed_off"
+    for name, data in saved.items():
+        (folder / name).write_bytes(data)
+    assert svc.model_problem() is None
+
+
+def test_a_missing_or_dangling_active_pointer_never_picks_the_newest(tmp_path):
+    from triage.errors import ModelNotFoundError
+    from triage.models import active_version
+
+    weights = make_tiny_weights(tmp_path / "w", "v1")
+    make_tiny_weights(weights, "v2")
+    (weights / "classifier" / "ACTIVE").write_text("v1\n")
+    assert active_version(weights, "classifier") == "v1"
+    (weights / "classifier" / "ACTIVE").write_text("v7\n")
+    with pytest.raises(ModelNotFoundError, match=r"'v7'.*available: v1, v2"):
+        active_version(weights, "classifier")
+    (weights / "classifier" / "ACTIVE").unlink()
+    with pytest.raises(ModelNotFoundError, match="ACTIVE is missing"):
+        active_version(weights, "classifier")
+    svc = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "d"))
+    assert "ACTIVE is missing" in svc.model_problem()

@@ -109,20 +109,29 @@ def list_versions(weights_dir: Path, task: str) -> list[str]:
 
 
 def active_version(weights_dir: Path, task: str) -> str:
-    """The version named in ``ACTIVE`` (or the newest one if the pointer is missing)."""
+    """The version named in ``ACTIVE``.
+
+    A missing, unreadable or dangling pointer is an error, never a silent switch to the
+    newest-named version: that one may never have been promoted (issue 22, item 14).
+    """
     d = task_dir(weights_dir, task)
-    pointer = d / "ACTIVE"
     versions = list_versions(weights_dir, task)
-    if pointer.is_file():
-        name = pointer.read_text(encoding="utf-8").strip()
-        if name in versions:
-            return name
-        log.warning("ACTIVE points at missing version %r for %s", name, task)
     if not versions:
         raise ModelNotFoundError(
             f"no {task} model in {d}; train one with `python -m triage train {task}` or restore weights/"
         )
-    return versions[-1]
+    hint = f"promote one with `python -m triage promote {task} <version>` (available: {', '.join(versions)})"
+    try:
+        name = (d / "ACTIVE").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"no active {task} version ({d / 'ACTIVE'} is missing); {hint}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelNotFoundError(f"the {task} ACTIVE pointer cannot be read ({exc}); {hint}") from None
+    if name not in versions:
+        raise ModelNotFoundError(
+            f"the {task} ACTIVE pointer names {name[:64]!r}, which is not a complete version; {hint}"
+        )
+    return name
 
 
 def set_active(weights_dir: Path, task: str, version: str) -> None:
@@ -154,15 +163,19 @@ def load_model(weights_dir: Path, task: str, version: str | None = None) -> Load
     folder = task_dir(weights_dir, task) / version
     try:
         meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("arch"), str) or "input_size" not in meta:
+            raise ValueError("metadata.json has no 'arch' or 'input_size'")
         check_weights_file(folder / "model.safetensors")
-    except FileNotFoundError as exc:
-        raise ModelNotFoundError(f"{task} version {version!r} is incomplete: {exc}") from exc
-    extras = {}
-    extra_file = folder / "extras.safetensors"
-    if extra_file.is_file():
-        from safetensors.numpy import load_file
+        extras = {}
+        extra_file = folder / "extras.safetensors"
+        if extra_file.is_file():
+            from safetensors.numpy import load_file
 
-        extras = load_file(str(extra_file))
+            extras = load_file(str(extra_file))
+    except FileNotFoundError as exc:
+        raise ModelNotFoundError(f"{task} version {version!r} is incomplete: {exc.filename} is missing") from exc
+    except Exception as exc:  # JSON, safetensors header/length and OS errors: all mean "this version is broken"
+        raise ModelNotFoundError(f"{task} version {version!r} is broken: {type(exc).__name__}: {exc}") from exc
     return LoadedModel(task=task, version=version, path=folder, meta=meta, extras=extras)
 
 

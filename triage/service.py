@@ -18,7 +18,7 @@ import numpy as np
 from triage.brain_check import not_brain_reason
 from triage.classify import MODEL_LOCK, Classifier
 from triage.config import Settings, get_settings
-from triage.errors import InvalidScanError
+from triage.errors import InvalidScanError, ModelNotFoundError
 from triage.io import content_id, read_scans, safe_name
 from triage.models import LoadedModel, active_version, load_model, set_active
 from triage.preprocess import card_crop, crop_brain
@@ -51,14 +51,28 @@ class ModelBundle:
     backends: dict  # task -> "onnx" | "torch": what runs the analysis
 
 
-def _pointer_state(weights_dir: Path) -> tuple:
+def _model_state(weights_dir: Path) -> tuple:
+    """What the loaded models depend on: each task's ACTIVE pointer and the size and mtime of the
+    files in the version it names. A promotion, or a version's files being replaced or repaired,
+    changes it and the models are loaded again."""
     state = []
     for task in ("classifier", "segmenter"):
-        p = Path(weights_dir) / task / "ACTIVE"
+        d = Path(weights_dir) / task
         try:
-            state.append(p.read_text(encoding="utf-8").strip())
-        except OSError:
-            state.append("")
+            name = (d / "ACTIVE").read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        files: tuple = ()
+        if name and "/" not in name and not name.startswith("."):
+            try:
+                files = tuple(
+                    sorted(
+                        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in (d / name).iterdir() if f.is_file()
+                    )
+                )
+            except OSError:
+                files = ()
+        state.append((name, files))
     return tuple(state)
 
 
@@ -69,33 +83,66 @@ class TriageService:
         self.settings = settings or get_settings()
         self._lock = threading.Lock()
         self._bundle: ModelBundle | None = None
+        self._failure: tuple[tuple, str] | None = None  # (model state, reason) of the last failed load
         self._torch_configured = False
 
     # ----- models -----------------------------------------------------------------------
     def models(self) -> ModelBundle:
-        """The active models, loaded once and reloaded when a version is promoted."""
+        """The active models, loaded once and reloaded when a version is promoted or its files change.
+
+        A version that cannot be used (missing or dangling ACTIVE, truncated or wrong-shaped
+        weights, a broken card) raises :class:`ModelNotFoundError` with the reason; the reason is
+        logged once per broken state and the load is not retried until the files change.
+        """
         wd = self.settings.weights_dir
-        state = _pointer_state(wd)
+        state = _model_state(wd)
         with self._lock:
-            if self._bundle is None or self._bundle.pointers != state:
-                cls = load_model(wd, "classifier")
-                seg = load_model(wd, "segmenter")
-                cls_net, seg_net = self._onnx(cls), self._onnx(seg)
-                if cls_net is None or seg_net is None:
-                    self.torch_ready()
-                self._bundle = ModelBundle(
-                    classifier=Classifier(cls, (lambda x: tuple(cls_net(x))) if cls_net else None),
-                    segmenter=Segmenter(seg, (lambda x: seg_net(x)[0]) if seg_net else None),
-                    versions={"classifier": cls.version, "segmenter": seg.version},
-                    trained=cls.trained and seg.trained,
-                    pointers=state,
-                    backends={
-                        "classifier": "onnx" if cls_net else "torch",
-                        "segmenter": "onnx" if seg_net else "torch",
-                    },
-                )
-                log.info("loaded classifier %s and segmenter %s (%s)", cls.version, seg.version, self._bundle.backends)
+            if self._bundle is not None and self._bundle.pointers == state:
+                return self._bundle
+            if self._failure is not None and self._failure[0] == state:
+                raise ModelNotFoundError(self._failure[1])
+            self._bundle = None
+            try:
+                self._bundle = self._load(wd, state)
+            except Exception as exc:
+                reason = f"the active models cannot be used: {_short(exc)}"
+                log.error("%s", reason)
+                self._failure = (state, reason)
+                raise ModelNotFoundError(reason) from exc
+            self._failure = None
+            log.info("loaded %s (%s)", self._bundle.versions, self._bundle.backends)
             return self._bundle
+
+    def model_problem(self) -> str | None:
+        """Why uploads cannot be analysed now (no usable active model), or None."""
+        try:
+            self.models()
+        except ModelNotFoundError as exc:
+            return str(exc)
+        return None
+
+    def _load(self, wd: Path, state: tuple) -> ModelBundle:
+        cls = load_model(wd, "classifier")
+        seg = load_model(wd, "segmenter")
+        cls_net, seg_net = self._onnx(cls), self._onnx(seg)
+        if cls_net is None or seg_net is None:
+            self.torch_ready()
+        try:
+            classifier = Classifier(cls, (lambda x: tuple(cls_net(x))) if cls_net else None)
+        except Exception as exc:  # wrong-shaped weights, an unknown architecture or a bad card field
+            raise ModelNotFoundError(f"classifier version {cls.version!r}: {_short(exc)}") from exc
+        try:
+            segmenter = Segmenter(seg, (lambda x: seg_net(x)[0]) if seg_net else None)
+        except Exception as exc:
+            raise ModelNotFoundError(f"segmenter version {seg.version!r}: {_short(exc)}") from exc
+        return ModelBundle(
+            classifier=classifier,
+            segmenter=segmenter,
+            versions={"classifier": cls.version, "segmenter": seg.version},
+            trained=cls.trained and seg.trained,
+            pointers=state,
+            backends={"classifier": "onnx" if cls_net else "torch", "segmenter": "onnx" if seg_net else "torch"},
+        )
 
     def _onnx(self, model: LoadedModel):
         return onnx_net(model.path, self.settings.inference_backend, self.settings.inference_threads)
@@ -296,6 +343,13 @@ class TriageService:
         return replace(
             result, explanation=exp, timings_ms={**result.timings_ms, "gradcam": (time.perf_counter() - t) * 1000}
         )
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    """One line of an exception for a reader (torch's state-dict errors list every tensor)."""
+    text = str(exc) if isinstance(exc, ModelNotFoundError) else f"{type(exc).__name__}: {exc}"
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def mask_png(mask: np.ndarray) -> bytes:

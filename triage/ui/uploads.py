@@ -246,10 +246,14 @@ def process_uploads(
     progress(done, total, name) is called before each file and once at the end.
 
     Returns one row per result: file, status ('accepted' | 'already in worklist' | 'rejected'
-    | 'skipped' | 'error'), label, risk, flags, truth, reason, scan_id.
+    | 'skipped' | 'error' | 'refused'), label, risk, flags, truth, reason, scan_id. 'refused':
+    no usable model, so nothing was analysed or recorded (the files can be uploaded again later).
     """
     if truth_label is not None and truth_label not in CLASSES:
         raise ValueError(f"truth_label must be one of {CLASSES}, got {truth_label!r}")
+    problem = service.model_problem()
+    if problem is not None:
+        return [_row(name, "refused", reason=f"not analysed: {problem}") for name, _ in files]
     items, rows = expand_uploads(files)
     mask_items, mask_rows = expand_uploads(masks or [])
     rows.extend({**r, "reason": f"mask: {r['reason']}"} for r in mask_rows)
