@@ -16,6 +16,8 @@ import random
 import re
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -429,3 +431,50 @@ def descendants(pid: int) -> list[int]:
 
 def tree_kib(pid: int, key: str = "VmRSS") -> int:
     return sum(proc_status_kib(p, key) for p in descendants(pid))
+
+
+def run_measured(cmd: list[str], env: dict | None = None, stdin_path: Path | None = None) -> dict:
+    """Run ``cmd`` as a child (cwd: the repository) to its exit: wall s, CPU s (user + system from
+    ``os.wait4``), peak RSS MiB (``ru_maxrss``; the largest VmRSS sampled every 0.1 s beside it),
+    exit code, stdout and stderr.
+
+    Caveat: Linux carries the high-water mark across exec, so ``ru_maxrss`` is never below the
+    VmHWM of *this* process when it spawned the child; measure memory from a small parent."""
+    stdin = stdin_path.open("rb") if stdin_path else subprocess.DEVNULL
+    peak = [0]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.Popen(cmd, cwd=REPO_DIR, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        if stdin_path:
+            stdin.close()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc_status_kib(proc.pid, "VmRSS"))
+            done.wait(0.1)
+
+    # Drain the pipes in threads so a chatty child never blocks; reap with wait4 for its rusage.
+    outs: dict[str, bytes] = {}
+    threads = [threading.Thread(target=sample, daemon=True)] + [
+        threading.Thread(target=lambda k=k, f=f: outs.__setitem__(k, f.read()), daemon=True)
+        for k, f in (("out", proc.stdout), ("err", proc.stderr))
+    ]
+    for t in threads:
+        t.start()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    for t in threads:
+        t.join()
+    return {
+        "wall_s": wall,
+        "cpu_s": rusage.ru_utime + rusage.ru_stime,
+        "maxrss_mib": rusage.ru_maxrss / 1024,
+        "sampled_mib": peak[0] / 1024,
+        "rc": proc.returncode,
+        "stdout": outs.get("out", b"").decode(errors="replace"),
+        "stderr": outs.get("err", b"").decode(errors="replace"),
+    }

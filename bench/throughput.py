@@ -27,11 +27,8 @@ import argparse
 import csv
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,52 +63,38 @@ def build_folder(folder: Path, slices: list[C.Slice], n: int) -> None:
         os.symlink(s.path.resolve(), folder / f"{i:05d}_{s.path.name}")
 
 
-def run_cli(folder: Path, out_csv: Path, explain: bool, batch_size: int | None, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "triage", "analyze", str(folder), "--out", str(out_csv), "--quiet"]
+def child_env(settings, threads: int, tmp: Path) -> dict:
+    """Environment of an analyze child: these weights and torch threads, a throw-away data folder."""
+    return {
+        **os.environ,
+        "TRIAGE_WEIGHTS_DIR": str(Path(settings.weights_dir).resolve()),
+        "TRIAGE_TORCH_THREADS": str(threads),
+        "TRIAGE_DATA_DIR": str(tmp / "data"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(C.REPO_DIR), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def run_cli(
+    folder: Path, out_csv: Path, explain: bool, batch_size: int | None, env: dict, extra: tuple[str, ...] = ()
+) -> dict:
+    """``python -m triage analyze folder`` (plus ``extra`` arguments) as a child: C.run_measured's
+    figures plus the CSV's row counts and summed analysis time."""
+    cmd = [sys.executable, "-m", "triage", "analyze", str(folder), "--out", str(out_csv), "--quiet", *extra]
     if explain:
         cmd.append("--explain")
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
-    peak_sampled = [0]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=C.REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak_sampled[0] = max(peak_sampled[0], C.proc_status_kib(proc.pid, "VmRSS"))
-            done.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    # Drain the pipes in threads so a chatty child never blocks; reap with wait4 for its rusage.
-    outs: dict[str, bytes] = {}
-    readers = [
-        threading.Thread(target=lambda k=k, f=f: outs.__setitem__(k, f.read()), daemon=True)
-        for k, f in (("out", proc.stdout), ("err", proc.stderr))
-    ]
-    for r in readers:
-        r.start()
-    _, status, rusage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    done.set()
-    sampler.join()
-    for r in readers:
-        r.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{outs.get('err', b'').decode()[-2000:]}")
+    res = C.run_measured(cmd, env)
+    if res["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {res['rc']}:\n{res['stderr'][-2000:]}")
     rows = list(csv.DictReader(out_csv.open(newline="", encoding="utf-8")))
     analysis_s = sum(float(r["ms"] or 0) for r in rows) / 1000
     return {
-        "wall_s": wall,
+        **res,
         "analysis_s": analysis_s,
         "rows": len(rows),
         "ok": sum(r["status"] == "ok" for r in rows),
         "rejected": sum(r["status"] != "ok" for r in rows),
-        "maxrss_mib": rusage.ru_maxrss / 1024,
-        "sampled_mib": peak_sampled[0] / 1024,
-        "stdout": outs.get("out", b"").decode().strip(),
     }
 
 
@@ -127,13 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         C.die("no slices found in the manifest", C.EXIT_NO_DATA)
 
     tmp = Path(tempfile.mkdtemp(prefix="triage-bench-throughput-"))
-    env = {
-        **os.environ,
-        "TRIAGE_WEIGHTS_DIR": str(Path(settings.weights_dir).resolve()),
-        "TRIAGE_TORCH_THREADS": str(args.threads),
-        "TRIAGE_DATA_DIR": str(tmp / "data"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(C.REPO_DIR), os.environ.get("PYTHONPATH")])),
-    }
+    env = child_env(settings, args.threads, tmp)
     results: list[tuple[int, str, dict]] = []
     try:
         for n in sizes:
