@@ -238,6 +238,27 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from triage.backup import backup
+    from triage.config import get_settings
+
+    b = backup(get_settings(), Path(args.dest))
+    print(
+        f"backup {b.folder}: {b.cases} cases, {b.files} stored files ({b.files_copied} copied, "
+        f"{b.bytes_copied / 1e6:.1f} MB), integrity {b.integrity}"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from triage.backup import restore
+    from triage.config import get_settings
+
+    r = restore(get_settings(), Path(args.folder))
+    print(f"restored {r.folder}: {r.cases} cases, {r.files_copied} files copied back, integrity {r.integrity}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m triage",
@@ -331,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--task", choices=["classifier", "segmenter"])
     x.add_argument("--version", help="version to export (default: the active one)")
     x.set_defaults(func=cmd_export_onnx)
+    b = sub.add_parser("backup", help="consistent copy of the worklist and stored uploads (safe while the app runs)")
+    b.add_argument("dest", help="folder that receives backup-<time>/ (outside the data folder)")
+    b.set_defaults(func=cmd_backup)
+    r = sub.add_parser("restore", help="bring a backup folder back (the current worklist is kept beside it)")
+    r.add_argument("folder", help="a backup-<time> folder written by `backup`")
+    r.set_defaults(func=cmd_restore)
     return p
 
 
