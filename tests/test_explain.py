@@ -168,3 +168,24 @@ def test_explain_to_scan_places_crop_map() -> None:
         explain_to_scan(heat, (0, 0, 5, 4), (10, 12))
     with pytest.raises(ValueError):
         explain_to_scan(heat, (8, 0, 14, 4), (10, 12))
+
+
+def test_the_heatmap_lands_where_the_evidence_is() -> None:
+    """A network whose only evidence is pixel brightness (conv -> average pool -> linear): the
+    heatmap's peak must sit on a bright blob, on a non-square crop, so the pad/resize/inverse path
+    is aligned (BRISC heatmaps were seen above the lesion; this rules out the transform)."""
+    conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, 0, 1, 1] = 1.0  # every channel is the input itself
+    head = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(4))
+    net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+    meta = {"input_size": 64, "normalization": {"mean": 0.0, "std": 1.0}, "gradcam_layer": "0"}
+    for shape, (cy, cx) in (((120, 200), (30, 150)), ((200, 90), (160, 20))):
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        crop = (255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 10.0**2))).astype(np.uint8)  # one peak
+        heat = explain(net, meta, crop, "glioma")
+        py, px = np.unravel_index(int(heat.argmax()), heat.shape)
+        assert abs(py - cy) <= 6 and abs(px - cx) <= 6, (shape, (py, px), (cy, cx))
