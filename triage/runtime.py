@@ -73,6 +73,16 @@ def session_options(threads: int):
     return so
 
 
+def single_thread_blas() -> None:
+    """Run NumPy's BLAS on one thread in this process. The analysis multiplies small matrices
+    (the resize of stage 2, the OOD distance); with OpenBLAS's default pool of one thread per core
+    they took 50-70 ms instead of 0.6 ms while another process held a core, because its threads
+    spin on a core they do not get."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 class OnnxNet:
     """One version's ONNX network: float32 (N, 1, S, S) in, its outputs as NumPy arrays out."""
 

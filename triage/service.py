@@ -33,7 +33,7 @@ from triage.records import (
     Segmentation,
 )
 from triage.risk import suspected_tumor
-from triage.runtime import onnx_net
+from triage.runtime import onnx_net, single_thread_blas
 from triage.segment import Segmenter
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class TriageService:
         self._bundle: ModelBundle | None = None
         self._failure: tuple[tuple, str] | None = None  # (model state, reason) of the last failed load
         self._torch_configured = False
+        single_thread_blas()
 
     # ----- models -----------------------------------------------------------------------
     def models(self) -> ModelBundle:
