@@ -194,3 +194,74 @@ def test_pipeline_runs_with_sockets_disabled(weights, tmp_path, monkeypatch):
     assert heat.shape == img.shape
     assert wl.count() == 2 and wl.integrity_check() == "ok"
     assert attempts == []
+
+
+def test_streamlit_config_allows_loopback_hosts_only():
+    """Issue 22 item 10: the Host allow-list is set, and names nothing but loopback."""
+    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))["server"]
+    assert set(server["allowedHosts"]) <= {"localhost", "127.0.0.1", "::1"}
+    assert "localhost" in server["allowedHosts"]
+    assert server.get("enableAgentApi") is False
+
+
+def _websocket_handshake(port: int, host: str) -> bytes:
+    """The first bytes the server answers to a WebSocket upgrade of the app's stream with ``host``."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    request = (
+        "GET /_stcore/stream HTTP/1.1\r\n"
+        f"Host: {host}\r\n"
+        f"Origin: http://{host}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: streamlit\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(request.encode("ascii"))
+        return s.recv(4096)
+
+
+@pytest.mark.slow
+def test_dns_rebinding_host_is_refused_by_the_real_server(tmp_path):
+    """A page on evil.example resolving to 127.0.0.1 cannot open the app's WebSocket; localhost can."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TRIAGE_DATA_DIR": str(tmp_path / "data"), "TRIAGE_WEIGHTS_DIR": str(tmp_path / "w")}
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+            cwd=REPO,  # so .streamlit/config.toml is the one read
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+                time.sleep(0.5)
+        evil = _websocket_handshake(port, "evil.example")
+        evil_port = _websocket_handshake(port, f"evil.example:{port}")
+        good = _websocket_handshake(port, f"localhost:{port}")
+        loop = _websocket_handshake(port, f"127.0.0.1:{port}")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    for answer in (evil, evil_port):
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    for answer in (good, loop):
+        assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
