@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+from triage.errors import InvalidScanError
 from triage.intake import display_name, ingest
+from triage.io import read_mask_bytes
 from triage.records import CLASSES, normalize_label
 from triage.service import TriageService
 from triage.worklist import Worklist
@@ -272,6 +274,12 @@ def _ingest_one(
     service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None, mask: bytes | None
 ) -> list[dict]:
     started = datetime.now(UTC).isoformat(timespec="microseconds")
+    mask_refused = ""
+    if mask is not None:
+        try:  # the scans' allow-listed, size-checked decoder: a mask is untrusted input too
+            read_mask_bytes(mask)
+        except InvalidScanError as exc:
+            mask, mask_refused = None, f"ground-truth mask refused: {exc}"
     try:
         results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
     except Exception as exc:  # one broken file must not stop the batch; the error is shown and logged
@@ -295,9 +303,15 @@ def _ingest_one(
                 risk=round(float(r.risk), 3),
                 flags=r.flags,
                 truth=truth or "",
-                reason="the same file was analysed before; the earlier case is kept"
-                if earlier
-                else ("ground-truth mask attached" if mask is not None else ""),
+                reason="; ".join(
+                    t
+                    for t in (
+                        "the same file was analysed before; the earlier case is kept" if earlier else "",
+                        "ground-truth mask attached" if mask is not None and not earlier else "",
+                        mask_refused,
+                    )
+                    if t
+                ),
                 scan_id=r.scan_id,
             )
         )
