@@ -265,3 +265,42 @@ def test_dns_rebinding_host_is_refused_by_the_real_server(tmp_path):
         assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
     for answer in (good, loop):
         assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
+
+
+def test_file_names_are_hidden_unless_phi_is_allowed(monkeypatch):
+    """Issue 22 item 13: the setting follows allow_phi by default and can be set either way."""
+    from triage.privacy import shown_name
+
+    monkeypatch.delenv("TRIAGE_HIDE_FILE_NAMES", raising=False)
+    monkeypatch.delenv("TRIAGE_ALLOW_PHI", raising=False)
+    assert Settings().file_names_hidden and get_settings().file_names_hidden
+    assert not get_settings(allow_phi=True).file_names_hidden
+    for raw, expected in (("1", True), ("0", False), ("auto", True), ("", True)):
+        monkeypatch.setenv("TRIAGE_HIDE_FILE_NAMES", raw)
+        assert get_settings().file_names_hidden is expected, raw
+    monkeypatch.setenv("TRIAGE_ALLOW_PHI", "1")
+    monkeypatch.setenv("TRIAGE_HIDE_FILE_NAMES", "1")
+    assert get_settings().file_names_hidden  # explicit beats the default rule
+    name = "Doe^John_19310417_MRN12345.png"
+    assert shown_name(name, "0123456789abcdef", get_settings()) == "case 0123456789ab"
+    assert shown_name(name, "0123456789abcdef", get_settings(hide_file_names=False)) == name
+
+
+def test_hidden_file_names_stay_out_of_the_upload_rows_and_the_logs(weights, tmp_path, caplog, monkeypatch):
+    from triage.ui.uploads import process_uploads
+
+    monkeypatch.delenv("TRIAGE_HIDE_FILE_NAMES", raising=False)
+    settings = get_settings(weights_dir=weights, data_dir=tmp_path / "data", allow_phi=False)
+    service, wl = TriageService(settings), Worklist(settings.db_path)
+    img, _ = draw_synthetic_slice()
+    good = cv2.imencode(".png", img)[1].tobytes()
+    caplog.set_level(logging.DEBUG)
+    rows = process_uploads(
+        [("Doe^John_19310417_MRN12345.png", good), ("Doe^Jane_MRN999.png", b"not an image")], service, wl
+    )
+    assert [r["status"] for r in rows] == ["accepted", "rejected"]
+    assert all(r["file"].startswith("case ") for r in rows), rows
+    assert "Doe" not in json.dumps(rows) and "MRN" not in json.dumps(rows)
+    assert "Doe" not in caplog.text and "MRN" not in caplog.text
+    assert "Doe" not in wl.export_csv().decode()
+    assert wl.get(rows[0]["scan_id"])["name"] == "Doe^John_19310417_MRN12345.png"  # kept, only not shown

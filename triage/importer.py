@@ -48,7 +48,9 @@ from triage.brain_check import is_blank
 from triage.config import Settings, get_settings
 from triage.datasets import dedup_groups, file_sha1, read_mask, thumbnail_vector
 from triage.errors import DatasetError, InvalidScanError
+from triage.export import csv_row
 from triage.io import IMAGE_SUFFIXES, read_path
+from triage.privacy import shown_name
 from triage.records import CLASSES, normalize_label
 from triage.training_run import MIN_IMAGES_PER_CLASS
 
@@ -198,7 +200,7 @@ def import_reviewed(
     settings = settings or get_settings()
     items, skipped, rejected = [], [], []
     for case in cases:
-        name = str(case.get("name") or case.get("scan_id") or "case")
+        name = shown_name(case.get("name"), str(case.get("scan_id") or ""), settings)
         label = normalize_label(str(case.get("reviewed_label") or ""))
         if label is None:
             skipped.append(f"{name}: no reviewed class label")
@@ -215,8 +217,8 @@ def import_reviewed(
             _Item(
                 path=Path(stored),
                 label=label,
-                name=f"{name} ({sid})",
-                stem=f"{Path(name).stem}_{sid}",
+                name=name if settings.file_names_hidden else f"{name} ({sid})",
+                stem=f"case_{sid}" if settings.file_names_hidden else f"{Path(name).stem}_{sid}",
                 mask=Path(mask) if mask else None,
                 frame=int(frame) if frame is not None else None,
             )
@@ -644,7 +646,7 @@ def _write_dataset(
     with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "mask_path", "sha1", "source"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_row(r, writer.fieldnames) for r in rows)  # "source" is a user's file name
     counts_d = {c: int(counts.get(c, 0)) for c in CLASSES}
     masks_d = {c: int(mask_counts.get(c, 0)) for c in CLASSES}
     warnings = [
