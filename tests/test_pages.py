@@ -398,7 +398,7 @@ def test_a_signed_off_case_takes_addenda_only(core, synthetic_slice) -> None:
     (add,) = wl.addenda(sid)
     assert add["actor"] == "Dr C" and add["new_value"] == "Compare with prior study."
     assert wl.get(sid)["note"] == "signed"
-    assert "Compare with prior study." in _texts(at)
+    assert escape_md("Compare with prior study.") in _texts(at)  # user text is shown escaped
 
 
 # ----- issue 22: user text is plain text (item 12), names hidden (item 13), no internals (item 17)
