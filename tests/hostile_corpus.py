@@ -455,6 +455,68 @@ def corpus_specs() -> list[CorpusSpec]:
     return specs
 
 
+# --------------------------------------------------------------------------- masks (issue 22, item 7)
+
+
+def _mask_img(size: int = 64) -> Image.Image:
+    m = np.zeros((size, size), np.uint8)
+    m[size // 4 : size // 2, size // 4 : size // 2] = 255
+    return Image.fromarray(m)
+
+
+def _pcx_bomb() -> bytes:
+    """A PCX whose header claims 65535 x 65535 (xmax, ymax at bytes 8-11)."""
+    data = bytearray(encode(_mask_img(), "PCX"))
+    data[8:12] = struct.pack("<HH", 65534, 65534)
+    return bytes(data)
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A complete, valid all-black 1-bit PNG of ``width`` x ``height`` (900 MP at 30000^2 in ~0.9 MB)."""
+    row = b"\x00" * (1 + (width + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    return png_with_ihdr(width, height, idat, bit_depth=1)
+
+
+EPS_TEXT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n(/tmp/pwned) (w) file closefile\nshowpage\n"
+
+
+def mask_specs() -> list[CorpusSpec]:
+    """Mask files for :func:`triage.io.read_mask_bytes`: ``ok`` (decodes to one grey frame) or
+    ``rejected`` (InvalidScanError). Every hostile one is named ``.png``, as an upload would be."""
+    specs: list[CorpusSpec] = []
+
+    def add(name: str, make: Callable[[], bytes], expectation: str) -> None:
+        specs.append(CorpusSpec(name, expectation, name, make))
+
+    add("mask.png", lambda: encode(_mask_img(), "PNG"), OK)
+    add("mask_tif.png", lambda: encode(_mask_img(), "TIFF", compression="tiff_adobe_deflate"), OK)
+    add("mask_bmp.png", lambda: encode(_mask_img(), "BMP"), OK)
+    add("mask_jpeg.png", lambda: encode(_mask_img(), "JPEG", quality=95), OK)
+    add("mask_bilevel.png", lambda: encode(_mask_img().convert("1"), "PNG"), OK)
+    add("eps_text.png", lambda: EPS_TEXT, REJECTED)  # Pillow's EPS plugin would run Ghostscript
+    add("eps_binary.png", _eps_dos, REJECTED)
+    add("pcx.png", lambda: encode(_mask_img(), "PCX"), REJECTED)
+    add("pcx_bomb_65535.png", _pcx_bomb, REJECTED)
+    add("tga.png", lambda: encode(_mask_img(), "TGA"), REJECTED)
+    add("spider.png", lambda: encode(_mask_img().convert("F"), "SPIDER"), REJECTED)
+    add("gif.png", lambda: encode(_mask_img(), "GIF"), REJECTED)
+    add("webp.png", lambda: encode(_mask_img(), "WEBP"), REJECTED)
+    add("dicom.png", _dcm, REJECTED)
+    add("text.png", lambda: b"tumour: left frontal\n", REJECTED)
+    add("empty.png", lambda: b"", REJECTED)
+    add("random.png", _random(11), REJECTED)
+    add("bomb_30000x30000.png", lambda: bilevel_png(30000, 30000), REJECTED)
+    add("bomb_30000x30000_ihdr.png", lambda: png_with_ihdr(30000, 30000), REJECTED)
+    add("bomb_30000x30000.tif", lambda: tiff_with_dims(30000, 30000), REJECTED)
+    add("bomb_65500x65500.jpg", lambda: jpeg_sof_dims(encode(_mask_img(), "JPEG"), 65500, 65500), REJECTED)
+    add("strip_32x60000.png", lambda: png_with_ihdr(32, 60000), REJECTED)
+    add("multipage3.png", lambda: _multipage(3, 64), REJECTED)  # one mask per slice
+    add("truncated.png", lambda: encode(_mask_img(), "PNG")[:60], REJECTED)
+    return specs
+
+
 def build_corpus(dest: Path) -> list[CorpusItem]:
     """Write the hostile corpus into ``dest`` and return ``(path, expectation, upload_name)`` items."""
     dest = Path(dest)

@@ -119,3 +119,26 @@ def test_train_options_match_what_training_knows():
         ]
     )
     assert (args.lr, args.seg_dice, args.intensity_norm) == (0.001, "batch+image", INTENSITY_NORM)
+
+
+def test_analyze_csv_defuses_formulas_in_file_names(tmp_path, env):
+    """Issue 22 item 13: `analyze --out` writes file names that look like formulas as text."""
+    img, _ = draw_synthetic_slice(shape=(240, 200))
+    names = ['=HYPERLINK("evil.example","open").png', "+1+2.png", "@SUM(1).png"]
+    cv2.imwrite(str(tmp_path / names[0]), img)
+    (tmp_path / names[1]).write_bytes(b"not an image\r=1+1")
+    cv2.imwrite(str(tmp_path / names[2]), img[::-1].copy())
+    out = tmp_path / "x.csv"
+    r = subprocess.run(
+        [sys.executable, "-m", "triage", "analyze", *names, "--out", str(out), "--quiet"],
+        cwd=tmp_path,  # relative paths: the cell starts with the file name
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [row["path"] for row in rows] == ["'" + n for n in names]
+    assert [row["status"] for row in rows] == ["ok", "rejected", "ok"]
+    assert all(not v.startswith(("=", "+", "-", "@")) for row in rows for v in row.values())

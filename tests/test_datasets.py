@@ -125,3 +125,35 @@ def test_dedup_groups_in_chunks_matches_the_whole_matrix() -> None:
     assert expected.sum() == 60  # 85 - 25 near copies; "same" drops slice 4, whose copy 64 then stays
     for chunk in (1, 7, 256):
         assert np.array_equal(dedup_groups(vectors, sha, chunk=chunk), expected)
+
+
+def test_read_mask_refuses_hostile_masks_with_a_dataset_error(tmp_path):
+    """Issue 22 item 7: masks get the scans' allow-list and header size checks (DatasetError only)."""
+    from tests.hostile_corpus import mask_specs
+    from triage.datasets import read_mask
+
+    specs = mask_specs()
+    for spec in specs:
+        path = tmp_path / spec.name
+        path.write_bytes(spec.make())
+        if spec.expectation == "ok":
+            assert read_mask(path, (64, 64)).sum() == 16 * 16, spec.name
+            continue
+        with pytest.raises(DatasetError) as err:
+            read_mask(path, (64, 64))
+        assert str(err.value).startswith(f"mask {spec.name}: "), (spec.name, str(err.value))
+    assert sum(s.expectation == "rejected" for s in specs) >= 19
+
+
+def test_build_cache_leaves_blank_images_out(tmp_path):
+    img, _ = draw_synthetic_slice(shape=(200, 200))
+    _write(tmp_path / "glioma" / "x.png", img)
+    _write(tmp_path / "glioma" / "blank.png", np.zeros((200, 200), np.uint8))
+    _write(tmp_path / "no_tumor" / "white.png", np.full((200, 200), 255, np.uint8))
+    samples, _ = scan_class_folders(tmp_path)
+    c = build_cache(samples, 64)
+    assert [s.path.name for s in c.samples] == ["x.png"]
+    assert sorted((p.split("/")[-1], why) for p, why in c.rejected) == [
+        ("blank.png", "blank image"),
+        ("white.png", "blank image"),
+    ]

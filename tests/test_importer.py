@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import stat
 import zipfile
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import draw_synthetic_slice
+from tests.hostile_corpus import mask_specs
 from triage import importer
 from triage.config import get_settings
 from triage.datasets import load_manifest
@@ -328,3 +330,75 @@ def test_discard_only_deletes_imported_datasets(tmp_path, settings, monkeypatch)
     monkeypatch.setattr(importer, "MAX_FOLDER_FILES", 10)
     with pytest.raises(DatasetError, match="more than 10 files"):
         importer.import_folder(tmp_path / "src", "classifier", settings)
+
+
+# ----- issue 22: hostile masks (item 7), name clashes and blank images (item 17) ---------------
+
+HOSTILE_MASKS = [s for s in mask_specs() if s.expectation == "rejected"]
+
+
+def _fake_gs(tmp_path: Path, monkeypatch) -> Path:
+    """A stand-in ``gs`` on PATH that records being run (Pillow's EPS plugin calls Ghostscript)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "gs-was-run"
+    gs = bin_dir / "gs"
+    gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '')}")
+    return marker
+
+
+def test_hostile_masks_are_dropped_with_a_reason_and_the_import_goes_on(tmp_path, settings, monkeypatch):
+    """EPS / PCX / TGA / SPIDER / bombs named .png: each mask is refused, never decoded, the images stay."""
+    marker = _fake_gs(tmp_path, monkeypatch)
+    src = write_class_folders(tmp_path / "src", per_class=MIN_IMAGES_PER_CLASS + len(HOSTILE_MASKS))
+    stems = sorted(p.stem for p in (src / "glioma_tumor").iterdir())
+    for stem, spec in zip(stems, HOSTILE_MASKS):
+        (src / "masks" / f"{stem}.png").write_bytes(spec.make())
+    s = importer.import_folder(src, "both", settings)
+    assert not marker.exists(), "Ghostscript was run on an uploaded mask"
+    assert s.counts["glioma"] == len(stems)  # every image kept
+    assert s.masks_per_class["glioma"] == len(stems) - len(HOSTILE_MASKS)
+    text = "\n".join(s.mask_mismatches)
+    for stem in stems[: len(HOSTILE_MASKS)]:
+        assert f"mask {stem}.png:" in text and "mask dropped" in text, stem
+    assert "a mask must be a PNG, JPEG, TIFF or BMP image" in text
+    assert "over the limit" in text
+    assert str(tmp_path) not in text  # no server path in what the page shows
+
+
+def test_a_mask_bomb_is_refused_in_a_zip_import(tmp_path, settings):
+    src = write_class_folders(tmp_path / "src")
+    (src / "masks" / "glioma_tumor_0.png").unlink()
+    bomb = next(s for s in HOSTILE_MASKS if s.name == "bomb_30000x30000.png").make()
+    s = importer.import_zip(zip_folder(src, {"masks/glioma_tumor_0.png": bomb}), "both", settings)
+    assert any("glioma_tumor_0.png" in m and "over the limit" in m for m in s.mask_mismatches)
+    assert s.counts["glioma"] == 6 and s.masks_per_class["glioma"] == 5
+
+
+def test_a_member_named_like_a_folder_is_skipped_with_a_reason(tmp_path, settings):
+    """``glioma/a.png`` and ``glioma/a.png/b.png`` once raised FileExistsError with a server path."""
+    src = write_class_folders(tmp_path / "src", masks=False)
+    png = cv2.imencode(".png", synthetic_image(999)[0])[1].tobytes()
+    for members in (
+        {"glioma/a.png": png, "glioma/a.png/b.png": png},
+        {"glioma/a.png/b.png": png, "glioma/a.png": png},
+    ):
+        s = importer.import_zip(zip_folder(src, members), "classifier", settings)
+        notes = [x for x in s.skipped if "another file or folder of this name" in x]
+        assert len(notes) == 1, s.skipped
+        assert str(settings.data_dir) not in notes[0] and ".unzip-" not in notes[0]
+        assert s.counts["glioma"] == 7  # six class-folder images + the member that was written
+
+
+def test_blank_images_do_not_enter_the_training_set(tmp_path, settings):
+    src = write_class_folders(tmp_path / "src", masks=False)
+    for i, value in enumerate((0, 255, 37)):
+        cv2.imwrite(str(src / "glioma_tumor" / f"blank_{i}.png"), np.full((64, 64), value, np.uint8))
+    cv2.imwrite(str(src / "notumor" / "blank_jpeg.jpg"), np.full((64, 64), 90, np.uint8))
+    s = importer.import_folder(src, "classifier", settings)
+    blank = [r for r in s.rejected if "blank image" in r[1]]
+    assert sorted(r[0].split("/")[-1] for r in blank) == ["blank_0.png", "blank_1.png", "blank_2.png", "blank_jpeg.jpg"]
+    assert s.counts["glioma"] == 6 and s.counts["no_tumor"] == 6
+    assert not any("blank" in x.path.name for x in load_manifest(s.dataset_dir))

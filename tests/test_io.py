@@ -22,13 +22,23 @@ from tests.hostile_corpus import (
     dicom_bytes,
     encode,
     fake_brain,
+    mask_specs,
     monochrome1_dicom,
     mr_small,
     multiframe_dicom,
 )
 from triage.config import Settings
 from triage.errors import InvalidScanError
-from triage.io import content_id, read_path, read_scan, read_scans, safe_name, to_uint8
+from triage.io import (
+    content_id,
+    read_mask_bytes,
+    read_mask_path,
+    read_path,
+    read_scan,
+    read_scans,
+    safe_name,
+    to_uint8,
+)
 
 SPECS = {s.name: s for s in corpus_specs()}
 PHI_VALUES = ("CompressedSamples^MR1", "4MR1")  # PatientName / PatientID of MR_small.dcm
@@ -571,3 +581,94 @@ def test_an_aspect_ratio_bomb_is_refused_from_the_header() -> None:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 50 * 1024 * 1024, peak
+
+
+# ----- masks (issue 22, item 7) and EXIF orientation (item 17) ------------------------------
+
+MASK_SPECS = {s.name: s for s in mask_specs()}
+
+
+@pytest.mark.parametrize("name", sorted(MASK_SPECS))
+def test_mask_decoder_allow_list_and_limits(name: str) -> None:
+    """Masks go through the scans' allow-list and header size checks: only PNG/JPEG/TIFF/BMP decode."""
+    spec = MASK_SPECS[name]
+    data = spec.make()
+    if spec.expectation == OK:
+        m = read_mask_bytes(data)
+        assert m.dtype == np.uint8 and m.shape == (64, 64)
+        assert (m[20, 20] > 127) and (m[50, 50] < 128)  # the square is where it was drawn
+    else:
+        with pytest.raises(InvalidScanError) as err:
+            read_mask_bytes(data)
+        assert len(str(err.value)) > 10
+
+
+def test_hostile_masks_say_why(tmp_path: Path) -> None:
+    reasons = {}
+    for name in ("eps_text.png", "pcx.png", "tga.png", "spider.png", "bomb_30000x30000.png", "multipage3.png"):
+        path = tmp_path / name
+        path.write_bytes(MASK_SPECS[name].make())
+        with pytest.raises(InvalidScanError) as err:
+            read_mask_path(path)
+        reasons[name] = str(err.value)
+    for name in ("eps_text.png", "pcx.png", "tga.png", "spider.png"):
+        assert "a mask must be a PNG, JPEG, TIFF or BMP image" in reasons[name], reasons[name]
+    bomb = reasons["bomb_30000x30000.png"]
+    assert "900,000,000 pixels" in bomb and "over the limit" in bomb
+    assert "3 frames" in reasons["multipage3.png"]
+
+
+def test_mask_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 30000 x 30000 mask never reaches a pixel decoder (it once cost 2.4 GB for two masks)."""
+    loaded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self, *a, **k: loaded.append(self.size))
+    with pytest.raises(InvalidScanError, match="over the limit"):
+        read_mask_bytes(MASK_SPECS["bomb_30000x30000.png"].make())
+    assert loaded == []
+
+
+def _with_orientation(img: Image.Image, fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(img, fmt, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_exif_orientation_is_applied(fmt: str) -> None:
+    """A slice stored mirrored with Orientation=2 (or rotated, 6) comes out the way it was taken."""
+    arr = np.zeros((64, 96), np.uint8)
+    arr[8:24, 8:24] = 255  # a bright block in the top-left corner
+    img = Image.fromarray(arr)
+    plain = read_scan(encode(img, fmt)).pixels
+    assert plain[16, 16] > 200 and plain.shape == (64, 96)
+    mirrored = read_scan(_with_orientation(img, fmt, 2)).pixels  # "mirror horizontal"
+    assert mirrored.shape == (64, 96)
+    assert mirrored[16, 96 - 17] > 200 and mirrored[16, 16] < 50
+    rotated = read_scan(_with_orientation(img, fmt, 6)).pixels  # "rotate 90 CW" to display
+    assert rotated.shape == (96, 64)
+    assert rotated[16, 64 - 17] > 200
+
+
+def test_exif_orientation_applies_to_masks_too() -> None:
+    arr = np.zeros((64, 64), np.uint8)
+    arr[:, :16] = 255
+    mask = read_mask_bytes(_with_orientation(Image.fromarray(arr), "PNG", 2))
+    assert mask[:, -8].min() == 255 and mask[:, 8].max() == 0
+
+
+def test_real_masks_decode_as_before(shared_data: Path) -> None:
+    """The allow-listed mask decoder gives the pixels cv2 gave on real masks of every shared source."""
+    import cv2
+
+    checked = 0
+    for source in sorted(p for p in shared_data.iterdir() if (p / "manifest.csv").is_file()):
+        with (source / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if (r.get("mask_path") or "").strip()]
+        for row in rows[:: max(1, len(rows) // 5)][:5]:
+            path = source / row["mask_path"]
+            if not path.is_file():
+                continue
+            assert np.array_equal(read_mask_path(path), cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)), path
+            checked += 1
+    if not checked:
+        pytest.skip("no masks in the shared data")

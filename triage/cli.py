@@ -52,6 +52,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from triage.errors import InvalidScanError
+    from triage.export import csv_row
     from triage.io import read_path
     from triage.records import CaseResult
     from triage.service import TriageService, case_row, mask_png
@@ -101,7 +102,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         mp = masks_dir / f"{f.stem}_{result.scan_id[:8]}{suffix}_mask.png"
                         mp.write_bytes(mask_png(seg.mask))
                         row["mask_path"] = str(mp)
-                    writer.writerow(row)
+                    writer.writerow(csv_row(row, CSV_COLUMNS))  # formulas in file names defused
                     counts[result.status] = counts.get(result.status, 0) + 1
             fh.flush()
             bar.update(len(batch))

@@ -46,12 +46,21 @@ class Settings:
     risk_weights: dict = field(default_factory=lambda: dict(DEFAULT_RISK_WEIGHTS))
     # Privacy: keep DICOM patient identifiers only when explicitly allowed.
     allow_phi: bool = False
+    # File names often carry patient names, birth dates or record numbers (Doe^John_19310417.png).
+    # True: pages, logs and exports show "case <id>" instead; None (the default): hidden unless
+    # allow_phi. Set TRIAGE_HIDE_FILE_NAMES=0 / 1 to decide explicitly.
+    hide_file_names: bool | None = None
     # Training and Grad-CAM (torch) threads.
     torch_threads: int = 2
     # Analysis: "auto" runs each version's checked ONNX export and falls back to torch without
     # one; "onnx" makes a missing export an error; "torch" never uses ONNX (triage/runtime.py).
     inference_backend: str = "auto"
     inference_threads: int = 2
+
+    @property
+    def file_names_hidden(self) -> bool:
+        """Whether file names are replaced by case ids wherever a person could see them."""
+        return (not self.allow_phi) if self.hide_file_names is None else bool(self.hide_file_names)
 
     @property
     def db_path(self) -> Path:
@@ -63,6 +72,9 @@ class Settings:
 
 
 def _coerce(value: str, current: object) -> object:
+    if current is None:  # an optional switch: empty or "auto" keeps the default rule
+        text = value.strip().lower()
+        return None if text in {"", "auto"} else text in {"1", "true", "yes", "on"}
     if isinstance(current, bool):
         return value.strip().lower() in {"1", "true", "yes", "on"}
     if isinstance(current, int):

@@ -20,8 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from triage.brain_check import is_blank
 from triage.errors import DatasetError, InvalidScanError
-from triage.io import IMAGE_SUFFIXES, read_path
+from triage.io import IMAGE_SUFFIXES, read_mask_path, read_path
 from triage.preprocess import CROP_VERSION, DEFAULT_CROP, LEGACY_CROP, crop_brain
 from triage.records import normalize_label
 from triage.transforms import square, square_mask
@@ -205,14 +206,19 @@ class CachedSet:
 
 
 def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Binary mask (threshold 128, as the BRISC README requires) resized to ``shape`` if needed."""
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        from PIL import Image
+    """Binary mask (threshold 128, as the BRISC README requires) of the image of ``shape``.
 
-        m = np.asarray(Image.open(path).convert("L"))
-    if m.shape != shape:
-        raise DatasetError(f"mask {path.name} is {m.shape[::-1]} but its image is {shape[::-1]}")
+    Decoded by :func:`triage.io.read_mask_path` (the scans' allow-list and header size checks: a
+    mask is attacker-controlled input too). Raises :class:`DatasetError` naming the mask and the
+    reason; no other exception escapes.
+    """
+    path = Path(path)
+    try:
+        m = read_mask_path(path)
+    except InvalidScanError as exc:
+        raise DatasetError(f"mask {path.name}: {exc}") from exc
+    if m.shape != tuple(shape):
+        raise DatasetError(f"mask {path.name} is {m.shape[::-1]} but its image is {tuple(shape)[::-1]}")
     return m >= 128
 
 
@@ -263,6 +269,10 @@ def build_cache(
             m = read_mask(s.mask_path, scan.shape) if (with_masks and s.mask_path) else None
         except (InvalidScanError, DatasetError, OSError) as exc:
             rejected.append((str(s.path), str(exc)))
+            keep.append(False)
+            continue
+        if is_blank(scan.pixels):  # an empty export teaches nothing and skews the class balance
+            rejected.append((str(s.path), "blank image"))
             keep.append(False)
             continue
         img, mk = prepare_sample(scan.pixels, m, size, crop)

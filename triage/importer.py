@@ -44,10 +44,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from triage.brain_check import is_blank
 from triage.config import Settings, get_settings
 from triage.datasets import dedup_groups, file_sha1, read_mask, thumbnail_vector
 from triage.errors import DatasetError, InvalidScanError
+from triage.export import csv_row
 from triage.io import IMAGE_SUFFIXES, read_path
+from triage.privacy import shown_name
 from triage.records import CLASSES, normalize_label
 from triage.training_run import MIN_IMAGES_PER_CLASS
 
@@ -197,7 +200,7 @@ def import_reviewed(
     settings = settings or get_settings()
     items, skipped, rejected = [], [], []
     for case in cases:
-        name = str(case.get("name") or case.get("scan_id") or "case")
+        name = shown_name(case.get("name"), str(case.get("scan_id") or ""), settings)
         label = normalize_label(str(case.get("reviewed_label") or ""))
         if label is None:
             skipped.append(f"{name}: no reviewed class label")
@@ -214,8 +217,8 @@ def import_reviewed(
             _Item(
                 path=Path(stored),
                 label=label,
-                name=f"{name} ({sid})",
-                stem=f"{Path(name).stem}_{sid}",
+                name=name if settings.file_names_hidden else f"{name} ({sid})",
+                stem=f"case_{sid}" if settings.file_names_hidden else f"{Path(name).stem}_{sid}",
                 mask=Path(mask) if mask else None,
                 frame=int(frame) if frame is not None else None,
             )
@@ -250,7 +253,7 @@ def import_zip(
         plan, skipped = _check_archive(zf)
         raw = Path(tempfile.mkdtemp(dir=root, prefix=".unzip-"))
         try:
-            _extract(zf, plan, raw)
+            skipped += _extract(zf, plan, raw)
             manifests = sorted(raw.rglob("manifest.csv"), key=lambda p: len(p.parts))
             if manifests:
                 items, more, rejected, mismatches = _collect_manifest(manifests[0], raw)
@@ -339,17 +342,23 @@ def _check_archive(zf: zipfile.ZipFile) -> tuple[list[tuple[zipfile.ZipInfo, str
     return plan, skipped
 
 
-def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], target: Path) -> None:
-    """Stream members into ``target``, enforcing the declared sizes and the total cap on real bytes."""
+def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], target: Path) -> list[str]:
+    """Stream members into ``target``, enforcing the declared sizes and the total cap on real bytes.
+
+    Returns notes on members that were not written because another member already took their
+    name (``a.png`` twice, or both ``a.png`` and ``a.png/b.png``): that member is skipped with a
+    reason naming only the member, never a server path.
+    """
     base = target.resolve()
     total = 0
+    notes: list[str] = []
     for info, clean in plan:
         dest = (base / clean).resolve()
         if not dest.is_relative_to(base):
             raise DatasetError(f"unsafe archive: member {info.filename!r} would be written outside the target")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, dest.open("xb") as dst:
                 while chunk := src.read(1 << 20):
                     written += len(chunk)
@@ -360,10 +369,12 @@ def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], targe
                             "size or the archive limits; this looks like a zip bomb"
                         )
                     dst.write(chunk)
-        except FileExistsError as exc:
-            raise DatasetError(f"archive holds {clean!r} twice") from exc
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            # The name is taken by an earlier member, as a file or as a folder.
+            notes.append(f"{clean}: the archive holds another file or folder of this name; skipped")
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
             raise DatasetError(f"archive member {info.filename!r} cannot be extracted ({exc})") from exc
+    return notes
 
 
 # ----- collecting items ----------------------------------------------------------------------
@@ -571,16 +582,20 @@ def _write_dataset(
             continue
         else:
             scan = scans[0]
+        if is_blank(scan.pixels):
+            rejected.append([item.name, "blank image (every pixel has the same value): nothing to train on"])
+            continue
         # DICOM (which may carry patient data) and single frames are re-written as PNG.
         as_png = _png(scan.pixels) if (item.frame is not None or scan.source_format == "dicom") else None
         mask = None
         if item.mask is not None:
             try:
-                mask = read_mask(item.mask, scan.shape)
+                mask = read_mask(item.mask, scan.shape)  # allow-listed, size-checked; DatasetError only
             except DatasetError as exc:
-                mismatches.append(f"{item.mask.name}: {exc}; mask dropped")
-            except (OSError, ValueError, cv2.error) as exc:
-                mismatches.append(f"{item.mask.name}: unreadable mask ({exc}); mask dropped")
+                mismatches.append(f"{exc}; mask dropped")
+            except Exception:  # never expected; one bad mask must not fail the import
+                log.exception("mask %s could not be read", item.mask)
+                mismatches.append(f"mask {item.mask.name}: unreadable mask; mask dropped")
         accepted.append((item, scan.pixels, mask, as_png))
         thumbs.append(thumbnail_vector(scan.pixels))
         sha1s.append(hashlib.sha1(as_png).hexdigest() if as_png is not None else file_sha1(item.path))
@@ -631,7 +646,7 @@ def _write_dataset(
     with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "mask_path", "sha1", "source"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_row(r, writer.fieldnames) for r in rows)  # "source" is a user's file name
     counts_d = {c: int(counts.get(c, 0)) for c in CLASSES}
     masks_d = {c: int(mask_counts.get(c, 0)) for c in CLASSES}
     warnings = [

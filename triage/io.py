@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
@@ -256,9 +256,27 @@ def _is_reduced_resolution(frame: Image.Image) -> bool:
         return False
 
 
-def _decode_pil(data: bytes, settings: Settings, kind: str = "image") -> tuple[list[_Frame], str]:
+_EXIF_ORIENTATION = 0x0112
+
+
+def _upright(frame: Image.Image) -> Image.Image:
+    """The frame turned as its EXIF Orientation tag says (cameras, phones and some PACS exports
+    store a mirrored or rotated slice with the tag instead of turning the pixels)."""
+    try:
+        orientation = int(frame.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception as exc:  # a corrupt EXIF block is ignored, as the decoder ignores it
+        log.info("EXIF orientation ignored: %s: %s", type(exc).__name__, exc)
+        return frame
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(frame)
+    return frame
+
+
+def _decode_pil(
+    data: bytes, settings: Settings, kind: str = "image", max_frames: int = MAX_FRAMES
+) -> tuple[list[_Frame], str]:
     """Decode PNG/JPEG/TIFF/BMP bytes with Pillow into (uint8 frame, frame index, frame meta)
-    triples and the format name."""
+    triples and the format name. Frames are turned upright by their EXIF orientation."""
     try:
         with warnings.catch_warnings():
             # Our own limit (_check_dims, before any pixel is decoded) is stricter and names the
@@ -271,8 +289,10 @@ def _decode_pil(data: bytes, settings: Settings, kind: str = "image") -> tuple[l
             w, h = img.size
             _check_dims(h, w, settings)
             n_frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
-            if n_frames > MAX_FRAMES:
-                raise InvalidScanError(f"file has {n_frames} frames; at most {MAX_FRAMES} are accepted")
+            if n_frames > max_frames:
+                raise InvalidScanError(
+                    f"file has {n_frames} frames; at most {max_frames} {'is' if max_frames == 1 else 'are'} accepted"
+                )
             frames: list[_Frame] = []
             total = 0
             for i, frame in enumerate(ImageSequence.Iterator(img)):
@@ -285,7 +305,7 @@ def _decode_pil(data: bytes, settings: Settings, kind: str = "image") -> tuple[l
                 total += fw * fh
                 _check_total(total, n_frames, settings)
                 frame.load()
-                grey, colour = _to_grey(frame)
+                grey, colour = _to_grey(_upright(frame))
                 frame_meta = {} if colour is None else {"colorfulness": round(colour, 2)}
                 frames.append((grey, i if n_frames > 1 else None, frame_meta))
             return frames, fmt
@@ -533,6 +553,58 @@ def _decode(data: bytes, name: str, settings: Settings):
     if suffix in DICOM_SUFFIXES and suffix:
         raise InvalidScanError("not a readable DICOM file: no DICOM header (DICM) and no recognisable data set")
     raise InvalidScanError(f"not a readable image: the bytes are not {SUPPORTED}")
+
+
+MASK_FORMATS = "PNG, JPEG, TIFF or BMP"
+
+
+def read_mask_bytes(data: bytes, settings: Settings | None = None) -> np.ndarray:
+    """Decode a tumour-mask image into uint8 grey pixels (H, W), through the same allow-list and
+    header size checks as scans.
+
+    Only PNG, JPEG, TIFF and BMP bytes reach a decoder (recognised from the bytes, never from a
+    name: an EPS, PCX, TGA or SPIDER file named ``.png`` is refused before Pillow sees it, so no
+    Ghostscript); sizes are checked from the header before any pixel is decoded; one frame only.
+    Raises :class:`InvalidScanError` with the reason; no other exception escapes.
+    """
+    settings = settings or get_settings()
+    data = bytes(data)
+    if not data:
+        raise InvalidScanError("mask file is empty (0 bytes)")
+    if len(data) > settings.max_file_bytes:
+        raise InvalidScanError(
+            f"mask file is {len(data) / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.0f} MB limit"
+        )
+    kind = _sniff(data)
+    if kind not in _PIL_KINDS:
+        what = {"unknown": "an unrecognised format", "text": "text (PostScript/EPS?)"}.get(kind, kind.upper())
+        raise InvalidScanError(f"a mask must be a {MASK_FORMATS} image; these bytes are {what}")
+    try:
+        frames, _fmt = _decode_pil(data, settings, kind, max_frames=1)
+    except InvalidScanError:
+        raise
+    except Exception as exc:  # the contract is InvalidScanError only
+        log.warning("unexpected %s while decoding a mask", type(exc).__name__, exc_info=True)
+        raise InvalidScanError(f"mask cannot be decoded ({type(exc).__name__})") from exc
+    if len(frames) != 1:
+        raise InvalidScanError("mask file holds no single image frame")
+    return np.ascontiguousarray(frames[0][0], dtype=np.uint8)
+
+
+def read_mask_path(path: str | Path, settings: Settings | None = None) -> np.ndarray:
+    """:func:`read_mask_bytes` of a file on disk (size-checked before it is read)."""
+    settings = settings or get_settings()
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > settings.max_file_bytes:
+            raise InvalidScanError(
+                f"mask file is {size / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.0f} MB limit"
+            )
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InvalidScanError(f"cannot read the mask file: {exc.strerror or type(exc).__name__}") from exc
+    return read_mask_bytes(data, settings)
 
 
 def read_scan(data: bytes, name: str = "upload", settings: Settings | None = None) -> Scan:

@@ -459,8 +459,9 @@ def _error_from_log(tail: list[str], returncode: int | None) -> str:
         if ln.startswith("error:"):
             return ln[len("error:") :].strip()
     for ln in reversed(tail):
-        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln):
-            return ln.strip()
+        m = re.match(r"^([A-Za-z_.]*(?:Error|Exception))\b", ln)
+        if m:  # a traceback's text can hold server paths: the page names its type, the log has the rest
+            return f"the training process raised {m.group(1).rsplit('.', 1)[-1]} (see the log)"
     if returncode is not None and returncode < 0:
         return f"the training process was stopped by signal {-returncode}"
     return (

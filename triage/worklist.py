@@ -21,7 +21,10 @@ from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from triage.config import get_settings
 from triage.errors import TriageError
+from triage.export import csv_row
+from triage.privacy import case_ref, shown_name
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,6 @@ CSV_COLUMNS: tuple[str, ...] = tuple(c for c in CASE_COLUMNS if c != "thumbnail"
 BUSY_TIMEOUT_S = 10.0
 MAX_THUMBNAIL_BYTES = 1024 * 1024
 MAX_NOTE_CHARS = 10_000
-_CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 _SCHEMA_V1: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS cases (
@@ -298,8 +300,14 @@ def _audit_text(value: object) -> str | None:
     return str(value)
 
 
-def _filter_sql(label: str | None, review_status: str | None, flag: str | None, search: str | None) -> tuple[str, list]:
-    """WHERE clause and parameters for the list filters (label = effective label)."""
+SEARCH_FIELDS: tuple[str, ...] = ("name", "scan_id")
+
+
+def _filter_sql(
+    label: str | None, review_status: str | None, flag: str | None, search: str | None, search_in: str = "name"
+) -> tuple[str, list]:
+    """WHERE clause and parameters for the list filters (label = effective label; ``search`` looks
+    in the file name, or in the case id when ``search_in="scan_id"``)."""
     clauses: list[str] = []
     params: list = []
     if label is not None:
@@ -313,28 +321,15 @@ def _filter_sql(label: str | None, review_status: str | None, flag: str | None, 
     if flag is not None:
         clauses.append("EXISTS (SELECT 1 FROM json_each(cases.flags) WHERE json_each.value = ?)")
         params.append(flag)
+    if search_in not in SEARCH_FIELDS:
+        raise WorklistError(f"search_in must be one of {', '.join(SEARCH_FIELDS)}")
     if search:
-        clauses.append("instr(py_casefold(name), ?) > 0")
+        clauses.append(f"instr(py_casefold({search_in}), ?) > 0")  # one of SEARCH_FIELDS, not user text
         params.append(search.casefold())
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 _ORDER_SQL = " ORDER BY risk DESC, received_at ASC, scan_id ASC"
-
-
-def _csv_cell(value: object) -> object:
-    """A CSV-safe cell: lists joined by ';', dicts as JSON, formula-like text defused."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (list, tuple)):
-        value = ";".join(str(v) for v in value)
-    elif isinstance(value, dict):
-        value = _dumps(value)
-    if isinstance(value, str) and value.startswith(_CSV_FORMULA_PREFIXES):
-        return "'" + value
-    return value
 
 
 class Worklist:
@@ -435,9 +430,10 @@ class Worklist:
         flag: str | None = None,
         search: str | None = None,
         limit: int | None = None,
+        search_in: str = "name",
     ) -> list[dict]:
         """Cases by risk (highest first), then arrival (oldest first), optionally filtered."""
-        where, params = _filter_sql(label, review_status, flag, search)
+        where, params = _filter_sql(label, review_status, flag, search, search_in)
         sql = "SELECT * FROM cases" + where + _ORDER_SQL + " LIMIT ?"
         with self._read() as conn:
             rows = conn.execute(sql, [*params, -1 if limit is None else int(limit)]).fetchall()
@@ -450,9 +446,10 @@ class Worklist:
         review_status: str | None = None,
         flag: str | None = None,
         search: str | None = None,
+        search_in: str = "name",
     ) -> tuple[str | None, str | None]:
         """(previous, next) scan_ids around ``scan_id`` in the filtered list order."""
-        where, params = _filter_sql(label, review_status, flag, search)
+        where, params = _filter_sql(label, review_status, flag, search, search_in)
         with self._read() as conn:
             ids = [r[0] for r in conn.execute("SELECT scan_id FROM cases" + where + _ORDER_SQL, params)]
         if scan_id not in ids:
@@ -570,7 +567,7 @@ class Worklist:
                 (utc_now(), str(name), str(reason), sha256),
             )
             row_id = int(cur.lastrowid or 0)
-        log.warning("worklist: rejected %r: %s", name, reason)
+        log.warning("worklist: rejected %r: %s", shown_name(name, sha256 and sha256[:32]), reason)
         return row_id
 
     def rejections(self, limit: int = 100) -> list[dict]:
@@ -587,15 +584,23 @@ class Worklist:
             rows = conn.execute("PRAGMA integrity_check").fetchall()
         return "\n".join(str(r[0]) for r in rows)
 
-    def export_csv(self, rows: Sequence[dict] | None = None) -> bytes:
-        """UTF-8 CSV of ``rows`` (default: the whole worklist in order), without thumbnails."""
+    def export_csv(self, rows: Sequence[dict] | None = None, hide_names: bool | None = None) -> bytes:
+        """UTF-8 CSV of ``rows`` (default: the whole worklist in order), without thumbnails.
+
+        Cells go through :func:`triage.export.csv_cell` (formulas defused, one row per case).
+        ``hide_names`` (default: :attr:`Settings.file_names_hidden`) writes ``case <id>`` in the
+        name column."""
         if rows is None:
             rows = self.list_cases()
+        if hide_names is None:
+            hide_names = get_settings().file_names_hidden
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: _csv_cell(row.get(c)) for c in CSV_COLUMNS})
+            if hide_names:
+                row = {**row, "name": case_ref(row.get("scan_id"))}
+            writer.writerow(csv_row(row, CSV_COLUMNS))
         return buf.getvalue().encode("utf-8")
 
 
@@ -644,7 +649,7 @@ def _check_current(row: sqlite3.Row, expected_revision: int | None) -> None:
     who = row["reviewer"] or "another reader"
     when = (row["reviewed_at"] or "")[:19].replace("T", " ")
     raise ReviewConflictError(
-        f"case {row['name'] or row['scan_id']} changed since you opened it ({who}, {when} UTC, now "
+        f"{case_ref(row['scan_id'])} changed since you opened it ({who}, {when} UTC, now "
         f"{REVIEW_LABELS.get(row['review_status'], row['review_status'])}); nothing was saved. "
         "Reload the case and apply your changes again.",
         _row_to_case(row),

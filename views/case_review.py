@@ -1,4 +1,9 @@
-"""Case review: the slice, brain crop, heatmap and masks of one case, the review form and its audit trail."""
+"""Case review: the slice, brain crop, heatmap and masks of one case, the review form and its audit trail.
+
+User text (file names, notes, reviewer names, error texts) reaches Markdown only through ``escape_md``.
+"""
+
+import logging
 
 import numpy as np
 import streamlit as st
@@ -21,13 +26,15 @@ from triage.ui.case_view import (
     probability_figure,
     read_mask,
 )
-from triage.ui.format import REVIEW_TEXT, audit_frame, class_text, effective_label
-from triage.ui.resources import get_worklist
+from triage.ui.format import REVIEW_TEXT, audit_frame, case_name, class_text, effective_label, escape_md
+from triage.ui.resources import get_worklist, settings
 from triage.ui.state import init_state
 from triage.ui.widgets import show_flags, show_flash
 from triage.worklist import ReviewConflictError, WorklistError
 
+log = logging.getLogger(__name__)
 init_state()
+hide_names = settings().file_names_hidden
 st.title("Case review")
 show_flash()
 wl = get_worklist()
@@ -60,12 +67,12 @@ def _title(sid: str) -> str:
     # Only fields that never change: the picker matches its selection by this text, so a title
     # holding the label or risk lost the case as soon as a review changed them (issue 16, bug 1).
     c = by_id[sid]
-    return f"{c['name'] or sid[:12]} · received {c['received_at'][:16].replace('T', ' ')} · {sid[:8]}"
+    return f"{case_name(c, hide_names)} · received {c['received_at'][:16].replace('T', ' ')} · {sid[:8]}"
 
 
 filters = st.session_state[state.WORKLIST_FILTERS] or {}
 prev_id, next_id = wl.neighbours(selected, **filters)
-if prev_id is None and next_id is None and any(filters.values()):
+if prev_id is None and next_id is None and any(v for k, v in filters.items() if k != "search_in"):
     prev_id, next_id = wl.neighbours(selected)  # the case left the filtered list (e.g. just signed off)
 n1, n2, n3 = st.columns([6, 1, 1], vertical_alignment="bottom")
 n1.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
@@ -106,7 +113,7 @@ m5.metric(
     help=None if case["tumor_area_mm2"] is not None else "mm² unknown: the file has no pixel spacing",
 )
 st.caption(
-    f"File **{case['name']}** · received {case['received_at'][:19].replace('T', ' ')} UTC · "
+    f"File **{escape_md(case_name(case, hide_names))}** · received {case['received_at'][:19].replace('T', ' ')} UTC · "
     f"classifier `{case['classifier_version']}` · segmenter `{case['segmenter_version']}`"
     + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
 )
@@ -116,16 +123,21 @@ result = None
 try:
     result = analyse_case(case)
 except StoredFileMissing as exc:
+    log.warning("case %s: stored file missing: %s", selected, exc)  # the path is for the log only
     st.error(
-        f"The stored image file is missing ({exc}). The record, review and audit trail are still "
+        "The stored image file is missing. The record, review and audit trail are still "
         "available; upload the file again to see the images.",
         icon=":material/folder_off:",
     )
-except (TriageError, OSError, ValueError) as exc:
-    st.error(f"The stored slice could not be analysed again: {exc}")
+except (TriageError, OSError, ValueError):
+    log.exception("case %s: the stored slice could not be analysed again", selected)
+    st.error(
+        "The stored slice could not be analysed again (the details are in the server log). "
+        "The record, review and audit trail are still available."
+    )
 
 if result is not None and not result.ok:
-    st.error(f"The active models refuse this slice now: {result.error}")
+    st.error(f"The active models refuse this slice now: {escape_md(result.error)}")
 if result is not None and result.ok and result.scan is not None:
     scan = result.scan
     pred = result.prediction.label if result.prediction else case["label"]
@@ -159,8 +171,9 @@ if result is not None and result.ok and result.scan is not None:
             width="stretch",
             caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: where the evidence is",
         )
-    except (TriageError, ValueError, RuntimeError) as exc:
-        top[2].error(f"Heatmap unavailable: {exc}")
+    except (TriageError, ValueError, RuntimeError):
+        log.exception("case %s: heatmap %s for %s failed", selected, method, target)
+        top[2].error("Heatmap unavailable for this slice (the details are in the server log).")
 
     stored_mask = read_mask(case["mask_path"], scan.shape)
     if stored_mask is not None:
@@ -187,7 +200,7 @@ if result is not None and result.ok and result.scan is not None:
             caption=f"Ground truth (green) vs prediction (red) — Dice {dice:.2f}, IoU {iou:.2f}",
         )
     elif case["truth_mask_path"]:
-        bottom[1].warning("The ground-truth mask file is missing.")
+        bottom[1].warning("The ground-truth mask file is missing or cannot be read as a mask image.")
     else:
         bottom[1].caption("No ground-truth mask for this case.")
     bottom[2].plotly_chart(probability_figure(case), width="stretch", config={"displayModeBar": False})
@@ -210,27 +223,30 @@ def _saved(updated: dict, reviewer: str, what: str) -> None:
     """After a successful write: the page now shows that revision; remember the reviewer."""
     opened[selected] = (updated["revision"], updated["review_status"])
     st.session_state[state.REVIEWER] = reviewer.strip()
-    state.flash("success", f"{what} by {reviewer.strip()}.")
+    state.flash("success", f"{what} by {escape_md(reviewer.strip())}.")
     st.rerun()
 
 
 if opened_revision != case["revision"]:
     st.warning(
         f"Another reader changed this case since you opened it (now {REVIEW_TEXT.get(case['review_status'], '')}, "
-        f"by {case['reviewer']}). A save from this page will be refused.",
+        f"by {escape_md(case['reviewer'])}). A save from this page will be refused.",
         icon=":material/sync_problem:",
     )
     st.button("Reload the case", on_click=_reload, icon=":material/refresh:")
 if opened_status == "signed_off":
     st.success(
-        f"Signed off by **{case['reviewer']}** at {(case['reviewed_at'] or '')[:19].replace('T', ' ')} UTC as "
+        f"Signed off by **{escape_md(case['reviewer'])}** at {(case['reviewed_at'] or '')[:19].replace('T', ' ')} UTC as "
         f"**{class_text(effective_label(case))}**. The case is read-only; further remarks are addenda.",
         icon=":material/verified:",
     )
     if case["note"]:
-        st.markdown(f"**Note:** {case['note']}")
+        st.markdown(f"**Note:** {escape_md(case['note'])}")
     for add in wl.addenda(selected):
-        st.markdown(f"**Addendum** by {add['actor']} at {add['at'][:19].replace('T', ' ')} UTC: {add['new_value']}")
+        st.markdown(
+            f"**Addendum** by {escape_md(add['actor'])} at {add['at'][:19].replace('T', ' ')} UTC: "
+            f"{escape_md(add['new_value'])}"
+        )
     with st.form(state.keyed(state.ADDENDUM_FORM, selected)):
         reviewer = st.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
         text = st.text_area("Addendum", max_chars=10_000)
@@ -239,7 +255,7 @@ if opened_status == "signed_off":
         try:
             updated = wl.addendum(selected, reviewer, text, expected_revision=opened_revision)
         except WorklistError as exc:
-            st.error(f"Addendum not saved: {exc}")
+            st.error(f"Addendum not saved: {escape_md(exc)}")
         else:
             _saved(updated, reviewer, "Addendum added")
 else:
@@ -274,11 +290,11 @@ else:
                 )
             except ReviewConflictError as exc:
                 # Nothing was written; the form keeps what the reader typed so it can be applied again.
-                st.error(f"Review not saved: {exc}", icon=":material/sync_problem:")
+                st.error(f"Review not saved: {escape_md(exc)}", icon=":material/sync_problem:")
                 st.markdown("Your input, to apply again:")
                 st.code(f"label: {class_text(label)}\nreject mask: {mask_rejected}\nnote: {note}", language=None)
             except WorklistError as exc:
-                st.error(f"Review not saved: {exc}")
+                st.error(f"Review not saved: {escape_md(exc)}")
             else:
                 _saved(updated, reviewer, "Signed off" if sign else "Review saved")
 

@@ -6,6 +6,7 @@ import streamlit as st
 from triage.errors import TriageError
 from triage.models import list_versions
 from triage.risk import describe_policy
+from triage.ui.format import escape_md
 from triage.ui.model_card import (
     NOT_FOR,
     card_rows,
@@ -71,7 +72,7 @@ if cards:
                 versions = list_versions(settings().weights_dir, task)
                 st.markdown(
                     "**Versions on disk** (active in bold): "
-                    + ", ".join(f"**{v}**" if v == meta.get("version") else v for v in versions)
+                    + ", ".join(f"**{escape_md(v)}**" if v == meta.get("version") else escape_md(v) for v in versions)
                 )
 
 st.subheader("What the models are NOT for")

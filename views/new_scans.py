@@ -6,7 +6,7 @@ import streamlit as st
 from triage.errors import TriageError
 from triage.records import CLASSES
 from triage.ui import state
-from triage.ui.format import class_text, flag_text
+from triage.ui.format import class_text, escape_md, flag_text
 from triage.ui.resources import get_service, get_worklist, models_trained
 from triage.ui.state import init_state
 from triage.ui.uploads import process_uploads
@@ -65,7 +65,9 @@ if go and uploads:
     bar = st.progress(0.0, text="Starting…")
 
     def report(done: int, total: int, name: str) -> None:
-        bar.progress(done / max(1, total), text=f"{done}/{total} {name}" if name else f"{total} files analysed")
+        bar.progress(
+            done / max(1, total), text=f"{done}/{total} {escape_md(name)}" if name else f"{total} files analysed"
+        )
 
     with st.spinner("Analysing…"):
         rows = process_uploads(

@@ -1,6 +1,8 @@
 """Training: check new data, retrain in the background, compare with the active model, promote or roll back."""
 
+import logging
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,6 +13,7 @@ from triage.errors import TriageError
 from triage.models import TASKS, active_version
 from triage.records import CLASSES
 from triage.ui import state
+from triage.ui.format import escape_md
 from triage.ui.resources import get_worklist, settings
 from triage.ui.widgets import show_flash
 
@@ -35,6 +38,7 @@ PHASE_TEXT = {
 RUN_PICK = state.keyed(state.TRAIN_RUN, "pick")
 VERSION_PICK = state.keyed(state.TRAIN_RUN, "version")
 MARGIN = {"t": 40, "b": 30, "l": 30, "r": 10}
+log = logging.getLogger(__name__)
 
 
 def _duration(seconds: float | None) -> str:
@@ -49,10 +53,15 @@ def _pct(x: float | None) -> str:
 
 
 def _error(exc: BaseException) -> None:
+    """Our own errors say what to do (as plain text: they quote typed paths and archive names);
+    anything else is logged and shown without its text, which can hold server paths."""
     if isinstance(exc, (TriageError, ValueError)):
-        st.error(str(exc), icon=":material/error:")
+        st.error(escape_md(exc), icon=":material/error:")
     else:
-        st.error(f"Unexpected error ({type(exc).__name__}): {exc}", icon=":material/error:")
+        log.error("training page: unexpected %s", type(exc).__name__, exc_info=exc)
+        st.error(
+            f"Unexpected error ({type(exc).__name__}); the details are in the server log.", icon=":material/error:"
+        )
 
 
 # ----- data check -----------------------------------------------------------------------------
@@ -109,7 +118,7 @@ def _data_check(task: str, status: str) -> importer.ImportSummary | None:
     if not st.session_state[state.TRAIN_SUMMARY]:
         return None
     summary = importer.recheck(importer.ImportSummary.from_dict(st.session_state[state.TRAIN_SUMMARY]), task)
-    st.markdown(f"**Checked data** from {summary.source}: {summary.total} images, {summary.masks} masks")
+    st.markdown(f"**Checked data** from {escape_md(summary.source)}: {summary.total} images, {summary.masks} masks")
     st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
     c = st.columns(4)
     c[0].metric(
@@ -121,9 +130,9 @@ def _data_check(task: str, status: str) -> importer.ImportSummary | None:
     c[2].metric("Files skipped", len(summary.skipped))
     c[3].metric("Masks dropped", len(summary.mask_mismatches))
     for problem in summary.problems:
-        st.error(f"Cannot train: {problem}", icon=":material/block:")
+        st.error(f"Cannot train: {escape_md(problem)}", icon=":material/block:")
     for warning in summary.warnings:
-        st.warning(warning)
+        st.warning(escape_md(warning))
     lists = [
         ("Rejected files", [f"{n}: {r}" for n, r in summary.rejected]),
         ("Skipped files", summary.skipped),
@@ -232,14 +241,18 @@ def _comparison(cfg, job: jobs.Job, active: str) -> None:
             _comparison_progress(key)
             return
         if status == "failed":
-            st.error(f"The comparison failed: {value}")
+            log.error(
+                "comparison of %s failed", job.version, exc_info=value if isinstance(value, BaseException) else None
+            )
+            st.error(f"The comparison failed ({type(value).__name__}); the details are in the server log.")
             if st.button("Retry comparison", key=state.keyed(state.TRAIN_RUN, "retry", job.job_id)):
                 jobs.BACKGROUND.forget(key)
                 st.rerun()
             return
         saved = value
     st.markdown(
-        f"**New `{job.version}` vs active `{active}`** on {saved['n']} held-out images ({saved.get('source', '')})"
+        f"**New `{job.version}` vs active `{active}`** on {saved['n']} held-out images "
+        f"({escape_md(saved.get('source', ''))})"
     )
     rows = [
         {
@@ -252,7 +265,7 @@ def _comparison(cfg, job: jobs.Job, active: str) -> None:
     ]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     for note in saved.get("notes", []):
-        st.caption(note)
+        st.caption(escape_md(note))
     cms = [
         (side, saved["reports"][side].get("classification", {}).get("confusion_matrix")) for side in ("active", "new")
     ]
@@ -268,13 +281,15 @@ def _run_panel(cfg, job: jobs.Job) -> None:
     st.caption(
         f"{job.task} · preset {job.preset} · "
         f"{'fine-tuned from ' + job.init_from if job.init_from else 'from scratch'} · started {started} UTC "
-        f"· data {job.data}"
+        f"· data {escape_md(Path(job.data).name)}"  # the folder's name, not its server path
     )
     if status.running:
         _live(job.job_id)
         return
     if status.phase == "failed":
-        st.error(f"Training failed: {status.error}. The active model was not changed.", icon=":material/error:")
+        st.error(
+            f"Training failed: {escape_md(status.error)}. The active model was not changed.", icon=":material/error:"
+        )
         with st.expander("Log"):
             st.code("\n".join(jobs.log_tail(job.run_dir, 60)) or "(empty)")
         return

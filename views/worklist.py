@@ -14,7 +14,7 @@ from triage.ui.format import (
     rejections_frame,
     worklist_frame,
 )
-from triage.ui.resources import get_worklist
+from triage.ui.resources import get_worklist, settings
 from triage.ui.state import init_state
 from triage.worklist import REVIEW_STATUSES
 
@@ -22,6 +22,7 @@ ALL = "All"
 REJECTIONS_SHOWN = 50
 
 init_state()
+hide_names = settings().file_names_hidden  # file names may carry patient identifiers
 st.title("Worklist")
 wl = get_worklist()
 everything = wl.list_cases()  # read from SQLite on every run: all tabs see the same queue
@@ -40,12 +41,16 @@ f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
 status = f1.selectbox("Review status", [ALL, *REVIEW_STATUSES], format_func=lambda s: REVIEW_TEXT.get(s, s))
 label = f2.selectbox("Class", [ALL, *CLASSES], format_func=lambda c: c if c == ALL else class_text(c))
 flag = f3.selectbox("Flag", [ALL, *CASE_FLAGS], format_func=lambda f: FLAG_TEXT.get(f, f))
-search = f4.text_input("Search file name", placeholder="e.g. patient_017").strip()
+if hide_names:  # searching hidden names would tell whether a patient's file is here
+    search = f4.text_input("Search case id", placeholder="e.g. 3f9a1c").strip()
+else:
+    search = f4.text_input("Search file name", placeholder="e.g. patient_017").strip()
 filters = {
     "review_status": None if status == ALL else status,
     "label": None if label == ALL else label,
     "flag": None if flag == ALL else flag,
     "search": search or None,
+    "search_in": "scan_id" if hide_names else "name",
 }
 st.session_state[state.WORKLIST_FILTERS] = filters
 rows = wl.list_cases(**filters)
@@ -63,7 +68,7 @@ else:
         )
         for c in CLASSES
     }
-    table = worklist_frame(rows)
+    table = worklist_frame(rows, hide_names)
     shown = table.assign(**{f"p_{c}": table[f"p_{c}"] * 100 for c in CLASSES})  # percent, no decimals
     event = st.dataframe(
         shown,
@@ -100,14 +105,14 @@ else:
     o1, o2, o3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     by_id = {c["scan_id"]: c for c in rows}
     chosen = o1.selectbox(
-        "Open a case", list(by_id), format_func=lambda sid: case_title(by_id[sid]), key=state.WORKLIST_OPEN
+        "Open a case", list(by_id), format_func=lambda sid: case_title(by_id[sid], hide_names), key=state.WORKLIST_OPEN
     )
     if o2.button("Open", type="primary", width="stretch"):
         st.session_state[state.SELECTED_CASE] = chosen
         st.switch_page("views/case_review.py")
     o3.download_button(
         "Export CSV",
-        data=wl.export_csv(rows),
+        data=wl.export_csv(rows, hide_names=hide_names),
         file_name="worklist.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -120,7 +125,7 @@ title = f"Rejected uploads ({len(rejected)}{', most recent' if len(rejected) == 
 with st.expander(title if rejected else "Rejected uploads (none)"):
     if rejected:
         st.dataframe(
-            rejections_frame(rejected),
+            rejections_frame(rejected, hide_names),
             hide_index=True,
             column_config={
                 "name": st.column_config.TextColumn("File"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -9,10 +10,14 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from triage.errors import InvalidScanError
 from triage.explain import METHODS
+from triage.io import read_mask_path
 from triage.records import CLASSES, CaseResult
 from triage.ui.format import class_text
 from triage.ui.resources import get_service
+
+log = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "StoredFileMissing", "analyse_case", "explanation", "probability_figure", "read_mask"]
 
@@ -66,11 +71,17 @@ def _explain(scan_id: str, target_class: str, method: str, versions: tuple, _res
 
 
 def read_mask(path: str | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """A stored mask image as bool (H, W) at ``shape`` (nearest-neighbour resize), or None if unreadable."""
+    """A stored mask image as bool (H, W) at ``shape`` (nearest-neighbour resize), or None if missing
+    or unreadable (the reason is logged).
+
+    Ground-truth masks are user uploads, so they go through the scans' allow-listed, size-checked
+    decoder (:func:`triage.io.read_mask_path`), never a decoder that guesses the format."""
     if not path or not Path(path).is_file():
         return None
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
+    try:
+        img = read_mask_path(path)
+    except InvalidScanError as exc:
+        log.warning("mask %s not shown: %s", Path(path).name, exc)
         return None
     if img.shape != tuple(shape):
         img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)

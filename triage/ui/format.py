@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from triage.privacy import case_ref
 from triage.records import CLASSES
+
+# Every ASCII punctuation character may be backslash-escaped in CommonMark, and escaping all of
+# them is the only rule that needs no list of today's syntax: emphasis, links and images
+# (``![p](https://host)`` would make every reader's browser fetch from that host), headings,
+# lists, tables, code, HTML, LaTeX ($), and Streamlit's own ``:red[...]`` / ``:material/x:``.
+_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def escape_md(text: object) -> str:
+    """``text`` as literal characters inside Markdown (st.markdown, st.caption, st.info/warning/error/
+    success, labels...): every ASCII punctuation backslash-escaped, line breaks kept as line breaks.
+
+    The one way user-controlled text (file names, notes, reviewer names, error texts, labels from
+    imports) is mixed with our own bold labels; alone, user text goes to st.text / st.code / tables.
+    """
+    lines = str(text if text is not None else "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    # Leading spaces would make an indented code block; trailing ones a hard break: neither is user intent.
+    return "  \n".join(_MD_SPECIAL.sub(r"\\\1", line.strip()) for line in lines)
+
 
 CLASS_TEXT: dict[str, str] = {
     "no_tumor": "No tumor",
@@ -67,11 +88,15 @@ def thumbnail_uri(png: bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
 
 
-def case_title(case: dict) -> str:
+def case_name(case: dict, hide_names: bool = False) -> str:
+    """The file name of a case as a page shows it: ``case <id>`` when names are hidden (or missing)."""
+    return case_ref(case.get("scan_id")) if hide_names or not case.get("name") else str(case["name"])
+
+
+def case_title(case: dict, hide_names: bool = False) -> str:
     """One-line description of a case for pickers: name, class, risk."""
     return (
-        f"{case.get('name') or case['scan_id'][:12]} — {class_text(effective_label(case))} — "
-        f"risk {float(case.get('risk', 0.0)):.2f}"
+        f"{case_name(case, hide_names)} — {class_text(effective_label(case))} — risk {float(case.get('risk', 0.0)):.2f}"
     )
 
 
@@ -87,12 +112,12 @@ WORKLIST_COLUMNS: tuple[str, ...] = (
 )
 
 
-def worklist_frame(cases: Sequence[dict]) -> pd.DataFrame:
+def worklist_frame(cases: Sequence[dict], hide_names: bool = False) -> pd.DataFrame:
     """The worklist table: one row per case, in the given order, indexed 0..n-1.
 
     Columns: thumbnail (data URI), name, class (effective, '(reviewed)' when changed by a
     reviewer), p_<class> in [0, 1], risk in [0, 1], flags (readable text), review, received
-    (UTC datetime) and scan_id (for selection, not displayed).
+    (UTC datetime) and scan_id (for selection, not displayed). ``hide_names``: name is ``case <id>``.
     """
     rows = []
     for c in cases:
@@ -103,7 +128,7 @@ def worklist_frame(cases: Sequence[dict]) -> pd.DataFrame:
         rows.append(
             {
                 "thumbnail": thumbnail_uri(c.get("thumbnail")),
-                "name": c.get("name") or "",
+                "name": case_name(c, hide_names),
                 "class": shown,
                 **{f"p_{k}": float(c.get(f"p_{k}") or 0.0) for k in CLASSES},
                 "risk": float(c.get("risk") or 0.0),
@@ -117,12 +142,12 @@ def worklist_frame(cases: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def rejections_frame(rejections: Sequence[dict]) -> pd.DataFrame:
-    """Refused uploads: name, reason, received (UTC)."""
+def rejections_frame(rejections: Sequence[dict], hide_names: bool = False) -> pd.DataFrame:
+    """Refused uploads: name (``case <content id>`` when names are hidden), reason, received (UTC)."""
     return pd.DataFrame(
         [
             {
-                "name": r.get("name", ""),
+                "name": case_ref((r.get("sha256") or "")[:32]) if hide_names else r.get("name", ""),
                 "reason": r.get("reason", ""),
                 "received": pd.to_datetime(r.get("received_at"), utc=True, errors="coerce"),
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from triage.config import REPO_DIR
+from triage.ui.format import escape_md
 
 REPORTS_DIR = REPO_DIR / "reports"
 
@@ -186,8 +187,8 @@ def per_class_rows(meta: dict) -> list[dict]:
 def markdown_table(rows: list[tuple[str, str]]) -> str:
     """Two-column markdown table (wraps long values, unlike a scrolling dataframe)."""
 
-    def cell(text: object) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+    def cell(text: object) -> str:  # card values can come from imported data: plain text only
+        return escape_md(str(text).replace("\n", " "))
 
     return "\n".join(["| Field | Value |", "|---|---|", *(f"| {cell(k)} | {cell(v)} |" for k, v in rows)])
 
@@ -201,8 +202,8 @@ def reports(directory: Path | None = None) -> list[tuple[str, str]]:
     for path in sorted(directory.glob("*.md")):
         try:
             out.append((path.name, path.read_text(encoding="utf-8", errors="replace")))
-        except OSError as exc:
-            out.append((path.name, f"*cannot read this report: {exc}*"))
+        except OSError:
+            out.append((path.name, "*cannot read this report (the file is not readable)*"))
     return out
 
 

@@ -9,6 +9,7 @@ or error) with a reason.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -19,7 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+from triage.errors import InvalidScanError
 from triage.intake import display_name, ingest
+from triage.io import content_id, read_mask_bytes
+from triage.privacy import case_ref, shown_name
 from triage.records import CLASSES, normalize_label
 from triage.service import TriageService
 from triage.worklist import Worklist
@@ -94,7 +98,8 @@ def expand_zip(
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        return [], [_row(archive, "rejected", reason=f"not a readable zip archive ({exc})")]
+        log.info("zip %s unreadable: %s: %s", shown_name(archive, content_id(data)), type(exc).__name__, exc)
+        return [], [_row(archive, "rejected", reason="not a readable zip archive (corrupt, truncated or not a zip)")]
     with zf:
         members = [i for i in zf.infolist() if not i.is_dir()]
         total = 0
@@ -142,7 +147,10 @@ def expand_zip(
                 with zf.open(info) as fh:
                     content = fh.read(budget + 1)
             except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError, NotImplementedError) as exc:
-                skipped.append(_row(shown, "rejected", reason=f"cannot extract: {exc}"))
+                log.info("zip member not extracted: %s: %s", type(exc).__name__, exc)
+                skipped.append(
+                    _row(shown, "rejected", reason="cannot be extracted (corrupt member or unsupported compression)")
+                )
                 continue
             if len(content) > budget:
                 if budget < max_member_bytes:
@@ -243,7 +251,9 @@ def process_uploads(
     files/masks: (name, bytes) pairs (.zip archives are extracted). truth_label: a class
     attached to every case; label_from_folder: take it from the file's folder name instead
     (falls back to ``truth_label``). masks are matched to images by stem (:func:`match_masks`).
-    progress(done, total, name) is called before each file and once at the end.
+    progress(done, total, name) is called before each file and once at the end. With
+    :attr:`Settings.file_names_hidden` the rows, the progress text and the logs name a file
+    ``case <id>`` (its content id) instead of its file name.
 
     Returns one row per result: file, status ('accepted' | 'already in worklist' | 'rejected'
     | 'skipped' | 'error' | 'refused'), label, risk, flags, truth, reason, scan_id. 'refused':
@@ -261,28 +271,45 @@ def process_uploads(
     for r in rows:
         if r["status"] == "rejected":
             _log_rejection(worklist, r["file"], r["reason"])
+    hide = service.settings.file_names_hidden
     total = len(items)
     for done, item in enumerate(items):
         if progress is not None:
-            progress(done, total, item.name)
+            progress(done, total, case_ref(content_id(item.data)) if hide else item.name)
         truth = (label_from_folders(item) if label_from_folder else None) or truth_label
         rows.extend(_ingest_one(service, worklist, item, truth, mask_for.get(item.name)))
     if progress is not None:
         progress(total, total, "")
+    if hide:  # names stay in the database only; every row shown says which case it is
+        rows = [{**r, "file": _hidden_file(r)} for r in rows]
     return rows
+
+
+def _hidden_file(row: dict) -> str:
+    """``case <id>`` (and the frame) for a result row whose file name must not be shown."""
+    frame = row["file"].rsplit(" [frame ", 1)[1] if " [frame " in row["file"] else ""
+    return case_ref(row["scan_id"]) + (f" [frame {frame}" if frame else "")
 
 
 def _ingest_one(
     service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None, mask: bytes | None
 ) -> list[dict]:
     started = datetime.now(UTC).isoformat(timespec="microseconds")
+    mask_refused = ""
+    if mask is not None:
+        try:  # the scans' allow-listed, size-checked decoder: a mask is untrusted input too
+            read_mask_bytes(mask)
+        except InvalidScanError as exc:
+            mask, mask_refused = None, f"ground-truth mask refused: {exc}"
     try:
         results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
-    except Exception as exc:  # one broken file must not stop the batch; the error is shown and logged
-        log.exception("upload %r failed", item.name)
-        reason = f"internal error: {type(exc).__name__}: {exc}"
-        _log_rejection(worklist, item.name, reason)
-        return [_row(item.name, "error", reason=reason)]
+    except Exception:  # one broken file must not stop the batch; the details go to the log only
+        sid = content_id(item.data)
+        log.exception("upload %r failed", shown_name(item.name, sid, service.settings))
+        # No exception text on screen: it can hold server paths and internals.
+        reason = "internal error while analysing this file (the details are in the server log)"
+        _log_rejection(worklist, item.name, reason, hashlib.sha256(item.data).hexdigest())
+        return [_row(item.name, "error", reason=reason, scan_id=sid)]
     out = []
     for r in results:
         shown = item.name if r.scan is None or r.scan.frame is None else f"{item.name} [frame {r.scan.frame}]"
@@ -299,17 +326,23 @@ def _ingest_one(
                 risk=round(float(r.risk), 3),
                 flags=r.flags,
                 truth=truth or "",
-                reason="the same file was analysed before; the earlier case is kept"
-                if earlier
-                else ("ground-truth mask attached" if mask is not None else ""),
+                reason="; ".join(
+                    t
+                    for t in (
+                        "the same file was analysed before; the earlier case is kept" if earlier else "",
+                        "ground-truth mask attached" if mask is not None and not earlier else "",
+                        mask_refused,
+                    )
+                    if t
+                ),
                 scan_id=r.scan_id,
             )
         )
     return out
 
 
-def _log_rejection(worklist: Worklist, name: str, reason: str) -> None:
+def _log_rejection(worklist: Worklist, name: str, reason: str, sha256: str | None = None) -> None:
     try:
-        worklist.log_rejection(name, reason)
+        worklist.log_rejection(name, reason, sha256)
     except Exception:  # the result table still shows the reason
-        log.exception("could not log the rejection of %r", name)
+        log.exception("could not log the rejection of %r", shown_name(name, sha256 and sha256[:32]))

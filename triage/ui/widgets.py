@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import streamlit as st
 
-from triage.ui.format import FLAG_TEXT
+from triage.ui.format import FLAG_TEXT, escape_md
 from triage.ui.state import pop_flash
+
+log = logging.getLogger(__name__)
 
 DISCLAIMER = (
     "**Triage aid, not a diagnosis.** Results order the reading queue and point at regions of interest; "
@@ -42,15 +45,17 @@ def show_flags(flags: Iterable[str]) -> None:
     for flag in flags:
         if flag == "rejected":
             continue
-        text = FLAG_HELP.get(flag, FLAG_TEXT.get(flag, flag))
+        name = FLAG_TEXT.get(flag) or escape_md(flag)  # a flag we do not know is shown as text
+        text = FLAG_HELP.get(flag, name)
         if flag in ("ood", "untrained_model"):
-            st.error(f"**Flag — {FLAG_TEXT.get(flag, flag)}**: {text}", icon=":material/flag:")
+            st.error(f"**Flag — {name}**: {text}", icon=":material/flag:")
         else:
-            st.warning(f"**Flag — {FLAG_TEXT.get(flag, flag)}**: {text}", icon=":material/flag:")
+            st.warning(f"**Flag — {name}**: {text}", icon=":material/flag:")
 
 
 def show_flash() -> None:
-    """Show (once) the message a previous run queued with ``state.flash``."""
+    """Show (once) the message a previous run queued with ``state.flash`` (Markdown: whoever queues
+    it escapes user text with ``escape_md``)."""
     queued = pop_flash()
     if queued:
         kind, message = queued
@@ -58,8 +63,14 @@ def show_flash() -> None:
 
 
 def model_error(exc: Exception) -> None:
-    """Explain that no usable model is installed, and how to get one."""
-    st.error(f"No usable model: {exc}", icon=":material/block:")
+    """Explain that no usable model is installed, and how to get one (the exception, which names
+    server folders, goes to the log only)."""
+    log.warning("no usable model: %s: %s", type(exc).__name__, exc)
+    st.error(
+        "No usable model: the active classifier or segmenter is missing or cannot be read "
+        "(the details are in the server log).",
+        icon=":material/block:",
+    )
     st.info(
         "Train one on the **Training** page or with `python -m triage train classifier` / "
         "`python -m triage train segmenter`, or restore the `weights/` folder."
