@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
@@ -147,10 +148,26 @@ def _rows_of(batch: dict) -> list[OutputRow]:
     return [OutputRow({c: batch[c][i] for c in CSV_COLUMNS}, bytes(batch[MASK_COLUMN][i]) or None) for i in range(n)]
 
 
+# Ray binds its servers to every interface and turns 127.0.0.1 into the machine's address, unless
+# this (its single-machine mode, the default on macOS and Windows) is off. It is read when Ray is
+# imported, so it is set before the first import.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    os.environ[LOOPBACK_ENV] = "0"
+    if "ray" in sys.modules:  # imported earlier in this process: the constant is already read
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at ``address``, or start a local one bound to 127.0.0.1 with this machine's
     CPUs and no dashboard. Returns True when this call started Ray (and so should shut it down).
     An already initialised Ray (a test's cluster, a notebook's) is used as it is."""
+    if not address:
+        _loopback_only()
     import ray
 
     if ray.is_initialized():
@@ -182,6 +199,8 @@ def run_ray(
     core). ``on_rows(n_written)``: called after each write (progress; the worker-kill test).
     Rows arrive in completion order, not input order.
     """
+    if not address:
+        _loopback_only()
     import ray
     import ray.data
     from tqdm import tqdm
