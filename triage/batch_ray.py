@@ -221,6 +221,8 @@ def run_ray(
             workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # our own bar counts files written
+        # Ray Data logs each execution plan at INFO; the CLI's closing line says what happened.
+        logging.getLogger("ray.data").setLevel(logging.ERROR if job.quiet else logging.WARNING)
         weights = [ray.put(snapshot_weights(settings.weights_dir))]
         ds = ray.data.from_items([{"path": str(f)} for f in todo])
         with warnings.catch_warnings():
