@@ -4,110 +4,52 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from triage import __version__
+from triage.batch import CSV_COLUMNS, iter_inputs  # noqa: F401 (CSV_COLUMNS: the analyze columns, re-exported)
 
 log = logging.getLogger("triage")
 
-CSV_COLUMNS = [
-    "path",
-    "status",
-    "error",
-    "label",
-    "suspected_tumor",
-    "p_no_tumor",
-    "p_glioma",
-    "p_meningioma",
-    "p_pituitary",
-    "risk",
-    "ood",
-    "flags",
-    "tumor_area_px",
-    "tumor_area_mm2",
-    "mask_path",
-    "frame",
-    "ms",
-]
-
-
-def iter_inputs(paths: list[str]) -> Iterator[Path]:
-    """Files given directly, and every file under given folders (recursive, sorted, hidden skipped)."""
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts):
-                    yield f
-        else:
-            yield p
-
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from triage.batch import BatchJob, run_local
 
-    from triage.errors import InvalidScanError
-    from triage.export import csv_row
-    from triage.io import read_path
-    from triage.records import CaseResult
-    from triage.service import TriageService, case_row, mask_png
-
-    service = TriageService()
-    service.models()  # load once, fail early with a clear message
     files = list(iter_inputs(args.paths))
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         print(f"error: no such file or folder: {', '.join(missing[:5])}", file=sys.stderr)
         return 2
-    masks_dir = Path(args.masks_dir) if args.masks_dir else None
-    if masks_dir:
-        masks_dir.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"ok": 0, "rejected": 0}
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        bar = tqdm(total=len(files), unit="file", desc="analyze", disable=args.quiet)
-        for start in range(0, len(files), args.batch_size):
-            batch = files[start : start + args.batch_size]
-            t0 = time.perf_counter()
-            pending: list[tuple[Path, list]] = []
-            for f in batch:
-                try:
-                    pending.append((f, read_path(f, service.settings)))
-                except InvalidScanError as exc:
-                    pending.append((f, [CaseResult(name=f.name, status="rejected", error=str(exc))]))
-            scans = [s for _, items in pending for s in items if not isinstance(s, CaseResult)]
-            analysed = iter(service.analyze_scans(scans, explain=args.explain))
-            ms = (time.perf_counter() - t0) * 1000 / max(1, len(batch))
-            for f, items in pending:
-                for item in items:
-                    result = item if isinstance(item, CaseResult) else next(analysed)
-                    row = case_row(result)
-                    row.update(
-                        path=str(f),
-                        ms=round(ms, 1),
-                        frame="" if result.scan is None or result.scan.frame is None else result.scan.frame,
-                        mask_path="",
-                    )
-                    seg = result.segmentation
-                    if masks_dir and result.ok and seg is not None and seg.area_px > 0:
-                        suffix = f"_f{result.scan.frame}" if result.scan.frame is not None else ""
-                        mp = masks_dir / f"{f.stem}_{result.scan_id[:8]}{suffix}_mask.png"
-                        mp.write_bytes(mask_png(seg.mask))
-                        row["mask_path"] = str(mp)
-                    writer.writerow(csv_row(row, CSV_COLUMNS))  # formulas in file names defused
-                    counts[result.status] = counts.get(result.status, 0) + 1
-            fh.flush()
-            bar.update(len(batch))
-        bar.close()
-    print(f"{len(files)} files: {counts.get('ok', 0)} scans analysed, {counts.get('rejected', 0)} rejected -> {out}")
+    job = BatchJob(
+        out=Path(args.out),
+        masks_dir=Path(args.masks_dir) if args.masks_dir else None,
+        explain=args.explain,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        parquet=args.parquet or Path(args.out).suffix == ".parquet",
+        quiet=args.quiet,
+    )
+    if args.engine == "ray":
+        from triage.batch_ray import run_ray  # Ray is imported only when asked for
+
+        summary = run_ray(job, files, address=args.address, workers=args.workers)
+    else:
+        summary = run_local(job, files)
+    print(summary.line())
+    return 1 if summary.missing else 0
+
+
+def cmd_import_results(args: argparse.Namespace) -> int:
+    from triage.batch import import_results
+    from triage.config import get_settings
+
+    settings = get_settings(**({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
+    summary = import_results([Path(r) for r in args.results], settings)
+    for path, why in summary.skipped[:20]:
+        print(f"not imported: {path}: {why}", file=sys.stderr)
+    print(f"{summary.line()} -> {settings.db_path}")
     return 0
 
 
@@ -279,7 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--explain", action="store_true", help="also compute Grad-CAM (slower)")
     a.add_argument("--batch-size", type=int, default=16, help="files analysed per model batch")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: batch run on a Ray cluster")
+    a.add_argument("--address", help="with --engine ray: an existing cluster (default: start a local one)")
+    a.add_argument("--workers", type=int, help="with --engine ray: actors holding the models (default: cluster CPUs)")
+    a.add_argument("--resume", action="store_true", help="keep the rows of a partial --out, analyse only the rest")
+    a.add_argument("--parquet", action="store_true", help="write --out as a folder of Parquet parts (also: .parquet)")
     a.set_defaults(func=cmd_analyze)
+
+    ir = sub.add_parser("import-results", help="put the rows of batch `analyze` results into the worklist")
+    ir.add_argument("results", nargs="+", help="results CSV files (or Parquet folders) written by analyze")
+    ir.add_argument("--data-dir", help="the app's data folder (default: TRIAGE_DATA_DIR or ~/.local/share/...)")
+    ir.set_defaults(func=cmd_import_results)
 
     t = sub.add_parser("train", help="train a classifier or segmenter into a new weights version")
     t.add_argument("task", choices=["classifier", "segmenter"])

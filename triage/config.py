@@ -50,7 +50,7 @@ class Settings:
     # True: pages, logs and exports show "case <id>" instead; None (the default): hidden unless
     # allow_phi. Set TRIAGE_HIDE_FILE_NAMES=0 / 1 to decide explicitly.
     hide_file_names: bool | None = None
-    # Training and Grad-CAM (torch) threads.
+    # Training threads (torch); Grad-CAM in the app uses inference_threads.
     torch_threads: int = 2
     # Analysis: "auto" runs each version's checked ONNX export and falls back to torch without
     # one; "onnx" makes a missing export an error; "torch" never uses ONNX (triage/runtime.py).

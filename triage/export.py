@@ -38,6 +38,14 @@ def csv_cell(value: object) -> object:
     return value
 
 
+def csv_text(cell: str) -> str:
+    """The text :func:`csv_cell` was given back from a cell read from one of our CSVs (the
+    apostrophe that defused a formula removed), e.g. a file path to resume or import."""
+    if cell.startswith("'") and cell[1:].startswith((*FORMULA_PREFIXES, "\n")):
+        return cell[1:]
+    return cell
+
+
 def csv_row(row: dict, columns: list[str] | tuple[str, ...]) -> dict:
     """``row`` restricted to ``columns``, every value through :func:`csv_cell` (missing -> '')."""
     return {c: csv_cell(row.get(c)) for c in columns}
