@@ -169,7 +169,12 @@ if result is not None and result.ok and result.scan is not None:
         top[2].image(
             heatmap_overlay(scan.pixels, heat),
             width="stretch",
-            caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: where the evidence is",
+            caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: what the classifier looked at",
+        )
+        top[2].caption(
+            "Often context (ventricles, slice level) rather than the lesion: on BRISC tumour slices its hottest "
+            "point lies on the tumour in about 1 of 6 (bench/heatmap_localisation.py). The red outline below is "
+            "the segmenter's localisation."
         )
     except (TriageError, ValueError, RuntimeError):
         log.exception("case %s: heatmap %s for %s failed", selected, method, target)
