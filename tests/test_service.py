@@ -227,3 +227,14 @@ def test_a_missing_or_dangling_active_pointer_never_picks_the_newest(tmp_path):
         active_version(weights, "classifier")
     svc = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "d"))
     assert "ACTIVE is missing" in svc.model_problem()
+
+
+def test_a_greyscale_photo_is_never_an_unflagged_case(service):
+    """The multi-source classifier's OOD score does not separate greyscale photos from MRI; an
+    image without the dark background around a head is kept but flagged `ood` (brain_check)."""
+    from skimage import data as skdata
+
+    (r,) = service.analyze_bytes(png(skdata.camera()), "camera.png")
+    assert r.status == "rejected" or "ood" in r.flags, r.flags
+    (mri,) = service.analyze_bytes(png(draw_synthetic_slice(seed=3)[0]), "slice.png")
+    assert "ood" not in mri.flags  # a head on a dark background is not atypical

@@ -8,7 +8,7 @@ when the active weights are untrained placeholders.
 import pytest
 
 from triage.config import get_settings
-from triage.errors import ModelNotFoundError
+from triage.errors import ModelBrokenError, ModelNotFoundError
 from triage.models import load_model
 
 # Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
@@ -25,6 +25,8 @@ def require_trained(weights_dir, tasks) -> None:
     for task in tasks:
         try:
             model = load_model(weights_dir, task)
+        except ModelBrokenError:
+            raise  # a corrupt promoted model is a failure
         except ModelNotFoundError as exc:
             pytest.skip(f"no shipped weights: {exc}")
         if not model.trained:

@@ -13,6 +13,10 @@ class ModelNotFoundError(TriageError):
     """No usable model version exists in the weights folder."""
 
 
+class ModelBrokenError(ModelNotFoundError):
+    """A model version exists but its files cannot be used (truncated weights, a broken card)."""
+
+
 class DatasetError(TriageError):
     """A training dataset is unusable (bad layout, too few images, unsafe archive...)."""
 

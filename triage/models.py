@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from triage.errors import ModelNotFoundError
+from triage.errors import ModelBrokenError, ModelNotFoundError
 
 if TYPE_CHECKING:  # torch is imported where a network is built, never on the ONNX analysis path
     import torch
@@ -175,7 +175,7 @@ def load_model(weights_dir: Path, task: str, version: str | None = None) -> Load
     except FileNotFoundError as exc:
         raise ModelNotFoundError(f"{task} version {version!r} is incomplete: {exc.filename} is missing") from exc
     except Exception as exc:  # JSON, safetensors header/length and OS errors: all mean "this version is broken"
-        raise ModelNotFoundError(f"{task} version {version!r} is broken: {type(exc).__name__}: {exc}") from exc
+        raise ModelBrokenError(f"{task} version {version!r} is broken: {type(exc).__name__}: {exc}") from exc
     return LoadedModel(task=task, version=version, path=folder, meta=meta, extras=extras)
 
 

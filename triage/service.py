@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from triage.brain_check import not_brain_reason
+from triage.brain_check import atypical_reason, not_brain_reason
 from triage.classify import MODEL_LOCK, Classifier
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError, ModelNotFoundError
@@ -287,6 +287,8 @@ class TriageService:
                     flags=("rejected", "not_brain"),
                 )
                 continue
+            if not pred.ood and atypical_reason(scan):  # kept for the reader, but never unflagged
+                pred = replace(pred, ood=True)
             seg, disagreement = self.reconcile(pred, seg, crop.image.size)
             flags = list(
                 triage_flags(
