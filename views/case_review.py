@@ -173,7 +173,7 @@ if result is not None and result.ok and result.scan is not None:
         )
         top[2].caption(
             "Often context (ventricles, slice level) rather than the lesion: on BRISC tumour slices its hottest "
-            "point lies on the tumour in about 1 of 6 (bench/heatmap_localisation.py). The red outline below is "
+            "point lies on the tumour in about 1 of 7 (bench/heatmap_localisation.py). The red outline below is "
             "the segmenter's localisation."
         )
     except (TriageError, ValueError, RuntimeError):
