@@ -358,7 +358,8 @@ def corpus_specs() -> list[CorpusSpec]:
     add("grey_alpha.png", _la, OK)
     add("palette.png", lambda: encode(_b("rgb").convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG"), OK)
     add("palette_transparency.png", _palette_transparency, OK)
-    add("bilevel.png", lambda: encode(_b("grey").point(lambda v: 255 if v > 100 else 0).convert("1"), "PNG"), OK)
+    # A 1-bit PNG decodes, but a two-level image is a mask or a drawing, not a scan (brain_check.midtone_share).
+    add("bilevel.png", lambda: encode(_b("grey").point(lambda v: 255 if v > 100 else 0).convert("1"), "PNG"), NOT_BRAIN)
     add("cmyk.jpg", lambda: encode(_b("rgb").convert("CMYK"), "JPEG"), OK)
     add("grey.bmp", lambda: encode(_b("grey"), "BMP"), OK)
     add("multipage3.tif", lambda: _multipage(3, 96), OK)
