@@ -54,7 +54,16 @@ def cmd_import_results(args: argparse.Namespace) -> int:
 
 
 # TrainConfig fields the train command can set (argparse dest names match the field names).
-TRAIN_OVERRIDES = ("epochs", "threads", "time_budget_min", "seed", "lr", "seg_dice", "intensity_norm")
+TRAIN_OVERRIDES = (
+    "epochs",
+    "threads",
+    "time_budget_min",
+    "seed",
+    "lr",
+    "seg_dice",
+    "intensity_norm",
+    "skull_strip_aug",
+)
 # Written out rather than imported so `--help` does not load torch; tests/test_cli.py checks they
 # match train.SEG_LOSS_NAMES and preprocess.INTENSITY_NORM.
 SEG_DICE_CHOICES = ("batch", "batch+image", "tversky")
@@ -263,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="intensity_norm",
         choices=INTENSITY_NORM_CHOICES,
         help="standardise each crop's head intensities (a fine-tune inherits its parent's setting)",
+    )
+    t.add_argument(
+        "--skull-strip-aug",
+        type=float,
+        dest="skull_strip_aug",
+        help="share of training crops whose skull is stripped (guards the 'no skull -> tumour' shortcut)",
     )
     t.add_argument("--activate", action="store_true", help="make the new version active when done")
     t.add_argument("--quiet", action="store_true")

@@ -219,6 +219,8 @@ class TrainConfig:
         check_intensity_norm(self.intensity_norm)
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
+        if not 0.0 <= self.skull_strip_aug <= 1.0:
+            raise ValueError(f"skull_strip_aug is a probability, got {self.skull_strip_aug}")
 
 
 RECIPES = ("standard", "multi_source")
