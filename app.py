@@ -7,6 +7,7 @@ that file on its own, without this router, its banner and its navigation.
 
 import streamlit as st
 
+from triage.ui.auth import account_sidebar, current_account, sign_in_page
 from triage.ui.resources import start_warm_up
 from triage.ui.state import init_state
 from triage.ui.widgets import banner
@@ -15,14 +16,22 @@ st.set_page_config(page_title="Brain-MRI triage", page_icon="🧠", layout="wide
 init_state()
 start_warm_up()  # background thread, once per server: the first upload finds the models loaded
 
-PAGES = [
+READER_PAGES = [
     st.Page("views/worklist.py", title="Worklist", icon="📋", default=True),
     st.Page("views/new_scans.py", title="New scans", icon="⬆️"),
     st.Page("views/case_review.py", title="Case review", icon="🔍"),
     st.Page("views/model.py", title="Model", icon="📄"),
+]
+# Importing training data, training, promotion, rollback and the status page: admins only.
+ADMIN_PAGES = [
     st.Page("views/training.py", title="Training", icon="🛠️"),
     st.Page("views/status.py", title="Status", icon="🩺"),
 ]
-page = st.navigation(PAGES)
+account = current_account()
+if account is None:
+    page = st.navigation([st.Page(sign_in_page, title="Sign in", icon="🔑")])
+else:
+    page = st.navigation(READER_PAGES + (ADMIN_PAGES if account.is_admin else []))
+    account_sidebar(account)
 banner()
 page.run()

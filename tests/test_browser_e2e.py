@@ -6,6 +6,7 @@ skipped with the reason when any is missing. Uses tiny random models and a tempo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ STEP_TIMEOUT_S = 120  # model loading and analysis on a CPU shared with other jo
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -110,11 +112,10 @@ def _body_has(text: str):
     return lambda d: text in d.find_element(By.TAG_NAME, "body").text
 
 
-def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
-    weights = tmp_path / "weights"
-    img, _ = draw_synthetic_slice(seed=3)
-    scan = tmp_path / "e2e_slice_001.png"
-    assert cv2.imwrite(str(scan), img)
+@contextlib.contextmanager
+def _app_server(tmp_path: Path, weights: Path, prepare=None):
+    """``streamlit run app.py`` on a free port with a temporary data folder; yields (url, log).
+    ``prepare(data_dir)`` runs while the server starts (tiny models are written then too)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -147,43 +148,110 @@ def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    driver = None
     try:
         make_tiny_weights(weights)  # while the server starts; models are read at the first page run
+        if prepare is not None:
+            prepare(tmp_path / "data")
         _wait_healthy(url, proc, log)
-        driver = _browser(tmp_path / "chrome-profile")
-        wait = WebDriverWait(driver, STEP_TIMEOUT_S)
-        driver.get(url + "/new_scans")
-        wait.until(_body_has("Analyse"))
-        # A page URL as the very first request still goes through the router (banner shown).
-        assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
-        inputs = [
-            e
-            for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
-            if e.get_dom_attribute("webkitdirectory") is None
-        ]
-        assert inputs, "no file input on the New scans page"
-        inputs[0].send_keys(str(scan))
-        button = wait.until(
-            ec.element_to_be_clickable((By.XPATH, "//button[.//p[normalize-space()='Analyse 1 file']]"))
-        )
-        button.click()
-        wait.until(_body_has("1 added to the worklist"))
-
-        driver.get(url + "/")
-        wait.until(_body_has("Open a case"))
-        # The table is drawn on a canvas; its cells are mirrored in an accessible grid in the DOM.
-        # File names are hidden behind the case id by default (issue 22 item 13: they may carry PHI).
-        case = f"case {content_id(scan.read_bytes())[:12]}"
-        wait.until(lambda d: case in _grid_cells(d))
-        assert scan.name not in _grid_cells(driver)
-        assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
-    except Exception:
-        if driver is not None:
-            driver.save_screenshot(str(tmp_path / "failure.png"))
-        print(log.read_text(errors="replace")[-3000:])
-        raise
+        yield url, log
     finally:
-        if driver is not None:
-            driver.quit()
         _stop(proc)
+
+
+def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    img, _ = draw_synthetic_slice(seed=3)
+    scan = tmp_path / "e2e_slice_001.png"
+    assert cv2.imwrite(str(scan), img)
+    driver = None
+    with _app_server(tmp_path, weights) as (url, log):
+        try:
+            driver = _browser(tmp_path / "chrome-profile")
+            wait = WebDriverWait(driver, STEP_TIMEOUT_S)
+            driver.get(url + "/new_scans")
+            wait.until(_body_has("Analyse"))
+            # A page URL as the very first request still goes through the router (banner shown).
+            assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
+            inputs = [
+                e
+                for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+                if e.get_dom_attribute("webkitdirectory") is None
+            ]
+            assert inputs, "no file input on the New scans page"
+            inputs[0].send_keys(str(scan))
+            button = wait.until(
+                ec.element_to_be_clickable((By.XPATH, "//button[.//p[normalize-space()='Analyse 1 file']]"))
+            )
+            button.click()
+            wait.until(_body_has("1 added to the worklist"))
+
+            driver.get(url + "/")
+            wait.until(_body_has("Open a case"))
+            # The table is drawn on a canvas; its cells are mirrored in an accessible grid in the DOM.
+            # File names are hidden behind the case id by default (issue 22 item 13: they may carry PHI).
+            case = f"case {content_id(scan.read_bytes())[:12]}"
+            wait.until(lambda d: case in _grid_cells(d))
+            assert scan.name not in _grid_cells(driver)
+            assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
+        except Exception:
+            if driver is not None:
+                driver.save_screenshot(str(tmp_path / "failure.png"))
+            print(log.read_text(errors="replace")[-3000:])
+            raise
+        finally:
+            if driver is not None:
+                driver.quit()
+
+
+def _nav_links(driver) -> str:
+    """The sidebar navigation's link texts, joined (each carries its icon glyph too)."""
+    return " | ".join(a.text for a in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stSidebarNav] a"))
+
+
+def _sign_in(driver, wait, name: str, password: str) -> None:
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[aria-label='Account name']")))
+    user = driver.find_element(By.CSS_SELECTOR, "input[aria-label='Account name']")
+    pw = driver.find_element(By.CSS_SELECTOR, "input[aria-label='Password']")
+    for field, text in ((user, name), (pw, password)):
+        field.send_keys(Keys.CONTROL, "a")  # clear() does not reach React's state
+        field.send_keys(Keys.DELETE)
+        field.send_keys(text)
+    driver.find_element(By.XPATH, "//button[.//p[normalize-space()='Sign in']]").click()
+
+
+def test_sign_in_in_browser_reader_and_admin(tmp_path: Path) -> None:
+    """Issue 19: wrong password refused; a reader has no Training page; an admin has and opens it."""
+    from triage.accounts import AccountStore
+
+    def accounts(data_dir: Path) -> None:
+        store = AccountStore(data_dir)
+        store.add("dr.reader", "reader", "reader password 1")
+        store.add("it.admin", "admin", "admin password 1")
+
+    driver = None
+    with _app_server(tmp_path, tmp_path / "weights", accounts) as (url, log):
+        try:
+            driver = _browser(tmp_path / "chrome-profile")
+            wait = WebDriverWait(driver, STEP_TIMEOUT_S)
+            driver.get(url)
+            _sign_in(driver, wait, "dr.reader", "wrong password 9")
+            wait.until(_body_has("wrong name or password"))
+            assert "Train" not in _nav_links(driver)
+            _sign_in(driver, wait, "dr.reader", "reader password 1")
+            wait.until(_body_has("Signed in as"))
+            wait.until(lambda d: "Worklist" in _nav_links(d))
+            assert "Training" not in _nav_links(driver) and "Status" not in _nav_links(driver)
+            driver.find_element(By.XPATH, "//button[.//p[normalize-space()='Sign out']]").click()
+            _sign_in(driver, wait, "it.admin", "admin password 1")
+            wait.until(lambda d: "Training" in _nav_links(d))
+            driver.find_element(By.XPATH, "//*[@data-testid='stSidebarNav']//a[contains(., 'Training')]").click()
+            wait.until(_body_has("Retrain the classifier"))
+            assert AccountStore(tmp_path / "data").sign_in_log()[-1][2] is False  # the refused attempt is logged
+        except Exception:
+            if driver is not None:
+                driver.save_screenshot(str(tmp_path / "failure.png"))
+            print(log.read_text(errors="replace")[-3000:])
+            raise
+        finally:
+            if driver is not None:
+                driver.quit()

@@ -510,3 +510,56 @@ def test_case_review_shows_no_server_path_or_exception_text(core, synthetic_slic
     at = _open_case(case["scan_id"])
     joined = "\n".join(_markdown_values(at))
     assert "stored image file is missing" in joined and str(Path(case["stored_path"]).parent) not in joined
+
+
+# ----- sign-in and roles (issue 19, item 1) -------------------------------------------------
+
+
+def _sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    _by_label(at.text_input, "Account name").set_value(name)
+    _by_label(at.text_input, "Password").set_value(password)
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    return at
+
+
+def test_sign_in_roles_and_the_reviewer_identity(core, synthetic_slice) -> None:
+    from triage.accounts import Account, AccountStore
+
+    service, wl = core
+    store = AccountStore(service.settings.data_dir)
+    store.add("dr.reader", "reader", "reader password 1")
+    store.add("it.admin", "admin", "admin password 1")
+    scan_id = _two_cases(core, synthetic_slice)[0]
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception and [t.value for t in at.title] == ["Sign in"]
+    assert not at.dataframe  # nothing of the worklist before sign-in
+    _sign_in(at, "dr.reader", "not the password")
+    assert any("wrong name or password" in e.value for e in at.error)
+    assert [t.value for t in at.title] == ["Sign in"]
+
+    _sign_in(at, "dr.reader", "reader password 1")
+    assert not at.exception and "Worklist" in [t.value for t in at.title]
+    assert any("Signed in as" in c.value and "reader" in c.value for c in at.sidebar.caption)
+    # the reviewer is the account, not a text anyone can type
+    at.session_state[state.SELECTED_CASE] = scan_id
+    at.switch_page("views/case_review.py").run()
+    reviewer = _by_label(at.text_input, "Reviewer")
+    assert reviewer.value == "dr.reader" and reviewer.disabled
+    next(b for b in at.button if b.label == "Sign off").click().run()
+    assert wl.get(scan_id)["reviewer"] == "dr.reader"
+    # readers get no admin pages in the navigation, and an admin page run anyway stops at once
+    with pytest.raises(ValueError, match="Known pages"):
+        at.switch_page("views/training.py")
+    direct = AppTest.from_file(str(REPO / "views" / "training.py"), default_timeout=TIMEOUT)
+    direct.session_state["account"] = Account("dr.reader", "reader")
+    direct.run()
+    assert any("for admins" in e.value for e in direct.error) and "Training" not in [t.value for t in direct.title]
+
+    admin = _sign_in(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), "it.admin", "admin password 1")
+    admin.switch_page("views/training.py").run()
+    assert not admin.exception and "Training" in [t.value for t in admin.title]
+    admin.switch_page("views/status.py").run()
+    assert "Status" in [t.value for t in admin.title]
+    next(b for b in admin.sidebar.button if b.label == "Sign out").click().run()
+    assert [t.value for t in admin.title] == ["Sign in"]

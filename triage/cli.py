@@ -202,6 +202,33 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from triage.accounts import AccountStore
+    from triage.config import get_settings
+
+    store = AccountStore(get_settings().data_dir)
+    if args.action == "list":
+        for name, role, active in store.accounts():
+            print(f"{name:30s} {role:7s} {'active' if active else 'disabled'}")
+        return 0
+    if not args.name:
+        raise SystemExit(f"users {args.action} needs a NAME")
+    if args.action in ("add", "passwd"):
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Password: ")
+        if not args.password_stdin and getpass.getpass("Again: ") != password:
+            raise SystemExit("the passwords differ; nothing changed")
+        if args.action == "add":
+            store.add(args.name, args.role, password)
+            print(f"account {args.name} ({args.role}) created")
+        else:
+            store.set_password(args.name, password)
+            print(f"password of {args.name} changed")
+    else:
+        store.set_active(args.name, args.action == "enable")
+        print(f"account {args.name} {args.action}d")
+    return 0
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from triage.config import get_settings
     from triage.models import active_version, load_model
@@ -355,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--task", choices=["classifier", "segmenter"])
     x.add_argument("--version", help="version to export (default: the active one)")
     x.set_defaults(func=cmd_export_onnx)
+    u = sub.add_parser("users", help="local accounts: add, passwd, disable, enable, list (sign-in for the app)")
+    u.add_argument("action", choices=["add", "passwd", "disable", "enable", "list"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--role", choices=["reader", "admin"], default="reader")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    u.set_defaults(func=cmd_users)
     b = sub.add_parser("backup", help="consistent copy of the worklist and stored uploads (safe while the app runs)")
     b.add_argument("dest", help="folder that receives backup-<time>/ (outside the data folder)")
     b.set_defaults(func=cmd_backup)

@@ -17,6 +17,7 @@ from triage.overlay import (
 )
 from triage.records import CLASSES
 from triage.ui import state
+from triage.ui.auth import reviewer_input
 from triage.ui.case_view import (
     METHOD_TEXT,
     METHODS,
@@ -253,7 +254,7 @@ if opened_status == "signed_off":
             f"{escape_md(add['new_value'])}"
         )
     with st.form(state.keyed(state.ADDENDUM_FORM, selected)):
-        reviewer = st.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
+        reviewer = reviewer_input()
         text = st.text_area("Addendum", max_chars=10_000)
         add = st.form_submit_button("Add addendum")
     if add:
@@ -266,7 +267,7 @@ if opened_status == "signed_off":
 else:
     with st.form(state.keyed(state.REVIEW_FORM, selected)):
         f1, f2 = st.columns(2)
-        reviewer = f1.text_input("Reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
+        reviewer = reviewer_input(f1)
         current = effective_label(case)
         label = f2.selectbox(
             "Label (confirm or correct)",

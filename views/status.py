@@ -5,11 +5,13 @@ import streamlit as st
 
 from triage.health import health_report
 from triage.housekeeping import human_bytes
+from triage.ui.auth import require_admin
 from triage.ui.format import escape_md
 from triage.ui.resources import get_service, settings
 from triage.ui.state import init_state
 
 init_state()
+require_admin()
 st.title("Status")
 health = health_report(settings(), get_service())
 

@@ -13,6 +13,7 @@ from triage.errors import TriageError
 from triage.models import TASKS, active_version
 from triage.records import CLASSES
 from triage.ui import state
+from triage.ui.auth import require_admin, reviewer_input
 from triage.ui.format import escape_md
 from triage.ui.resources import get_worklist, settings
 from triage.ui.widgets import show_flash
@@ -316,7 +317,7 @@ def _verdict(verdict: promotion.PromotionVerdict) -> None:
 def _change_form(cfg, task: str, version: str, current: str | None, comparison: dict | None, key: str) -> None:
     """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by compare.promote."""
     verdict = promotion.judge(comparison) if comparison is not None else None
-    by = st.text_input("Your name (recorded)", value=st.session_state.get(state.REVIEWER, ""), key=f"{key}-by")
+    by = reviewer_input(label="Your name (recorded)", key=f"{key}-by")
     reason = st.text_area(
         "Reason (recorded)" + ("" if verdict is not None and verdict.grounds else " – required"),
         key=f"{key}-reason",
@@ -391,6 +392,7 @@ def _job_label(job_id: str, by_id: dict) -> str:
 # ----- page ---------------------------------------------------------------------------------------
 
 state.init_state()
+require_admin()
 cfg = settings()
 st.title("Training")
 st.caption(
