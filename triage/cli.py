@@ -38,6 +38,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         summary = run_local(job, files)
     print(summary.line())
+    if args.studies_out:
+        from triage.studies import write_study_csv
+
+        if job.parquet:
+            print("error: --studies-out needs a CSV --out", file=sys.stderr)
+            return 2
+        n = write_study_csv(job.out, Path(args.studies_out))
+        print(f"{n} studies -> {args.studies_out}")
     return 1 if summary.missing else 0
 
 
@@ -224,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="analyse files or folders and write one CSV row per scan")
-    a.add_argument("paths", nargs="+", help="image/DICOM files or folders (searched recursively)")
+    a.add_argument(
+        "paths",
+        nargs="+",
+        help="image/DICOM/NIfTI files or folders (searched recursively; a NIfTI gives a row per slice)",
+    )
     a.add_argument("--out", required=True, help="CSV file to write")
     a.add_argument("--masks-dir", help="write predicted tumor masks (0/255 PNG at input resolution) here")
     a.add_argument("--explain", action="store_true", help="also compute Grad-CAM (slower)")
@@ -235,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--workers", type=int, help="with --engine ray: actors holding the models (default: cluster CPUs)")
     a.add_argument("--resume", action="store_true", help="keep the rows of a partial --out, analyse only the rest")
     a.add_argument("--parquet", action="store_true", help="write --out as a folder of Parquet parts (also: .parquet)")
+    a.add_argument(
+        "--studies-out", help="also write one CSV row per study (risk, key slice, tumour volume in mL when known)"
+    )
     a.set_defaults(func=cmd_analyze)
 
     ir = sub.add_parser("import-results", help="put the rows of batch `analyze` results into the worklist")
