@@ -74,7 +74,7 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     key_position = study.series[0].key_position
     assert slider.value == key_position and slider.max == n
     assert any(f"slice {key_position} of {n}" in h.value for h in at.subheader)
-    assert "mL" in [m for m in at.metric if m.label == "Tumour volume"][0].value
+    assert "mL" in next(m for m in at.metric if m.label == "Tumour volume").value
     assert len(at.get("plotly_chart")) == 2  # the stack plot and the probabilities
 
     ids = [c["scan_id"] for c in wl.series_cases(study.series[0].series_key)]
@@ -93,3 +93,15 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     assert not at.exception
     at.switch_page("views/worklist.py").run()
     assert at.dataframe[0].value["review"][0] == ("confirmed" if n == 1 else "partly reviewed")
+
+    # One sign-off for the whole study, from the stack viewer.
+    at.switch_page("views/case_review.py").run()
+    _by_label(at.text_input, "Study reviewer").input("Dr Stack")
+    _by_label(at.text_area, "Study note (findings)").input("right frontal mass")
+    _by_label(at.button, "Sign off study").click().run()
+    assert not at.exception
+    assert wl.study_review(study.study_key)["reviewer"] == "Dr Stack"
+    assert {c["review_status"] for c in wl.series_cases(study.series[0].series_key)} == {"signed_off"}
+    assert any("Study signed off by" in str(e.value) for e in at.success)
+    at.switch_page("views/worklist.py").run()
+    assert at.dataframe[0].value["review"][0] == "signed off"

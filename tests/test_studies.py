@@ -216,3 +216,34 @@ def test_grouping_is_stable_under_file_order() -> None:
     b = group_files([NamedFile(n, d) for n, d in reversed(pairs)]).series[0]
     assert [s.scan.scan_id for s in a.slices] == [s.scan.scan_id for s in b.slices]
     assert a.info == b.info
+
+
+def test_one_sign_off_per_study_keeps_slice_corrections_and_audits_each_slice(env) -> None:
+    from triage.studies import export_studies_csv
+    from triage.worklist import ReviewConflictError, SignedOffError
+
+    _, wl = env
+    _upload(env, dicom_series(stack(4)))
+    (study,) = list_studies(wl)
+    cases = wl.series_cases(study.series[0].series_key)
+    corrected = wl.review(cases[0]["scan_id"], "Dr A", label="meningioma")
+    with pytest.raises(ReviewConflictError):  # the reader's page showed slice 0 before the correction
+        wl.sign_off_study(study.study_key, "Dr B", expected_revisions={cases[0]["scan_id"]: 0})
+    assert wl.study_review(study.study_key) is None
+    record = wl.sign_off_study(
+        study.study_key, "Dr B", note="one lesion", expected_revisions={cases[0]["scan_id"]: corrected["revision"]}
+    )
+    assert record["slices"] == len(cases) and record["note"] == "one lesion"
+    after = wl.series_cases(study.series[0].series_key)
+    assert {c["review_status"] for c in after} == {"signed_off"}
+    assert after[0]["reviewed_label"] == "meningioma"  # the per-slice correction stays
+    assert all(c["reviewed_label"] == c["label"] for c in after[1:])
+    audited = {a["scan_id"] for a in wl.audit() if a["action"] == "study_sign_off"}
+    assert audited == {c["scan_id"] for c in cases}
+    with pytest.raises(SignedOffError):
+        wl.sign_off_study(study.study_key, "Dr C")
+    (study,) = list_studies(wl)
+    assert study.review_status == "signed_off"
+    rows = list(csv.DictReader(export_studies_csv(wl, [study]).decode().splitlines()))
+    assert rows[0]["reviewer"] == "Dr B" and rows[0]["note"] == "one lesion" and rows[0]["slices"] == str(len(cases))
+    assert rows[0]["description"] == "AX T1 POST"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import math
 from collections import Counter, defaultdict
@@ -349,6 +350,68 @@ def list_studies(worklist: Worklist, **filters: object) -> list[StudySummary]:
     return [s for s in studies if s.study_key in matching]
 
 
+STUDY_EXPORT_COLUMNS = (
+    "study",
+    "description",
+    "series",
+    "slices",
+    "suspicious",
+    "flagged",
+    "risk",
+    "key_slice",
+    "key_scan_id",
+    "key_label",
+    "tumor_volume_ml",
+    "review_status",
+    "reviewer",
+    "signed_off_at",
+    "note",
+)
+
+
+def export_studies_csv(worklist: Worklist, studies: Sequence[StudySummary], hide_names: bool = True) -> bytes:
+    """UTF-8 CSV, one row per study (the worklist's order), with its sign-off when there is one.
+
+    ``description``: the DICOM series/study description, or (names shown) the volume or folder
+    name; with ``hide_names`` only DICOM descriptions, which name the sequence, not the patient."""
+    from triage.export import csv_row
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=STUDY_EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for s in studies:
+        review = None if s.single else worklist.study_review(s.study_key)
+        first = s.series[0] if s.series else None
+        if s.single:
+            description = "" if hide_names else str(s.key_case.get("name") or "")
+        elif first is not None and (first.source == "dicom" or not hide_names):
+            description = s.description or first.description
+        else:
+            description = ""
+        key_series = next((x for x in s.series if s.key_scan_id in x.scan_ids), None)
+        row = {
+            "study": s.study_key if not s.single else s.key_scan_id,
+            "description": description,
+            "series": len(s.series),
+            "slices": s.n_slices,
+            "suspicious": s.n_suspicious,
+            "flagged": s.n_flagged,
+            "risk": round(s.risk, 4),
+            "key_slice": key_series.key_position if key_series else 1,
+            "key_scan_id": s.key_scan_id,
+            "key_label": s.key_case.get("reviewed_label") or s.key_case.get("label") or "",
+            "tumor_volume_ml": "" if s.volume_ml is None else round(s.volume_ml, 3),
+            "review_status": s.review_status,
+            "reviewer": (review or {}).get("reviewer") or (s.key_case.get("reviewer") if s.single else "") or "",
+            "signed_off_at": (review or {}).get("reviewed_at")
+            or (s.key_case.get("reviewed_at") if s.single and s.review_status == "signed_off" else "")
+            or "",
+            "note": (review or {}).get("note") or (s.key_case.get("note") if s.single else "") or "",
+        }
+        writer.writerow(csv_row(row, STUDY_EXPORT_COLUMNS))
+    return buf.getvalue().encode("utf-8")
+
+
 # ----- the command line's per-study CSV --------------------------------------------------------
 
 STUDY_CSV_COLUMNS = (
@@ -514,6 +577,7 @@ __all__ = [
     "SeriesSummary",
     "SliceOutcome",
     "StudySummary",
+    "export_studies_csv",
     "ingest_series",
     "list_studies",
     "study_rows",

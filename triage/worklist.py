@@ -176,6 +176,16 @@ _SCHEMA_V3: tuple[str, ...] = (
         extra TEXT NOT NULL DEFAULT '{}'
     )""",
     "CREATE INDEX IF NOT EXISTS idx_series_study ON series (study_key)",
+    # One sign-off per study: who signed the study, when, and the study's note. The slices are
+    # signed off with it (each audited); per-slice corrections made before stay as they were.
+    """CREATE TABLE IF NOT EXISTS study_reviews (
+        study_key TEXT PRIMARY KEY NOT NULL CHECK (length(study_key) > 0),
+        review_status TEXT NOT NULL CHECK (review_status IN ('signed_off')),
+        reviewer TEXT NOT NULL,
+        reviewed_at TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        slices INTEGER NOT NULL DEFAULT 0
+    )""",
 )
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1. Append, never edit.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
@@ -573,6 +583,60 @@ class Worklist:
         with self._read() as conn:
             row = conn.execute("SELECT * FROM cases WHERE instance_key = ? LIMIT 1", (instance_key,)).fetchone()
         return None if row is None else _row_to_case(row)
+
+    def sign_off_study(
+        self, study_key: str, reviewer: str, note: str = "", expected_revisions: dict[str, int] | None = None
+    ) -> dict:
+        """Sign off a whole study in one transaction: every slice not yet signed off is signed off
+        with its current (possibly corrected) label, one audit row per changed field (action
+        ``study_sign_off``), and the study's note and reviewer are recorded once. Returns the study
+        review. ``expected_revisions`` ({scan_id: revision} the reader's page shows): when a slice
+        changed since, :class:`ReviewConflictError` is raised and nothing is written. A study that
+        is already signed off raises :class:`SignedOffError`."""
+        reviewer = _check_reviewer(reviewer)
+        note = note or ""
+        if len(note) > MAX_NOTE_CHARS:
+            raise WorklistError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT * FROM cases WHERE study_key = ? ORDER BY slice_order, scan_id", (study_key,)
+            ).fetchall()
+            if not rows:
+                raise CaseNotFoundError(f"no study {study_key!r} in the worklist")
+            done = conn.execute("SELECT * FROM study_reviews WHERE study_key = ?", (study_key,)).fetchone()
+            if done is not None:
+                raise SignedOffError(
+                    f"the study was signed off by {done['reviewer']} at {done['reviewed_at'][:19].replace('T', ' ')} "
+                    "UTC and is read-only; add an addendum to a slice instead"
+                )
+            for row in rows:
+                if expected_revisions and row["scan_id"] in expected_revisions:
+                    _check_current(row, expected_revisions[row["scan_id"]])
+            now = utc_now()
+            for row in rows:
+                if row["review_status"] == "signed_off":
+                    continue
+                new = _review_values(row, reviewer, None, None, None, sign_off=True)
+                changed = {k: v for k, v in new.items() if row[k] != v}
+                _update(conn, row["scan_id"], {**changed, "reviewed_at": now, "revision": row["revision"] + 1})
+                for field, value in changed.items():
+                    _append_audit(conn, row["scan_id"], reviewer, "study_sign_off", field, row[field], value)
+            if note.strip():
+                _append_audit(conn, rows[0]["scan_id"], reviewer, "study_sign_off", "study_note", None, note.strip())
+            conn.execute(
+                "INSERT INTO study_reviews (study_key, review_status, reviewer, reviewed_at, note, slices)"
+                " VALUES (?, 'signed_off', ?, ?, ?, ?)",
+                (study_key, reviewer, now, note.strip(), len(rows)),
+            )
+            record = dict(conn.execute("SELECT * FROM study_reviews WHERE study_key = ?", (study_key,)).fetchone())
+        log.info("worklist: study %s (%d slices) signed off by %s", study_key, len(rows), reviewer)
+        return record
+
+    def study_review(self, study_key: str) -> dict | None:
+        """The study's sign-off (reviewer, reviewed_at, note, slices), or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM study_reviews WHERE study_key = ?", (study_key,)).fetchone()
+        return None if row is None else dict(row)
 
     # -- review and ground truth -------------------------------------------------------
 

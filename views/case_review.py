@@ -191,6 +191,40 @@ if len(stack) > 1:
         key=state.keyed(state.STACK_PLOT, case["series_key"], here),
     )
     v2.caption("Tumour probability along the stack (★ the key slice); click a point to go to that slice.")
+    study_done = wl.study_review(case["study_key"])
+    if study_done is not None:
+        v1.success(
+            f"Study signed off by **{escape_md(study_done['reviewer'])}** at "
+            f"{study_done['reviewed_at'][:19].replace('T', ' ')} UTC ({study_done['slices']} slices)"
+            + (f": {escape_md(study_done['note'])}" if study_done["note"] else ""),
+            icon=":material/verified:",
+        )
+    else:
+        with v1.expander("Sign off the whole study", icon=":material/verified:"):
+            with st.form(state.keyed(state.STUDY_FORM, case["study_key"])):
+                st.caption(
+                    "Signs off every slice of the study with its current label (corrections made per slice stay). "
+                    "Each slice's change is in its audit trail."
+                )
+                study_reviewer = st.text_input("Study reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
+                study_note = st.text_area("Study note (findings)", max_chars=10_000)
+                sign_study = st.form_submit_button("Sign off study", type="primary")
+            if sign_study:
+                try:
+                    wl.sign_off_study(
+                        case["study_key"],
+                        study_reviewer,
+                        note=study_note,
+                        expected_revisions={k: v[0] for k, v in opened.items() if k in set(ids)},
+                    )
+                except WorklistError as exc:
+                    st.error(f"Study not signed off: {escape_md(exc)}")
+                else:
+                    for sid in ids:
+                        opened.pop(sid, None)
+                    st.session_state[state.REVIEWER] = study_reviewer.strip()
+                    state.flash("success", f"Study signed off by {escape_md(study_reviewer.strip())}.")
+                    st.rerun()
     points = getattr(getattr(clicked, "selection", None), "points", None) or []
     if points:
         target = round(float(points[0].get("x", here + 1))) - 1

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from triage.records import CLASSES
-from triage.studies import list_studies
+from triage.studies import export_studies_csv, list_studies
 from triage.ui import state
 from triage.ui.format import (
     CASE_FLAGS,
@@ -110,7 +110,7 @@ else:
         st.session_state[state.WORKLIST_NONCE] += 1  # the table starts unselected next time
         st.switch_page("views/case_review.py")
 
-    o1, o2, o3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+    o1, o2, o3, o4 = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
     by_id = {s.key_scan_id: s for s in studies}
     chosen = o1.selectbox(
         "Open a case",
@@ -137,6 +137,15 @@ else:
         icon=":material/download:",
         width="stretch",
         help="every slice of the listed studies, without thumbnails",
+    )
+    o4.download_button(
+        "Export studies",
+        data=export_studies_csv(wl, studies, hide_names=hide_names),
+        file_name="studies.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        width="stretch",
+        help="one row per listed study: risk, key slice, volume, sign-off",
     )
 
     stacks = [s for s in studies if not s.single][:SERIES_SHOWN]

@@ -35,6 +35,7 @@ CAM_CLASS = "cam_class"
 CAM_METHOD = "cam_method"
 REVIEW_FORM = "review_form"
 ADDENDUM_FORM = "addendum_form"
+STUDY_FORM = "study_form"  # the stack viewer's whole-study sign-off
 
 _DEFAULTS = {
     SELECTED_CASE: None,
