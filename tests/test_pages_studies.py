@@ -94,7 +94,7 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     at.switch_page("views/worklist.py").run()
     assert at.dataframe[0].value["review"][0] == ("confirmed" if n == 1 else "partly reviewed")
 
-    # One sign-off for the whole study, from the stack viewer.
+    # One sign-off for the whole study, from the stack viewer; then its PDF report.
     at.switch_page("views/case_review.py").run()
     _by_label(at.text_input, "Study reviewer").input("Dr Stack")
     _by_label(at.text_area, "Study note (findings)").input("right frontal mass")
@@ -105,3 +105,9 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     assert any("Study signed off by" in str(e.value) for e in at.success)
     at.switch_page("views/worklist.py").run()
     assert at.dataframe[0].value["review"][0] == "signed off"
+    at.switch_page("views/case_review.py").run()
+    _by_label(at.button, "Prepare study report").click().run()
+    assert not at.exception
+    _, _, pdf = at.session_state[state.STUDY_REPORT]
+    assert pdf.startswith(b"%PDF")
+    assert any(getattr(e, "label", "") == "Download report (PDF)" for e in at.get("download_button"))

@@ -49,6 +49,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 1 if summary.missing else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from triage.config import get_settings
+    from triage.report import find_study, study_pdf
+    from triage.worklist import Worklist
+
+    settings = get_settings(**({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
+    wl = Worklist(settings.db_path)
+    study = find_study(wl, args.study)
+    Path(args.out).write_bytes(study_pdf(wl, study, hide_names=settings.file_names_hidden))
+    print(f"study {study.study_key[:12]} ({study.n_slices} slices, risk {study.risk:.2f}) -> {args.out}")
+    return 0
+
+
 def cmd_import_results(args: argparse.Namespace) -> int:
     from triage.batch import import_results
     from triage.config import get_settings
@@ -251,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--studies-out", help="also write one CSV row per study (risk, key slice, tumour volume in mL when known)"
     )
     a.set_defaults(func=cmd_analyze)
+
+    rp = sub.add_parser("report", help="write the PDF report of one study of the worklist")
+    rp.add_argument("study", help="the study key, or the scan id of any of its slices (the case id pages show)")
+    rp.add_argument("--out", required=True, help="PDF file to write")
+    rp.add_argument("--data-dir", help="the app's data folder (default: TRIAGE_DATA_DIR or ~/.local/share/...)")
+    rp.set_defaults(func=cmd_report)
 
     ir = sub.add_parser("import-results", help="put the rows of batch `analyze` results into the worklist")
     ir.add_argument("results", nargs="+", help="results CSV files (or Parquet folders) written by analyze")

@@ -16,6 +16,7 @@ from triage.overlay import (
     truth_vs_prediction_overlay,
 )
 from triage.records import CLASSES
+from triage.report import find_study, study_pdf
 from triage.studies import summarize_series
 from triage.ui import state
 from triage.ui.case_view import (
@@ -121,6 +122,24 @@ st.caption(
     + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
 )
 show_flags(case["flags"])
+
+# ----- the study's PDF report (issue 18): made on request, then offered for download -----
+r1, r2, _ = st.columns([1, 1, 3])
+if r1.button("Prepare study report", icon=":material/picture_as_pdf:", help="key images, findings, sign-off"):
+    try:
+        made = find_study(wl, selected)
+        st.session_state[state.STUDY_REPORT] = (selected, made.study_key, study_pdf(wl, made, hide_names=hide_names))
+    except TriageError as exc:
+        st.error(f"Report not made: {escape_md(exc)}")
+report = st.session_state.get(state.STUDY_REPORT)
+if report and report[0] == selected:
+    r2.download_button(
+        "Download report (PDF)",
+        data=report[2],
+        file_name=f"study-{report[1].removeprefix('case:')[:12]}.pdf",
+        mime="application/pdf",
+        icon=":material/download:",
+    )
 
 # ----- stack viewer: the case's series, slice by slice (issue 18) -----
 stack = wl.series_cases(case["series_key"]) if case.get("series_key") else []

@@ -36,6 +36,7 @@ CAM_METHOD = "cam_method"
 REVIEW_FORM = "review_form"
 ADDENDUM_FORM = "addendum_form"
 STUDY_FORM = "study_form"  # the stack viewer's whole-study sign-off
+STUDY_REPORT = "study_report"  # (scan_id, study_key, PDF bytes) prepared on the Case review page
 
 _DEFAULTS = {
     SELECTED_CASE: None,
