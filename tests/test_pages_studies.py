@@ -111,3 +111,23 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     _, _, pdf = at.session_state[state.STUDY_REPORT]
     assert pdf.startswith(b"%PDF")
     assert any(getattr(e, "label", "") == "Download report (PDF)" for e in at.get("download_button"))
+
+
+def test_new_scans_page_takes_a_nifti_volume_as_one_study(core) -> None:
+    import numpy as np
+
+    from tests.series_fixtures import lps_volume_from_slices, nifti_bytes
+
+    _, wl = core
+    volume, affine = lps_volume_from_slices(stack(4).astype(np.float32))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("views/new_scans.py").run()
+    at.file_uploader[0].set_value([("head.nii.gz", nifti_bytes(volume, affine), "application/gzip")]).run()
+    _by_label(at.button, "Analyse 1 file").click().run()
+    assert not at.exception
+    added = wl.count()
+    assert added >= 1 and f"{added} added to the worklist" in "\n".join(str(s.value) for s in at.success)
+    at.switch_page("views/worklist.py").run()
+    table = at.dataframe[0].value
+    assert len(table) == 1 and table["slices"][0] == added
+    assert table["name"][0].startswith("study ")  # names hidden by default: not the file name

@@ -449,7 +449,9 @@ def group_files(files: Sequence[NamedFile], settings: Settings | None = None, fo
             if header is not None:
                 dicom[header.series_uid].append((f, header))
                 continue
-        if folder_series and kind in ("png", "jpeg", "tiff", "bmp") and f.folders:
+        # Only real folders: a name like '../../x.png' is a hostile path, not a folder of slices.
+        real_folder = bool(f.folders) and not any(p in ("..", ".") or ":" in p for p in f.folders)
+        if folder_series and kind in ("png", "jpeg", "tiff", "bmp") and real_folder:
             images[f.folders].append(f)
             continue
         out.singles.append(f)
