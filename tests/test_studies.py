@@ -247,3 +247,28 @@ def test_one_sign_off_per_study_keeps_slice_corrections_and_audits_each_slice(en
     rows = list(csv.DictReader(export_studies_csv(wl, [study]).decode().splitlines()))
     assert rows[0]["reviewer"] == "Dr B" and rows[0]["note"] == "one lesion" and rows[0]["slices"] == str(len(cases))
     assert rows[0]["description"] == "AX T1 POST"
+
+
+def test_empty_slices_of_a_volume_are_one_result_row_and_one_rejection_entry(env) -> None:
+    service, wl = env
+    slices = np.concatenate([np.zeros((5, 128, 128), np.uint8), stack(3)])
+    volume, affine = lps_volume_from_slices(slices.astype(np.float32))
+    rows = process_uploads([("v.nii.gz", nifti_bytes(volume, affine))], service, wl)
+    empty = [r for r in rows if "more slices" in r["file"]]
+    assert len(empty) == 1 and empty[0]["file"] == "v.nii.gz [slice 1/8] and 4 more slices"
+    assert empty[0]["status"] == "rejected" and "blank" in empty[0]["reason"]
+    assert [r["name"] for r in wl.rejections()] == ["v.nii.gz (5 slices)"]
+    assert len(rows) == 1 + 3
+
+
+def test_two_patients_image_folders_of_the_same_name_stay_apart(env) -> None:
+    import cv2
+
+    service, wl = env
+    a, b = stack(3), stack(3, tumour_slices=(0, 1))  # no slice in common
+    for imgs in (a, b):
+        process_uploads(
+            [(f"export/s{i}.png", cv2.imencode(".png", im)[1].tobytes()) for i, im in enumerate(imgs)], service, wl
+        )
+    studies = [s for s in list_studies(wl) if not s.single]
+    assert len(studies) == 2 and sorted(s.n_slices for s in studies) == [3, 3]

@@ -428,8 +428,9 @@ def group_files(files: Sequence[NamedFile], settings: Settings | None = None, fo
     - DICOM files with Study/Series UIDs: grouped by SeriesInstanceUID, ordered by position along
       the slice normal (ImagePositionPatient), else InstanceNumber; a series of one single-frame
       file is still a series (later uploads may complete it).
-    - PNG/JPEG/TIFF/BMP files sharing a folder (``folder_series``): one series per folder,
-      in natural file-name order; a lone file in its folder stays a single slice.
+    - PNG/JPEG/TIFF/BMP files sharing a folder (``folder_series``): one series per folder and
+      upload (no UIDs: keyed by the folder path and the files' contents), in natural file-name
+      order; a lone file in its folder stays a single slice.
     - Everything else: single slices, analysed as before.
     """
     settings = settings or get_settings()
@@ -558,8 +559,11 @@ def _dicom_series(members: list[tuple[NamedFile, DicomHeader]], settings: Settin
 
 def _image_series(folders: tuple[str, ...], members: list[NamedFile], settings: Settings) -> SeriesInput:
     path = "/".join(folders)
-    series = _key("series-folder", path)
-    study = _key("study-folder", path)
+    # Images carry no UIDs: the folder path alone could merge two patients' "export/" folders, so the
+    # key is the path and the files' contents (the same folder sent again is the same series).
+    contents = sorted(content_id(m.data) for m in members)
+    series = _key("series-folder", path, *contents)
+    study = _key("study-folder", path, *contents)
     refused: list[tuple[str, str]] = []
     slices: list[SeriesSlice] = []
     for f in sorted(members, key=lambda m: _natural(m.name)):

@@ -9,6 +9,7 @@ or error) with a reason.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_ZIP_MEMBERS = 2000
 MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# More slices of one series refused for the same reason than this are shown as one result row.
+COLLAPSE_REFUSED = 3
 
 # System clutter skipped silently inside folders and archives.
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -336,19 +339,31 @@ def _ingest_series(
         names = [s.file_name for s in series.slices] or [n for n, _ in series.refused]
         _log_rejection(worklist, f"series of {len(names)} files", reason)
         return [_row(n, "error", reason=reason) for n in names]
-    return [
-        _row(
-            o.file,
-            o.status,
-            label=o.label,
-            risk=o.risk,
-            flags=o.flags,
-            truth=truth or "" if o.status != "rejected" else "",
-            reason=o.reason,
-            scan_id=o.scan_id,
+    # Many slices refused for one reason (the empty slices above a head) are one row, not dozens.
+    refused = collections.Counter(o.reason for o in outcomes if o.status == "rejected")
+    rows, summarised = [], set()
+    for o in outcomes:
+        if o.status == "rejected" and refused[o.reason] > COLLAPSE_REFUSED:
+            if o.reason in summarised:
+                continue
+            summarised.add(o.reason)
+            rows.append(
+                _row(f"{o.file} and {refused[o.reason] - 1} more slices", o.status, reason=o.reason, scan_id=o.scan_id)
+            )
+            continue
+        rows.append(
+            _row(
+                o.file,
+                o.status,
+                label=o.label,
+                risk=o.risk,
+                flags=o.flags,
+                truth=(truth or "") if o.status != "rejected" else "",
+                reason=o.reason,
+                scan_id=o.scan_id,
+            )
         )
-        for o in outcomes
-    ]
+    return rows
 
 
 def _hidden_file(row: dict) -> str:
