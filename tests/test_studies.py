@@ -272,3 +272,12 @@ def test_two_patients_image_folders_of_the_same_name_stay_apart(env) -> None:
         )
     studies = [s for s in list_studies(wl) if not s.single]
     assert len(studies) == 2 and sorted(s.n_slices for s in studies) == [3, 3]
+
+
+def test_import_results_refuses_nifti_rows_with_a_reason(tmp_path: Path) -> None:
+    from triage.batch import _case_from_row
+
+    vol = tmp_path / "v.nii.gz"
+    vol.write_bytes(nifti_bytes(lps_volume_from_slices(stack(2).astype(np.float32))[0]))
+    case, why = _case_from_row({"path": str(vol), "scan_id": "x-z0"}, tmp_path / "r.csv", get_settings())
+    assert case is None and "upload the volume" in why

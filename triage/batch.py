@@ -447,7 +447,10 @@ def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict |
     from triage.intake import display_name, store_upload
     from triage.io import read_scans
     from triage.overlay import thumbnail_png
+    from triage.series import is_nifti
 
+    if is_nifti(str(row["path"]), b""):
+        return None, "NIfTI slices are not imported from results; upload the volume on New scans (one study)"
     src = read_input(row["path"], settings)
     if src.data is None:
         return None, src.error
