@@ -100,7 +100,6 @@ class SeriesInput:
     info: SeriesInfo
     slices: list[SeriesSlice]
     refused: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
-    warnings: list[str] = field(default_factory=list)
     source_file: tuple[str, bytes] | None = None  # the NIfTI volume, stored beside its slices
 
 
