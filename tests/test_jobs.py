@@ -19,6 +19,7 @@ from triage import compare, importer, jobs
 from triage.config import get_settings
 from triage.errors import TrainingError
 from triage.models import list_versions, read_metadata
+from triage.promotion import PromotionRefused, model_changes
 
 # Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
 pytestmark = pytest.mark.slow
@@ -121,10 +122,14 @@ def test_quick_run_finishes_and_a_cancelled_run_leaves_nothing(tmp_path, env):
     assert len(result["reports"]["new"]["classification"]["confusion_matrix"]) == 4
     assert _active(env, "classifier") == "tiny"
     assert compare.saved_comparison(good.run_dir, "tiny", good.version) is not None
-    compare.promote(env, "classifier", good.version)
+    # a handful of validation images is not grounds: promotion needs a written reason, then both changes are logged
+    with pytest.raises(PromotionRefused, match="held-out images"):
+        compare.promote(env, "classifier", good.version, by="admin", comparison=result)
+    compare.promote(env, "classifier", good.version, by="admin", reason="smoke test of promotion", comparison=result)
     assert _active(env, "classifier") == good.version
-    compare.promote(env, "classifier", "tiny")
+    compare.promote(env, "classifier", "tiny", by="admin", reason="roll back after the smoke test")
     assert _active(env, "classifier") == "tiny"
+    assert [c.kind for c in model_changes(env.data_dir)] == ["override", "rollback"]
 
 
 def _fake_job(settings, tmp_path: Path, code: str, task: str = "classifier") -> jobs.Job:

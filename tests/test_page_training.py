@@ -12,7 +12,7 @@ from tests.conftest import REPO_DIR
 from tests.model_fixtures import make_tiny_weights
 from tests.test_importer import write_class_folders
 from tests.test_jobs import kill_leftovers
-from triage import jobs
+from triage import jobs, promotion
 from triage.config import get_settings
 from triage.ui import state
 
@@ -97,21 +97,30 @@ def test_check_train_compare_promote_and_roll_back(app, tmp_path):
     assert _active(tmp_path) == "tiny"
 
     # the comparison runs in the background, then the table, confusion matrices and Promote appear
-    promote_key = (
-        next(b.key for b in at.button if b.key and "promote" in b.key)
-        if any(b.key and "promote" in b.key for b in at.button)
-        else None
-    )
-    assert promote_key is not None
     _until(at, lambda a: any("metric" in getattr(d.value, "columns", []) for d in a.dataframe), timeout=60)
+    promote_key = next((b.key for b in at.button if b.key and "promote" in b.key), None)
+    assert promote_key is not None
     assert len(at.get("plotly_chart")) >= 2
+    # the rule: a few validation images are not grounds, so Promote waits for a confirmation and a reason
+    assert "Not grounds for promotion" in _texts(at)
+    assert at.button(key=promote_key).disabled
+    at.text_input(key=f"{promote_key}-by").set_value("dr admin")
+    at.checkbox(key=f"{promote_key}-sure").check().run()
+    at.button(key=promote_key).click().run()
+    assert _active(tmp_path) == "tiny" and "refused" in _texts(at)
+    at.text_area(key=f"{promote_key}-reason").set_value("department data, smoke test").run()
     at.button(key=promote_key).click().run()
     assert _active(tmp_path) == new
-    assert f"`{new}` is now active" in _texts(at)
+    assert f"`{new}` is now active" in _texts(at) and "recorded as override" in _texts(at)
 
-    # versions table: the new version is listed and marked; roll back to the tiny one
+    # versions table: the new version is listed and marked; roll back to the tiny one with a reason
     assert any(new in list(d.value.get("version", [])) for d in at.dataframe)
     at.selectbox(key=state.keyed(state.keyed(state.TRAIN_RUN, "version"), "classifier")).set_value("tiny").run()
-    at.button(key=state.keyed(state.keyed(state.TRAIN_RUN, "version"), "classifier", "activate")).click().run()
+    rollback = state.keyed(state.keyed(state.TRAIN_RUN, "version"), "classifier", "activate")
+    at.text_area(key=f"{rollback}-reason").set_value("rolled back after the smoke test")
+    at.checkbox(key=f"{rollback}-sure").check().run()
+    at.button(key=rollback).click().run()
     assert not at.exception
     assert _active(tmp_path) == "tiny"
+    kinds = [c.kind for c in promotion.model_changes(tmp_path / "data")]
+    assert kinds == ["override", "rollback"], kinds

@@ -312,6 +312,36 @@ def test_model_page(app_env, tmp_path, monkeypatch) -> None:
     ):
         assert needle in text, needle
     assert "eval-brisc.md" in [e.label for e in at.expander]
+    assert "No model change recorded" in text
+
+
+def test_model_page_shows_the_model_change_log(app_env) -> None:
+    from triage.promotion import ModelChange, record_change
+
+    record_change(
+        app_env.data_dir,
+        ModelChange("2026-12-02T05:00:00+00:00", "classifier", "v1", "tiny", "dr a", "rollback", "v1 missed gliomas"),
+    )
+    at = _app("views/model.py")
+    assert not at.exception
+    (log,) = [d.value for d in at.dataframe if "reason" in d.value.columns]
+    assert log.iloc[0]["reason"] == "v1 missed gliomas" and log.iloc[0]["by"] == "dr a"
+
+
+def test_status_page(app_env) -> None:
+    from triage.backup import backup
+
+    at = _app("views/status.py")
+    assert not at.exception
+    text = _texts(at)
+    assert "no backup of this data folder yet" in text
+    tables = {tuple(d.value.columns): d.value for d in at.dataframe}
+    versions = tables[("component", "version")]
+    assert "tiny (onnx)" in list(versions["version"]) or "tiny (torch)" in list(versions["version"])
+    assert "worklist database" in list(tables[("part", "size", "files")]["part"])
+    backup(app_env, app_env.data_dir.parent / "backups")
+    at.run()
+    assert "no backup of this data folder yet" not in _texts(at) and "integrity check" in _texts(at)
 
 
 def test_pages_without_models(tmp_path, monkeypatch) -> None:
@@ -324,6 +354,11 @@ def test_pages_without_models(tmp_path, monkeypatch) -> None:
         at.switch_page(page).run()
         assert not at.exception
         assert any("No usable model" in e.value for e in at.error), page
+    at.switch_page("views/status.py").run()
+    assert not at.exception
+    assert any(
+        "cannot be used" in w.value or "does not exist" in w.value or "no active" in w.value.lower() for w in at.warning
+    )
     st.cache_resource.clear()
 
 

@@ -20,6 +20,7 @@ import tomllib
 from pathlib import Path
 
 import cv2
+import pydicom
 import pytest
 
 from tests.conftest import draw_synthetic_slice
@@ -73,14 +74,20 @@ def test_dicom_identifiers_do_not_reach_the_worklist(weights, tmp_path, caplog):
     # Every byte the worklist wrote (database, WAL, shared memory), before and after a checkpoint.
     for f in sorted(data_dir.glob("worklist.sqlite3*")):
         assert not contains_phi(f.read_bytes()), f
-    # Everything under the data dir is free of identifiers except the stored original upload,
-    # which naturally contains them: it is the user's own file, kept byte-for-byte under a
-    # content-hash name inside <data_dir>/scans (never under the user's file name).
+    # Nothing under the data dir holds an identifier, the stored upload included: it is kept under
+    # its content-hash name (never the user's file name), de-identified (issue 19, triage.deid).
     stored = Path(case["stored_path"])
     assert stored == data_dir / "scans" / f"{hashlib.sha256(data).hexdigest()}.dcm"
-    assert stored.read_bytes() == data
+    kept = pydicom.dcmread(stored)
+    original = pydicom.dcmread(io.BytesIO(data))
+    assert "DICOGNITO" in str(kept.DeidentificationMethod)
+    assert kept.SOPInstanceUID == original.SOPInstanceUID and kept.StudyInstanceUID == original.StudyInstanceUID
+    assert (kept.pixel_array == original.pixel_array).all()
     with_phi = sorted(p for p in data_dir.rglob("*") if p.is_file() and contains_phi(p.read_bytes()))
-    assert with_phi == [stored]
+    assert with_phi == []
+    # the stored file is read back by case review as the same case
+    (again,) = service.analyze_bytes(stored.read_bytes(), "again.dcm")
+    assert again.ok and again.prediction.label == r.prediction.label
 
 
 def test_allow_phi_keeps_identifiers(weights, tmp_path):
@@ -91,8 +98,10 @@ def test_allow_phi_keeps_identifiers(weights, tmp_path):
     wl = Worklist(service.settings.db_path)
     (r,) = ingest(service, wl, data, "mr_with_phi.dcm")
     assert r.ok, r.error
-    dicom = wl.get(r.scan_id)["extra"]["dicom"]
+    case = wl.get(r.scan_id)
+    dicom = case["extra"]["dicom"]
     assert dicom["PatientName"] == PATIENT_NAME and dicom["PatientID"] == PATIENT_ID
+    assert Path(case["stored_path"]).read_bytes() == data  # PHI allowed: the original is kept byte for byte
     assert Settings().allow_phi is False  # off unless explicitly enabled
 
 

@@ -60,6 +60,9 @@ def test_a_dicom_series_becomes_one_study_of_ordered_slices(env) -> None:
     dump = "\n".join(sqlite3.connect(wl.db_path).iterdump())
     for secret in ("Doe^John", "MRN12345", "1.2.826.0.1.3680043.8.498.1"):
         assert secret not in dump
+    for c in cases:  # the stored DICOM files are de-identified (PHI not allowed), as single uploads are
+        stored = Path(c["stored_path"]).read_bytes()
+        assert b"Doe^John" not in stored and b"MRN12345" not in stored
 
 
 def test_a_series_sent_in_two_parts_is_completed_and_resends_are_duplicates(env) -> None:

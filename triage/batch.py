@@ -444,7 +444,8 @@ def _number(value: object, cast=float):
 def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict | None, str]:
     """The worklist case of an ``ok`` row (the ingest dict, see :func:`triage.intake.ingest`), or
     (None, why). The file is read again: it must still be the bytes that were analysed."""
-    from triage.intake import display_name, store_upload
+    from triage.errors import InvalidScanError
+    from triage.intake import display_name, storable_bytes, store_upload
     from triage.io import read_scans
     from triage.overlay import thumbnail_png
     from triage.series import is_nifti
@@ -463,7 +464,11 @@ def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict |
     if scan is None:
         return None, f"frame {frame} is not in the file"
     scans_dir = settings.scans_dir
-    stored = store_upload(src.data, scan.source_format, scans_dir, digest)
+    try:
+        to_store = storable_bytes(src.data, scan.source_format, settings)
+    except InvalidScanError as exc:
+        return None, str(exc)
+    stored = store_upload(to_store, scan.source_format, scans_dir, digest)
     mask_path = None
     if row.get("mask_path") and Path(row["mask_path"]).is_file():
         mask_path = store_upload(Path(row["mask_path"]).read_bytes(), "png", scans_dir / "masks")

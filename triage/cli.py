@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from triage import __version__
@@ -93,7 +95,6 @@ INTENSITY_NORM_CHOICES = ("head_percentiles_v1",)
 
 def cmd_train(args: argparse.Namespace) -> int:
     from triage.config import get_settings
-    from triage.models import set_active
     from triage.training_run import run_training
 
     settings = get_settings()
@@ -116,7 +117,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"saved {folder}")
     if args.activate:
-        set_active(folder.parent.parent, args.task, folder.name)
+        from triage.compare import promote
+
+        # An explicit admin flag: logged as an override naming the flag, like any unproven change.
+        promote(
+            replace(settings, weights_dir=folder.parent.parent),
+            args.task,
+            folder.name,
+            by=_system_user(),
+            reason="activated at the end of training by `train --activate`",
+        )
         print(f"{args.task} version {folder.name} is now active")
     return 0
 
@@ -184,12 +194,32 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    from triage.config import get_settings
-    from triage.models import set_active
+def _system_user() -> str:
+    """The account running the command, for the model-change log (never fails)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown system user"
 
-    set_active(get_settings().weights_dir, args.task, args.version)
-    print(f"{args.task} version {args.version} is now active")
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from triage.compare import compare_run, promote
+    from triage.config import get_settings
+    from triage.promotion import RULE_TEXT, judge
+
+    settings = get_settings()
+    comparison = None
+    if args.compare:
+        comparison = compare_run(settings, args.task, args.version, args.compare)
+        verdict = judge(comparison)
+        for c in verdict.checks:
+            lo, hi = c.diff_ci95
+            print(f"{c.metric:26s} active {c.active:.4f}  new {c.new:.4f}  difference 95% CI [{lo:+.4f}, {hi:+.4f}]")
+        print(f"{comparison['n']} held-out images; " + ("; ".join(verdict.problems) or "grounds for promotion"))
+    change = promote(settings, args.task, args.version, by=args.by, reason=args.reason or "", comparison=comparison)
+    print(f"{args.task} version {args.version} is now active ({change.kind}, was {change.from_version})")
+    if change.kind != "promotion":
+        print(f"recorded with the reason given. Rule: {RULE_TEXT}")
     return 0
 
 
@@ -344,9 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("versions", help="list model versions (* = active)")
     v.set_defaults(func=cmd_versions)
-    pr = sub.add_parser("promote", help="make a model version active")
+    pr = sub.add_parser(
+        "promote", help="make a model version active (also rollback); logged, and held to the promotion rule"
+    )
     pr.add_argument("task", choices=["classifier", "segmenter"])
     pr.add_argument("version")
+    pr.add_argument("--compare", metavar="DATASET", help="compare with the active version first on held-out images")
+    pr.add_argument("--reason", help="written reason, required when no comparison is grounds for the change")
+    pr.add_argument("--by", default=_system_user(), help="who makes the change (default: the system user)")
     pr.set_defaults(func=cmd_promote)
     x = sub.add_parser(
         "export-onnx", help="write and check a version's ONNX export (the fast analysis path); default: active ones"

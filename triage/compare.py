@@ -39,6 +39,7 @@ from triage.models import (
     set_active,
     task_dir,
 )
+from triage.promotion import ModelChange, PromotionRefused, check_change, judge, now, record_change
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def compare_versions(
         with weights_view(wd, {task: version, other: other_version}) as view:
             service = TriageService(replace(settings, weights_dir=view))
             results = predict_cached(service, test, progress=False)
-            reports[side] = score(test, results)
+            reports[side] = score(test, results, per_image=True)
         if report is not None:
             report(i + 1, len(sides))
     return {
@@ -170,6 +171,7 @@ def compare_versions(
         "other": {other: other_version},
         "n": len(test.samples),
         "counts": test.counts(),
+        "labels": test.labels(),
         "notes": notes,
         "reports": reports,
         "rows": metric_rows(reports["active"], reports["new"]),
@@ -209,10 +211,47 @@ def saved_comparison(run_dir: str | Path, active: str, candidate: str) -> dict |
     return data if data.get("active") == active and data.get("candidate") == candidate else None
 
 
-def promote(settings: Settings, task: str, version: str) -> None:
-    """Make ``version`` active (atomic). Rolling back is promoting an older version."""
-    set_active(Path(settings.weights_dir), task, version)
-    log.info("%s version %s is now active", task, version)
+def promote(
+    settings: Settings,
+    task: str,
+    version: str,
+    *,
+    by: str,
+    reason: str = "",
+    comparison: dict | None = None,
+) -> ModelChange:
+    """Make ``version`` active (atomic) if the promotion rule allows it, and log the change.
+
+    ``comparison``: a :func:`compare_versions` result of ``version`` against the active one;
+    without one (a rollback, or a version never compared) a written ``reason`` is required, as it
+    is when the comparison is not grounds (:mod:`triage.promotion`). Raises
+    :class:`~triage.promotion.PromotionRefused` with what is missing.
+    """
+    wd = Path(settings.weights_dir)
+    try:
+        current = active_version(wd, task)
+    except ModelNotFoundError:
+        current = None
+    verdict = None
+    if comparison is not None:
+        if comparison.get("candidate") != version or comparison.get("active") != current:
+            raise PromotionRefused("the comparison shown is not of this version against the active one; reload")
+        verdict = judge(comparison)
+    kind = check_change(verdict, by, reason)
+    set_active(wd, task, version)
+    change = ModelChange(
+        time=now(),
+        task=task,
+        from_version=current,
+        to_version=version,
+        by=by.strip(),
+        kind=kind,
+        reason=reason.strip(),
+        figures=verdict.figures() if verdict is not None else {},
+    )
+    record_change(settings.data_dir, change)
+    log.info("%s version %s is now active (%s by %s, was %s)", task, version, kind, change.by, current)
+    return change
 
 
 def versions_table(settings: Settings, task: str) -> list[dict]:

@@ -56,6 +56,10 @@ class Settings:
     # one; "onnx" makes a missing export an error; "torch" never uses ONNX (triage/runtime.py).
     inference_backend: str = "auto"
     inference_threads: int = 2
+    # Housekeeping (triage/housekeeping.py): decoded-crop caches are trimmed, oldest first, to this
+    # size before a training run starts; a failed run's checkpoints are kept this many days.
+    cache_limit_bytes: int = 4 * 1024**3
+    failed_run_keep_days: float = 7.0
 
     @property
     def file_names_hidden(self) -> bool:

@@ -91,8 +91,12 @@ def predict_cached(service, test: CachedSet, batch: int = 32, progress: bool = T
     return results
 
 
-def score(test: CachedSet, results: list) -> dict:
-    """All metrics for one evaluated set."""
+def score(test: CachedSet, results: list, per_image: bool = False) -> dict:
+    """All metrics for one evaluated set.
+
+    ``per_image``: also return ``per_image`` = ``{"probs": [[p, ...]], "dice": [d or None]}`` in
+    sample order, for paired comparisons of two versions on the same images (triage.promotion).
+    """
     labels = [s.label for s in test.samples]
     ok = [r.ok for r in results]
     probs = (
@@ -128,7 +132,8 @@ def score(test: CachedSet, results: list) -> dict:
         dices, ious, fps, box_ious, ap_ious, ap_scores, dice_labels = [], [], [], [], [], [], []
         n_truth = 0
         unreadable: list[str] = []
-        for s, r in zip(test.samples, results):
+        dice_at: list[float | None] = [None] * len(results)
+        for i, (s, r) in enumerate(zip(test.samples, results)):
             pred = r.segmentation.mask if (r.ok and r.segmentation is not None) else None
             if s.mask_path is not None:
                 if r.scan is None:  # the image itself was rejected: nothing to compare the mask with
@@ -144,6 +149,7 @@ def score(test: CachedSet, results: list) -> dict:
                 n_truth += 1
                 p = pred if pred is not None else np.zeros_like(truth)
                 d, j = dice_iou(p, truth)
+                dice_at[i] = d
                 dices.append(d)
                 dice_labels.append(s.label)
                 ious.append(j)
@@ -175,6 +181,8 @@ def score(test: CachedSet, results: list) -> dict:
             "box_iou_mean": float(np.mean(box_ious)) if box_ious else None,
             "map50": average_precision_at(ap_ious, ap_scores, n_truth, 0.5) if n_truth else None,
         }
+        if per_image:
+            out["per_image"] = {"dice": dice_at}
     elif any(lab == "no_tumor" for lab in labels):
         fps = [
             bool(r.ok and r.segmentation is not None and r.segmentation.area_px > 0)
@@ -182,6 +190,8 @@ def score(test: CachedSet, results: list) -> dict:
             if s.label == "no_tumor"
         ]
         out["segmentation"] = {"empty_slices": len(fps), "false_positive_mask_rate": float(np.mean(fps))}
+    if per_image:
+        out.setdefault("per_image", {"dice": [None] * len(results)})["probs"] = probs.round(6).tolist()
     return out
 
 

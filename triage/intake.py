@@ -10,8 +10,10 @@ import hashlib
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from triage.errors import InvalidScanError
 from triage.overlay import thumbnail_png
 from triage.records import CaseResult
 from triage.service import TriageService, case_row, mask_png
@@ -58,6 +60,17 @@ def store_upload(data: bytes, fmt: str, scans_dir: Path, digest: str | None = No
     if not path.is_file():
         _atomic_write(path, data)
     return path
+
+
+def storable_bytes(data: bytes, fmt: str, settings) -> bytes:
+    """What may be written to disk for an upload: DICOM de-identified unless PHI is allowed
+    (:mod:`triage.deid`); other formats carry no header identifiers and are stored as sent.
+    Raises InvalidScanError when a DICOM cannot be de-identified (then nothing is stored)."""
+    if fmt != "dicom" or settings.allow_phi:
+        return data
+    from triage.deid import deid_secret, deidentify_dicom
+
+    return deidentify_dicom(data, deid_secret(settings.data_dir))
 
 
 def case_record(
@@ -121,11 +134,20 @@ def ingest(
     results = service.analyze_bytes(data, shown)
     scans_dir = service.settings.scans_dir
     digest = hashlib.sha256(data).hexdigest() if data else None  # once per upload, whatever its frames
-    for r in results:
+    to_store: bytes | None = None
+    results = list(results)
+    for i, r in enumerate(results):
         if not r.ok:
             worklist.log_rejection(shown, r.error, digest)
             continue
-        stored = store_upload(data, r.scan.source_format, scans_dir, digest)
+        try:
+            # Named by the sent bytes' digest (a re-sent file is found again), holding the de-identified ones.
+            to_store = to_store or storable_bytes(data, r.scan.source_format, service.settings)
+        except InvalidScanError as exc:
+            results[i] = replace(r, status="rejected", error=str(exc))
+            worklist.log_rejection(shown, str(exc), digest)
+            continue
+        stored = store_upload(to_store, r.scan.source_format, scans_dir, digest)
         mask_path = write_mask(r, scans_dir)
         truth_path = None
         if truth_mask is not None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from triage.config import REPO_DIR, Settings, get_settings
 from triage.errors import ModelNotFoundError, TrainingError
+from triage.housekeeping import drop_checkpoints, trim_cache
 from triage.models import TASKS, active_version, list_versions, read_metadata
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,23 @@ def start_job(
     ``overrides``: any of ``epochs``, ``threads``, ``time_budget_min``, ``seed``.
     """
     with _start_lock(settings):
+        sweep_runs(settings)
+        trim_cache(settings.data_dir / "cache", settings.cache_limit_bytes)
         return _launch_job(settings, task, data, preset, init_from, overrides, group)
+
+
+def sweep_runs(settings: Settings, now: float | None = None) -> int:
+    """Drop the checkpoints of failed runs older than ``failed_run_keep_days`` (and of any ended
+    run that still has them); returns the bytes freed. Logs and curves are kept."""
+    now = time.time() if now is None else now
+    keep_s = settings.failed_run_keep_days * 86400
+    freed = 0
+    for job in list_jobs(settings):
+        if not job.finished or job.finished_ts is None:
+            continue
+        if job.status != "failed" or now - job.finished_ts > keep_s:
+            freed += drop_checkpoints(job.run_dir)
+    return freed
 
 
 def _launch_job(
@@ -588,6 +605,9 @@ def _finish(settings: Settings, job: Job, rc: int | None, has_done: bool, cancel
     job.finished_ts = time.time()
     if job.status != "done":
         _cleanup_partial(job)
+    if job.status in ("done", "cancelled"):
+        # The version (if any) lives on in the weights folder; the optimiser checkpoint is dead weight.
+        drop_checkpoints(job.run_dir)
     with _PROCS_LOCK:
         _PROCS.pop(job.job_id, None)
     save_job(settings, job)

@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from triage.intake import case_record, display_name, store_upload, write_mask
+from triage.errors import InvalidScanError
+from triage.intake import case_record, display_name, storable_bytes, store_upload, write_mask
 from triage.risk import suspected_tumor
 from triage.series import SeriesInput, dicom_header, is_nifti, stack_geometry, volume_ml
 from triage.service import TriageService
@@ -138,6 +139,7 @@ def ingest_series(
         source_path = store_upload(data, fmt, scans_dir)  # the volume itself is kept, content-addressed
     added = False
     rejected_reasons: Counter[str] = Counter()
+    storable: dict[str, bytes] = {}
     for start in range(0, len(todo), SERIES_CHUNK):
         chunk = todo[start : start + SERIES_CHUNK]
         results = service.analyze_scans([s.scan for s in chunk])
@@ -166,7 +168,20 @@ def ingest_series(
                 added = True
             data = s.data or _png(s.scan.pixels)
             digest = hashlib.sha256(data).hexdigest()
-            stored = store_upload(data, s.fmt if s.data else "png", scans_dir, digest)
+            try:
+                # Named by the sent bytes' digest (a re-sent file is found again), holding what may be
+                # stored: DICOM de-identified unless PHI is allowed (intake.storable_bytes).
+                if digest not in storable:
+                    storable[digest] = storable_bytes(data, s.fmt if s.data else "png", service.settings)
+            except InvalidScanError as exc:
+                rejected_reasons[str(exc)] += 1
+                out.append(
+                    SliceOutcome(
+                        s.file_name, "rejected", scan_id=r.scan_id, reason=str(exc), series_key=info.series_key
+                    )
+                )
+                continue
+            stored = store_upload(storable[digest], s.fmt if s.data else "png", scans_dir, digest)
             mask_path = write_mask(r, scans_dir)
             case = case_record(r, display_name(s.file_name), stored, mask_path, truth_label)
             case.update(

@@ -5,6 +5,7 @@ import streamlit as st
 
 from triage.errors import TriageError
 from triage.models import list_versions
+from triage.promotion import RULE_TEXT, model_changes
 from triage.risk import describe_policy
 from triage.ui.format import escape_md
 from triage.ui.model_card import (
@@ -74,6 +75,31 @@ if cards:
                     "**Versions on disk** (active in bold): "
                     + ", ".join(f"**{escape_md(v)}**" if v == meta.get("version") else escape_md(v) for v in versions)
                 )
+
+st.subheader("Model changes")
+changes = model_changes(settings().data_dir)
+if changes:
+    st.caption("Every promotion and rollback, newest first (append-only log; " + escape_md(RULE_TEXT) + ")")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "time (UTC)": c.time.replace("T", " ")[:19],
+                    "model": c.task,
+                    "from": c.from_version or "",
+                    "to": c.to_version,
+                    "kind": c.kind,
+                    "by": c.by,
+                    "reason": c.reason,
+                    "images compared": (c.figures or {}).get("n", ""),
+                }
+                for c in reversed(changes)
+            ]
+        ),
+        hide_index=True,
+    )
+else:
+    st.caption("No model change recorded in this data folder yet.")
 
 st.subheader("What the models are NOT for")
 st.markdown(NOT_FOR)

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from triage import compare, importer, jobs
+from triage import compare, importer, jobs, promotion
 from triage.errors import TriageError
 from triage.models import TASKS, active_version
 from triage.records import CLASSES
@@ -229,7 +229,8 @@ def _comparison_progress(key: str) -> None:
     )
 
 
-def _comparison(cfg, job: jobs.Job, active: str) -> None:
+def _comparison(cfg, job: jobs.Job, active: str) -> dict | None:
+    """Show the comparison of the run's version with the active one; return it once it exists."""
     saved = compare.saved_comparison(job.run_dir, active, job.version)
     if saved is None:
         key = f"compare-{job.job_id}-{active}"
@@ -239,7 +240,7 @@ def _comparison(cfg, job: jobs.Job, active: str) -> None:
             status = "running"
         if status == "running":
             _comparison_progress(key)
-            return
+            return None
         if status == "failed":
             log.error(
                 "comparison of %s failed", job.version, exc_info=value if isinstance(value, BaseException) else None
@@ -248,7 +249,7 @@ def _comparison(cfg, job: jobs.Job, active: str) -> None:
             if st.button("Retry comparison", key=state.keyed(state.TRAIN_RUN, "retry", job.job_id)):
                 jobs.BACKGROUND.forget(key)
                 st.rerun()
-            return
+            return None
         saved = value
     st.markdown(
         f"**New `{job.version}` vs active `{active}`** on {saved['n']} held-out images "
@@ -273,6 +274,69 @@ def _comparison(cfg, job: jobs.Job, active: str) -> None:
         cols = st.columns(2)
         for col, (side, cm) in zip(cols, cms):
             col.plotly_chart(_confusion(cm, f"{side} ({active if side == 'active' else job.version})"), width="stretch")
+    _verdict(promotion.judge(saved))
+    return saved
+
+
+def _ci(ci: tuple[float, float] | list | None, signed: bool = False) -> str:
+    if ci is None:
+        return ""
+    lo, hi = ci
+    return f"[{lo * 100:+.1f}, {hi * 100:+.1f}]" if signed else f"[{lo * 100:.1f}, {hi * 100:.1f}]"
+
+
+def _verdict(verdict: promotion.PromotionVerdict) -> None:
+    """The promotion rule applied to the comparison: paired intervals and what it allows."""
+    rows = [
+        {
+            "metric": c.metric,
+            "active": f"{_pct(c.active)} {_ci(c.active_ci95)}",
+            "new": f"{_pct(c.new)} {_ci(c.new_ci95)}",
+            "new - active, 95% CI (points)": _ci(c.diff_ci95, signed=True),
+            "": "worse beyond its interval" if c.worse else "",
+        }
+        for c in verdict.checks
+    ]
+    if rows:
+        st.markdown("**Same images, paired bootstrap intervals**")
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if verdict.grounds:
+        st.success(
+            "This comparison is grounds for promotion: enough images, and no metric is worse beyond its interval."
+        )
+    else:
+        st.warning(
+            "Not grounds for promotion: "
+            + escape_md("; ".join(verdict.problems))
+            + ". Promoting needs a written reason."
+        )
+    st.caption(promotion.RULE_TEXT)
+
+
+def _change_form(cfg, task: str, version: str, current: str | None, comparison: dict | None, key: str) -> None:
+    """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by compare.promote."""
+    verdict = promotion.judge(comparison) if comparison is not None else None
+    by = st.text_input("Your name (recorded)", value=st.session_state.get(state.REVIEWER, ""), key=f"{key}-by")
+    reason = st.text_area(
+        "Reason (recorded)" + ("" if verdict is not None and verdict.grounds else " – required"),
+        key=f"{key}-reason",
+        height=68,
+    )
+    sure = st.checkbox(
+        f"I confirm: `{version}` becomes the active {task} for every reader (now `{current}`)", key=f"{key}-sure"
+    )
+    label = f"Promote {version} to active {task}" if comparison is not None else f"Make {version} active"
+    if st.button(label, type="primary", key=key, disabled=not sure):
+        try:
+            change = compare.promote(cfg, task, version, by=by, reason=reason, comparison=comparison)
+        except TriageError as exc:
+            _error(exc)
+        else:
+            st.session_state[state.REVIEWER] = change.by
+            state.flash(
+                "success", f"{task} `{version}` is now active (previous: `{current}`); recorded as {change.kind}."
+            )
+            st.rerun()
 
 
 def _run_panel(cfg, job: jobs.Job) -> None:
@@ -314,19 +378,9 @@ def _run_panel(cfg, job: jobs.Job) -> None:
     if active == job.version:
         st.success(f"`{job.version}` is the active {job.task}.")
         return
-    _comparison(cfg, job, active)
-    if st.button(
-        f"Promote {job.version} to active {job.task}",
-        type="primary",
-        key=state.keyed(state.TRAIN_RUN, "promote", job.job_id),
-    ):
-        try:
-            compare.promote(cfg, job.task, job.version)
-        except TriageError as exc:
-            _error(exc)
-        else:
-            state.flash("success", f"{job.task} `{job.version}` is now active (previous: `{active}`).")
-            st.rerun()
+    saved = _comparison(cfg, job, active)
+    if saved is not None:
+        _change_form(cfg, job.task, job.version, active, saved, state.keyed(state.TRAIN_RUN, "promote", job.job_id))
 
 
 def _job_label(job_id: str, by_id: dict) -> str:
@@ -439,7 +493,10 @@ else:
     _run_panel(cfg, by_id[picked])
 
 st.subheader("4. Model versions")
-st.caption("Any version can be made active again (rollback); the change is atomic and picked up by the next analysis.")
+st.caption(
+    "Any version can be made active again (rollback) with a written reason; the change is atomic, picked up by the "
+    "next analysis and recorded in the model-change log (Model page)."
+)
 for t in TASKS:
     rows = compare.versions_table(cfg, t)
     st.markdown(f"**{t.capitalize()}**")
@@ -451,16 +508,10 @@ for t in TASKS:
     for col in ("val accuracy", "val Dice"):
         table[col] = table[col].map(_pct)
     st.dataframe(table, hide_index=True)
-    c1, c2 = st.columns([3, 1])
-    choice = c1.selectbox(
+    choice = st.selectbox(
         f"{t} version", [r["version"] for r in rows], key=state.keyed(VERSION_PICK, t), label_visibility="collapsed"
     )
     current = next((r["version"] for r in rows if r["active"]), None)
-    if c2.button("Make active", key=state.keyed(VERSION_PICK, t, "activate"), disabled=choice == current):
-        try:
-            compare.promote(cfg, t, choice)
-        except TriageError as exc:
-            _error(exc)
-        else:
-            state.flash("success", f"{t} `{choice}` is now active (previous: `{current}`).")
-            st.rerun()
+    if choice != current:
+        with st.expander(f"Make {choice} the active {t} (rollback or promotion without a comparison)"):
+            _change_form(cfg, t, choice, current, None, state.keyed(VERSION_PICK, t, "activate"))
