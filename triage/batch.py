@@ -159,6 +159,7 @@ def analyze_inputs(service, inputs: list[FileInput], masks_dir: Path | None, exp
     from triage.errors import InvalidScanError
     from triage.io import content_id, read_scans
     from triage.records import CaseResult
+    from triage.series import is_nifti, read_nifti
     from triage.service import case_row, mask_png
 
     t0 = time.perf_counter()
@@ -169,7 +170,10 @@ def analyze_inputs(service, inputs: list[FileInput], masks_dir: Path | None, exp
             pending.append((f, [CaseResult(name=name, status="rejected", error=f.error)]))
             continue
         try:
-            pending.append((f, read_scans(f.data, name, service.settings)))
+            if is_nifti(name, f.data):  # a volume: one row per axial slice (frame = slice index)
+                pending.append((f, [s.scan for s in read_nifti(f.data, name, service.settings).slices]))
+            else:
+                pending.append((f, read_scans(f.data, name, service.settings)))
         except InvalidScanError as exc:
             sid = content_id(f.data) if f.data else ""
             pending.append((f, [CaseResult(name=name, status="rejected", scan_id=sid, error=str(exc))]))
@@ -444,7 +448,10 @@ def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict |
     from triage.intake import display_name, storable_bytes, store_upload
     from triage.io import read_scans
     from triage.overlay import thumbnail_png
+    from triage.series import is_nifti
 
+    if is_nifti(str(row["path"]), b""):
+        return None, "NIfTI slices are not imported from results; upload the volume on New scans (one study)"
     src = read_input(row["path"], settings)
     if src.data is None:
         return None, src.error

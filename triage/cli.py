@@ -40,7 +40,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         summary = run_local(job, files)
     print(summary.line())
+    if args.studies_out:
+        from triage.studies import write_study_csv
+
+        if job.parquet:
+            print("error: --studies-out needs a CSV --out", file=sys.stderr)
+            return 2
+        n = write_study_csv(job.out, Path(args.studies_out))
+        print(f"{n} studies -> {args.studies_out}")
     return 1 if summary.missing else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from triage.config import get_settings
+    from triage.report import find_study, study_pdf
+    from triage.worklist import Worklist
+
+    settings = get_settings(**({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
+    wl = Worklist(settings.db_path)
+    study = find_study(wl, args.study)
+    Path(args.out).write_bytes(study_pdf(wl, study, hide_names=settings.file_names_hidden))
+    print(f"study {study.study_key[:12]} ({study.n_slices} slices, risk {study.risk:.2f}) -> {args.out}")
+    return 0
 
 
 def cmd_import_results(args: argparse.Namespace) -> int:
@@ -281,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="analyse files or folders and write one CSV row per scan")
-    a.add_argument("paths", nargs="+", help="image/DICOM files or folders (searched recursively)")
+    a.add_argument(
+        "paths",
+        nargs="+",
+        help="image/DICOM/NIfTI files or folders (searched recursively; a NIfTI gives a row per slice)",
+    )
     a.add_argument("--out", required=True, help="CSV file to write")
     a.add_argument("--masks-dir", help="write predicted tumor masks (0/255 PNG at input resolution) here")
     a.add_argument("--explain", action="store_true", help="also compute Grad-CAM (slower)")
@@ -292,7 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--workers", type=int, help="with --engine ray: actors holding the models (default: cluster CPUs)")
     a.add_argument("--resume", action="store_true", help="keep the rows of a partial --out, analyse only the rest")
     a.add_argument("--parquet", action="store_true", help="write --out as a folder of Parquet parts (also: .parquet)")
+    a.add_argument(
+        "--studies-out", help="also write one CSV row per study (risk, key slice, tumour volume in mL when known)"
+    )
     a.set_defaults(func=cmd_analyze)
+
+    rp = sub.add_parser("report", help="write the PDF report of one study of the worklist")
+    rp.add_argument("study", help="the study key, or the scan id of any of its slices (the case id pages show)")
+    rp.add_argument("--out", required=True, help="PDF file to write")
+    rp.add_argument("--data-dir", help="the app's data folder (default: TRIAGE_DATA_DIR or ~/.local/share/...)")
+    rp.set_defaults(func=cmd_report)
 
     ir = sub.add_parser("import-results", help="put the rows of batch `analyze` results into the worklist")
     ir.add_argument("results", nargs="+", help="results CSV files (or Parquet folders) written by analyze")

@@ -21,7 +21,16 @@ from triage.worklist import Worklist
 
 log = logging.getLogger(__name__)
 
-_SAFE_EXT = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm", "mpo": ".jpg"}
+_SAFE_EXT = {
+    "png": ".png",
+    "jpeg": ".jpg",
+    "tiff": ".tif",
+    "bmp": ".bmp",
+    "dicom": ".dcm",
+    "mpo": ".jpg",
+    "nifti": ".nii",
+    "nifti-gz": ".nii.gz",
+}
 
 
 def display_name(name: str) -> str:
@@ -64,6 +73,49 @@ def storable_bytes(data: bytes, fmt: str, settings) -> bytes:
     return deidentify_dicom(data, deid_secret(settings.data_dir))
 
 
+def case_record(
+    r: CaseResult,
+    shown: str,
+    stored: Path,
+    mask_path: Path | None,
+    truth_label: str | None = None,
+    truth_path: Path | None = None,
+) -> dict:
+    """The worklist case of an analysed, stored slice (``ok`` results only)."""
+    row = case_row(r)
+    return {
+        "scan_id": r.scan_id,
+        "name": shown,
+        "stored_path": str(stored),
+        "label": row["label"],
+        "risk": r.risk,
+        "flags": list(r.flags),
+        "ood": bool(r.prediction.ood),
+        "tumor_area_px": r.segmentation.area_px if r.segmentation else 0,
+        "tumor_area_mm2": r.segmentation.area_mm2 if r.segmentation else None,
+        "mask_path": str(mask_path) if mask_path else None,
+        "thumbnail": thumbnail_png(r.scan.pixels),
+        "classifier_version": r.model_versions.get("classifier", ""),
+        "segmenter_version": r.model_versions.get("segmenter", ""),
+        "truth_label": truth_label,
+        "truth_mask_path": str(truth_path) if truth_path else None,
+        "frame": r.scan.frame,
+        "ood_score": r.prediction.ood_score,
+        "pixel_spacing": list(r.scan.pixel_spacing) if r.scan.pixel_spacing else None,
+        "dicom": r.scan.meta,
+        **{k: row[k] for k in row if k.startswith("p_")},
+    }
+
+
+def write_mask(r: CaseResult, scans_dir: Path) -> Path | None:
+    """Store a result's predicted mask (0/255 PNG) beside the scans; None when it is empty."""
+    if r.segmentation is None or r.segmentation.area_px == 0:
+        return None
+    path = Path(scans_dir) / f"{r.scan_id}_mask.png"
+    _atomic_write(path, mask_png(r.segmentation.mask))
+    return path
+
+
 def ingest(
     service: TriageService,
     worklist: Worklist,
@@ -96,36 +148,11 @@ def ingest(
             worklist.log_rejection(shown, str(exc), digest)
             continue
         stored = store_upload(to_store, r.scan.source_format, scans_dir, digest)
-        mask_path = None
-        if r.segmentation is not None and r.segmentation.area_px > 0:
-            mask_path = scans_dir / f"{r.scan_id}_mask.png"
-            _atomic_write(mask_path, mask_png(r.segmentation.mask))
+        mask_path = write_mask(r, scans_dir)
         truth_path = None
         if truth_mask is not None:
             truth_path = store_upload(truth_mask, "png", scans_dir / "truth")
-        row = case_row(r)
-        case = {
-            "scan_id": r.scan_id,
-            "name": shown,
-            "stored_path": str(stored),
-            "label": row["label"],
-            "risk": r.risk,
-            "flags": list(r.flags),
-            "ood": bool(r.prediction.ood),
-            "tumor_area_px": r.segmentation.area_px if r.segmentation else 0,
-            "tumor_area_mm2": r.segmentation.area_mm2 if r.segmentation else None,
-            "mask_path": str(mask_path) if mask_path else None,
-            "thumbnail": thumbnail_png(r.scan.pixels),
-            "classifier_version": r.model_versions.get("classifier", ""),
-            "segmenter_version": r.model_versions.get("segmenter", ""),
-            "truth_label": truth_label,
-            "truth_mask_path": str(truth_path) if truth_path else None,
-            "frame": r.scan.frame,
-            "ood_score": r.prediction.ood_score,
-            "pixel_spacing": list(r.scan.pixel_spacing) if r.scan.pixel_spacing else None,
-            "dicom": r.scan.meta,
-            **{k: row[k] for k in row if k.startswith("p_")},
-        }
+        case = case_record(r, shown, stored, mask_path, truth_label, truth_path)
         if not worklist.add_case(case) and (truth_label or truth_path):
             # The slice is already a case: its new ground truth is attached (and audited), not dropped.
             worklist.set_truth(r.scan_id, truth_label, truth_path, actor="upload")

@@ -57,6 +57,10 @@ CASE_COLUMNS: tuple[str, ...] = (
     "reviewed_at",
     "extra",
     "revision",
+    "study_key",
+    "series_key",
+    "instance_key",
+    "slice_order",
 )
 # Columns add_case() accepts; review columns are only written by review().
 _INPUT_COLUMNS: tuple[str, ...] = (
@@ -78,6 +82,10 @@ _INPUT_COLUMNS: tuple[str, ...] = (
     "truth_label",
     "truth_mask_path",
     "extra",
+    "study_key",
+    "series_key",
+    "instance_key",
+    "slice_order",
 )
 _REVIEW_COLUMNS = frozenset(CASE_COLUMNS) - frozenset(_INPUT_COLUMNS)
 _REQUIRED_INPUT: tuple[str, ...] = ("scan_id", "label", *PROB_COLUMNS, "risk")
@@ -142,8 +150,45 @@ _SCHEMA_V1: tuple[str, ...] = (
 # v2: a revision counter per case, raised by every review in the same transaction, so a save made
 # from a stale page (another reader changed the case since) is refused instead of overwriting it.
 _SCHEMA_V2: tuple[str, ...] = ("ALTER TABLE cases ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",)
+# v3 (issue 18): studies and series. A case is one slice; it may belong to a series (hashed
+# SeriesInstanceUID, volume or folder) of a study, at ``slice_order`` along the stack. Cases from
+# before v3 have no series: each is a one-slice study of its own. ``series`` holds what is known
+# of a series as a whole (no PHI: the keys are hashes).
+_SCHEMA_V3: tuple[str, ...] = (
+    "ALTER TABLE cases ADD COLUMN study_key TEXT",
+    "ALTER TABLE cases ADD COLUMN series_key TEXT",
+    "ALTER TABLE cases ADD COLUMN instance_key TEXT",
+    "ALTER TABLE cases ADD COLUMN slice_order REAL",
+    "CREATE INDEX IF NOT EXISTS idx_cases_series ON cases (series_key, slice_order)",
+    "CREATE INDEX IF NOT EXISTS idx_cases_study ON cases (study_key)",
+    "CREATE INDEX IF NOT EXISTS idx_cases_instance ON cases (instance_key)",
+    """CREATE TABLE IF NOT EXISTS series (
+        series_key TEXT PRIMARY KEY NOT NULL CHECK (length(series_key) > 0),
+        study_key TEXT NOT NULL,
+        patient_key TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        modality TEXT NOT NULL DEFAULT '',
+        study_description TEXT NOT NULL DEFAULT '',
+        spacing_mm REAL,
+        positions_in_mm INTEGER NOT NULL DEFAULT 0 CHECK (positions_in_mm IN (0, 1)),
+        created_at TEXT NOT NULL,
+        extra TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_series_study ON series (study_key)",
+    # One sign-off per study: who signed the study, when, and the study's note. The slices are
+    # signed off with it (each audited); per-slice corrections made before stay as they were.
+    """CREATE TABLE IF NOT EXISTS study_reviews (
+        study_key TEXT PRIMARY KEY NOT NULL CHECK (length(study_key) > 0),
+        review_status TEXT NOT NULL CHECK (review_status IN ('signed_off')),
+        reviewer TEXT NOT NULL,
+        reviewed_at TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        slices INTEGER NOT NULL DEFAULT 0
+    )""",
+)
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1. Append, never edit.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -274,7 +319,13 @@ def _column_values(case: dict, extra: dict) -> dict:
         "truth_label": (None if case.get("truth_label") is None else _check_label(case["truth_label"], "truth_label")),
         "truth_mask_path": None if case.get("truth_mask_path") is None else str(case["truth_mask_path"]),
         "extra": _dumps(extra),
+        "study_key": None if not case.get("study_key") else str(case["study_key"]),
+        "series_key": None if not case.get("series_key") else str(case["series_key"]),
+        "instance_key": None if not case.get("instance_key") else str(case["instance_key"]),
+        "slice_order": None if case.get("slice_order") is None else _finite(case["slice_order"], "slice_order"),
     }
+    if (values["series_key"] is None) != (values["study_key"] is None):
+        raise WorklistError("a case in a series needs both study_key and series_key")
     values.update({c: _finite(case[c], c) for c in PROB_COLUMNS})
     return values
 
@@ -290,6 +341,13 @@ def _row_to_case(row: sqlite3.Row) -> dict:
         if col in case:
             case[col] = bool(case[col])
     return case
+
+
+def _series_row(row: sqlite3.Row) -> dict:
+    record = dict(row)
+    record["extra"] = json.loads(record.get("extra") or "{}")
+    record["positions_in_mm"] = bool(record.get("positions_in_mm"))
+    return record
 
 
 def _audit_text(value: object) -> str | None:
@@ -467,6 +525,118 @@ class Worklist:
         with self._read() as conn:
             rows = conn.execute("SELECT * FROM cases WHERE review_status != 'unreviewed'" + _ORDER_SQL).fetchall()
         return [_row_to_case(r) for r in rows]
+
+    # -- studies and series (schema v3) -----------------------------------------------
+
+    def add_series(self, series: dict) -> bool:
+        """Record a series (keys ``series_key``, ``study_key`` and optional ``patient_key``,
+        ``source``, ``description``, ``modality``, ``study_description``, ``spacing_mm``,
+        ``positions_in_mm``, ``extra``). False (nothing changed) when it is already known: a
+        series that arrives in several uploads keeps its first record."""
+        key, study = str(series.get("series_key") or ""), str(series.get("study_key") or "")
+        if not key or not study:
+            raise WorklistError("a series needs a series_key and a study_key")
+        spacing = series.get("spacing_mm")
+        values = (
+            key,
+            study,
+            str(series.get("patient_key") or ""),
+            str(series.get("source") or ""),
+            str(series.get("description") or "")[:200],
+            str(series.get("modality") or "")[:32],
+            str(series.get("study_description") or "")[:200],
+            None if spacing is None else _finite(spacing, "spacing_mm"),
+            int(bool(series.get("positions_in_mm"))),
+            utc_now(),
+            _dumps(series.get("extra") or {}),
+        )
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO series (series_key, study_key, patient_key, source, description, modality,"
+                " study_description, spacing_mm, positions_in_mm, created_at, extra)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series_key) DO NOTHING",
+                values,
+            )
+            return cur.rowcount > 0
+
+    def get_series(self, series_key: str) -> dict | None:
+        """The series record (``extra`` decoded), or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM series WHERE series_key = ?", (series_key,)).fetchone()
+        return None if row is None else _series_row(row)
+
+    def all_series(self) -> list[dict]:
+        """Every series record (for the study list)."""
+        with self._read() as conn:
+            return [_series_row(r) for r in conn.execute("SELECT * FROM series ORDER BY created_at")]
+
+    def series_cases(self, series_key: str) -> list[dict]:
+        """The cases (slices) of a series in stack order."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM cases WHERE series_key = ? ORDER BY slice_order ASC, received_at ASC", (series_key,)
+            ).fetchall()
+        return [_row_to_case(r) for r in rows]
+
+    def find_instance(self, instance_key: str) -> dict | None:
+        """The case holding a DICOM instance (hashed SOPInstanceUID and frame), or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM cases WHERE instance_key = ? LIMIT 1", (instance_key,)).fetchone()
+        return None if row is None else _row_to_case(row)
+
+    def sign_off_study(
+        self, study_key: str, reviewer: str, note: str = "", expected_revisions: dict[str, int] | None = None
+    ) -> dict:
+        """Sign off a whole study in one transaction: every slice not yet signed off is signed off
+        with its current (possibly corrected) label, one audit row per changed field (action
+        ``study_sign_off``), and the study's note and reviewer are recorded once. Returns the study
+        review. ``expected_revisions`` ({scan_id: revision} the reader's page shows): when a slice
+        changed since, :class:`ReviewConflictError` is raised and nothing is written. A study that
+        is already signed off raises :class:`SignedOffError`."""
+        reviewer = _check_reviewer(reviewer)
+        note = note or ""
+        if len(note) > MAX_NOTE_CHARS:
+            raise WorklistError(f"note is longer than {MAX_NOTE_CHARS} characters")
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT * FROM cases WHERE study_key = ? ORDER BY slice_order, scan_id", (study_key,)
+            ).fetchall()
+            if not rows:
+                raise CaseNotFoundError(f"no study {study_key!r} in the worklist")
+            done = conn.execute("SELECT * FROM study_reviews WHERE study_key = ?", (study_key,)).fetchone()
+            if done is not None:
+                raise SignedOffError(
+                    f"the study was signed off by {done['reviewer']} at {done['reviewed_at'][:19].replace('T', ' ')} "
+                    "UTC and is read-only; add an addendum to a slice instead"
+                )
+            for row in rows:
+                if expected_revisions and row["scan_id"] in expected_revisions:
+                    _check_current(row, expected_revisions[row["scan_id"]])
+            now = utc_now()
+            for row in rows:
+                if row["review_status"] == "signed_off":
+                    continue
+                new = _review_values(row, reviewer, None, None, None, sign_off=True)
+                changed = {k: v for k, v in new.items() if row[k] != v}
+                _update(conn, row["scan_id"], {**changed, "reviewed_at": now, "revision": row["revision"] + 1})
+                for field, value in changed.items():
+                    _append_audit(conn, row["scan_id"], reviewer, "study_sign_off", field, row[field], value)
+            if note.strip():
+                _append_audit(conn, rows[0]["scan_id"], reviewer, "study_sign_off", "study_note", None, note.strip())
+            conn.execute(
+                "INSERT INTO study_reviews (study_key, review_status, reviewer, reviewed_at, note, slices)"
+                " VALUES (?, 'signed_off', ?, ?, ?, ?)",
+                (study_key, reviewer, now, note.strip(), len(rows)),
+            )
+            record = dict(conn.execute("SELECT * FROM study_reviews WHERE study_key = ?", (study_key,)).fetchone())
+        log.info("worklist: study %s (%d slices) signed off by %s", study_key, len(rows), reviewer)
+        return record
+
+    def study_review(self, study_key: str) -> dict | None:
+        """The study's sign-off (reviewer, reviewed_at, note, slices), or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM study_reviews WHERE study_key = ?", (study_key,)).fetchone()
+        return None if row is None else dict(row)
 
     # -- review and ground truth -------------------------------------------------------
 

@@ -16,6 +16,7 @@ from triage.overlay import (
     truth_vs_prediction_overlay,
 )
 from triage.records import CLASSES
+from triage.report import find_study, study_pdf
 from triage.ui import state
 from triage.ui.auth import reviewer_input
 from triage.ui.case_view import (
@@ -29,6 +30,7 @@ from triage.ui.case_view import (
 )
 from triage.ui.format import REVIEW_TEXT, audit_frame, case_name, class_text, effective_label, escape_md
 from triage.ui.resources import get_worklist, settings
+from triage.ui.stack_view import stack_viewer
 from triage.ui.state import init_state
 from triage.ui.widgets import show_flags, show_flash
 from triage.worklist import ReviewConflictError, WorklistError
@@ -119,6 +121,26 @@ st.caption(
     + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
 )
 show_flags(case["flags"])
+
+# ----- the study's PDF report (issue 18): made on request, then offered for download -----
+r1, r2, _ = st.columns([1, 1, 3])
+if r1.button("Prepare study report", icon=":material/picture_as_pdf:", help="key images, findings, sign-off"):
+    try:
+        made = find_study(wl, selected)
+        st.session_state[state.STUDY_REPORT] = (selected, made.study_key, study_pdf(wl, made, hide_names=hide_names))
+    except TriageError as exc:
+        st.error(f"Report not made: {escape_md(exc)}")
+report = st.session_state.get(state.STUDY_REPORT)
+if report and report[0] == selected:
+    r2.download_button(
+        "Download report (PDF)",
+        data=report[2],
+        file_name=f"study-{report[1].removeprefix('case:')[:12]}.pdf",
+        mime="application/pdf",
+        icon=":material/download:",
+    )
+
+stack_viewer(wl, case, hide_names, opened)  # a series: slice by slice (issue 18)
 
 result = None
 try:

@@ -1,4 +1,4 @@
-"""New scans: upload slices (files, a folder or a .zip), analyse them and add them to the worklist."""
+"""New scans: upload slices or series (files, a folder or a .zip), analyse them and add them to the worklist."""
 
 import pandas as pd
 import streamlit as st
@@ -14,7 +14,7 @@ from triage.ui.widgets import model_error, untrained_warning
 
 NO_TRUTH = "none"
 FROM_FOLDER = "from folder names"
-FORMATS = "PNG, JPEG, TIFF or DICOM 2D slices"
+FORMATS = "PNG, JPEG, TIFF or DICOM slices, DICOM series or NIfTI volumes (.nii, .nii.gz)"
 
 init_state()
 st.title("New scans")
@@ -137,6 +137,7 @@ if rows:
         )
 elif not uploads:
     st.caption(
-        f"Accepted: {FORMATS}, one slice per file (multi-frame DICOM gives one case per frame). "
+        f"Accepted: {FORMATS}. A DICOM series (files, a folder or a .zip), a NIfTI volume or a folder of images "
+        "becomes one study in the worklist; a lone file is a one-slice study. "
         "Files are analysed on this machine only."
     )

@@ -1,18 +1,19 @@
-"""Worklist: every analysed case, highest malignancy risk first; click a row to review it."""
+"""Worklist: one row per study, ranked by its most suspicious slice; click a row to read it from its key slice."""
 
 import streamlit as st
 
 from triage.records import CLASSES
+from triage.studies import export_studies_csv, list_studies
 from triage.ui import state
 from triage.ui.format import (
     CASE_FLAGS,
     FLAG_TEXT,
     REVIEW_TEXT,
-    case_title,
     class_text,
-    is_flagged,
     rejections_frame,
-    worklist_frame,
+    series_frame,
+    studies_frame,
+    study_title,
 )
 from triage.ui.resources import get_worklist, settings
 from triage.ui.state import init_state
@@ -20,22 +21,25 @@ from triage.worklist import REVIEW_STATUSES
 
 ALL = "All"
 REJECTIONS_SHOWN = 50
+SERIES_SHOWN = 20  # studies whose series are listed below the table
 
 init_state()
 hide_names = settings().file_names_hidden  # file names may carry patient identifiers
 st.title("Worklist")
 wl = get_worklist()
-everything = wl.list_cases()  # read from SQLite on every run: all tabs see the same queue
+everything = list_studies(wl)  # read from SQLite on every run: all tabs see the same queue
 
-c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
-c1.metric("Cases", len(everything))
-c2.metric("Unreviewed", sum(c["review_status"] == "unreviewed" for c in everything))
+c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1, 1])
+c1.metric("Studies", len(everything))
+c2.metric("Unreviewed", sum(s.review_status == "unreviewed" for s in everything))
 c3.metric(
     "Flagged",
-    sum(is_flagged(c) for c in everything),
-    help="uncertain, outside what the model knows, or classifier and segmenter disagree",
+    sum(s.n_flagged > 0 for s in everything),
+    help="studies with a slice that is uncertain, outside what the model knows, or where classifier and "
+    "segmenter disagree",
 )
-c4.button("Refresh", icon=":material/refresh:", help="Read the worklist again (new uploads from other tabs)")
+c4.metric("Slices", sum(s.n_slices for s in everything))
+c5.button("Refresh", icon=":material/refresh:", help="Read the worklist again (new uploads from other tabs)")
 
 f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
 status = f1.selectbox("Review status", [ALL, *REVIEW_STATUSES], format_func=lambda s: REVIEW_TEXT.get(s, s))
@@ -53,25 +57,21 @@ filters = {
     "search_in": "scan_id" if hide_names else "name",
 }
 st.session_state[state.WORKLIST_FILTERS] = filters
-rows = wl.list_cases(**filters)
+studies = list_studies(wl, **filters)
 
 if not everything:
     st.info("The worklist is empty. Add scans on the **New scans** page.")
     st.page_link("views/new_scans.py", label="Go to New scans", icon=":material/upload:")
-elif not rows:
+elif not studies:
     st.info("No case matches these filters.")
 else:
-    st.caption(f"{len(rows)} of {len(everything)} cases, highest risk first. Click a row to open it.")
-    probability = {
-        f"p_{c}": st.column_config.NumberColumn(
-            class_text(c), format="%.0f%%", width=64, help=f"calibrated probability of {class_text(c)}"
-        )
-        for c in CLASSES
-    }
-    table = worklist_frame(rows, hide_names)
-    shown = table.assign(**{f"p_{c}": table[f"p_{c}"] * 100 for c in CLASSES})  # percent, no decimals
+    st.caption(
+        f"{len(studies)} of {len(everything)} studies, ranked by their most suspicious slice (shown). "
+        "Click a row to read the study from that key slice."
+    )
+    table = studies_frame(studies, hide_names)
     event = st.dataframe(
-        shown,
+        table,
         hide_index=True,
         on_select="rerun",
         selection_mode="single-row",
@@ -79,20 +79,28 @@ else:
         key=state.keyed(state.WORKLIST_TABLE, st.session_state[state.WORKLIST_NONCE]),
         column_order=[c for c in table.columns if c != "scan_id"],
         column_config={
-            "thumbnail": st.column_config.ImageColumn("Slice", width=56),
-            "name": st.column_config.TextColumn("File", width=160),
-            "class": st.column_config.TextColumn("Class", width=100, help="reviewed label if any, else the model's"),
+            "thumbnail": st.column_config.ImageColumn("Key slice", width=56),
+            "name": st.column_config.TextColumn("Study", width=160),
+            "slices": st.column_config.NumberColumn("Slices", width=55),
+            "suspicious": st.column_config.NumberColumn(
+                "Suspicious", width=75, help="slices called a tumour (or contradicted by a sizeable mask)"
+            ),
+            "flagged": st.column_config.NumberColumn("Flagged", width=60, help="slices that ask for a closer look"),
+            "class": st.column_config.TextColumn("Class", width=100, help="of the key slice; reviewed label if any"),
             "risk": st.column_config.ProgressColumn(
                 "Risk",
                 min_value=0.0,
                 max_value=1.0,
                 format="%.2f",
                 width=95,
-                help="malignancy-weighted risk (see the Model page)",
+                help="malignancy-weighted risk of the most suspicious slice (see the Model page)",
             ),
-            "review": st.column_config.TextColumn("Review", width=90),
-            "flags": st.column_config.TextColumn("Flags", width=165),
-            **probability,
+            "volume_ml": st.column_config.NumberColumn(
+                "Tumour mL", format="%.1f", width=75, help="segmented area × slice spacing, when both are known"
+            ),
+            "review": st.column_config.TextColumn("Review", width=100),
+            "flags": st.column_config.TextColumn("Flags", width=165, help="of the key slice"),
+            "sequence": st.column_config.TextColumn("Modality / sequence", width=140),
             "received": st.column_config.DatetimeColumn("Received", format="MM-DD HH:mm", width=90, help="UTC"),
         },
     )
@@ -102,23 +110,73 @@ else:
         st.session_state[state.WORKLIST_NONCE] += 1  # the table starts unselected next time
         st.switch_page("views/case_review.py")
 
-    o1, o2, o3 = st.columns([3, 1, 1], vertical_alignment="bottom")
-    by_id = {c["scan_id"]: c for c in rows}
+    o1, o2, o3, o4 = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
+    by_id = {s.key_scan_id: s for s in studies}
     chosen = o1.selectbox(
-        "Open a case", list(by_id), format_func=lambda sid: case_title(by_id[sid], hide_names), key=state.WORKLIST_OPEN
+        "Open a case",
+        list(by_id),
+        format_func=lambda sid: (
+            f"{study_title(by_id[sid], hide_names)} — {by_id[sid].n_slices} slice"
+            f"{'s' if by_id[sid].n_slices != 1 else ''} — risk {by_id[sid].risk:.2f}"
+        ),
+        key=state.WORKLIST_OPEN,
+        help="a study opens at its key slice",
     )
     if o2.button("Open", type="primary", width="stretch"):
         st.session_state[state.SELECTED_CASE] = chosen
         st.switch_page("views/case_review.py")
+    shown_ids = {s.study_key for s in studies}
     o3.download_button(
         "Export CSV",
-        data=wl.export_csv(rows, hide_names=hide_names),
+        data=wl.export_csv(
+            [c for c in wl.list_cases() if (c.get("study_key") or f"case:{c['scan_id']}") in shown_ids],
+            hide_names=hide_names,
+        ),
         file_name="worklist.csv",
         mime="text/csv",
         icon=":material/download:",
         width="stretch",
-        help="the filtered list, without thumbnails",
+        help="every slice of the listed studies, without thumbnails",
     )
+    o4.download_button(
+        "Export studies",
+        data=export_studies_csv(wl, studies, hide_names=hide_names),
+        file_name="studies.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        width="stretch",
+        help="one row per listed study: risk, key slice, volume, sign-off",
+    )
+
+    stacks = [s for s in studies if not s.single][:SERIES_SHOWN]
+    if stacks:
+        st.subheader("Series")
+    for study in stacks:
+        label = (
+            f"{study_title(study, hide_names)} — {len(study.series)} series, {study.n_slices} slices, "
+            f"risk {study.risk:.2f}"
+        )
+        with st.expander(label):
+            frame = series_frame(study, hide_names)
+            st.dataframe(
+                frame,
+                hide_index=True,
+                column_order=[c for c in frame.columns if c != "key_scan_id"],
+                column_config={
+                    "risk": st.column_config.ProgressColumn("Risk", min_value=0.0, max_value=1.0, format="%.2f"),
+                    "spacing_mm": st.column_config.NumberColumn("Spacing mm", format="%.2f"),
+                    "volume_ml": st.column_config.NumberColumn("Tumour mL", format="%.1f"),
+                    "missing": st.column_config.NumberColumn("Missing", help="slices missing from gaps in the stack"),
+                },
+            )
+            for i, series in enumerate(study.series):
+                if st.button(
+                    f"Open series {i + 1} at its key slice",
+                    key=state.keyed(state.SERIES_OPEN, series.series_key),
+                    icon=":material/stacks:",
+                ):
+                    st.session_state[state.SELECTED_CASE] = series.key_scan_id
+                    st.switch_page("views/case_review.py")
 
 rejected = wl.rejections(limit=REJECTIONS_SHOWN)
 title = f"Rejected uploads ({len(rejected)}{', most recent' if len(rejected) == REJECTIONS_SHOWN else ''})"

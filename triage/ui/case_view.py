@@ -19,7 +19,16 @@ from triage.ui.resources import get_service
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "StoredFileMissing", "analyse_case", "explanation", "probability_figure", "read_mask"]
+__all__ = [
+    "METHODS",
+    "StoredFileMissing",
+    "analyse_case",
+    "explanation",
+    "probability_figure",
+    "read_mask",
+    "stack_figure",
+    "stack_slice",
+]
 
 METHOD_TEXT: dict[str, str] = {
     "gradcam": "Grad-CAM",
@@ -109,5 +118,85 @@ def probability_figure(case: dict) -> go.Figure:
         xaxis={"range": [0, 1], "tickformat": ".0%"},
         yaxis={"autorange": "reversed"},
         showlegend=False,
+    )
+    return fig
+
+
+# ----- stack viewer (issue 18) ------------------------------------------------------------------
+
+
+def stack_slice(case: dict) -> np.ndarray | None:
+    """The stored slice of a case as uint8 (H, W) with its stored tumour outline drawn (RGB), or
+    None when the stored file is missing or unreadable (cached per case; no model runs)."""
+    path = case.get("stored_path") or ""
+    if not path or not Path(path).is_file():
+        return None
+    frame = (case.get("extra") or {}).get("frame")
+    return _stack_slice(path, frame, case.get("mask_path") or "", case.get("source_format") or "")
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _stack_slice(path: str, frame: int | None, mask_path: str, _fmt: str) -> np.ndarray | None:
+    from triage.io import read_scans
+    from triage.overlay import mask_contour_overlay
+
+    try:
+        scans = read_scans(Path(path).read_bytes(), "slice")
+    except (InvalidScanError, OSError) as exc:
+        log.warning("stack slice %s not shown: %s", Path(path).name, exc)
+        return None
+    scan = next((s for s in scans if s.frame == frame), scans[0])
+    mask = read_mask(mask_path, scan.shape) if mask_path else None
+    if mask is None or not mask.any():
+        return scan.pixels
+    return mask_contour_overlay(scan.pixels, mask)
+
+
+def stack_figure(cases: list[dict], current: int, key_index: int) -> go.Figure:
+    """Tumour probability (1 - P(no tumour)) and risk along a stack (slice numbers from 1), the
+    current slice marked with a vertical line and the key slice with a star. Click a point to jump."""
+    x = list(range(1, len(cases) + 1))
+    p_tumour = [1.0 - float(c.get("p_no_tumor") or 0.0) for c in cases]
+    risk = [float(c.get("risk") or 0.0) for c in cases]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=p_tumour,
+            mode="lines+markers",
+            name="P(tumour)",
+            line={"color": "#e4572e"},
+            marker={"size": 5},
+            hovertemplate="slice %{x}: P(tumour) %{y:.0%}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=risk,
+            mode="lines",
+            name="risk",
+            line={"color": "#6c8ebf", "dash": "dot"},
+            hovertemplate="slice %{x}: risk %{y:.2f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[key_index + 1],
+            y=[p_tumour[key_index]],
+            mode="markers",
+            name="key slice",
+            marker={"symbol": "star", "size": 14, "color": "#222"},
+            hovertemplate="key slice %{x}<extra></extra>",
+        )
+    )
+    fig.add_vline(x=current + 1, line_width=2, line_color="#444")
+    fig.update_layout(
+        height=240,
+        margin={"l": 10, "r": 10, "t": 10, "b": 30},
+        xaxis={"title": "slice (stack order)", "range": [0.5, len(cases) + 0.5]},
+        yaxis={"range": [0, 1.02], "tickformat": ".0%"},
+        legend={"orientation": "h", "y": 1.12},
+        clickmode="event+select",
     )
     return fig

@@ -56,6 +56,7 @@ REVIEW_TEXT: dict[str, str] = {
     "confirmed": "confirmed",
     "corrected": "corrected",
     "signed_off": "signed off",
+    "partly_reviewed": "partly reviewed",  # a study whose slices are in different states
 }
 
 
@@ -173,3 +174,92 @@ def audit_frame(audit: Sequence[dict]) -> pd.DataFrame:
         ],
         columns=["when", "who", "action", "field", "old", "new"],
     )
+
+
+STUDY_COLUMNS: tuple[str, ...] = (
+    "thumbnail",
+    "name",
+    "slices",
+    "suspicious",
+    "flagged",
+    "class",
+    "risk",
+    "volume_ml",
+    "review",
+    "flags",
+    "sequence",
+    "received",
+)
+
+
+def study_title(study, hide_names: bool = False) -> str:
+    """How a page names a study: a loose slice by its file name (``case <id>`` when hidden); a
+    series study by its DICOM description, else (names shown) its volume or folder name, else
+    ``study <id>``. ``study``: a :class:`triage.studies.StudySummary`."""
+    if study.single:
+        return case_name(study.key_case, hide_names)
+    series = study.series[0] if study.series else None
+    if series is not None and series.source == "dicom" and study.description:
+        return study.description  # a DICOM description names the sequence, not the patient
+    if not hide_names and series is not None and series.description:
+        return series.description
+    return f"study {study.study_key[:12]}"
+
+
+def study_sequence(study) -> str:
+    """Modality and sequence description of a study's series ('MR · AX T1 POST, AX FLAIR')."""
+    descriptions = [s.description for s in study.series if s.source == "dicom" and s.description]
+    parts = [p for p in (study.modality, ", ".join(dict.fromkeys(descriptions))) if p]
+    return " · ".join(parts)
+
+
+def studies_frame(studies: Sequence, hide_names: bool = False) -> pd.DataFrame:
+    """The study worklist table, one row per study in the given order, indexed 0..n-1.
+
+    Columns: thumbnail (the key slice), name, slices, suspicious, flagged, class (of the key
+    slice), risk (the key slice's), volume_ml (None when unknown), review, flags (key slice),
+    sequence, received (UTC) and scan_id (the key slice, for opening it; not displayed)."""
+    rows = []
+    for s in studies:
+        key = s.key_case
+        rows.append(
+            {
+                "thumbnail": thumbnail_uri(key.get("thumbnail")),
+                "name": study_title(s, hide_names),
+                "slices": s.n_slices,
+                "suspicious": s.n_suspicious,
+                "flagged": s.n_flagged,
+                "class": class_text(effective_label(key)),
+                "risk": float(s.risk),
+                "volume_ml": None if s.volume_ml is None else round(float(s.volume_ml), 2),
+                "review": REVIEW_TEXT.get(s.review_status, s.review_status),
+                "flags": flag_text(key.get("flags") or ()),
+                "sequence": study_sequence(s),
+                "received": pd.to_datetime(s.received_at, utc=True, errors="coerce"),
+                "scan_id": s.key_scan_id,
+            }
+        )
+    return pd.DataFrame(rows, columns=[*STUDY_COLUMNS, "scan_id"])
+
+
+def series_frame(study, hide_names: bool = False) -> pd.DataFrame:
+    """The series of one study: description, slices, suspicious, flagged, risk, key slice
+    (its place in the stack), spacing, volume, missing slices; key_scan_id for opening."""
+    rows = []
+    for s in study.series:
+        shown = s.description if (s.source == "dicom" or not hide_names) else ""
+        rows.append(
+            {
+                "series": shown or f"series {s.series_key[:12]}",
+                "slices": s.n_slices,
+                "suspicious": s.n_suspicious,
+                "flagged": s.n_flagged,
+                "risk": float(s.risk),
+                "key slice": f"{s.key_position} of {s.n_slices}",
+                "spacing_mm": s.spacing_mm,
+                "volume_ml": None if s.volume_ml is None else round(float(s.volume_ml), 2),
+                "missing": s.missing,
+                "key_scan_id": s.key_scan_id,
+            }
+        )
+    return pd.DataFrame(rows)

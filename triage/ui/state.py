@@ -24,6 +24,9 @@ OPENED_REVISION = "opened_revision"  # {scan_id: the case revision this session'
 CASE_PICKER = "case_picker"
 WORKLIST_TABLE = "worklist_table"
 WORKLIST_OPEN = "worklist_open"
+SERIES_OPEN = "series_open"  # per-series "open" buttons of the Worklist page
+STACK_SLIDER = "stack_slider"  # the stack viewer's slice slider (keyed by series)
+STACK_PLOT = "stack_plot"  # the probability-along-the-stack chart (click a point to jump)
 UPLOAD_FILES = "upload_files"
 UPLOAD_FOLDER = "upload_folder"
 UPLOAD_MASKS = "upload_masks"
@@ -32,6 +35,8 @@ CAM_CLASS = "cam_class"
 CAM_METHOD = "cam_method"
 REVIEW_FORM = "review_form"
 ADDENDUM_FORM = "addendum_form"
+STUDY_FORM = "study_form"  # the stack viewer's whole-study sign-off
+STUDY_REPORT = "study_report"  # (scan_id, study_key, PDF bytes) prepared on the Case review page
 
 _DEFAULTS = {
     SELECTED_CASE: None,

@@ -9,6 +9,7 @@ or error) with a reason.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -25,7 +26,9 @@ from triage.intake import display_name, ingest
 from triage.io import content_id, read_mask_bytes
 from triage.privacy import case_ref, shown_name
 from triage.records import CLASSES, normalize_label
+from triage.series import NamedFile, SeriesInfo, SeriesInput, group_files
 from triage.service import TriageService
+from triage.studies import ingest_series
 from triage.worklist import Worklist
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_ZIP_MEMBERS = 2000
 MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# More slices of one series refused for the same reason than this are shown as one result row.
+COLLAPSE_REFUSED = 3
 
 # System clutter skipped silently inside folders and archives.
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -272,16 +277,92 @@ def process_uploads(
         if r["status"] == "rejected":
             _log_rejection(worklist, r["file"], r["reason"])
     hide = service.settings.file_names_hidden
-    total = len(items)
-    for done, item in enumerate(items):
+    # Series (DICOM UIDs, NIfTI volumes, image folders) go in as one stack each; the rest as single
+    # slices. Folders are not series when they carry class labels or masks (a training-data layout).
+    singles, series = _split_series(items, service, folder_series=not label_from_folder and not mask_for)
+    total = len(singles) + sum(len(s.slices) for s in series)
+    done = 0
+    for item in singles:
         if progress is not None:
             progress(done, total, case_ref(content_id(item.data)) if hide else item.name)
         truth = (label_from_folders(item) if label_from_folder else None) or truth_label
         rows.extend(_ingest_one(service, worklist, item, truth, mask_for.get(item.name)))
+        done += 1
+    for one in series:
+        start = done
+        title = case_ref(one.info.series_key) if hide else (one.info.description or "series")
+
+        def report(n: int, of: int, start: int = start, title: str = title) -> None:
+            if progress is not None:
+                progress(start + n, total, f"{title}: slice {n}/{of}")
+
+        rows.extend(_ingest_series(service, worklist, one, truth_label, report))
+        done = start + len(one.slices)
     if progress is not None:
         progress(total, total, "")
     if hide:  # names stay in the database only; every row shown says which case it is
         rows = [{**r, "file": _hidden_file(r)} for r in rows]
+    return rows
+
+
+def _split_series(
+    items: Sequence[UploadItem], service: TriageService, folder_series: bool
+) -> tuple[list[UploadItem], list[SeriesInput]]:
+    """(single files, series) of an upload (:func:`triage.series.group_files`)."""
+    try:
+        grouped = group_files(
+            [NamedFile(i.name, i.data, i.folders) for i in items], service.settings, folder_series=folder_series
+        )
+    except Exception:  # grouping must never lose an upload: fall back to one case per file
+        log.exception("grouping %d uploaded files into series failed; analysing them one by one", len(items))
+        return list(items), []
+    by_name = {i.name: i for i in items}
+    singles = [by_name[f.name] for f in grouped.singles]
+    if grouped.refused:  # NIfTI volumes refused as a whole: a result row and a rejection entry each
+        refused = SeriesInput(
+            info=SeriesInfo(series_key="refused", study_key="refused", patient_key="", source="nifti"),
+            slices=[],
+            refused=grouped.refused,
+        )
+        grouped.series.insert(0, refused)
+    return singles, grouped.series
+
+
+def _ingest_series(
+    service: TriageService, worklist: Worklist, series: SeriesInput, truth: str | None, progress
+) -> list[dict]:
+    try:
+        outcomes = ingest_series(service, worklist, series, truth_label=truth, progress=progress)
+    except Exception:  # one broken series must not stop the batch; the details go to the log only
+        log.exception("series %s failed", series.info.series_key)
+        reason = "internal error while analysing this series (the details are in the server log)"
+        names = [s.file_name for s in series.slices] or [n for n, _ in series.refused]
+        _log_rejection(worklist, f"series of {len(names)} files", reason)
+        return [_row(n, "error", reason=reason) for n in names]
+    # Many slices refused for one reason (the empty slices above a head) are one row, not dozens.
+    refused = collections.Counter(o.reason for o in outcomes if o.status == "rejected")
+    rows, summarised = [], set()
+    for o in outcomes:
+        if o.status == "rejected" and refused[o.reason] > COLLAPSE_REFUSED:
+            if o.reason in summarised:
+                continue
+            summarised.add(o.reason)
+            rows.append(
+                _row(f"{o.file} and {refused[o.reason] - 1} more slices", o.status, reason=o.reason, scan_id=o.scan_id)
+            )
+            continue
+        rows.append(
+            _row(
+                o.file,
+                o.status,
+                label=o.label,
+                risk=o.risk,
+                flags=o.flags,
+                truth=(truth or "") if o.status != "rejected" else "",
+                reason=o.reason,
+                scan_id=o.scan_id,
+            )
+        )
     return rows
 
 
