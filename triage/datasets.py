@@ -145,11 +145,12 @@ def near_duplicate_of(
     return hit
 
 
-def _pooled(vectors: np.ndarray) -> np.ndarray:
-    """(N, 64*64) thumbnails -> (N, 64) sums of 8x8 blocks / 8: a contraction
+def _pooled(vectors: np.ndarray, block: int = 8) -> np.ndarray:
+    """(N, 64*64) thumbnails -> (N, (64/block)^2) sums of block x block pixels / block: a contraction
     (``|P(a - b)| <= |a - b|`` by Cauchy-Schwarz), so a near pair stays near in the small space."""
-    n = len(vectors)
-    return (vectors.reshape(n, 8, 8, 8, 8).sum(axis=(2, 4), dtype=np.float32) / 8.0).reshape(n, 64)
+    n, k = len(vectors), THUMB // block
+    pooled = vectors.reshape(n, k, block, k, block).sum(axis=(2, 4), dtype=np.float32) / float(block)
+    return pooled.reshape(n, k * k)
 
 
 def dedup_sources(
@@ -177,7 +178,9 @@ def dedup_sources(
         return src
     raw = np.asarray(vectors).reshape(n, -1)
     if raw.dtype == np.uint8:  # raw thumbnails (4 kB a row instead of 16): normalised a chunk at a time
-        norms = np.concatenate([np.linalg.norm(raw[a : a + chunk].astype(np.float32), axis=1) for a in range(0, n, chunk)])
+        norms = np.concatenate(
+            [np.linalg.norm(raw[a : a + chunk].astype(np.float32), axis=1) for a in range(0, n, chunk)]
+        )
         norms[norms == 0] = 1.0
 
         def unit(idx: np.ndarray | slice) -> np.ndarray:
@@ -189,20 +192,27 @@ def dedup_sources(
             return raw[idx]
 
     screen = raw.shape[1] == THUMB * THUMB
-    small = np.concatenate(
-        [_pooled(unit(slice(a, a + chunk))) if screen else unit(slice(a, a + chunk)) for a in range(0, n, chunk)]
-    )
+    parts = [unit(slice(a, a + chunk)) for a in range(0, n, chunk)] if not screen else []
+    small = np.concatenate([_pooled(unit(slice(a, a + chunk))) for a in range(0, n, chunk)] if screen else parts)
+    # A second, finer screen (4x4 blocks, 256 numbers) before the full comparison.
+    mid = np.concatenate([_pooled(unit(slice(a, a + chunk)), 4) for a in range(0, n, chunk)]) if screen else None
     sq = np.einsum("ij,ij->i", small, small)
+    sq_mid = np.einsum("ij,ij->i", mid, mid) if mid is not None else None
     limit = 2.0 * (1.0 - threshold) + 1e-4  # squared distance bound, with float rounding room
     ref = np.ascontiguousarray(small.T)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (small[start:stop] @ ref)
+        d2 = small[start:stop] @ ref  # in place: one chunk x N array
+        d2 *= -2.0
+        d2 += sq[None, :]
+        d2 += sq[start:stop, None]
         for row, i in enumerate(range(start, stop)):
             if src[i] >= 0:
                 continue  # a removed row removes nothing
             cand = np.flatnonzero(d2[row, i + 1 :] <= limit) + i + 1
             cand = cand[src[cand] < 0]
+            if cand.size and mid is not None:
+                cand = cand[sq_mid[cand] + sq_mid[i] - 2.0 * (mid[cand] @ mid[i]) <= limit]
             if cand.size:
                 dup = cand[unit(cand) @ unit(slice(i, i + 1))[0] >= threshold]
                 src[dup] = i

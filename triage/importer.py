@@ -164,19 +164,45 @@ def find_problems(counts: dict[str, int], masks: int, task: str) -> list[str]:
 # ----- sources --------------------------------------------------------------------------------
 
 
+def confine(path: str | Path, settings: Settings) -> tuple[Path, Path]:
+    """(resolved path, the allowed root holding it) for a server path a browser user typed.
+
+    Relative paths are taken inside the first allowed root; the path is resolved (symlinks and
+    ``..`` followed) before the check, so neither an absolute path, ``../`` nor a link can leave
+    :attr:`Settings.allowed_import_roots` (issue 22, item 11). Raises :class:`DatasetError`
+    naming the allowed folders, and says nothing about whether the path exists outside them.
+    """
+    roots = settings.allowed_import_roots
+    raw = Path(str(path).strip()).expanduser()
+    candidates = [raw] if raw.is_absolute() else [r / raw for r in roots]
+    for cand in candidates:
+        resolved = cand.resolve()
+        for root in roots:
+            if resolved.is_relative_to(root):
+                return resolved, root
+    names = ", ".join(r.name or str(r) for r in roots) or "none configured"
+    raise DatasetError(
+        f"{raw.name or 'this path'}: only folders inside the server's data folders ({names}) can be imported; "
+        "set TRIAGE_IMPORT_ROOTS to allow another folder"
+    )
+
+
 def import_folder(
     folder: str | Path, task: str = "classifier", settings: Settings | None = None, progress: Progress | None = None
 ) -> ImportSummary:
-    """Import a server folder: class folders (+ masks/), or a folder holding a manifest.csv."""
+    """Import a server folder (inside :attr:`Settings.allowed_import_roots`): class folders
+    (+ masks/), or a folder holding a manifest.csv."""
     settings = settings or get_settings()
-    folder = Path(folder).expanduser()
+    folder, root = confine(folder, settings)
     if not folder.is_dir():
-        raise DatasetError(f"folder not found: {folder}")
+        raise DatasetError(f"folder not found: {folder.name}")
     if (folder / "manifest.csv").is_file():
-        items, skipped, rejected, mismatches = _collect_manifest(folder / "manifest.csv", None)
+        items, skipped, rejected, mismatches = _collect_manifest(folder / "manifest.csv", root)
     else:
         items, skipped, mismatches = _collect_class_folders(folder)
         rejected = []
+        items, refused = _inside(items, root)
+        rejected += refused
     return _build(items, f"folder {folder}", task, settings, skipped, rejected, mismatches, progress)
 
 
@@ -190,10 +216,10 @@ def import_manifest(
     """Import the rows of a manifest CSV (paths relative to its folder). Test-split rows are left out
     unless ``include_test`` (they stay available for an honest evaluation)."""
     settings = settings or get_settings()
-    csv_path = Path(csv_path).expanduser()
+    csv_path, root = confine(csv_path, settings)
     if not csv_path.is_file():
-        raise DatasetError(f"manifest not found: {csv_path}")
-    items, skipped, rejected, mismatches = _collect_manifest(csv_path, None, include_test)
+        raise DatasetError(f"manifest not found: {csv_path.name}")
+    items, skipped, rejected, mismatches = _collect_manifest(csv_path, root, include_test)
     return _build(items, f"manifest {csv_path}", task, settings, skipped, rejected, mismatches, progress)
 
 
@@ -386,6 +412,19 @@ def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], targe
 
 def _class_of(parts: list[str]) -> str | None:
     return next((normalize_label(p) for p in reversed(parts) if normalize_label(p)), None)
+
+
+def _inside(items: list[_Item], root: Path) -> tuple[list[_Item], list[list[str]]]:
+    """Items whose file (and mask) resolve inside ``root``; a symlink pointing out is refused."""
+    kept, refused = [], []
+    for it in items:
+        if not it.path.resolve().is_relative_to(root):
+            refused.append([it.name, "a link pointing outside the allowed folders; not read"])
+            continue
+        if it.mask is not None and not it.mask.resolve().is_relative_to(root):
+            it = _Item(path=it.path, label=it.label, name=it.name, mask=None, frame=it.frame, stem=it.stem)
+        kept.append(it)
+    return kept, refused
 
 
 def _collect_class_folders(root: Path) -> tuple[list[_Item], list[str], list[str]]:

@@ -484,8 +484,8 @@ def _dicom_spacing_checked(ds: object, warns: list[str]) -> tuple[float, float] 
 
 
 def _max_dataset_bytes(settings: Settings) -> int:
-    """The most a DICOM data set may hold once inflated: the pixel budget at 4 bytes a sample, plus headers."""
-    return 4 * _total_budget(settings) + (16 << 20)
+    """The most a DICOM data set may hold once inflated: the pixel budget at 2 bytes a sample, plus headers."""
+    return 2 * _total_budget(settings) + (16 << 20)
 
 
 def _inflate_deflated(data: bytes, settings: Settings) -> bytes:
@@ -832,16 +832,21 @@ def read_scan(data: bytes, name: str = "upload", settings: Settings | None = Non
     return scans[0]
 
 
-def declared_pixels(path: str | Path, settings: Settings | None = None) -> int:
+def declared_pixels(source: str | Path | bytes, settings: Settings | None = None) -> int:
     """Pixels a file's header says it holds (all frames), read without decoding any pixel; 0 when
-    the header cannot be read (the decoder then says why). Lets a caller bound the work of a batch
-    before paying for it."""
+    the header cannot be read (the decoder then says why). ``source``: a path or the file's bytes.
+    Lets a caller bound the work of a batch before paying for it."""
     settings = settings or get_settings()
+    name = "upload" if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).name
     try:
-        p = Path(path)
-        if p.stat().st_size > settings.max_file_bytes:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        else:
+            if Path(source).stat().st_size > settings.max_file_bytes:
+                return 0
+            data = Path(source).read_bytes()
+        if len(data) > settings.max_file_bytes:
             return 0
-        data = p.read_bytes()
         kind = _sniff(data)
         if kind in _PIL_KINDS:
             with warnings.catch_warnings():
@@ -859,7 +864,7 @@ def declared_pixels(path: str | Path, settings: Settings | None = None) -> int:
             cols = int(_finite_float(_safe_get(ds, "Columns")) or 0)
             return rows * cols * max(1, int(_finite_float(_safe_get(ds, "NumberOfFrames")) or 1))
     except Exception as exc:  # InvalidScanError (a deflate bomb), OSError, corrupt headers...
-        log.debug("no declared size for %s: %s", Path(path).name, exc)
+        log.debug("no declared size for %s: %s", name, exc)
     return 0
 
 
