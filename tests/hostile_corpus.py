@@ -630,6 +630,12 @@ def bomb_specs() -> list[CorpusSpec]:
         CorpusSpec("dicom_250_frames_256.dcm", OK, "frames.dcm", lambda: dicom_frames(250, 256)),
         CorpusSpec("tiff_50000_pages.tif", REJECTED, "pages.tif", lambda: tiff_many_pages(50_000)),
         CorpusSpec(
+            "zip_40_copies_of_a_40MP_brain.zip",
+            OK,
+            "brains40.zip",
+            lambda: zip_of(dict.fromkeys((f"glioma/{i}.png" for i in range(40)), big_brain_png(6324, 6324))),
+        ),
+        CorpusSpec(
             "zip_40_blank_40MP.zip",
             REJECTED,
             "blank40.zip",

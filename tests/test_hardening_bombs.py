@@ -308,3 +308,46 @@ def test_an_upload_batch_stops_decoding_when_its_pixel_budget_is_spent(service, 
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert len(skipped) == 2 and all("budget of 32,768 decoded pixels is spent" in r["reason"] for r in skipped)
     assert all(r["scan_id"] for r in skipped)
+
+
+# ----- item 15 (part): disk full ---------------------------------------------------------------
+
+
+def test_a_full_disk_gives_a_clear_reason_and_leaves_no_temporary_file(service, tmp_path, monkeypatch) -> None:
+    import errno
+    import os
+
+    from triage import intake
+    from triage.ui import uploads
+    from triage.worklist import Worklist
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(intake.os, "fsync", full)
+    wl = Worklist(tmp_path / "wl.sqlite3")
+    files = [(f"s{i}.png", hc.encode(hc.Image.fromarray(hc.fake_brain(128, seed=100 + i)), "PNG")) for i in range(2)]
+    rows = uploads.process_uploads(files, service, wl)
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert all("the server's disk is full" in r["reason"] for r in rows)
+    scans = service.settings.scans_dir
+    assert not list(scans.rglob(".tmp-*"))  # before: one zero-byte temporary file per failed write
+    assert wl.list_cases() == []
+    monkeypatch.setattr(intake.os, "fsync", real_fsync)
+    assert [r["status"] for r in uploads.process_uploads(files, service, wl)] == ["accepted", "accepted"]
+
+
+def test_the_same_bytes_are_not_analysed_again(service, tmp_path, monkeypatch) -> None:
+    from triage.ui import uploads
+    from triage.worklist import Worklist
+
+    png = hc.encode(hc.Image.fromarray(hc.fake_brain(128, seed=5)), "PNG")
+    seen = []
+    real = service.analyze_bytes
+    monkeypatch.setattr(service, "analyze_bytes", lambda data, name, **kw: seen.append(name) or real(data, name, **kw))
+    wl = Worklist(tmp_path / "wl.sqlite3")
+    rows = uploads.process_uploads([(f"copy{i}.png", png) for i in range(5)], service, wl)
+    assert [r["status"] for r in rows] == ["accepted"] + ["already in worklist"] * 4
+    assert len(seen) == 1 and wl.count() == 1
+    assert len({(r["label"], r["risk"]) for r in rows}) == 1  # the stored case's result, shown for each copy

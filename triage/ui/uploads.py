@@ -9,6 +9,7 @@ or error) with a reason.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -18,7 +19,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from triage.errors import InvalidScanError
 from triage.intake import display_name, ingest
@@ -46,6 +47,8 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _MASK_SUFFIXES = ("_mask", "-mask", " mask")
 
 Progress = Callable[[int, int, str], None]
+# Storage failures reported as such (disk full, quota, read-only or unwritable data folder).
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,23 @@ def _ingest_one(
     service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None, mask: bytes | None
 ) -> list[dict]:
     started = datetime.now(UTC).isoformat(timespec="microseconds")
+    if truth is None and mask is None:
+        # The same bytes are already a case: nothing new to record, so they are not decoded and
+        # analysed again (40 copies of a 40 MP slice in one zip took 182 s, issue 22, item 6).
+        sid = content_id(item.data)
+        case = worklist.get(sid)
+        if case is not None and Path(str(case.get("stored_path") or "")).is_file():  # else: stored again
+            return [
+                _row(
+                    item.name,
+                    "already in worklist",
+                    label=case.get("label") or "",
+                    risk=round(float(case.get("risk") or 0.0), 3),
+                    flags=case.get("flags") or (),
+                    reason="the same file was analysed before; the earlier case is kept",
+                    scan_id=sid,
+                )
+            ]
     mask_refused = ""
     if mask is not None:
         try:  # the scans' allow-listed, size-checked decoder: a mask is untrusted input too
@@ -323,8 +343,20 @@ def _ingest_one(
             mask, mask_refused = None, f"ground-truth mask refused: {exc}"
     try:
         results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
-    except Exception:  # one broken file must not stop the batch; the details go to the log only
+    except Exception as exc:  # one broken file must not stop the batch; the details go to the log only
         sid = content_id(item.data)
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:  # a clear reason, no traceback
+            log.error("upload %r not stored: %s", shown_name(item.name, sid, service.settings), exc.strerror)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            why = "the server's disk is full" if full else "the data folder cannot be written"
+            return [
+                _row(
+                    item.name,
+                    "error",
+                    reason=f"not stored: {why}; nothing was added to the worklist, upload it again later",
+                    scan_id=sid,
+                )
+            ]
         log.exception("upload %r failed", shown_name(item.name, sid, service.settings))
         # No exception text on screen: it can hold server paths and internals.
         reason = "internal error while analysing this file (the details are in the server log)"
