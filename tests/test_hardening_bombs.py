@@ -351,3 +351,10 @@ def test_the_same_bytes_are_not_analysed_again(service, tmp_path, monkeypatch) -
     assert [r["status"] for r in rows] == ["accepted"] + ["already in worklist"] * 4
     assert len(seen) == 1 and wl.count() == 1
     assert len({(r["label"], r["risk"]) for r in rows}) == 1  # the stored case's result, shown for each copy
+
+
+def test_zero_padding_under_a_row_is_not_a_length_mismatch() -> None:
+    from pydicom.data import get_testdata_file
+
+    (scan,) = read_scans(Path(get_testdata_file("MR_small_padded.dcm")).read_bytes(), "padded.dcm")
+    assert scan.shape == (64, 64)

@@ -569,8 +569,13 @@ def _check_native_length(ds: object, rows: int, cols: int, n_frames: int) -> Non
     photometric = str(_safe_get(ds, "PhotometricInterpretation") or "").strip().upper()
     if photometric.startswith("YBR") and photometric.endswith("422"):
         expected = expected * 2 // 3
-    actual = len(ds.PixelData)  # type: ignore[attr-defined]
-    if actual not in (expected, expected + 1):  # one pad byte makes an odd length even
+    pixel_data = ds.PixelData  # type: ignore[attr-defined]
+    actual = len(pixel_data)
+    row_bytes = max(2, cols * spp * bits // 8)
+    # One pad byte makes an odd length even; zero padding shorter than a row is stripped by pydicom
+    # (pydicom's MR_small_padded.dcm). Anything else is a header that lies about the layout.
+    padding = 0 <= actual - expected <= row_bytes and not any(pixel_data[expected:])
+    if actual not in (expected, expected + 1) and not padding:
         raise InvalidScanError(
             f"DICOM header does not match its pixel data: {cols}x{rows} px x {n_frames} frame(s) x {spp} "
             f"sample(s) x {bits} bits is {expected:,} bytes, but the file holds {actual:,}; the header is "
