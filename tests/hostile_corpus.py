@@ -600,6 +600,7 @@ def corpus_specs() -> list[CorpusSpec]:
     add("dicom_spacing_1e6.dcm", _dicom_variant(_set(PixelSpacing=[1e6, 1e6])), OK)  # 9: dropped
     add("dicom_slope_minus1.dcm", _dicom_variant(_inverted), OK)  # 9: flagged
     add("dicom_slope_1e30.dcm", _dicom_variant(_set(RescaleSlope="1e30")), OK)  # 9: dropped
+    add("dicom_window_1e30.dcm", _dicom_variant(_set(WindowCenter="1e30", WindowWidth="1e30")), OK)  # 9: dropped
     add("dicom_seg.dcm", _dicom_variant(_set(SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", Modality="SEG")), REJECTED)
     return specs
 

@@ -233,6 +233,7 @@ def test_a_seg_object_is_not_an_image() -> None:
         ("dicom_spacing_1e6.dcm", "PixelSpacing 1e+06"),
         ("dicom_slope_minus1.dcm", "contrast is inverted"),
         ("dicom_slope_1e30.dcm", "RescaleSlope 1e+30 is implausible"),
+        ("dicom_window_1e30.dcm", "VOI window 1e+30 / 1e+30 is implausible"),
     ],
 )
 def test_an_implausible_header_value_is_dropped_and_the_case_flagged(service, tmp_path, name, text) -> None:

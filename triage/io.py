@@ -407,10 +407,17 @@ def _dicom_attr(ds: object, frame: int, seq: str, keyword: str) -> object:
     return _safe_get(ds, keyword)
 
 
-def _dicom_window(ds: object, frame: int) -> tuple[float, float] | None:
+WINDOW_LIMIT = 1e7  # |WindowCenter| and WindowWidth beyond this cannot be an MR display window
+
+
+def _dicom_window(ds: object, frame: int, warns: list[str] | None = None) -> tuple[float, float] | None:
     c = _finite_float(_dicom_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
     wd = _finite_float(_dicom_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     if c is None or wd is None or wd <= 0:
+        return None
+    if abs(c) > WINDOW_LIMIT or wd > WINDOW_LIMIT:  # would turn the slice into a blank image
+        if warns is not None:
+            warns.append(f"VOI window {c:.3g} / {wd:.3g} is implausible; ignored (contrast stretched instead)")
         return None
     return c, wd
 
@@ -691,7 +698,7 @@ def _decode_dicom(
                 frame_meta["colorfulness"] = round(colorfulness(to_uint8(rgb) if rgb.dtype != np.uint8 else rgb), 2)
                 img8 = to_uint8(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
             else:
-                img8 = to_uint8(_dicom_rescale(ds, i, arr, warns), _dicom_window(ds, i))
+                img8 = to_uint8(_dicom_rescale(ds, i, arr, warns), _dicom_window(ds, i, warns))
             if invert:
                 img8 = 255 - img8
             frames.append((img8, i if n_frames > 1 else None, frame_meta))
