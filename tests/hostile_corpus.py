@@ -19,7 +19,8 @@ copied from ``../shared/data``) and returns a list of :class:`CorpusItem` tuples
   ``..%2F..%2Fx.png`` but uploaded as ``../../x.png``.
 
 Run ``python tests/hostile_corpus.py DEST`` to write the corpus and print it.
-The whole corpus takes well under a second to build and about 1 MB on disk.
+The whole corpus takes about a second to build and about 7 MB on disk (5.7 MB of it the 50,000-page
+TIFF). :func:`bomb_specs` lists the full-size inputs of issue 22 for ``bench/hostile_memory.py``.
 """
 
 from __future__ import annotations
@@ -333,6 +334,139 @@ def _flat(value: int) -> bytes:
     return encode(Image.fromarray(np.full((128, 128), value, np.uint8)), "PNG")
 
 
+# --------------------------------------------------------------------------- resource bombs (issue 22)
+
+
+def _meta_end(dicom: bytes) -> int:
+    """End of the file meta group: (0002,0000) UL group length right after the DICM prefix."""
+    return 132 + 12 + struct.unpack("<I", dicom[140:144])[0]
+
+
+def deflated_dicom(pixel_bytes: int | None = None) -> bytes:
+    """MR_small as Deflated Explicit VR Little Endian. With ``pixel_bytes`` its PixelData is that
+    many zero bytes (a deflate bomb: 360 MB inflate from about 360 kB), built without ever holding
+    them: after a full flush a deflate block does not refer back, so one block can be repeated."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    ds = mr_small()
+    if pixel_bytes is None:
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        return dicom_bytes(ds)
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    plain = dicom_bytes(ds)
+    body = plain[_meta_end(plain) :]
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = dicom_bytes(ds)
+    meta = deflated[: _meta_end(deflated)]
+    block_len = 4 << 20
+    n_blocks, rest = divmod(pixel_bytes, block_len)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = comp.compress(body + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes))
+    head += comp.flush(zlib.Z_FULL_FLUSH)
+    block = comp.compress(b"\x00" * block_len) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.compress(b"\x00" * rest) + comp.flush()
+    return meta + head + block * n_blocks + tail
+
+
+def tiff_many_pages(n_pages: int, side: int = 32) -> bytes:
+    """A TIFF of ``n_pages`` grey ``side`` x ``side`` pages sharing one strip (about 114 bytes a page)."""
+    strip_at = 8
+    pixels = bytes(range(256)) * (side * side // 256 + 1)
+    pixels = pixels[: side * side]
+    ifd_at = strip_at + len(pixels)
+    ifd_at += ifd_at % 2
+    entry_count = 9
+    ifd_size = 2 + 12 * entry_count + 4
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + pixels)
+    out += b"\x00" * (ifd_at - len(out))
+    for k in range(n_pages):
+        here = ifd_at + k * ifd_size
+        nxt = here + ifd_size if k + 1 < n_pages else 0
+        entries = [
+            (256, 4, 1, side),
+            (257, 4, 1, side),
+            (258, 3, 1, 8),
+            (259, 3, 1, 1),
+            (262, 3, 1, 1),
+            (273, 4, 1, strip_at),
+            (277, 3, 1, 1),
+            (278, 4, 1, side),
+            (279, 4, 1, side * side),
+        ]
+        out += struct.pack("<H", entry_count)
+        for tag, typ, count, value in entries:
+            out += struct.pack("<HHI", tag, typ, count)
+            out += struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        out += struct.pack("<I", nxt)
+    return bytes(out)
+
+
+def dicom_jpeg_frame(claimed: int, real: int, patch_sof: bool = True) -> bytes:
+    """A JPEG Baseline DICOM whose header says ``claimed`` x ``claimed`` but whose frame is bigger.
+
+    ``patch_sof``: the frame is a small JPEG whose SOF says ``real`` x ``real`` (cheap, for the
+    tests); otherwise a real ``real`` x ``real`` JPEG is encoded (the bench's 12000^2 case).
+    """
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    if patch_sof:
+        frame = jpeg_sof_dims(encode(Image.fromarray(fake_brain(64)), "JPEG"), real, real)
+    else:
+        frame = encode(Image.fromarray(np.full((real, real), 90, np.uint8)), "JPEG", quality=50)
+    ds = mr_small()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.Rows = ds.Columns = claimed
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return dicom_bytes(ds)
+
+
+def dicom_frames(n_frames: int, side: int = 64) -> bytes:
+    """An uncompressed ``n_frames``-frame int16 MR of ``side`` x ``side`` (fake brains, each shifted)."""
+    ds = mr_small()
+    brain = fake_brain(side).astype(np.int16) * 4
+    frames = np.stack([np.roll(brain, i % side, axis=1) for i in range(n_frames)])
+    ds.Rows = ds.Columns = side
+    ds.NumberOfFrames = n_frames
+    ds.PixelData = frames.tobytes()
+    return dicom_bytes(ds)
+
+
+def big_brain_png(width: int, height: int) -> bytes:
+    """A valid ``width`` x ``height`` PNG of a fake brain (nearest-neighbour blow-up, fast to encode)."""
+    import cv2
+
+    side = max(width, height)
+    brain = cv2.resize(fake_brain(256), (side, side), interpolation=cv2.INTER_NEAREST)
+    top, left = (side - height) // 2, (side - width) // 2
+    ok, buf = cv2.imencode(".png", brain[top : top + height, left : left + width], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    assert ok
+    return buf.tobytes()
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _dcm_patched(group: int, elem: int, value: bytes) -> Callable[[], bytes]:
+    return lambda: patch_element(_dcm(), group, elem, value)
+
+
+def _inverted(ds: Any) -> None:
+    """RescaleSlope -1 and no VOI window: the slice decodes with dark and bright swapped."""
+    ds.RescaleSlope, ds.RescaleIntercept = -1, 0
+    for kw in ("WindowCenter", "WindowWidth"):
+        if kw in ds:
+            delattr(ds, kw)
+
+
 def corpus_specs() -> list[CorpusSpec]:
     """Every corpus entry, cheap to list (bytes are made only by ``spec.make()``)."""
     specs: list[CorpusSpec] = []
@@ -453,7 +587,62 @@ def corpus_specs() -> list[CorpusSpec]:
     add("dicom_100000_frames.dcm", _dicom_variant(_set(NumberOfFrames=100000)), REJECTED)
     add("tiff_300_pages.tif", lambda: _multipage(300, 32, seeds=False), REJECTED)
     add("ztxt_bomb.png", _ztxt_bomb, EITHER)  # Pillow caps text chunks; pixels may still decode
+
+    # ---- resource bombs and decoder trust, second round (issue 22, items 1-6, 8, 9)
+    add("strip_32x60000.png", lambda: png_with_ihdr(32, 60000, zero_png_stream(32, 60000)), REJECTED)  # 1
+    add("mr_deflated.dcm", deflated_dicom, OK)  # 2: a well-behaved deflated file still decodes
+    add("dicom_deflate_bomb_360MB.dcm", lambda: deflated_dicom(360 << 20), REJECTED)  # 2: ~360 kB upload
+    add("dicom_jpeg_12000_in_64.dcm", lambda: dicom_jpeg_frame(64, 12000), REJECTED)  # 4
+    add("tiff_50000_pages.tif", lambda: tiff_many_pages(50_000), REJECTED)  # 6: 5.7 MB, never walked
+    add("dicom_columns_63.dcm", _dcm_patched(0x0028, 0x0011, struct.pack("<H", 63)), REJECTED)  # 8: sheared
+    add("dicom_rows_48.dcm", _dcm_patched(0x0028, 0x0010, struct.pack("<H", 48)), REJECTED)  # 8: cut
+    add("dicom_spacing_1e200.dcm", _dicom_variant(_set(PixelSpacing=["1e200", "1e200"])), OK)  # 9: dropped
+    add("dicom_spacing_1e6.dcm", _dicom_variant(_set(PixelSpacing=[1e6, 1e6])), OK)  # 9: dropped
+    add("dicom_slope_minus1.dcm", _dicom_variant(_inverted), OK)  # 9: flagged
+    add("dicom_slope_1e30.dcm", _dicom_variant(_set(RescaleSlope="1e30")), OK)  # 9: dropped
+    add("dicom_window_1e30.dcm", _dicom_variant(_set(WindowCenter="1e30", WindowWidth="1e30")), OK)  # 9: dropped
+    add("dicom_seg.dcm", _dicom_variant(_set(SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", Modality="SEG")), REJECTED)
     return specs
+
+
+def bomb_specs() -> list[CorpusSpec]:
+    """The full-size inputs of issue 22 for ``bench/hostile_memory.py`` (too big or slow for the
+    unit tests, which use the small versions above). Expectations are for the fixed code."""
+    blank40 = lambda: png_with_ihdr(6324, 6324, zero_png_stream(6324, 6324))  # noqa: E731
+    return [
+        CorpusSpec(
+            "strip_32x60000.png",
+            REJECTED,
+            "strip_32x60000.png",
+            lambda: png_with_ihdr(32, 60000, zero_png_stream(32, 60000)),
+        ),
+        CorpusSpec(
+            "strip_32x80000.png",
+            REJECTED,
+            "strip_32x80000.png",
+            lambda: png_with_ihdr(32, 80000, zero_png_stream(32, 80000)),
+        ),
+        CorpusSpec("brain_6324x6324_40MP.png", OK, "brain_40MP.png", lambda: big_brain_png(6324, 6324)),
+        CorpusSpec("brain_3162x12648_4to1.png", OK, "brain_4to1.png", lambda: big_brain_png(3162, 12648)),
+        CorpusSpec("dicom_deflate_bomb_2900MB.dcm", REJECTED, "deflate.dcm", lambda: deflated_dicom(2900 << 20)),
+        CorpusSpec(
+            "dicom_jpeg_12000_in_512.dcm", REJECTED, "jpeg.dcm", lambda: dicom_jpeg_frame(512, 12000, patch_sof=False)
+        ),
+        CorpusSpec("dicom_250_frames_256.dcm", OK, "frames.dcm", lambda: dicom_frames(250, 256)),
+        CorpusSpec("tiff_50000_pages.tif", REJECTED, "pages.tif", lambda: tiff_many_pages(50_000)),
+        CorpusSpec(
+            "zip_40_copies_of_a_40MP_brain.zip",
+            OK,
+            "brains40.zip",
+            lambda: zip_of(dict.fromkeys((f"glioma/{i}.png" for i in range(40)), big_brain_png(6324, 6324))),
+        ),
+        CorpusSpec(
+            "zip_40_blank_40MP.zip",
+            REJECTED,
+            "blank40.zip",
+            lambda: zip_of({f"glioma/{i}.png": blank40() for i in range(40)}),
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- masks (issue 22, item 7)

@@ -70,7 +70,7 @@ def zip_folder(root: Path, extra: dict[str, bytes] | None = None) -> bytes:
 
 @pytest.fixture
 def settings(tmp_path):
-    return get_settings(data_dir=tmp_path / "data", weights_dir=tmp_path / "weights")
+    return get_settings(data_dir=tmp_path / "data", weights_dir=tmp_path / "weights", import_roots=str(tmp_path))
 
 
 def _staging_empty(settings) -> bool:

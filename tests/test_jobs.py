@@ -38,7 +38,9 @@ def kill_leftovers(settings) -> None:
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "NICENESS", 0)  # the test machine is busy enough
-    settings = get_settings(data_dir=tmp_path / "data", weights_dir=tmp_path / "weights", torch_threads=1)
+    settings = get_settings(
+        data_dir=tmp_path / "data", weights_dir=tmp_path / "weights", torch_threads=1, import_roots=str(tmp_path)
+    )
     make_tiny_weights(settings.weights_dir)
     yield settings
     kill_leftovers(settings)

@@ -29,6 +29,7 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("TRIAGE_TORCH_THREADS", "1")
+    monkeypatch.setenv("TRIAGE_IMPORT_ROOTS", str(tmp_path))  # server folders are confined (issue 22, item 11)
     make_tiny_weights(tmp_path / "weights")
     st.cache_resource.clear()
     at = AppTest.from_file(PAGE, default_timeout=60)

@@ -30,8 +30,30 @@ MIN_DARK_BORDER = 0.5
 MIN_MIDTONE_SHARE = 0.005
 
 
+# The image statistics below look at a regular subsample of at most about this many pixels: on a
+# 40 MP upload np.percentile and np.corrcoef made float64 copies and peaked at 1.5 GB (issue 22).
+# Images up to this size (every real slice) are measured on every pixel, exactly as before.
+SAMPLE_PIXELS = 4_000_000
+
+
+def _sample(img: np.ndarray) -> np.ndarray:
+    """A strided view of ``img`` with at most about :data:`SAMPLE_PIXELS` pixels (``img`` itself if smaller)."""
+    if img.size <= SAMPLE_PIXELS:
+        return img
+    step = int(np.ceil(np.sqrt(img.size / SAMPLE_PIXELS)))
+    return img[::step, ::step]
+
+
+def _rows(img: np.ndarray) -> np.ndarray:
+    """Whole rows, every k-th, with at most about :data:`SAMPLE_PIXELS` pixels (neighbours stay neighbours)."""
+    if img.size <= SAMPLE_PIXELS:
+        return img
+    return img[:: int(np.ceil(img.size / SAMPLE_PIXELS))]
+
+
 def midtone_share(img: np.ndarray) -> float:
     """Share of pixels that are neither near black nor near white (after a robust stretch)."""
+    img = _sample(img)
     lo, hi = np.percentile(img, [0.5, 99.5])
     x = (img.astype(np.float32) - lo) / max(1.0, float(hi - lo))
     return float(((x > 0.1) & (x < 0.9)).mean())
@@ -42,11 +64,12 @@ def dark_border_fraction(img: np.ndarray) -> float:
     h, w = img.shape
     b = max(2, int(0.04 * min(h, w)))
     ring = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
-    return float((ring < 0.12 * max(1.0, float(np.percentile(img, 99)))).mean())
+    return float((ring < 0.12 * max(1.0, float(np.percentile(_sample(img), 99)))).mean())
 
 
 def neighbour_correlation(img: np.ndarray) -> float:
     """Correlation of horizontally adjacent pixels: ~1 for real images, ~0 for white noise."""
+    img = _rows(img)
     a = img[:, :-1].astype(np.float32).ravel()
     b = img[:, 1:].astype(np.float32).ravel()
     if a.std() == 0 or b.std() == 0:
@@ -116,7 +139,7 @@ def not_brain_reason(scan: Scan, crop: BrainCrop) -> str | None:
         if reason:
             return reason
     img = scan.pixels
-    lo, hi = np.percentile(img, [1, 99])
+    lo, hi = np.percentile(_sample(img), [1, 99])
     if hi - lo < MIN_DYNAMIC_RANGE:
         return "not a brain MRI: the image is blank or almost uniform"
     if neighbour_correlation(img) < MIN_NEIGHBOUR_CORRELATION:

@@ -37,6 +37,10 @@ class Settings:
     # Longer side / shorter side above this is refused: no slice is that narrow, and the crop's
     # padding to a square grows with the square of the longer side.
     max_aspect_ratio: float = 4.0
+    # Server folders the training page may import from ("Folder on this computer", manifest paths),
+    # separated by os.pathsep. Empty (the default): the data folder, and shared_data_dir when it
+    # exists. A browser user can never make the server list or read anything outside them.
+    import_roots: str = ""
     # A case is "uncertain" when the top probability is below this.
     uncertain_below: float = 0.6
     # Minimum mask area (fraction of brain crop) before the classifier/segmenter disagree.
@@ -65,6 +69,15 @@ class Settings:
     def file_names_hidden(self) -> bool:
         """Whether file names are replaced by case ids wherever a person could see them."""
         return (not self.allow_phi) if self.hide_file_names is None else bool(self.hide_file_names)
+
+    @property
+    def allowed_import_roots(self) -> tuple[Path, ...]:
+        """The resolved folders server-side imports are confined to (see ``import_roots``)."""
+        if self.import_roots.strip():
+            roots = [Path(r).expanduser() for r in self.import_roots.split(os.pathsep) if r.strip()]
+        else:
+            roots = [self.data_dir] + ([self.shared_data_dir] if self.shared_data_dir.is_dir() else [])
+        return tuple(r.resolve() for r in roots)
 
     @property
     def db_path(self) -> Path:

@@ -46,10 +46,10 @@ import numpy as np
 
 from triage.brain_check import is_blank
 from triage.config import Settings, get_settings
-from triage.datasets import dedup_groups, file_sha1, read_mask, thumbnail_vector
+from triage.datasets import dedup_sources, file_sha1, read_mask, thumbnail_u8
 from triage.errors import DatasetError, InvalidScanError
 from triage.export import csv_row
-from triage.io import IMAGE_SUFFIXES, read_path
+from triage.io import IMAGE_SUFFIXES, declared_pixels, read_path
 from triage.privacy import shown_name
 from triage.records import CLASSES, normalize_label
 from triage.training_run import MIN_IMAGES_PER_CLASS
@@ -63,6 +63,10 @@ MAX_MEMBER_BYTES = 256 * 1024 * 1024
 MAX_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
 MAX_RATIO = 100.0
 RATIO_MIN_BYTES = 1024 * 1024  # the ratio cap applies to members that inflate beyond this
+
+# Decoded pixels one import may cost, added up from the headers before each image is decoded: 50,000
+# slices of 512^2 fit 1.5 times; 2000 blank 40 MP PNGs (a 0.6 MB zip) would need 80 G.
+MAX_IMPORT_PIXELS = 20_000_000_000
 
 MAX_FOLDER_FILES = 200_000  # a server folder with more files is refused (e.g. "/" typed by mistake)
 
@@ -160,19 +164,45 @@ def find_problems(counts: dict[str, int], masks: int, task: str) -> list[str]:
 # ----- sources --------------------------------------------------------------------------------
 
 
+def confine(path: str | Path, settings: Settings) -> tuple[Path, Path]:
+    """(resolved path, the allowed root holding it) for a server path a browser user typed.
+
+    Relative paths are taken inside the first allowed root; the path is resolved (symlinks and
+    ``..`` followed) before the check, so neither an absolute path, ``../`` nor a link can leave
+    :attr:`Settings.allowed_import_roots` (issue 22, item 11). Raises :class:`DatasetError`
+    naming the allowed folders, and says nothing about whether the path exists outside them.
+    """
+    roots = settings.allowed_import_roots
+    raw = Path(str(path).strip()).expanduser()
+    candidates = [raw] if raw.is_absolute() else [r / raw for r in roots]
+    for cand in candidates:
+        resolved = cand.resolve()
+        for root in roots:
+            if resolved.is_relative_to(root):
+                return resolved, root
+    names = ", ".join(r.name or str(r) for r in roots) or "none configured"
+    raise DatasetError(
+        f"{raw.name or 'this path'}: only folders inside the server's data folders ({names}) can be imported; "
+        "set TRIAGE_IMPORT_ROOTS to allow another folder"
+    )
+
+
 def import_folder(
     folder: str | Path, task: str = "classifier", settings: Settings | None = None, progress: Progress | None = None
 ) -> ImportSummary:
-    """Import a server folder: class folders (+ masks/), or a folder holding a manifest.csv."""
+    """Import a server folder (inside :attr:`Settings.allowed_import_roots`): class folders
+    (+ masks/), or a folder holding a manifest.csv."""
     settings = settings or get_settings()
-    folder = Path(folder).expanduser()
+    folder, root = confine(folder, settings)
     if not folder.is_dir():
-        raise DatasetError(f"folder not found: {folder}")
+        raise DatasetError(f"folder not found: {folder.name}")
     if (folder / "manifest.csv").is_file():
-        items, skipped, rejected, mismatches = _collect_manifest(folder / "manifest.csv", None)
+        items, skipped, rejected, mismatches = _collect_manifest(folder / "manifest.csv", root)
     else:
         items, skipped, mismatches = _collect_class_folders(folder)
         rejected = []
+        items, refused = _inside(items, root)
+        rejected += refused
     return _build(items, f"folder {folder}", task, settings, skipped, rejected, mismatches, progress)
 
 
@@ -186,10 +216,10 @@ def import_manifest(
     """Import the rows of a manifest CSV (paths relative to its folder). Test-split rows are left out
     unless ``include_test`` (they stay available for an honest evaluation)."""
     settings = settings or get_settings()
-    csv_path = Path(csv_path).expanduser()
+    csv_path, root = confine(csv_path, settings)
     if not csv_path.is_file():
-        raise DatasetError(f"manifest not found: {csv_path}")
-    items, skipped, rejected, mismatches = _collect_manifest(csv_path, None, include_test)
+        raise DatasetError(f"manifest not found: {csv_path.name}")
+    items, skipped, rejected, mismatches = _collect_manifest(csv_path, root, include_test)
     return _build(items, f"manifest {csv_path}", task, settings, skipped, rejected, mismatches, progress)
 
 
@@ -384,6 +414,19 @@ def _class_of(parts: list[str]) -> str | None:
     return next((normalize_label(p) for p in reversed(parts) if normalize_label(p)), None)
 
 
+def _inside(items: list[_Item], root: Path) -> tuple[list[_Item], list[list[str]]]:
+    """Items whose file (and mask) resolve inside ``root``; a symlink pointing out is refused."""
+    kept, refused = [], []
+    for it in items:
+        if not it.path.resolve().is_relative_to(root):
+            refused.append([it.name, "a link pointing outside the allowed folders; not read"])
+            continue
+        if it.mask is not None and not it.mask.resolve().is_relative_to(root):
+            it = _Item(path=it.path, label=it.label, name=it.name, mask=None, frame=it.frame, stem=it.stem)
+        kept.append(it)
+    return kept, refused
+
+
 def _collect_class_folders(root: Path) -> tuple[list[_Item], list[str], list[str]]:
     """Images under class folders and their masks (by stem). Returns items, skipped, mask notes."""
     images: list[tuple[Path, str, str]] = []
@@ -497,6 +540,10 @@ def _manifest_path(base: Path, rel: str, confine: Path | None) -> Path | None:
 # ----- building the dataset ------------------------------------------------------------------
 
 
+def _sha1_file(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
 def _unique_stem(stem: str, used: set[str]) -> str:
     stem = _UNSAFE_CHARS.sub("_", stem).strip("._")[:80] or "image"
     candidate, n = stem, 1
@@ -562,61 +609,76 @@ def _write_dataset(
     out: Path,
     progress: Progress | None,
 ) -> ImportSummary:
-    accepted: list[tuple[_Item, np.ndarray, np.ndarray | None, bytes | None]] = []
-    thumbs, sha1s = [], []
+    # Nothing decoded stays in memory (issue 22, item 3: a 10 kB zip of 40 blank 40 MP PNGs
+    # peaked at 2.3 GB): each accepted image's PNG copy and mask go straight to a pending file,
+    # and only its 4 kB thumbnail is kept for the de-duplication.
+    pending = out / ".pending"
+    pending.mkdir()
+    accepted: list[tuple[_Item, Path | None, Path | None]] = []
+    thumbs: list[np.ndarray] = []
+    sha1s: list[str] = []
+    budget = MAX_IMPORT_PIXELS
     for i, item in enumerate(items):
         if progress is not None:
             progress(i, len(items))
+        declared = declared_pixels(item.path, settings)
+        if declared > budget:  # checked on the header, before decoding
+            rejected.append(
+                [item.name, f"not decoded: the import's budget of {MAX_IMPORT_PIXELS:,} decoded pixels is spent"]
+            )
+            continue
         try:
-            scans = read_path(item.path, settings)
+            scans = read_path(item.path, settings) if item.frame is None else read_path(item.path, settings, item.frame)
         except InvalidScanError as exc:
             rejected.append([item.name, str(exc)])
             continue
+        budget -= declared
         if item.frame is not None:
-            if item.frame >= len(scans):
-                rejected.append([item.name, f"frame {item.frame} not found"])
-                continue
-            scan = scans[item.frame]
+            scan = scans[0]
         elif len(scans) > 1:
             rejected.append([item.name, f"has {len(scans)} frames; training needs one slice per file"])
             continue
         else:
             scan = scans[0]
+        del scans
         if is_blank(scan.pixels):
             rejected.append([item.name, "blank image (every pixel has the same value): nothing to train on"])
             continue
         # DICOM (which may carry patient data) and single frames are re-written as PNG.
-        as_png = _png(scan.pixels) if (item.frame is not None or scan.source_format == "dicom") else None
-        mask = None
+        png_path = None
+        if item.frame is not None or scan.source_format == "dicom":
+            png_path = pending / f"{len(accepted)}.png"
+            png_path.write_bytes(_png(scan.pixels))
+        mask_path = None
         if item.mask is not None:
             try:
                 mask = read_mask(item.mask, scan.shape)  # allow-listed, size-checked; DatasetError only
+                mask_path = pending / f"{len(accepted)}_mask.png"
+                mask_path.write_bytes(_png(mask.astype(np.uint8) * 255))
+                del mask
             except DatasetError as exc:
                 mismatches.append(f"{exc}; mask dropped")
             except Exception:  # never expected; one bad mask must not fail the import
                 log.exception("mask %s could not be read", item.mask)
                 mismatches.append(f"mask {item.mask.name}: unreadable mask; mask dropped")
-        accepted.append((item, scan.pixels, mask, as_png))
-        thumbs.append(thumbnail_vector(scan.pixels))
-        sha1s.append(hashlib.sha1(as_png).hexdigest() if as_png is not None else file_sha1(item.path))
+        accepted.append((item, png_path, mask_path))
+        thumbs.append(thumbnail_u8(scan.pixels))
+        sha1s.append(_sha1_file(png_path) if png_path is not None else file_sha1(item.path))
+        del scan
     if progress is not None:
         progress(len(items), len(items))
-    keep = dedup_groups(np.stack(thumbs), sha1s) if thumbs else np.zeros(0, bool)
-    vectors = np.stack(thumbs) if thumbs else np.zeros((0, 1), np.float32)
+    sources = dedup_sources(np.stack(thumbs), sha1s) if thumbs else np.zeros(0, np.int64)
+    del thumbs
+    keep = sources < 0
     duplicates, exact, near = [], 0, 0
-    first_by_sha: dict[str, int] = {}
-    for i, s in enumerate(sha1s):
-        first_by_sha.setdefault(s, i)
     kept_idx = np.nonzero(keep)[0]
     for i in np.nonzero(~keep)[0]:
-        j = first_by_sha[sha1s[i]]
-        if j != i:
+        j = int(sources[i])
+        if sha1s[j] == sha1s[i]:
             exact += 1
             kind = "exact copy"
         else:
             near += 1
-            earlier = kept_idx[kept_idx < i]
-            j = int(earlier[np.argmax(vectors[earlier] @ vectors[i])]) if len(earlier) else i
             kind = "near duplicate"
         a, b = accepted[i][0], accepted[j][0]
         clash = f" (labelled {a.label} vs {b.label})" if a.label != b.label else ""
@@ -626,23 +688,24 @@ def _write_dataset(
     used: set[str] = set()
     rows = []
     for i in kept_idx:
-        item, _pixels, mask, as_png = accepted[i]
+        item, png_path, mask_path = accepted[i]
         stem = _unique_stem(item.stem or Path(item.name).stem, used)
-        suffix = ".png" if as_png is not None else (item.path.suffix.lower() or ".dcm")
+        suffix = ".png" if png_path is not None else (item.path.suffix.lower() or ".dcm")
         rel = f"{item.label}/{stem}{suffix}"
         (out / item.label).mkdir(exist_ok=True)
-        if as_png is not None:
-            (out / rel).write_bytes(as_png)
+        if png_path is not None:
+            os.replace(png_path, out / rel)
         else:
             shutil.copyfile(item.path, out / rel)
         mask_rel = ""
-        if mask is not None:
+        if mask_path is not None:
             (out / "masks").mkdir(exist_ok=True)
             mask_rel = f"masks/{stem}.png"
-            (out / mask_rel).write_bytes(_png(mask.astype(np.uint8) * 255))
+            os.replace(mask_path, out / mask_rel)
             mask_counts[item.label] += 1
         counts[item.label] += 1
         rows.append({"path": rel, "label": item.label, "mask_path": mask_rel, "sha1": sha1s[i], "source": item.name})
+    shutil.rmtree(pending)  # the duplicates' copies
     with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "mask_path", "sha1", "source"])
         writer.writeheader()

@@ -44,11 +44,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, read-only folder...: no temporary file is left behind (issue 22, item 15)
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def store_upload(data: bytes, fmt: str, scans_dir: Path, digest: str | None = None) -> Path:

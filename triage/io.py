@@ -272,11 +272,36 @@ def _upright(frame: Image.Image) -> Image.Image:
     return frame
 
 
+def _count_frames(img: Image.Image, max_frames: int) -> int:
+    """Frames of a Pillow image, walking at most ``max_frames + 1`` of them.
+
+    Pillow's ``n_frames`` walks every TIFF page (a 50,000-page TIFF was walked completely before
+    the frame limit refused it); seeking to page ``max_frames`` stops at the limit instead.
+    """
+    if img.format == "MPO":
+        return 1
+    if img.format != "TIFF":
+        return int(getattr(img, "n_frames", 1) or 1)
+    if img._n_frames is not None:  # type: ignore[attr-defined]  # one page, known at open
+        return int(img._n_frames)  # type: ignore[attr-defined]
+    walk = max(max_frames, MAX_FRAMES)  # a little past a small limit, so the message can say how many
+    count = walk + 1
+    for k in range(1, walk + 1):  # page by page: a failed far seek leaves Pillow's count wrong
+        try:
+            img.seek(k)
+        except EOFError:
+            count = k
+            break
+    img.seek(0)
+    return count
+
+
 def _decode_pil(
-    data: bytes, settings: Settings, kind: str = "image", max_frames: int = MAX_FRAMES
+    data: bytes, settings: Settings, kind: str = "image", max_frames: int = MAX_FRAMES, only_frame: int | None = None
 ) -> tuple[list[_Frame], str]:
     """Decode PNG/JPEG/TIFF/BMP bytes with Pillow into (uint8 frame, frame index, frame meta)
-    triples and the format name. Frames are turned upright by their EXIF orientation."""
+    triples and the format name. Frames are turned upright by their EXIF orientation.
+    ``only_frame``: decode that frame alone (the others are neither decoded nor kept)."""
     try:
         with warnings.catch_warnings():
             # Our own limit (_check_dims, before any pixel is decoded) is stricter and names the
@@ -288,16 +313,22 @@ def _decode_pil(
             fmt = (img.format or "image").lower()
             w, h = img.size
             _check_dims(h, w, settings)
-            n_frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
+            n_frames = _count_frames(img, max_frames)
             if n_frames > max_frames:
+                walked = max(max_frames, MAX_FRAMES)  # _count_frames stops there
+                many = f"{n_frames}" if n_frames <= walked else f"more than {walked}"
                 raise InvalidScanError(
-                    f"file has {n_frames} frames; at most {max_frames} {'is' if max_frames == 1 else 'are'} accepted"
+                    f"file has {many} frames; at most {max_frames} {'is' if max_frames == 1 else 'are'} accepted"
                 )
+            if only_frame is not None and not 0 <= only_frame < n_frames:
+                raise InvalidScanError(f"frame {only_frame} not found: the file has {n_frames} frame(s)")
             frames: list[_Frame] = []
             total = 0
             for i, frame in enumerate(ImageSequence.Iterator(img)):
                 if i >= n_frames:
                     break
+                if only_frame is not None and i != only_frame:
+                    continue
                 if n_frames > 1 and _is_reduced_resolution(frame):
                     continue
                 fw, fh = frame.size
@@ -376,10 +407,17 @@ def _dicom_attr(ds: object, frame: int, seq: str, keyword: str) -> object:
     return _safe_get(ds, keyword)
 
 
-def _dicom_window(ds: object, frame: int) -> tuple[float, float] | None:
+WINDOW_LIMIT = 1e7  # |WindowCenter| and WindowWidth beyond this cannot be an MR display window
+
+
+def _dicom_window(ds: object, frame: int, warns: list[str] | None = None) -> tuple[float, float] | None:
     c = _finite_float(_dicom_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
     wd = _finite_float(_dicom_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     if c is None or wd is None or wd <= 0:
+        return None
+    if abs(c) > WINDOW_LIMIT or wd > WINDOW_LIMIT:  # would turn the slice into a blank image
+        if warns is not None:
+            warns.append(f"VOI window {c:.3g} / {wd:.3g} is implausible; ignored (contrast stretched instead)")
         return None
     return c, wd
 
@@ -397,8 +435,9 @@ def _dicom_spacing(ds: object) -> tuple[float, float] | None:
     return row, col
 
 
-def _dicom_rescale(ds: object, frame: int, arr: np.ndarray) -> np.ndarray:
-    """Modality LUT / rescale slope+intercept (frame-specific for enhanced multi-frame)."""
+def _dicom_rescale(ds: object, frame: int, arr: np.ndarray, warns: list[str]) -> np.ndarray:
+    """Modality LUT / rescale slope+intercept (frame-specific for enhanced multi-frame); implausible
+    values are dropped with a note in ``warns``."""
     from pydicom.pixels import apply_modality_lut
 
     if _safe_get(ds, "ModalityLUTSequence"):
@@ -410,10 +449,16 @@ def _dicom_rescale(ds: object, frame: int, arr: np.ndarray) -> np.ndarray:
     slope = _finite_float(_dicom_attr(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
     intercept = _finite_float(_dicom_attr(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
     out = arr.astype(np.float32)
+    if slope is not None and slope != 0 and not SLOPE_RANGE[0] <= abs(slope) <= SLOPE_RANGE[1]:
+        warns.append(f"RescaleSlope {slope:.3g} is implausible; ignored")
+        slope = None
+    if intercept is not None and abs(intercept) > INTERCEPT_LIMIT:
+        warns.append(f"RescaleIntercept {intercept:.3g} is implausible; ignored")
+        intercept = None
     if slope is not None and slope != 0:
-        out = out * np.float32(slope)
+        out *= np.float32(slope)
     if intercept is not None:
-        out = out + np.float32(intercept)
+        out += np.float32(intercept)
     return out
 
 
@@ -421,11 +466,180 @@ def _dicom_str(value: object) -> str:
     return _CONTROL_CHARS.sub(" ", str(value)).strip()
 
 
-def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[_Frame], tuple | None, dict]:
+# Plausible ranges of header numbers (issue 22, item 9). A value outside is dropped (the scan is
+# kept, flagged through ``meta["header_warnings"]``), never trusted: PixelSpacing 1e200 once made
+# a tumour area infinite and the case was lost.
+SPACING_RANGE_MM = (0.01, 20.0)  # in-plane pixel size of any clinical MRI (0.1-5 mm in practice)
+SLOPE_RANGE = (1e-6, 1e6)  # |RescaleSlope|
+INTERCEPT_LIMIT = 1e7
+# Transfer syntaxes whose frames are Pillow/pydicom-decoded images with their own header size.
+_SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}  # SEG, label map SEG
+
+
+def _dicom_spacing_checked(ds: object, warns: list[str]) -> tuple[float, float] | None:
+    spacing = _dicom_spacing(ds)
+    if spacing is None:
+        return None
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= v <= hi for v in spacing):
+        warns.append(
+            f"PixelSpacing {spacing[0]:.3g} x {spacing[1]:.3g} mm is implausible (expected {lo}-{hi:g} mm); "
+            "ignored, so the tumour area is given in pixels only"
+        )
+        return None
+    return spacing
+
+
+def _max_dataset_bytes(settings: Settings) -> int:
+    """The most a DICOM data set may hold once inflated: the pixel budget at 2 bytes a sample, plus headers."""
+    return 2 * _total_budget(settings) + (16 << 20)
+
+
+def _inflate_deflated(data: bytes, settings: Settings) -> bytes:
+    """A Deflated Explicit VR file rewritten as Explicit VR Little Endian, inflated with a limit.
+
+    pydicom inflates the whole data set in memory before reading a single element (a 1.6 MB
+    upload once became 2.9 GB), so the inflation is done here in bounded steps; a stream that
+    inflates beyond :func:`_max_dataset_bytes` is refused before pydicom parses it.
+    Other files are returned unchanged.
+    """
+    import zlib
+
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.filewriter import write_file_meta_info
+
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, True)
+        if fp.read(2) != b"\x02\x00":  # no file meta group: nothing can say "deflated"
+            return data
+        fp.seek(-2, 1)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # let dcmread report the corrupt file the usual way
+        return data
+    ts = _safe_get(meta, "TransferSyntaxUID")
+    if ts != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return data
+    limit = _max_dataset_bytes(settings)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data[fp.tell() :], limit + 1)
+    except zlib.error as exc:
+        raise InvalidScanError(f"DICOM file is deflated but its compressed data is corrupt ({_short(exc)})") from exc
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise InvalidScanError(
+            f"DICOM data set inflates to more than {limit / 1e6:.0f} MB (possible decompression bomb); "
+            "export the series uncompressed"
+        )
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=False)
+    return out.getvalue() + inflated
+
+
+def _frame_header_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from the header of one compressed frame (JPEG family or JPEG 2000), or None."""
+    from pydicom.pixels.utils import _get_jpg_parameters
+
+    if frame[:2] == b"\xff\xd8":
+        info = _get_jpg_parameters(frame)
+        if info.get("height") is not None and info.get("width") is not None:
+            return int(info["height"]), int(info["width"])
+        return None
+    j2k = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (a JP2 box wrapper may come first)
+    if 0 <= j2k < 4096 and len(frame) >= j2k + 24:
+        import struct
+
+        xs, ys, xo, yo = struct.unpack(">IIII", frame[j2k + 8 : j2k + 24])
+        return ys - yo, xs - xo
+    return None
+
+
+def _check_native_length(ds: object, rows: int, cols: int, n_frames: int) -> None:
+    """An uncompressed PixelData must hold exactly what Rows x Columns x frames x samples x bits says.
+
+    A short or long buffer means the header is wrong (Columns 511 on 512-wide data shears the
+    image, Rows 400 silently drops the bottom), so it is a rejection, not a pydicom warning.
+    """
+    if "PixelData" not in ds:
+        return
+    bits = int(_finite_float(_safe_get(ds, "BitsAllocated")) or 0)
+    spp = int(_finite_float(_safe_get(ds, "SamplesPerPixel")) or 1)
+    if bits not in (1, 8, 16, 32, 64) or spp not in (1, 3, 4):
+        raise InvalidScanError(f"DICOM header is corrupt: BitsAllocated {bits}, SamplesPerPixel {spp}")
+    n_px = rows * cols * n_frames * spp
+    expected = (n_px + 7) // 8 if bits == 1 else n_px * bits // 8
+    photometric = str(_safe_get(ds, "PhotometricInterpretation") or "").strip().upper()
+    if photometric.startswith("YBR") and photometric.endswith("422"):
+        expected = expected * 2 // 3
+    pixel_data = ds.PixelData  # type: ignore[attr-defined]
+    actual = len(pixel_data)
+    row_bytes = max(2, cols * spp * bits // 8)
+    # One pad byte makes an odd length even; zero padding shorter than a row is stripped by pydicom
+    # (pydicom's MR_small_padded.dcm). Anything else is a header that lies about the layout.
+    padding = 0 <= actual - expected <= row_bytes and not any(pixel_data[expected:])
+    if actual not in (expected, expected + 1) and not padding:
+        raise InvalidScanError(
+            f"DICOM header does not match its pixel data: {cols}x{rows} px x {n_frames} frame(s) x {spp} "
+            f"sample(s) x {bits} bits is {expected:,} bytes, but the file holds {actual:,}; the header is "
+            "corrupt (the image would be sheared or cut)"
+        )
+
+
+def _check_compressed_frames(ds: object, rows: int, cols: int, n_frames: int) -> None:
+    """Every compressed frame's own header must give the size the DICOM header states, checked
+    before any frame is decoded (a 512x512 header over a 12000x12000 JPEG once cost 0.75 GB)."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        frames = generate_frames(ds.PixelData, number_of_frames=n_frames)  # type: ignore[attr-defined]
+        for i, frame in enumerate(frames):
+            if i >= n_frames:
+                break
+            size = _frame_header_size(frame)
+            if size is not None and size != (rows, cols):
+                raise InvalidScanError(
+                    f"DICOM header says {cols}x{rows} px but compressed frame {i} is {size[1]}x{size[0]} px; "
+                    "the file is inconsistent and was not decoded"
+                )
+    except InvalidScanError:
+        raise
+    except Exception as exc:  # a broken fragment table: the decoder below reports it
+        log.info("compressed frame check skipped: %s: %s", type(exc).__name__, exc)
+
+
+def _dicom_frames(ds: object, indices: list[int]):
+    """Decoded frames one at a time (pydicom's ``iter_pixels``), so only one frame is in memory."""
+    from pydicom.pixels import iter_pixels
+
+    try:
+        yield from iter_pixels(ds, indices=indices)  # type: ignore[arg-type]
+    except InvalidScanError:
+        raise
+    except Exception as exc:  # pydicom raises many types for missing codecs / short data
+        ts = _safe_get(getattr(ds, "file_meta", None) or {}, "TransferSyntaxUID")
+        if ts is not None and getattr(ts, "is_compressed", False):
+            raise InvalidScanError(
+                f"DICOM pixel data is compressed as '{getattr(ts, 'name', ts)}', which cannot be decoded "
+                f"here ({_short(exc, 80)}); export the series uncompressed"
+            ) from exc
+        raise InvalidScanError(f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
+
+
+def _decode_dicom(
+    data: bytes, settings: Settings, only_frame: int | None = None
+) -> tuple[list[_Frame], tuple | None, dict]:
     import pydicom
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about every malformed element
+    with warnings.catch_warnings(record=True) as caught:
+        # pydicom warns about every malformed element; the warnings are logged, and what matters
+        # (pixel length, sizes, values) is checked below instead of being trusted or silenced.
+        warnings.simplefilter("always")
+        data = _inflate_deflated(data, settings)
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
         except Exception as exc:  # InvalidDicomError, struct.error, EOFError, OverflowError...
@@ -436,6 +650,9 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[_Frame], tuple 
             has_pixels = False
         if not has_pixels:
             raise InvalidScanError("DICOM file has no pixel data (a report, a header-only or a truncated file?)")
+        sop = str(_safe_get(ds, "SOPClassUID") or "")
+        if sop in _SEG_SOP_CLASSES or str(_safe_get(ds, "Modality") or "").strip().upper() == "SEG":
+            raise InvalidScanError("this DICOM is a segmentation object (SEG, a mask), not an MR image")
         rows = int(_finite_float(_safe_get(ds, "Rows")) or 0)
         cols = int(_finite_float(_safe_get(ds, "Columns")) or 0)
         _check_dims(rows, cols, settings)
@@ -444,54 +661,66 @@ def _decode_dicom(data: bytes, settings: Settings) -> tuple[list[_Frame], tuple 
             raise InvalidScanError(f"DICOM has {n_frames} frames; at most {MAX_FRAMES} are accepted")
         n_frames = max(n_frames, 1)
         _check_total(rows * cols * n_frames, n_frames, settings)
-        try:
-            arr = np.asarray(ds.pixel_array)
-        except Exception as exc:  # pydicom raises many types for missing codecs / short data
-            ts = _safe_get(getattr(ds, "file_meta", None) or {}, "TransferSyntaxUID")
-            if ts is not None and getattr(ts, "is_compressed", False):
-                raise InvalidScanError(
-                    f"DICOM pixel data is compressed as '{getattr(ts, 'name', ts)}', which cannot be decoded "
-                    f"here ({_short(exc, 80)}); export the series uncompressed"
-                ) from exc
-            raise InvalidScanError(f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {_short(exc)})") from exc
+        ts = _safe_get(getattr(ds, "file_meta", None) or {}, "TransferSyntaxUID")
+        if ts is not None and getattr(ts, "is_encapsulated", False):
+            _check_compressed_frames(ds, rows, cols, n_frames)
+        else:
+            _check_native_length(ds, rows, cols, n_frames)
+        if only_frame is not None and not 0 <= only_frame < n_frames:
+            raise InvalidScanError(f"frame {only_frame} not found: the file has {n_frames} frame(s)")
+        indices = [only_frame] if only_frame is not None else list(range(n_frames))
         photometric = str(_safe_get(ds, "PhotometricInterpretation") or "").strip().upper()
-        if photometric == "PALETTE COLOR":
-            try:
-                from pydicom.pixels import apply_color_lut
-
-                arr = np.asarray(apply_color_lut(arr, ds))
-            except Exception as exc:
-                raise InvalidScanError(f"DICOM palette cannot be applied ({_short(exc)})") from exc
         spp = int(_finite_float(_safe_get(ds, "SamplesPerPixel")) or 1)
-        is_colour = (spp > 1 or photometric == "PALETTE COLOR") and arr.ndim >= 3 and arr.shape[-1] in (3, 4)
-        colour_meta: list[dict] = []
-        if is_colour:
-            rgb = arr[..., :3] if arr.ndim == 4 else arr[None, ..., :3]
-            colour_meta = [
-                {"colorfulness": round(colorfulness(to_uint8(f) if f.dtype != np.uint8 else f), 2)} for f in rgb
-            ]
-            arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        frames_arr = arr if (n_frames > 1 and arr.ndim == 3) else arr[None, ...]
         invert = photometric == "MONOCHROME1"
+        warns: list[str] = []
+        slope = _finite_float(_dicom_attr(ds, 0, "PixelValueTransformationSequence", "RescaleSlope"))
+        if slope is not None and slope < 0:
+            warns.append(f"RescaleSlope is {slope:g}: the contrast is inverted (dark and bright swapped)")
         frames = []
-        for i, fr in enumerate(frames_arr):
-            real = fr.astype(np.float32) if is_colour else _dicom_rescale(ds, i, fr)
-            img8 = to_uint8(real, None if is_colour else _dicom_window(ds, i))
+        for i, arr in zip(indices, _dicom_frames(ds, indices)):
+            arr = np.asarray(arr)
+            if photometric == "PALETTE COLOR":
+                try:
+                    from pydicom.pixels import apply_color_lut
+
+                    arr = np.asarray(apply_color_lut(arr, ds))
+                except Exception as exc:
+                    raise InvalidScanError(f"DICOM palette cannot be applied ({_short(exc)})") from exc
+            if arr.ndim != (3 if (spp > 1 or photometric == "PALETTE COLOR") else 2):
+                raise InvalidScanError(f"DICOM frame {i} has an unexpected shape {arr.shape}")
+            if arr.shape[:2] != (rows, cols):
+                raise InvalidScanError(
+                    f"DICOM header says {cols}x{rows} px but frame {i} decodes to {arr.shape[1]}x{arr.shape[0]} px"
+                )
+            frame_meta: dict = {}
+            if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+                rgb = arr[..., :3]
+                frame_meta["colorfulness"] = round(colorfulness(to_uint8(rgb) if rgb.dtype != np.uint8 else rgb), 2)
+                img8 = to_uint8(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+            else:
+                img8 = to_uint8(_dicom_rescale(ds, i, arr, warns), _dicom_window(ds, i, warns))
             if invert:
                 img8 = 255 - img8
-            frames.append((img8, i if n_frames > 1 else None, colour_meta[i] if i < len(colour_meta) else {}))
-        spacing = _dicom_spacing(ds)
+            frames.append((img8, i if n_frames > 1 else None, frame_meta))
+        spacing = _dicom_spacing_checked(ds, warns)
         tags = _SAFE_DICOM_TAGS + (_PHI_DICOM_TAGS if settings.allow_phi else ())
-        meta = {}
+        meta: dict = {}
         for t in tags:
             v = _safe_get(ds, t)
             if v not in (None, ""):
                 meta[t] = _dicom_str(v)
+        if warns:
+            meta["header_warnings"] = sorted(set(warns))
+    for w in caught:
+        log.info("pydicom: %s", _short(w.message))  # type: ignore[arg-type]
     return frames, spacing, meta
 
 
-def read_scans(data: bytes, name: str = "upload", settings: Settings | None = None) -> list[Scan]:
-    """Decode file bytes into one :class:`Scan` per frame.
+def read_scans(
+    data: bytes, name: str = "upload", settings: Settings | None = None, frame: int | None = None
+) -> list[Scan]:
+    """Decode file bytes into one :class:`Scan` per frame (with ``frame``: that frame only, the
+    others are not decoded).
 
     The format is recognised from the bytes (never from ``name``). ``name`` is only kept, as
     :func:`safe_name`, for display. Raises InvalidScanError for empty, oversized, truncated,
@@ -509,7 +738,7 @@ def read_scans(data: bytes, name: str = "upload", settings: Settings | None = No
             f"file is {len(data) / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.0f} MB limit"
         )
     try:
-        frames, spacing, meta, fmt = _decode(data, display, settings)
+        frames, spacing, meta, fmt = _decode(data, display, settings, frame)
     except InvalidScanError:
         raise
     except Exception as exc:  # last line of defence: the contract is InvalidScanError only
@@ -537,7 +766,7 @@ def read_scans(data: bytes, name: str = "upload", settings: Settings | None = No
     return scans
 
 
-def _decode(data: bytes, name: str, settings: Settings):
+def _decode(data: bytes, name: str, settings: Settings, only_frame: int | None = None):
     kind = _sniff(data)
     suffix = Path(name).suffix.lower()
     if kind in ("pdf", "html", "text", "zip"):
@@ -545,10 +774,10 @@ def _decode(data: bytes, name: str, settings: Settings):
     if kind in ("gif", "webp"):
         raise InvalidScanError(f"{kind.upper()} images are not supported; export the slice as {SUPPORTED}")
     if kind in _PIL_KINDS:
-        frames, fmt = _decode_pil(data, settings, kind)
+        frames, fmt = _decode_pil(data, settings, kind, only_frame=only_frame)
         return frames, None, {}, fmt
     if kind == "dicom" or (suffix in DICOM_SUFFIXES and _looks_like_raw_dicom(data)):
-        frames, spacing, meta = _decode_dicom(data, settings)
+        frames, spacing, meta = _decode_dicom(data, settings, only_frame)
         return frames, spacing, meta, "dicom"
     if suffix in DICOM_SUFFIXES and suffix:
         raise InvalidScanError("not a readable DICOM file: no DICOM header (DICM) and no recognisable data set")
@@ -615,8 +844,44 @@ def read_scan(data: bytes, name: str = "upload", settings: Settings | None = Non
     return scans[0]
 
 
-def read_path(path: str | Path, settings: Settings | None = None) -> list[Scan]:
-    """Read a file from disk (size-checked before reading) into scans."""
+def declared_pixels(source: str | Path | bytes, settings: Settings | None = None) -> int:
+    """Pixels a file's header says it holds (all frames), read without decoding any pixel; 0 when
+    the header cannot be read (the decoder then says why). ``source``: a path or the file's bytes.
+    Lets a caller bound the work of a batch before paying for it."""
+    settings = settings or get_settings()
+    name = "upload" if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).name
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        else:
+            if Path(source).stat().st_size > settings.max_file_bytes:
+                return 0
+            data = Path(source).read_bytes()
+        if len(data) > settings.max_file_bytes:
+            return 0
+        kind = _sniff(data)
+        if kind in _PIL_KINDS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+                w, h = img.size
+                return w * h * (1 if img.format != "TIFF" else _count_frames(img, MAX_FRAMES))
+        if kind == "dicom" or _looks_like_raw_dicom(data):
+            import pydicom
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(_inflate_deflated(data, settings)), force=True, stop_before_pixels=True)
+            rows = int(_finite_float(_safe_get(ds, "Rows")) or 0)
+            cols = int(_finite_float(_safe_get(ds, "Columns")) or 0)
+            return rows * cols * max(1, int(_finite_float(_safe_get(ds, "NumberOfFrames")) or 1))
+    except Exception as exc:  # InvalidScanError (a deflate bomb), OSError, corrupt headers...
+        log.debug("no declared size for %s: %s", name, exc)
+    return 0
+
+
+def read_path(path: str | Path, settings: Settings | None = None, frame: int | None = None) -> list[Scan]:
+    """Read a file from disk (size-checked before reading) into scans (``frame``: that one only)."""
     settings = settings or get_settings()
     p = Path(path)
     try:
@@ -629,4 +894,4 @@ def read_path(path: str | Path, settings: Settings | None = None) -> list[Scan]:
         data = p.read_bytes()
     except OSError as exc:
         raise InvalidScanError(f"cannot read file: {exc.strerror or exc}") from exc
-    return read_scans(data, p.name, settings)
+    return read_scans(data, p.name, settings, frame=frame)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # A Mahalanobis score this many times the in-distribution threshold is treated as "not a
 # brain MRI" and rejected; between 1x and this factor the case is kept and flagged 'ood'.
 OOD_REJECT_FACTOR = 3.0
+# Scans per model call: bounds the network's activations whatever the number of frames in a file.
+MAX_BATCH = 16
 
 
 @dataclass
@@ -193,12 +195,15 @@ class TriageService:
         return {t: active_version(self.settings.weights_dir, t) for t in ("classifier", "segmenter")}
 
     # ----- analysis ---------------------------------------------------------------------
-    def analyze_bytes(self, data: bytes, name: str, explain: bool = False) -> list[CaseResult]:
-        """Decode and analyse one uploaded file (one result per frame, or one rejected result)."""
+    def analyze_bytes(
+        self, data: bytes, name: str, explain: bool = False, frame: int | None = None
+    ) -> list[CaseResult]:
+        """Decode and analyse one uploaded file (one result per frame, or one rejected result).
+        ``frame``: decode and analyse that frame only (case review of one frame of a series)."""
         t0 = time.perf_counter()
         name = safe_name(name)
         try:
-            scans = read_scans(data, name, self.settings)
+            scans = read_scans(data, name, self.settings, frame=frame)
         except InvalidScanError as exc:
             return [
                 CaseResult(
@@ -236,7 +241,17 @@ class TriageService:
         return self.analyze_bytes(data, p.name, explain=explain)
 
     def analyze_scans(self, scans: list[Scan], explain: bool = False) -> list[CaseResult]:
-        """Analyse decoded scans as one batch: crop, brain check, classify, segment, reconcile, risk."""
+        """Analyse decoded scans: crop, brain check, classify, segment, reconcile, risk.
+
+        The models see at most :data:`MAX_BATCH` scans at a time, so a 250-frame file costs the
+        memory of one such batch, not of 250 frames of network activations (issue 22, item 6).
+        """
+        out: list[CaseResult] = []
+        for start in range(0, len(scans), MAX_BATCH):
+            out.extend(self._analyze_batch(scans[start : start + MAX_BATCH], explain))
+        return out
+
+    def _analyze_batch(self, scans: list[Scan], explain: bool = False) -> list[CaseResult]:
         from triage.risk import final_risk, triage_flags
 
         bundle = self.models()
@@ -295,6 +310,8 @@ class TriageService:
                     pred.probs, pred.ood, disagreement, self.settings.uncertain_below, bundle.classifier.flag_rule
                 )
             )
+            if scan.meta.get("header_warnings"):  # a header value was implausible and dropped
+                flags.append("suspect_header")
             if not bundle.trained:
                 flags.append("untrained_model")
             risk = final_risk(pred.probs, tuple(flags), self.settings)

@@ -33,6 +33,10 @@ INPUT_TRANSFORM = "square256-bilinear-v1"
 
 
 MAX_CROP_ASPECT = 8.0  # the intake refuses scans over 4:1; this bounds the padded square for any caller
+# Crops with a longer side above this are shrunk before padding (issue 22, item 1): the padded
+# square then holds at most 4096^2 px (16 MB) instead of growing with the square of the longer
+# side. Below it the exact two-stage path the models were trained on is unchanged.
+MAX_PAD_SIDE = 4096
 
 
 def square(crop: np.ndarray, side: int = SQUARE_SIDE) -> np.ndarray:
@@ -40,6 +44,9 @@ def square(crop: np.ndarray, side: int = SQUARE_SIDE) -> np.ndarray:
     h, w = crop.shape[:2]
     if max(h, w) > MAX_CROP_ASPECT * max(1, min(h, w)):
         raise ValueError(f"crop of {w}x{h} px is too narrow to be a brain slice")
+    if max(h, w) > MAX_PAD_SIDE:
+        f = MAX_PAD_SIDE / max(h, w)
+        crop = cv2.resize(crop, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     sq, _ = pad_to_square(crop)
     interp = cv2.INTER_AREA if sq.shape[0] > side else cv2.INTER_LINEAR
     return cv2.resize(sq, (side, side), interpolation=interp)
@@ -47,7 +54,12 @@ def square(crop: np.ndarray, side: int = SQUARE_SIDE) -> np.ndarray:
 
 def square_mask(mask: np.ndarray, side: int = SQUARE_SIDE) -> np.ndarray:
     """A crop-sized bool mask through stage 1 (linear, then >= 0.5)."""
-    sq, _ = pad_to_square(mask.astype(np.uint8) * 255)
+    m = mask.astype(np.uint8) * 255
+    h, w = m.shape[:2]
+    if max(h, w) > MAX_PAD_SIDE:  # as in square(): never pad a huge mask
+        f = MAX_PAD_SIDE / max(h, w)
+        m = cv2.resize(m, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    sq, _ = pad_to_square(m)
     return cv2.resize(sq, (side, side), interpolation=cv2.INTER_LINEAR) >= 128
 
 
@@ -120,6 +132,13 @@ def from_model_output(prob: np.ndarray, crop_shape: tuple[int, int]) -> np.ndarr
     """Inverse of both stages for a (size, size) map -> (h, w) map of the crop."""
     h, w = crop_shape
     s = max(h, w)
-    up = cv2.resize(prob.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
     top, left = (s - h) // 2, (s - w) // 2
+    if s > MAX_PAD_SIDE:
+        # The crop's window of the map is resampled directly (the same half-pixel mapping as
+        # cv2.resize): the s x s float32 square of a 40 MP 4:1 scan alone would be 640 MB.
+        k = prob.shape[0] / s
+        m = np.float32([[k, 0, (left + 0.5) * k - 0.5], [0, k, (top + 0.5) * k - 0.5]])
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        return cv2.warpAffine(prob.astype(np.float32), m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    up = cv2.resize(prob.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
     return up[top : top + h, left : left + w]

@@ -409,7 +409,8 @@ if source == "folder":
         key=state.TRAIN_FOLDER,
         placeholder="/path/to/dataset",
         help="One folder per class (glioma, meningioma, no_tumor, pituitary; aliases such as notumor "
-        "or glioma_tumor work), optional masks/ with the same file names, or a manifest.csv.",
+        "or glioma_tumor work), optional masks/ with the same file names, or a manifest.csv. Only folders "
+        "inside the app's data folder or the shared data folder (TRIAGE_IMPORT_ROOTS) can be read.",
     )
 elif source == "zip":
     st.file_uploader(

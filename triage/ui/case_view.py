@@ -58,7 +58,8 @@ def analyse_case(case: dict) -> CaseResult:
 
 @st.cache_data(max_entries=16, show_spinner="Analysing the stored slice…")
 def _analyse(path: str, name: str, scan_id: str, frame: int | None, versions: tuple) -> CaseResult:
-    results = get_service().analyze_bytes(Path(path).read_bytes(), name)
+    # Only the case's frame is decoded and analysed (not every frame of the series again).
+    results = get_service().analyze_bytes(Path(path).read_bytes(), name, frame=frame)
     for r in results:
         if r.scan_id == scan_id:
             return r

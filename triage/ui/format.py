@@ -43,13 +43,14 @@ FLAG_TEXT: dict[str, str] = {
     "ood": "outside what the model knows",
     "disagreement": "classifier and segmenter disagree",
     "untrained_model": "untrained model",
+    "suspect_header": "implausible DICOM header value ignored",
     "not_brain": "not a brain MRI",
     "rejected": "rejected",
 }
 # Flags offered by the worklist filter (the ones analysed cases can carry).
-CASE_FLAGS: tuple[str, ...] = ("uncertain", "ood", "disagreement", "untrained_model")
+CASE_FLAGS: tuple[str, ...] = ("uncertain", "ood", "disagreement", "suspect_header", "untrained_model")
 # Flags that ask for a closer look at this case (untrained_model is a property of the models).
-ATTENTION_FLAGS: frozenset[str] = frozenset({"uncertain", "ood", "disagreement"})
+ATTENTION_FLAGS: frozenset[str] = frozenset({"uncertain", "ood", "disagreement", "suspect_header"})
 
 REVIEW_TEXT: dict[str, str] = {
     "unreviewed": "unreviewed",

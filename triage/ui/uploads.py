@@ -10,6 +10,7 @@ or error) with a reason.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import io
 import logging
@@ -19,11 +20,11 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from triage.errors import InvalidScanError
 from triage.intake import display_name, ingest
-from triage.io import content_id, read_mask_bytes
+from triage.io import content_id, declared_pixels, read_mask_bytes
 from triage.privacy import case_ref, shown_name
 from triage.records import CLASSES, normalize_label
 from triage.series import NamedFile, SeriesInfo, SeriesInput, group_files
@@ -40,6 +41,10 @@ MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 # More slices of one series refused for the same reason than this are shown as one result row.
 COLLAPSE_REFUSED = 3
+# Decoded pixels one batch of uploads may cost, added up from the headers before each file is
+# decoded (issue 22, item 6): 2000 slices of 512^2 use 0.5 G; a 0.6 MB zip of 2000 blank 40 MP
+# PNGs (80 G, 20 minutes of CPU) stops after 100 of them, the rest listed as not analysed.
+MAX_BATCH_PIXELS = 4_000_000_000
 
 # System clutter skipped silently inside folders and archives.
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -47,6 +52,8 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _MASK_SUFFIXES = ("_mask", "-mask", " mask")
 
 Progress = Callable[[int, int, str], None]
+# Storage failures reported as such (disk full, quota, read-only or unwritable data folder).
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
 @dataclass(frozen=True)
@@ -282,9 +289,26 @@ def process_uploads(
     singles, series = _split_series(items, service, folder_series=not label_from_folder and not mask_for)
     total = len(singles) + sum(len(s.slices) for s in series)
     done = 0
+    budget = MAX_BATCH_PIXELS
     for item in singles:
         if progress is not None:
             progress(done, total, case_ref(content_id(item.data)) if hide else item.name)
+        declared = declared_pixels(item.data, service.settings)
+        if declared > budget:  # from the header: nothing decoded, nothing recorded, nothing lost
+            rows.append(
+                _row(
+                    item.name,
+                    "skipped",
+                    reason=(
+                        f"not analysed: this batch's budget of {MAX_BATCH_PIXELS:,} decoded pixels is spent; "
+                        "upload this file again in a smaller batch"
+                    ),
+                    scan_id=content_id(item.data),
+                )
+            )
+            done += 1
+            continue
+        budget -= declared
         truth = (label_from_folders(item) if label_from_folder else None) or truth_label
         rows.extend(_ingest_one(service, worklist, item, truth, mask_for.get(item.name)))
         done += 1
@@ -376,6 +400,23 @@ def _ingest_one(
     service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None, mask: bytes | None
 ) -> list[dict]:
     started = datetime.now(UTC).isoformat(timespec="microseconds")
+    if truth is None and mask is None:
+        # The same bytes are already a case: nothing new to record, so they are not decoded and
+        # analysed again (40 copies of a 40 MP slice in one zip took 182 s, issue 22, item 6).
+        sid = content_id(item.data)
+        case = worklist.get(sid)
+        if case is not None and Path(str(case.get("stored_path") or "")).is_file():  # else: stored again
+            return [
+                _row(
+                    item.name,
+                    "already in worklist",
+                    label=case.get("label") or "",
+                    risk=round(float(case.get("risk") or 0.0), 3),
+                    flags=case.get("flags") or (),
+                    reason="the same file was analysed before; the earlier case is kept",
+                    scan_id=sid,
+                )
+            ]
     mask_refused = ""
     if mask is not None:
         try:  # the scans' allow-listed, size-checked decoder: a mask is untrusted input too
@@ -384,8 +425,20 @@ def _ingest_one(
             mask, mask_refused = None, f"ground-truth mask refused: {exc}"
     try:
         results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
-    except Exception:  # one broken file must not stop the batch; the details go to the log only
+    except Exception as exc:  # one broken file must not stop the batch; the details go to the log only
         sid = content_id(item.data)
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:  # a clear reason, no traceback
+            log.error("upload %r not stored: %s", shown_name(item.name, sid, service.settings), exc.strerror)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            why = "the server's disk is full" if full else "the data folder cannot be written"
+            return [
+                _row(
+                    item.name,
+                    "error",
+                    reason=f"not stored: {why}; nothing was added to the worklist, upload it again later",
+                    scan_id=sid,
+                )
+            ]
         log.exception("upload %r failed", shown_name(item.name, sid, service.settings))
         # No exception text on screen: it can hold server paths and internals.
         reason = "internal error while analysing this file (the details are in the server log)"
