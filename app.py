@@ -21,6 +21,7 @@ PAGES = [
     st.Page("views/case_review.py", title="Case review", icon="🔍"),
     st.Page("views/model.py", title="Model", icon="📄"),
     st.Page("views/training.py", title="Training", icon="🛠️"),
+    st.Page("views/pacs.py", title="PACS", icon="🏥"),
 ]
 page = st.navigation(PAGES)
 banner()

@@ -373,3 +373,28 @@ def test_receiver_refuses_calling_ae_not_allowed(pacs, weights, tmp_path):
     finally:
         receiver.stop()
     assert len(queue.instances()) == 1
+
+
+@pytest.mark.slow
+def test_status_page_shows_counts_and_errors(weights, tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "d"))
+    st.cache_resource.clear()
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=120).run()
+    at.switch_page("views/pacs.py").run()
+    assert not at.exception and "No PACS connection" in at.info[0].value
+    settings, service, wl, queue = _ctx(weights, tmp_path / "d")
+    receive_bytes(queue, settings, _file("CT_small.dcm"), "test")
+    process_pending(service, wl, queue)
+    queue.set_state("poll", "down", "http://pacs/dicom-web: ConnectionError")
+    queue.event("poll", "error", "poll of http://pacs/dicom-web failed: ConnectionError")
+    at.run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Refused"] == "1" and metrics["Analysed"] == "0"
+    assert "ConnectionError" in at.dataframe[-1].value["message"][0]
+    st.cache_resource.clear()
