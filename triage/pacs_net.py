@@ -78,9 +78,8 @@ class StowSender:
     def store(self, data: bytes) -> None:
         """Send one encoded DICOM object; raises when the service does not store it."""
         import pydicom
-        from dicomweb_client.api import DICOMwebClient
 
-        DICOMwebClient(self.url).store_instances([pydicom.dcmread(io.BytesIO(data))])
+        _dicomweb(self.url, 30.0).store_instances([pydicom.dcmread(io.BytesIO(data))])
 
     def describe(self) -> str:
         return f"STOW-RS {self.url}"
@@ -193,11 +192,7 @@ class Poller:
         self.source = f"poll:{self.url}"
 
     def _client(self):
-        from dicomweb_client.api import DICOMwebClient
-
-        client = DICOMwebClient(self.url)
-        client._session.request = _with_timeout(client._session.request, self.timeout_s)  # no hung poll
-        return client
+        return _dicomweb(self.url, self.timeout_s)
 
     def _filters(self) -> dict:
         filters = {}
@@ -243,6 +238,17 @@ class Poller:
             self.queue.set_seen(self.source, study, count)  # only once every instance of it is queued
         self.queue.set_cursor(self.source, started.isoformat())
         return PollResult(len(studies), queued, unchanged)
+
+
+def _dicomweb(url: str, timeout_s: float):
+    """A DICOMweb client with a request timeout and without its own retries: it would retry a
+    refused connection for ~30 s (5 attempts, exponential); our loops retry on their own schedule."""
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url)
+    client.set_http_retry_params(retry=False)
+    client._session.request = _with_timeout(client._session.request, timeout_s)  # no hung poll
+    return client
 
 
 def _with_timeout(request, timeout_s: float):
