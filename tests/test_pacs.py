@@ -62,6 +62,15 @@ def test_backoff_doubles_and_is_capped():
     assert backoff_s(50) == 300.0
 
 
+def test_cli_parses_the_pacs_commands():
+    from triage.cli import build_parser
+
+    a = build_parser().parse_args(["listen", "--ae-title", "TRIAGE", "--port", "11112", "--allow", "PACS", "MRI1"])
+    assert (a.ae_title, a.port, a.allow, a.send) == ("TRIAGE", 11112, ["PACS", "MRI1"], None)
+    a = build_parser().parse_args(["poll", "--url", "http://pacs/dicom-web", "--interval", "5", "--once"])
+    assert (a.url, a.interval, a.once, a.all_modalities) == ("http://pacs/dicom-web", 5.0, True, False)
+
+
 def test_parse_sender():
     s = parse_sender("dicom://PACS@10.0.0.5:104", "TRIAGE")
     assert isinstance(s, CStoreSender) and (s.called_ae, s.host, s.port, s.calling_ae) == (
@@ -103,13 +112,18 @@ def test_phi_is_not_stored_in_the_worklist(weights, tmp_path):
     assert "Synthetic" not in str(case) and "SYN7" not in str(case)
 
 
-def test_malformed_instance_is_refused_with_a_reason(weights, tmp_path):
-    settings, service, wl, queue = _ctx(weights, tmp_path / "d")
-    ds = pydicom.dcmread(io.BytesIO(synthetic_mr_series(1)[0]))
-    ds.PixelData = ds.PixelData[:100]  # truncated pixel data
+def _malformed() -> bytes:
+    """An MR instance of a new study whose pixel data is cut short (a PACS still stores it)."""
+    ds = pydicom.dcmread(io.BytesIO(synthetic_mr_series(1, seed=9)[0]))
+    ds.PixelData = ds.PixelData[:100]
     buf = io.BytesIO()
     ds.save_as(buf)
-    receive_bytes(queue, settings, buf.getvalue(), "test")
+    return buf.getvalue()
+
+
+def test_malformed_instance_is_refused_with_a_reason(weights, tmp_path):
+    settings, service, wl, queue = _ctx(weights, tmp_path / "d")
+    receive_bytes(queue, settings, _malformed(), "test")
     process_pending(service, wl, queue)
     (row,) = queue.instances()
     assert row["status"] == "rejected" and "pixel data" in row["reason"].lower()
@@ -239,17 +253,19 @@ def _analysed_mask(wl: Worklist, scan_id: str, shape) -> np.ndarray:
 def test_poll_end_to_end_with_orthanc(pacs, weights, tmp_path):
     pacs.clear()
     series = synthetic_mr_series(3, seed=1)
-    for b in [*series, _file("MR_small.dcm"), _file("CT_small.dcm")]:
+    for b in [*series, _file("MR_small.dcm"), _file("CT_small.dcm"), _malformed()]:
         pacs.upload(b)
     settings, service, wl, queue = _ctx(weights, tmp_path / "d")
     poller = Poller(queue, settings, pacs.dicomweb)
     res = poller.poll_once()
-    assert res.queued == 4  # the 3-slice series and MR_small; the CT study is not fetched (MR only)
-    assert process_pending(service, wl, queue, send=True) == 4
+    assert res.queued == 5  # the series, MR_small and the malformed MR; the CT study is not fetched (MR only)
+    assert process_pending(service, wl, queue, send=True) == 5
     assert wl.count() == 4
+    (bad,) = queue.instances("rejected")
+    assert "pixel data" in bad["reason"].lower()
     assert flush_outbox(queue, StowSender(pacs.dicomweb)) == (12, 0)
     assert poller.poll_once().queued == 0  # our own results are not taken for new studies
-    for row in queue.instances():
+    for row in queue.instances("analysed"):
         results = _results_in_orthanc(pacs, row["sop_instance_uid"])
         assert set(results) == {"seg", "sc", "sr"}, row
         src = pydicom.dcmread(
@@ -398,3 +414,20 @@ def test_status_page_shows_counts_and_errors(weights, tmp_path, monkeypatch):
     assert metrics["Refused"] == "1" and metrics["Analysed"] == "0"
     assert "ConnectionError" in at.dataframe[-1].value["message"][0]
     st.cache_resource.clear()
+
+
+@pytest.mark.slow
+def test_poll_command_once_against_orthanc(pacs, weights, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pacs.clear()
+    pacs.upload(_file("MR_small.dcm"))
+    env = {**os.environ, "TRIAGE_WEIGHTS_DIR": str(weights), "TRIAGE_DATA_DIR": str(tmp_path / "d")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, "-m", "triage", "poll", "--url", pacs.dicomweb, "--once", "--send", pacs.dicomweb]
+    out = subprocess.run(["nice", "-n", "10", *cmd], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "'analysed': 1" in out.stdout and "'sent': 3" in out.stdout
+    assert len(pacs.instances()) == 4
