@@ -153,7 +153,9 @@ def test_results_reference_the_source_and_keep_the_mask(weights, tmp_path):
 
     r = replace(r, segmentation=replace(r.segmentation, mask=mask, area_px=int(mask.sum())))
     src = pydicom.dcmread(io.BytesIO(data))
-    objs = {o.kind: o.dataset for o in build_results(src, r)}
+    built, problems = build_results(src, r)
+    assert problems == []
+    objs = {o.kind: o.dataset for o in built}
     seg = hd.seg.Segmentation.from_dataset(_roundtrip(objs["seg"]))
     assert seg.get_source_image_uids()[0][2] == src.SOPInstanceUID
     np.testing.assert_array_equal(seg.get_pixels_by_source_instance([src.SOPInstanceUID])[0, ..., 0] > 0, mask)
@@ -164,7 +166,12 @@ def test_results_reference_the_source_and_keep_the_mask(weights, tmp_path):
     sr = hd.sr.srread(io.BytesIO(_bytes(objs["sr"])))
     _check_sr(sr, src, r)
     # The same result built again has the same UIDs: a re-send is a duplicate, never a new copy.
-    assert build_results(src, r)[2].dataset.SOPInstanceUID == objs["sr"].SOPInstanceUID
+    assert build_results(src, r)[0][2].dataset.SOPInstanceUID == objs["sr"].SOPInstanceUID
+    # A source without the geometry a SEG needs still gets its SC and SR.
+    bare = _roundtrip(src)
+    del bare.ImagePositionPatient, bare.ImageOrientationPatient, bare.FrameOfReferenceUID
+    built, problems = build_results(bare, r)
+    assert {o.kind for o in built} >= {"sc", "sr"} and all("not built" in p for p in problems)
     assert DISCLAIMER.lower() == "triage aid, not a diagnosis"
 
 

@@ -457,8 +457,11 @@ def _write_results(settings: Settings, data: bytes, ok: list, sop: str, queue: P
         queue.event("send", "info", f"instance {sop}: multi-frame, results are not sent back (single frames only)")
         return []
     source = pydicom.dcmread(io.BytesIO(data), force=True)
+    objects, problems = build_results(source, ok[0])
+    for problem in problems:
+        queue.event("send", "error", f"instance {sop}: {problem}")
     out = []
-    for obj in build_results(source, ok[0]):
+    for obj in objects:
         buf = io.BytesIO()
         obj.dataset.save_as(buf, enforce_file_format=True)
         path = write_atomic(outbox_dir(settings), f"{obj.sop_instance_uid}.dcm", buf.getvalue())

@@ -218,13 +218,23 @@ def build_sr(source: Dataset, result: CaseResult, seg: Dataset | None = None) ->
     return sr
 
 
-def build_results(source: Dataset, result: CaseResult) -> list[ResultObject]:
-    """SEG (when the result has a mask), SC and SR for one analysed single-frame source instance."""
+def build_results(source: Dataset, result: CaseResult) -> tuple[list[ResultObject], list[str]]:
+    """SEG (when the result has a mask), SC and SR for one analysed single-frame source instance.
+
+    Returns the objects built and, for any that could not be (a source without the geometry a SEG
+    needs, say), the reason: one missing object never costs the others or the worklist row."""
     out: list[ResultObject] = []
+    problems: list[str] = []
     seg = None
-    if result.segmentation is not None:
-        seg = build_seg(source, result)
-        out.append(ResultObject("seg", seg))
-    out.append(ResultObject("sc", build_sc(source, result)))
-    out.append(ResultObject("sr", build_sr(source, result, seg)))
-    return out
+    builders = [("seg", build_seg)] if result.segmentation is not None else []
+    builders += [("sc", build_sc), ("sr", lambda s, r: build_sr(s, r, seg))]
+    for kind, build in builders:
+        try:
+            ds = build(source, result)
+        except Exception as exc:  # highdicom validates the source: report why, keep the rest
+            problems.append(f"{kind.upper()} not built: {type(exc).__name__}: {exc}")
+            continue
+        if kind == "seg":
+            seg = ds
+        out.append(ResultObject(kind, ds))
+    return out, problems
