@@ -104,6 +104,20 @@ def test_received_instances_are_analysed_once_and_refusals_logged(weights, tmp_p
     assert {pydicom.dcmread(io.BytesIO(b)).Modality for b in rec.stored} == {"SEG", "SR", "OT"}
 
 
+def test_the_queue_survives_a_restart_and_a_crash_mid_analysis(weights, tmp_path):
+    settings, service, wl, queue = _ctx(weights, tmp_path / "d")
+    data = _file("MR_small.dcm")
+    receive_bytes(queue, settings, data, "test")
+    from triage.intake import ingest
+
+    ingest(service, wl, data, "crashed.dcm")  # analysed, then the process died before marking it done
+    _, service2, wl2, queue2 = _ctx(weights, tmp_path / "d")  # a new process on the same data folder
+    assert [r["status"] for r in queue2.instances()] == ["received"]
+    assert process_pending(service2, wl2, queue2) == 1
+    assert wl2.count() == 1  # the worklist does not take the same scan twice
+    assert receive_bytes(queue2, settings, data, "test")[0] is False
+
+
 def test_phi_is_not_stored_in_the_worklist(weights, tmp_path):
     settings, service, wl, queue = _ctx(weights, tmp_path / "d")
     receive_bytes(queue, settings, synthetic_mr_series(1, seed=7)[0], "test")
