@@ -224,6 +224,16 @@ def _pacs_context(args: argparse.Namespace):
     return settings, TriageService(settings), Worklist(settings.db_path), PacsQueue(pacs_db_path(settings)), sender
 
 
+def _stop_on_sigterm():
+    """An event set by SIGTERM (systemctl stop): the loop finishes its pass and the command exits 0."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from triage.pacs_net import Receiver, run_listener
 
@@ -231,7 +241,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     receiver = Receiver(queue, settings, args.ae_title, args.port, args.host, tuple(args.allow or ()))
     print(f"listening as {receiver.describe()}" + (f", results to {sender.describe()}" if sender else ""), flush=True)
     try:
-        run_listener(receiver, service, worklist, sender)
+        run_listener(receiver, service, worklist, sender, _stop_on_sigterm())
     except KeyboardInterrupt:
         pass
     return 0
@@ -247,7 +257,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        run_poller(poller, service, worklist, args.interval, sender, once=args.once)
+        run_poller(poller, service, worklist, args.interval, sender, _stop_on_sigterm(), once=args.once)
     except KeyboardInterrupt:
         pass
     s = queue.status()
