@@ -22,10 +22,11 @@ READER_PAGES = [
     st.Page("views/case_review.py", title="Case review", icon="🔍"),
     st.Page("views/model.py", title="Model", icon="📄"),
 ]
-# Importing training data, training, promotion, rollback and the status page: admins only.
+# Importing training data, training, promotion, rollback, status and the PACS link: admins only.
 ADMIN_PAGES = [
     st.Page("views/training.py", title="Training", icon="🛠️"),
     st.Page("views/status.py", title="Status", icon="🩺"),
+    st.Page("views/pacs.py", title="PACS", icon="🏥"),
 ]
 account = current_account()
 if account is None:

@@ -289,6 +289,60 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pacs_context(args: argparse.Namespace):
+    """Settings, service, worklist, PACS queue and sender for the listen / poll commands."""
+    from triage.config import get_settings
+    from triage.pacs import PacsQueue, pacs_db_path
+    from triage.pacs_net import parse_sender
+    from triage.service import TriageService
+    from triage.worklist import Worklist
+
+    settings = get_settings(**({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
+    sender = parse_sender(args.send, args.ae_title)
+    return settings, TriageService(settings), Worklist(settings.db_path), PacsQueue(pacs_db_path(settings)), sender
+
+
+def _stop_on_sigterm():
+    """An event set by SIGTERM (systemctl stop): the loop finishes its pass and the command exits 0."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from triage.pacs_net import Receiver, run_listener
+
+    settings, service, worklist, queue, sender = _pacs_context(args)
+    receiver = Receiver(queue, settings, args.ae_title, args.port, args.host, tuple(args.allow or ()))
+    print(f"listening as {receiver.describe()}" + (f", results to {sender.describe()}" if sender else ""), flush=True)
+    try:
+        run_listener(receiver, service, worklist, sender, _stop_on_sigterm())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from triage.pacs_net import Poller, run_poller
+
+    settings, service, worklist, queue, sender = _pacs_context(args)
+    poller = Poller(queue, settings, args.url, None if args.all_modalities else "MR", args.lookback_days)
+    print(
+        f"polling {args.url} every {args.interval:g} s" + (f", results to {sender.describe()}" if sender else ""),
+        flush=True,
+    )
+    try:
+        run_poller(poller, service, worklist, args.interval, sender, _stop_on_sigterm(), once=args.once)
+    except KeyboardInterrupt:
+        pass
+    s = queue.status()
+    print(f"received/analysed/rejected/failed: {s.counts}; results {s.outbox}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m triage",
@@ -428,6 +482,27 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("restore", help="bring a backup folder back (the current worklist is kept beside it)")
     r.add_argument("folder", help="a backup-<time> folder written by `backup`")
     r.set_defaults(func=cmd_restore)
+
+    for name, helptext in (
+        ("listen", "DICOM C-STORE receiver: analyse what the PACS or a scanner sends (runs until stopped)"),
+        ("poll", "poll a DICOMweb PACS (QIDO-RS / WADO-RS) and analyse new MR instances (runs until stopped)"),
+    ):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("--ae-title", default="TRIAGE", help="this workstation's AE title (default TRIAGE)")
+        q.add_argument("--send", help="store SEG/SC/SR results: dicom://AE@host:port (C-STORE) or a DICOMweb URL")
+        q.add_argument("--data-dir", help="the app's data folder (default: TRIAGE_DATA_DIR or ~/.local/share/...)")
+        if name == "listen":
+            q.add_argument("--port", type=int, default=11112, help="TCP port to listen on (default 11112)")
+            q.add_argument("--host", default="0.0.0.0", help="address to bind (default: all interfaces)")
+            q.add_argument("--allow", nargs="+", metavar="AE", help="calling AE titles allowed (default: any)")
+            q.set_defaults(func=cmd_listen)
+        else:
+            q.add_argument("--url", required=True, help="DICOMweb root, e.g. http://pacs:8042/dicom-web")
+            q.add_argument("--interval", type=float, default=30.0, help="seconds between polls (default 30)")
+            q.add_argument("--lookback-days", type=int, help="only list studies dated from the last poll minus N days")
+            q.add_argument("--all-modalities", action="store_true", help="fetch every study, not only MR ones")
+            q.add_argument("--once", action="store_true", help="one poll and one analysis pass, then exit")
+            q.set_defaults(func=cmd_poll)
     return p
 
 
