@@ -7,6 +7,7 @@ import streamlit as st
 
 from triage.studies import summarize_series
 from triage.ui import state
+from triage.ui.auth import reviewer_input
 from triage.ui.case_view import stack_figure, stack_slice
 from triage.ui.format import escape_md
 from triage.worklist import Worklist, WorklistError
@@ -106,7 +107,7 @@ def stack_viewer(wl: Worklist, case: dict, hide_names: bool, opened: dict) -> No
                     "Signs off every slice of the study with its current label (corrections made per slice stay). "
                     "Each slice's change is in its audit trail."
                 )
-                study_reviewer = st.text_input("Study reviewer", value=st.session_state[state.REVIEWER], max_chars=100)
+                study_reviewer = reviewer_input(label="Study reviewer")
                 study_note = st.text_area("Study note (findings)", max_chars=10_000)
                 sign_study = st.form_submit_button("Sign off study", type="primary")
             if sign_study:
