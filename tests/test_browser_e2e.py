@@ -158,6 +158,15 @@ def _app_server(tmp_path: Path, weights: Path, prepare=None):
         _stop(proc)
 
 
+def _dump_failure(driver, tmp_path: Path, log: Path) -> None:
+    """What a failed browser test leaves to look at: screenshot, page source and text, server log."""
+    if driver is not None:
+        driver.save_screenshot(str(tmp_path / "failure.png"))
+        (tmp_path / "failure.html").write_text(driver.page_source)
+        (tmp_path / "failure.txt").write_text(driver.find_element(By.TAG_NAME, "body").text)
+    print(log.read_text(errors="replace")[-3000:])
+
+
 def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     img, _ = draw_synthetic_slice(seed=3)
@@ -194,9 +203,7 @@ def test_upload_in_browser_then_case_on_worklist(tmp_path: Path) -> None:
             assert scan.name not in _grid_cells(driver)
             assert "Triage aid, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
         except Exception:
-            if driver is not None:
-                driver.save_screenshot(str(tmp_path / "failure.png"))
-            print(log.read_text(errors="replace")[-3000:])
+            _dump_failure(driver, tmp_path, log)
             raise
         finally:
             if driver is not None:
@@ -248,9 +255,7 @@ def test_sign_in_in_browser_reader_and_admin(tmp_path: Path) -> None:
             wait.until(_body_has("Retrain the classifier"))
             assert AccountStore(tmp_path / "data").sign_in_log()[-1][2] is False  # the refused attempt is logged
         except Exception:
-            if driver is not None:
-                driver.save_screenshot(str(tmp_path / "failure.png"))
-            print(log.read_text(errors="replace")[-3000:])
+            _dump_failure(driver, tmp_path, log)
             raise
         finally:
             if driver is not None:
