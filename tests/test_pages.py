@@ -563,3 +563,19 @@ def test_sign_in_roles_and_the_reviewer_identity(core, synthetic_slice) -> None:
     assert "Status" in [t.value for t in admin.title]
     next(b for b in admin.sidebar.button if b.label == "Sign out").click().run()
     assert [t.value for t in admin.title] == ["Sign in"]
+
+
+def test_a_flagged_case_says_so_before_its_class(core, synthetic_slice) -> None:
+    """Issue 16: the headline class of an uncertain or out-of-distribution case is not shown as a confident result."""
+    import sqlite3
+
+    service, _ = core
+    doubtful, plain = _two_cases(core, synthetic_slice)
+    with sqlite3.connect(service.settings.db_path) as con:
+        con.execute("UPDATE cases SET flags = ? WHERE scan_id = ?", ('["uncertain"]', doubtful))
+        con.execute("UPDATE cases SET flags = '[]' WHERE scan_id = ?", (plain,))
+    at = _open_case(doubtful)
+    assert _by_label(at.metric, "Model class").value.endswith("(not confident)")
+    assert any("uncertain" in w.value.lower() for w in at.warning)
+    at = _open_case(plain)
+    assert not _by_label(at.metric, "Model class").value.endswith("(not confident)")

@@ -102,8 +102,17 @@ if case is None:
 opened = st.session_state[state.OPENED_REVISION]
 opened_revision, opened_status = opened.setdefault(selected, (case["revision"], case["review_status"]))
 
+# Issue 16: a case flagged out-of-distribution or uncertain says so before its class, and the class
+# is not shown as a confident result.
+doubtful = bool({"ood", "uncertain"} & set(case["flags"]))
+if doubtful:
+    show_flags(case["flags"])
 m1, m2, m3, m4, m5 = st.columns(5)
-m1.metric("Model class", class_text(case["label"]))
+m1.metric(
+    "Model class",
+    class_text(case["label"]) + (" (not confident)" if doubtful else ""),
+    help="Flagged: read the slice without leaning on this class" if doubtful else None,
+)
 m2.metric("Reviewed class", class_text(case["reviewed_label"]) if case["reviewed_label"] else "—")
 m3.metric("Risk", f"{case['risk']:.2f}")
 m4.metric("Review", REVIEW_TEXT.get(case["review_status"], case["review_status"]))
@@ -120,7 +129,8 @@ st.caption(
     f"classifier `{case['classifier_version']}` · segmenter `{case['segmenter_version']}`"
     + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
 )
-show_flags(case["flags"])
+if not doubtful:
+    show_flags(case["flags"])
 
 # ----- the study's PDF report (issue 18): made on request, then offered for download -----
 r1, r2, _ = st.columns([1, 1, 3])
