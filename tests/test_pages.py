@@ -575,7 +575,7 @@ def test_a_flagged_case_says_so_before_its_class(core, synthetic_slice) -> None:
         con.execute("UPDATE cases SET flags = ? WHERE scan_id = ?", ('["uncertain"]', doubtful))
         con.execute("UPDATE cases SET flags = '[]' WHERE scan_id = ?", (plain,))
     at = _open_case(doubtful)
-    assert _by_label(at.metric, "Model class").value.endswith("(not confident)")
+    assert next(m.label for m in at.metric) == "Model class, not confident"
     assert any("uncertain" in w.value.lower() for w in at.warning)
     at = _open_case(plain)
-    assert not _by_label(at.metric, "Model class").value.endswith("(not confident)")
+    assert next(m.label for m in at.metric) == "Model class"

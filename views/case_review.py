@@ -107,10 +107,11 @@ opened_revision, opened_status = opened.setdefault(selected, (case["revision"], 
 doubtful = bool({"ood", "uncertain"} & set(case["flags"]))
 if doubtful:
     show_flags(case["flags"])
-m1, m2, m3, m4, m5 = st.columns(5)
+# Widths so that "Meningioma" and "Corrected" fit at 1366 px (five equal columns cut them off).
+m1, m2, m3, m4, m5 = st.columns([2.2, 1.5, 0.8, 2.1, 1.6])
 m1.metric(
-    "Model class",
-    class_text(case["label"]) + (" (not confident)" if doubtful else ""),
+    "Model class, not confident" if doubtful else "Model class",
+    class_text(case["label"]),
     help="Flagged: read the slice without leaning on this class" if doubtful else None,
 )
 m2.metric("Reviewed class", class_text(case["reviewed_label"]) if case["reviewed_label"] else "—")
