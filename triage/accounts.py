@@ -41,6 +41,7 @@ SESSION_HOURS = 12
 NAME_RE = re.compile(r"[A-Za-z0-9._@-]{2,64}")
 
 _HASHER = PasswordHasher()
+_SCHEMA_READY: set[Path] = set()
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY,
@@ -93,9 +94,13 @@ class AccountStore:
         self.path = Path(data_dir) / DB_NAME
 
     def _connect(self) -> sqlite3.Connection:
+        # The schema script runs once per file and process, not on every page run's sign-in check.
+        fresh = self.path not in _SCHEMA_READY or not self.path.is_file()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=10)
-        con.executescript(_SCHEMA)
+        if fresh:
+            con.executescript(_SCHEMA)
+            _SCHEMA_READY.add(self.path)
         return con
 
     def any_accounts(self) -> bool:

@@ -230,8 +230,9 @@ def _comparison_progress(key: str) -> None:
     )
 
 
-def _comparison(cfg, job: jobs.Job, active: str) -> dict | None:
-    """Show the comparison of the run's version with the active one; return it once it exists."""
+def _comparison(cfg, job: jobs.Job, active: str) -> tuple[dict, promotion.PromotionVerdict] | None:
+    """Show the comparison of the run's version with the active one and the rule's verdict on it;
+    return both once the comparison exists (the bootstrap runs once per page run, not per use)."""
     saved = compare.saved_comparison(job.run_dir, active, job.version)
     if saved is None:
         key = f"compare-{job.job_id}-{active}"
@@ -275,8 +276,9 @@ def _comparison(cfg, job: jobs.Job, active: str) -> dict | None:
         cols = st.columns(2)
         for col, (side, cm) in zip(cols, cms):
             col.plotly_chart(_confusion(cm, f"{side} ({active if side == 'active' else job.version})"), width="stretch")
-    _verdict(promotion.judge(saved))
-    return saved
+    verdict = promotion.judge(saved)
+    _verdict(verdict)
+    return saved, verdict
 
 
 def _ci(ci: tuple[float, float] | list | None, signed: bool = False) -> str:
@@ -314,9 +316,17 @@ def _verdict(verdict: promotion.PromotionVerdict) -> None:
     st.caption(promotion.RULE_TEXT)
 
 
-def _change_form(cfg, task: str, version: str, current: str | None, comparison: dict | None, key: str) -> None:
-    """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by compare.promote."""
-    verdict = promotion.judge(comparison) if comparison is not None else None
+def _change_form(
+    cfg,
+    task: str,
+    version: str,
+    current: str | None,
+    compared: tuple[dict, promotion.PromotionVerdict] | None,
+    key: str,
+) -> None:
+    """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by compare.promote
+    (which applies the rule again to the comparison, at the moment of the change)."""
+    comparison, verdict = compared if compared is not None else (None, None)
     by = reviewer_input(label="Your name (recorded)", key=f"{key}-by")
     reason = st.text_area(
         "Reason (recorded)" + ("" if verdict is not None and verdict.grounds else " – required"),
@@ -379,9 +389,9 @@ def _run_panel(cfg, job: jobs.Job) -> None:
     if active == job.version:
         st.success(f"`{job.version}` is the active {job.task}.")
         return
-    saved = _comparison(cfg, job, active)
-    if saved is not None:
-        _change_form(cfg, job.task, job.version, active, saved, state.keyed(state.TRAIN_RUN, "promote", job.job_id))
+    compared = _comparison(cfg, job, active)
+    if compared is not None:
+        _change_form(cfg, job.task, job.version, active, compared, state.keyed(state.TRAIN_RUN, "promote", job.job_id))
 
 
 def _job_label(job_id: str, by_id: dict) -> str:
