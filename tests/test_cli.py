@@ -119,6 +119,12 @@ def test_train_options_match_what_training_knows():
         ]
     )
     assert (args.lr, args.seg_dice, args.intensity_norm) == (0.001, "batch+image", INTENSITY_NORM)
+    shares = cli.build_parser().parse_args(
+        ["train", "classifier", "--data", "d", "--out", "o", "--source-shares", "sartaj=0.16, feltrin_44c_tumours=0.2"]
+    )
+    assert shares.source_shares == {"sartaj": 0.16, "feltrin_44c_tumours": 0.2}
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "classifier", "--data", "d", "--out", "o", "--source-shares", "x"])
 
 
 def test_analyze_csv_defuses_formulas_in_file_names(tmp_path, env):

@@ -243,6 +243,12 @@ def test_unknown_option_names_fail_when_the_config_is_made(option):
         TrainConfig.from_preset("segmenter", "quick", **option)
 
 
+@pytest.mark.parametrize("shares", [{"sartaj": -0.1}, {"sartaj": 0.0}, {"sartaj": "a lot"}])
+def test_source_shares_must_be_non_negative_and_not_all_zero(shares):
+    with pytest.raises(ValueError, match="source_shares"):
+        TrainConfig.from_preset("classifier", "multi", source_shares=shares)
+
+
 def test_card_describes_the_intensity_standardisation_step():
     from triage.train import preprocess_description
 

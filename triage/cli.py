@@ -86,11 +86,23 @@ TRAIN_OVERRIDES = (
     "seg_dice",
     "intensity_norm",
     "skull_strip_aug",
+    "source_shares",
 )
 # Written out rather than imported so `--help` does not load torch; tests/test_cli.py checks they
 # match train.SEG_LOSS_NAMES and preprocess.INTENSITY_NORM.
 SEG_DICE_CHOICES = ("batch", "batch+image", "tversky")
 INTENSITY_NORM_CHOICES = ("head_percentiles_v1",)
+
+
+def _parse_shares(text: str) -> dict[str, float]:
+    """``name=share,name=share`` -> dict; argparse reports a ValueError as a usage error."""
+    shares = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected name=share, got {item!r}")
+        shares[name.strip()] = float(value)
+    return shares
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -423,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         dest="skull_strip_aug",
         help="share of training crops whose skull is stripped (guards the 'no skull -> tumour' shortcut)",
+    )
+    t.add_argument(
+        "--source-shares",
+        type=_parse_shares,
+        dest="source_shares",
+        help="multi preset: batch share per source, e.g. sartaj=0.15,feltrin_44c_tumours=0.22 (others keep defaults)",
     )
     t.add_argument("--activate", action="store_true", help="make the new version active when done")
     t.add_argument("--quiet", action="store_true")

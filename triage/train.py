@@ -196,6 +196,9 @@ class TrainConfig:
     # Per-image probabilities of augment.strip_skull and augment.jpeg_degrade (source shortcuts).
     skull_strip_aug: float = 0.0
     jpeg_aug: float = 0.0
+    # Multi-source recipe: per-source batch shares that replace the defaults in triage.sources
+    # (None: CLASSIFIER_SHARES / SEGMENTER_SHARES). v13 raised Sartaj's share after v12 missed more Sartaj tumours.
+    source_shares: dict | None = None
     notes: dict = field(default_factory=dict)
 
     @classmethod
@@ -221,6 +224,10 @@ class TrainConfig:
             raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
         if not 0.0 <= self.skull_strip_aug <= 1.0:
             raise ValueError(f"skull_strip_aug is a probability, got {self.skull_strip_aug}")
+        if self.source_shares is not None:
+            bad = {k: v for k, v in self.source_shares.items() if not (isinstance(v, (int, float)) and v >= 0)}
+            if bad or not any(self.source_shares.values()):
+                raise ValueError(f"source_shares must be non-negative numbers, not all zero; got {self.source_shares}")
 
 
 RECIPES = ("standard", "multi_source")

@@ -152,6 +152,11 @@ def run_training(
 
         bundle = multi_source_split(Path(data), cache_dir, task=task, seed=cfg.seed, progress=progress, crop=cfg.crop)
         shares = CLASSIFIER_SHARES if task == "classifier" else SEGMENTER_SHARES
+        if cfg.source_shares:
+            unknown = set(cfg.source_shares) - set(shares)
+            if unknown:
+                raise ValueError(f"source_shares names unknown sources {sorted(unknown)}; known: {sorted(shares)}")
+            shares = {**shares, **cfg.source_shares}
         sample_weights = balanced_weights(bundle.train_sources, bundle.train.labels(), shares)
         val_sources = bundle.val_sources
     elif is_shared_root(data):
