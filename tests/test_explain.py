@@ -9,7 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from triage.explain import EXPLAIN_LOCK, METHODS, explain, explain_to_scan
+from triage.explain import (
+    ALL_METHODS,
+    EXPLAIN_LOCK,
+    METHODS,
+    SEGMENTER_METHOD,
+    explain,
+    explain_segmenter,
+    explain_to_scan,
+)
 from triage.models import build_model
 from triage.records import CLASSES
 
@@ -189,3 +197,61 @@ def test_the_heatmap_lands_where_the_evidence_is() -> None:
         heat = explain(net, meta, crop, "glioma")
         py, px = np.unravel_index(int(heat.argmax()), heat.shape)
         assert abs(py - cy) <= 6 and abs(px - cx) <= 6, (shape, (py, px), (cy, cx))
+
+
+def _brightness_segmenter(cut: float) -> nn.Module:
+    """A 'segmenter' whose tumour logit is the pixel's brightness minus ``cut`` (one 3x3 conv, centre tap)."""
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.bias.fill_(-cut)
+    return nn.Sequential(conv).eval()
+
+
+def test_seg_gradcam_points_at_what_the_segmenter_calls_tumour() -> None:
+    net = _brightness_segmenter(0.5)
+    meta = {"input_size": 64, "normalization": {"mean": 0.0, "std": 1.0}, "gradcam_layer": "0", "threshold": 0.5}
+    yy, xx = np.mgrid[:120, :200]
+    blob = lambda cy, cx, peak: peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 8.0**2))  # noqa: E731
+    crop = (255 * np.maximum(blob(30, 150, 1.0), blob(90, 40, 0.4))).astype(np.uint8)  # only the first is "tumour"
+    before = forward_hook_count(net)
+    heat = explain_segmenter(net, meta, crop)
+    assert heat.shape == crop.shape and heat.dtype == np.float32 and 0.0 <= heat.min() <= heat.max() <= 1.0
+    py, px = np.unravel_index(int(heat.argmax()), heat.shape)
+    assert abs(py - 30) <= 6 and abs(px - 150) <= 6, (py, px)
+    assert heat[90, 40] < 0.05  # the dimmer blob is below the segmenter's threshold: no evidence
+    assert forward_hook_count(net) == before
+
+
+def test_seg_gradcam_on_a_tumour_free_slice_and_a_bad_layer(crop: np.ndarray) -> None:
+    net = _brightness_segmenter(10.0)  # nothing reaches the threshold: the map covers every pixel's logit
+    meta = {"input_size": 64, "normalization": {"mean": 0.0, "std": 1.0}, "gradcam_layer": "0"}
+    heat = explain_segmenter(net, meta, crop)
+    assert heat.shape == crop.shape and np.isfinite(heat).all()
+    with pytest.raises(ValueError, match="segmenter layer"):
+        explain_segmenter(net, {**meta, "gradcam_layer": "decoder.blocks.9"}, crop)
+
+
+def test_the_service_routes_seg_gradcam_to_the_segmenter(tmp_path) -> None:
+    import json
+
+    import cv2
+
+    from tests.conftest import draw_synthetic_slice
+    from tests.model_fixtures import make_tiny_weights
+    from triage.config import get_settings
+    from triage.service import TriageService
+
+    weights = make_tiny_weights(tmp_path / "weights")
+    meta_path = weights / "segmenter" / "tiny" / "metadata.json"
+
+    card = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**card, "gradcam_layer": "model.0"}))
+    service = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "data"))
+    image, _ = draw_synthetic_slice(seed=1)
+    _ok, png = cv2.imencode(".png", image)
+    (result,) = service.analyze_bytes(png.tobytes(), "s.png")
+    exp = service.explain(result, "glioma", SEGMENTER_METHOD)
+    assert exp.method == SEGMENTER_METHOD and exp.heatmap.shape == result.scan.shape
+    assert ALL_METHODS[0] == SEGMENTER_METHOD and set(METHODS) < set(ALL_METHODS)

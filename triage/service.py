@@ -351,17 +351,21 @@ class TriageService:
 
     def explain(self, result: CaseResult, target_class: str | None = None, method: str = "gradcam") -> Explanation:
         """Class-activation heatmap at scan resolution for ``target_class`` (default: predicted)."""
+        from triage.explain import SEGMENTER_METHOD, explain_segmenter, explain_to_scan
         from triage.explain import explain as run_cam
-        from triage.explain import explain_to_scan
 
         if result.scan is None or result.crop is None:
             raise ValueError("this result has no decoded scan to explain")
         target = target_class or (result.prediction.label if result.prediction else CLASSES[0])
         if target not in CLASSES:
             raise ValueError(f"unknown class {target!r}; expected one of {CLASSES}")
-        clf = self.models().classifier
         self.torch_ready()
-        cam = run_cam(clf.net, clf.model.meta, result.crop.image, target, method=method, lock=MODEL_LOCK)
+        if method == SEGMENTER_METHOD:  # the segmenter's evidence for tumour pixels: one map for every class
+            seg = self.models().segmenter
+            cam = explain_segmenter(seg.model.net, seg.model.meta, result.crop.image, lock=MODEL_LOCK)
+        else:
+            clf = self.models().classifier
+            cam = run_cam(clf.net, clf.model.meta, result.crop.image, target, method=method, lock=MODEL_LOCK)
         heat = explain_to_scan(cam, result.crop.bbox, result.scan.shape)
         return Explanation(heatmap=heat, target_class=target, method=method)
 
