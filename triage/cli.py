@@ -511,7 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--data-dir", help="the app's data folder (default: TRIAGE_DATA_DIR or ~/.local/share/...)")
         if name == "listen":
             q.add_argument("--port", type=int, default=11112, help="TCP port to listen on (default 11112)")
-            q.add_argument("--host", default="0.0.0.0", help="address to bind (default: all interfaces)")
+            q.add_argument(
+                "--host",
+                default="127.0.0.1",
+                help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+            )
             q.add_argument("--allow", nargs="+", metavar="AE", help="calling AE titles allowed (default: any)")
             q.set_defaults(func=cmd_listen)
         else:
