@@ -525,3 +525,138 @@ def test_poll_command_once_against_orthanc(pacs, weights, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "'analysed': 1" in out.stdout and "'sent': 3" in out.stdout
     assert len(pacs.instances()) == 4
+
+
+# -- starting / stopping the services from the app ---------------------------------------
+def test_service_options_are_checked_before_anything_starts(tmp_path):
+    from triage.pacs_service import ServiceError, listen_args, pid_file, poll_args, service_state, start_service
+
+    settings = get_settings(data_dir=tmp_path / "d")
+    bad = [
+        ("poll", poll_args(""), "must start with http"),
+        ("poll", poll_args("http://pacs/dicom-web", interval_s=0), "interval must be positive"),
+        ("listen", listen_args(ae_title="A" * 17), "1-16 characters"),
+        ("listen", listen_args(port=70000), "port must be"),
+        ("listen", listen_args(send="dicom://nohost"), "dicom://AE_TITLE@host:port"),
+        ("listen", ["--port", "eleven"], "invalid listen options"),
+    ]
+    for kind, args, why in bad:
+        with pytest.raises(ServiceError, match=why):
+            start_service(settings, kind, args)
+        assert not pid_file(settings, kind).exists()
+    assert not Path(settings.data_dir).exists()  # refused before anything was written
+    # A pid file of a process that is gone, or of a pid reused by another process, is not "running".
+    pid_file(settings, "poll").parent.mkdir(parents=True)
+    pid_file(settings, "poll").write_text('{"pid": 999999, "create_time": 1}')
+    assert not service_state(settings, "poll").running
+    import os
+
+    pid_file(settings, "poll").write_text(f'{{"pid": {os.getpid()}, "create_time": 1}}')
+    assert not service_state(settings, "poll").running
+    pid_file(settings, "poll").write_text("{half")
+    assert not service_state(settings, "poll").running
+
+
+@pytest.mark.slow
+def test_receiver_service_starts_once_and_stops(weights, tmp_path, monkeypatch):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from triage.pacs_service import ServiceError, listen_args, pid_file, service_state, start_service, stop_service
+
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(weights))
+    settings = get_settings(weights_dir=weights, data_dir=tmp_path / "d")
+    port = free_port()
+    args = listen_args("TRIAGE", port, allow=("PACS",))
+    errors: list[str] = []
+
+    def start():
+        try:
+            start_service(settings, "listen", args)
+        except ServiceError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]  # two tabs click "Start" at once
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(errors) == 1 and "already runs" in errors[0], errors
+        state = service_state(settings, "listen")
+        assert state.running and pid_file(settings, "listen").exists()
+        pid = state.pid
+        assert "--host" in state.command and "127.0.0.1" in state.command
+        _wait_listening(port)
+        ae = AE("PACS")  # the real receiver: an allowed AE stores an instance, it is queued
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+        assert assoc.is_established
+        assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(synthetic_mr_series(1, seed=5)[0]))).Status == 0
+        assoc.release()
+        queue = PacsQueue(pacs_db_path(settings))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and queue.status().counts.get("analysed", 0) < 1:
+            time.sleep(0.2)
+        assert queue.status().counts == {"analysed": 1}
+    finally:
+        state = stop_service(settings, "listen")
+    assert not state.running and not pid_file(settings, "listen").exists()
+    import socket
+
+    import psutil
+
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+    assert any("listening as TRIAGE@127.0.0.1" in line for line in state.log_tail)
+
+
+@pytest.mark.slow
+def test_pacs_page_starts_and_stops_the_poller_across_tabs(weights, tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from triage.pacs_service import service_state, stop_service
+
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "d"))
+    settings = get_settings(weights_dir=weights, data_dir=tmp_path / "d")
+    st.cache_resource.clear()
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+
+    def page():
+        at = AppTest.from_file(app, default_timeout=120).run()
+        at.switch_page("views/pacs.py").run()
+        assert not at.exception
+        return at
+
+    def summary(at, title: str) -> str:
+        return next(m.value for m in at.markdown if m.value.startswith(f"**{title}**"))
+
+    tab1 = page()
+    assert "stopped" in summary(tab1, "DICOMweb poller") and "stopped" in summary(tab1, "DICOM receiver (C-STORE)")
+    tab1.button(key="pacs_start_poll").click().run()  # no URL yet: a clear message, nothing started
+    assert "must start with http" in tab1.error[0].value and not service_state(settings, "poll").running
+    try:
+        # A PACS that is down: the poller still runs (and keeps retrying), which is what we start and stop.
+        tab1.text_input(key="pacs_poll_url").input(f"http://127.0.0.1:{free_port()}/dicom-web")
+        tab1.number_input(key="pacs_poll_interval").set_value(60.0)
+        tab1.button(key="pacs_start_poll").click().run()
+        assert not tab1.exception and not tab1.error
+        assert "running" in summary(tab1, "DICOMweb poller")
+        pid = service_state(settings, "poll").pid
+        tab1.run()  # a rerun does not start another one or lose it
+        assert service_state(settings, "poll").pid == pid
+        tab2 = page()  # another tab sees the same service and may stop it
+        assert f"pid {pid}" in summary(tab2, "DICOMweb poller")
+        assert not [b for b in tab2.button if b.key == "pacs_start_poll"]
+        tab2.button(key="pacs_stop_poll").click().run()
+        assert "stopped" in summary(tab2, "DICOMweb poller") and not service_state(settings, "poll").running
+        tab1.run()
+        assert "stopped" in summary(tab1, "DICOMweb poller")
+        assert [b for b in tab1.button if b.key == "pacs_start_poll"]
+    finally:
+        stop_service(settings, "poll")
+        st.cache_resource.clear()
