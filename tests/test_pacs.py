@@ -67,6 +67,9 @@ def test_cli_parses_the_pacs_commands():
 
     a = build_parser().parse_args(["listen", "--ae-title", "TRIAGE", "--port", "11112", "--allow", "PACS", "MRI1"])
     assert (a.ae_title, a.port, a.allow, a.send) == ("TRIAGE", 11112, ["PACS", "MRI1"], None)
+    assert a.host == "127.0.0.1"  # this machine only unless asked
+    assert build_parser().parse_args(["listen", "--host", "0.0.0.0"]).host == "0.0.0.0"
+    assert Receiver.__init__.__defaults__[0] == "127.0.0.1"
     a = build_parser().parse_args(["poll", "--url", "http://pacs/dicom-web", "--interval", "5", "--once"])
     assert (a.url, a.interval, a.once, a.all_modalities) == ("http://pacs/dicom-web", 5.0, True, False)
 
