@@ -602,6 +602,8 @@ def test_receiver_service_starts_once_and_stops(weights, tmp_path, monkeypatch):
         while time.monotonic() < deadline and queue.status().counts.get("analysed", 0) < 1:
             time.sleep(0.2)
         assert queue.status().counts == {"analysed": 1}
+        spool = Path(settings.data_dir, "pacs", "spool")  # streamed there, then renamed into the queue
+        assert spool.is_dir() and not any(spool.iterdir())
     finally:
         state = stop_service(settings, "listen")
     assert not state.running and not pid_file(settings, "listen").exists()
