@@ -701,3 +701,20 @@ def test_received_instance_is_streamed_to_disk_not_held_in_memory(pacs, weights,
     # Python allocations while receiving stay a small fraction of the instance: about 3.5 MB whatever
     # its size (bench/pacs_receive_memory.py), against twice the instance for encoded_dataset().
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MB while receiving a {len(stored) / 2**20:.0f} MB instance"
+
+
+def test_a_series_still_arriving_waits_then_gets_one_result_set(weights, tmp_path):
+    settings, service, wl, queue = _ctx(weights, tmp_path / "d")
+    files = synthetic_mr_series(3, seed=13, shape=(64, 64))
+    for b in files[:2]:
+        receive_bytes(queue, settings, b, "test")
+    assert process_pending(service, wl, queue, send=True, settle_s=60) == 0  # the sender is still sending
+    receive_bytes(queue, settings, files[2], "test")
+    assert process_pending(service, wl, queue, send=True) == 3
+    rec = Recorder()
+    assert flush_outbox(queue, rec) == (3, 0)  # one SEG, SC and SR for the three instances
+    seg = next(pydicom.dcmread(io.BytesIO(b)) for b in rec.stored if pydicom.dcmread(io.BytesIO(b)).Modality == "SEG")
+    assert int(seg.NumberOfFrames) == 3
+    refs = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert refs == {pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID for b in files}
+    assert len({c["study_key"] for c in wl.list_cases()}) == 1  # one study in the worklist
