@@ -67,6 +67,9 @@ def test_cli_parses_the_pacs_commands():
 
     a = build_parser().parse_args(["listen", "--ae-title", "TRIAGE", "--port", "11112", "--allow", "PACS", "MRI1"])
     assert (a.ae_title, a.port, a.allow, a.send) == ("TRIAGE", 11112, ["PACS", "MRI1"], None)
+    assert a.host == "127.0.0.1"  # this machine only unless asked
+    assert build_parser().parse_args(["listen", "--host", "0.0.0.0"]).host == "0.0.0.0"
+    assert Receiver.__init__.__defaults__[0] == "127.0.0.1"
     a = build_parser().parse_args(["poll", "--url", "http://pacs/dicom-web", "--interval", "5", "--once"])
     assert (a.url, a.interval, a.once, a.all_modalities) == ("http://pacs/dicom-web", 5.0, True, False)
 
@@ -157,35 +160,67 @@ def test_send_failures_back_off_and_lose_nothing(weights, tmp_path):
     assert queue.status().outbox == {"sent": 3}
 
 
-def test_results_reference_the_source_and_keep_the_mask(weights, tmp_path):
-    _, service, _, _ = _ctx(weights, tmp_path / "d")
-    data = _file("MR_small.dcm")
-    (r,) = service.analyze_bytes(data, "mr.dcm")
-    mask = np.zeros(r.scan.shape, bool)
-    mask[20:40, 10:30] = True
+def _findings(service, files: list[bytes], masks: list[np.ndarray] | None = None):
+    """SeriesFindings of analysed DICOM files (one result each), optionally with forced masks."""
     from dataclasses import replace
 
-    r = replace(r, segmentation=replace(r.segmentation, mask=mask, area_px=int(mask.sum())))
-    src = pydicom.dcmread(io.BytesIO(data))
-    built, problems = build_results(src, r)
-    assert problems == []
+    from triage.pacs_results import SeriesFindings, finding_from_result
+
+    slices = []
+    for i, data in enumerate(files):
+        (r,) = service.analyze_bytes(data, f"{i}.dcm")
+        f = finding_from_result(pydicom.dcmread(io.BytesIO(data)), r)
+        if masks is not None:
+            f = replace(f, mask=masks[i], area_px=int(masks[i].sum()))
+        slices.append(f)
+    return SeriesFindings(tuple(slices), dict(r.model_versions), volume_ml=1.5), r.model_versions
+
+
+def test_series_results_reference_every_instance_and_keep_its_mask(weights, tmp_path):
+    _, service, _, _ = _ctx(weights, tmp_path / "d")
+    files = synthetic_mr_series(3, seed=11, shape=(64, 64))
+    masks = [np.zeros((64, 64), bool) for _ in files]
+    masks[0][10:20, 5:25] = True
+    masks[2][30:50, 30:40] = True  # the middle slice has an empty mask: its frame is kept, empty
+    findings, _ = _findings(service, files, masks)
+    srcs = [pydicom.dcmread(io.BytesIO(b)) for b in files]
+    built, problems = build_results(findings)
+    assert problems == [] and [o.kind for o in built] == ["seg", "sc", "sr"]
     objs = {o.kind: o.dataset for o in built}
+    # One SEG for the series: one frame per source instance, each with that instance's mask.
     seg = hd.seg.Segmentation.from_dataset(_roundtrip(objs["seg"]))
-    assert seg.get_source_image_uids()[0][2] == src.SOPInstanceUID
-    np.testing.assert_array_equal(seg.get_pixels_by_source_instance([src.SOPInstanceUID])[0, ..., 0] > 0, mask)
+    uids = [s.SOPInstanceUID for s in srcs]
+    assert sorted(u[2] for u in seg.get_source_image_uids()) == sorted(uids)
+    assert int(objs["seg"].NumberOfFrames) == 3
+    got = seg.get_pixels_by_source_instance(uids)[..., 0] > 0
+    np.testing.assert_array_equal(got, np.stack(masks))
+    assert objs["seg"].StudyInstanceUID == srcs[0].StudyInstanceUID
+    assert objs["seg"].SeriesInstanceUID != srcs[0].SeriesInstanceUID  # a new series, never a source's
+    # One SC: the key slice (highest risk) with its overlay, marked derived.
+    key = max(range(3), key=lambda i: (findings.slices[i].risk, -i))
     sc = _roundtrip(objs["sc"])
     assert sc.ImageType[0] == "DERIVED" and sc.BurnedInAnnotation == "YES"
-    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
-    assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.SOPInstanceUID != src.SOPInstanceUID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == uids[key]
+    assert f"key slice {key + 1} of 3" in sc.DerivationDescription
+    # One SR: a series-level group, then one group per slice referencing that slice.
     sr = hd.sr.srread(io.BytesIO(_bytes(objs["sr"])))
-    _check_sr(sr, src, r)
+    _check_sr(sr, srcs, findings)
     # The same result built again has the same UIDs: a re-send is a duplicate, never a new copy.
-    assert build_results(src, r)[0][2].dataset.SOPInstanceUID == objs["sr"].SOPInstanceUID
-    # A source without the geometry a SEG needs still gets its SC and SR.
-    bare = _roundtrip(src)
-    del bare.ImagePositionPatient, bare.ImageOrientationPatient, bare.FrameOfReferenceUID
-    built, problems = build_results(bare, r)
-    assert {o.kind for o in built} >= {"sc", "sr"} and all("not built" in p for p in problems)
+    again, _ = build_results(findings)
+    assert [o.sop_instance_uid for o in again] == [o.sop_instance_uid for o in built]
+    # A part of the series is another result set (other UIDs), not a replacement of this one.
+    part, _ = _findings(service, files[:2])
+    assert build_results(part)[0][0].sop_instance_uid != built[0].sop_instance_uid
+    # Sources without the geometry a SEG needs still get their SC and SR.
+    from dataclasses import replace
+
+    bare = []
+    for f in findings.slices:
+        ds = _roundtrip(f.source)
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.FrameOfReferenceUID
+        bare.append(replace(f, source=ds))
+    built, problems = build_results(replace(findings, slices=tuple(bare)))
+    assert {o.kind for o in built} == {"sc", "sr"} and len(problems) == 1 and "SEG not built" in problems[0]
     assert DISCLAIMER.lower() == "triage aid, not a diagnosis"
 
 
@@ -199,30 +234,57 @@ def _roundtrip(ds):
     return pydicom.dcmread(io.BytesIO(_bytes(ds)))
 
 
-def _check_sr(sr, src, result) -> None:
+def _check_sr(sr, srcs, findings) -> None:
+    """The SR references every source, has a series-level group and one group per slice."""
     evidence = [
         i.ReferencedSOPInstanceUID
         for s in sr.CurrentRequestedProcedureEvidenceSequence
         for se in s.ReferencedSeriesSequence
         for i in se.ReferencedSOPSequence
     ]
-    assert src.SOPInstanceUID in evidence
+    assert {s.SOPInstanceUID for s in srcs} <= set(evidence)
     items = list(_walk(sr.ContentSequence))
     texts = [str(i.get("TextValue", "")) for i in items]
-    meanings = [str(i.ConceptNameCodeSequence[0].CodeMeaning) for i in items if "ConceptNameCodeSequence" in i]
-    codes = [str(i.ConceptCodeSequence[0].CodeValue) for i in items if "ConceptCodeSequence" in i]
-    for c in ("no_tumor", "glioma", "meningioma", "pituitary"):
-        assert f"probability of {c}" in meanings
-    assert "malignancy triage risk" in meanings
-    assert any(result.model_versions["classifier"] in t and "segmenter" in t for t in texts)
-    assert set(result.flags) <= set(codes) and result.prediction.label in codes
-    values = {
-        item.ConceptNameCodeSequence[0].CodeValue: float(item.MeasuredValueSequence[0].NumericValue)
-        for item in _walk(sr.ContentSequence)
-        if getattr(item, "ValueType", "") == "NUM"
-    }
-    assert values["risk"] == pytest.approx(result.risk, abs=1e-6)
-    assert values["p_glioma"] == pytest.approx(result.prediction.prob("glioma"), abs=1e-6)
+    versions = findings.model_versions
+    assert any(versions["classifier"] in t and "segmenter" in t for t in texts)
+    groups = [g for g in sr.ContentSequence if g.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    (container,) = groups
+    groups = [g for g in container.ContentSequence if g.ValueType == "CONTAINER"]
+    assert len(groups) == 1 + len(srcs)
+
+    def nums(group) -> dict:
+        return {
+            i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+            for i in _walk(group.ContentSequence)
+            if getattr(i, "ValueType", "") == "NUM"
+        }
+
+    def refs(group) -> list:
+        return [
+            i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for i in _walk(group.ContentSequence)
+            if getattr(i, "ValueType", "") == "IMAGE"
+        ]
+
+    def coded(group) -> set:
+        return {
+            str(i.ConceptCodeSequence[0].CodeValue) for i in _walk(group.ContentSequence) if "ConceptCodeSequence" in i
+        }
+
+    series = nums(groups[0])
+    key = findings.key
+    assert series["risk"] == pytest.approx(key.risk, abs=1e-6)
+    assert series["n_slices"] == len(srcs) and series["tumor_volume_ml"] == pytest.approx(findings.volume_ml)
+    assert series["n_suspicious"] == sum(s.suspicious for s in findings.slices)
+    assert sorted(refs(groups[0])) == sorted(s.SOPInstanceUID for s in srcs)
+    assert key.label in coded(groups[0])
+    for group, f in zip(groups[1:], findings.slices):
+        values = nums(group)
+        assert refs(group) == [f.sop_instance_uid]
+        assert values["risk"] == pytest.approx(f.risk, abs=1e-6)
+        assert values["p_glioma"] == pytest.approx(f.probs[1], abs=1e-6)
+        assert values["tumor_area_px"] == f.area_px
+        assert f.label in coded(group) and set(f.flags) <= coded(group)
 
 
 def _walk(seq):
@@ -246,20 +308,19 @@ def pacs(tmp_path_factory):
     orth.stop()
 
 
-def _results_in_orthanc(orth: Orthanc, source_uid: str) -> dict:
-    """kind -> dataset of the SEG / SC / SR in Orthanc that reference ``source_uid``."""
-    found = {}
+def _results_in_orthanc(orth: Orthanc, series_uid: str, source_uids: set) -> dict:
+    """kind -> list of the SEG / SC / SR datasets in Orthanc that reference the source series."""
+    found: dict = {}
     for oid in orth.instances():
         ds = pydicom.dcmread(io.BytesIO(orth.file(oid)))
-        if (
-            ds.Modality == "SEG"
-            and ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source_uid
-        ):
-            found["seg"] = ds
-        elif "SourceImageSequence" in ds and ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source_uid:
-            found["sc"] = ds
-        elif ds.Modality == "SR" and source_uid in str(ds.CurrentRequestedProcedureEvidenceSequence):
-            found["sr"] = ds
+        if ds.Modality == "SEG" and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid:
+            found.setdefault("seg", []).append(ds)
+        elif ds.Modality == "SR" and series_uid in str(ds.CurrentRequestedProcedureEvidenceSequence):
+            found.setdefault("sr", []).append(ds)
+        elif "SourceImageSequence" in ds and ds.Modality != "SEG":
+            ref = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+            if ref in source_uids:
+                found.setdefault("sc", []).append(ds)
     return found
 
 
@@ -274,6 +335,7 @@ def _analysed_mask(wl: Worklist, scan_id: str, shape) -> np.ndarray:
 def test_poll_end_to_end_with_orthanc(pacs, weights, tmp_path):
     pacs.clear()
     series = synthetic_mr_series(3, seed=1)
+    sources = [pydicom.dcmread(io.BytesIO(b)) for b in [*series, _file("MR_small.dcm")]]
     for b in [*series, _file("MR_small.dcm"), _file("CT_small.dcm"), _malformed()]:
         pacs.upload(b)
     settings, service, wl, queue = _ctx(weights, tmp_path / "d")
@@ -284,25 +346,34 @@ def test_poll_end_to_end_with_orthanc(pacs, weights, tmp_path):
     assert wl.count() == 4
     (bad,) = queue.instances("rejected")
     assert "pixel data" in bad["reason"].lower()
-    assert flush_outbox(queue, StowSender(pacs.dicomweb)) == (12, 0)
+    # One SEG + SC + SR per analysed series (the 3-slice series and MR_small), not per instance.
+    assert flush_outbox(queue, StowSender(pacs.dicomweb)) == (6, 0)
     assert poller.poll_once().queued == 0  # our own results are not taken for new studies
-    for row in queue.instances("analysed"):
-        results = _results_in_orthanc(pacs, row["sop_instance_uid"])
-        assert set(results) == {"seg", "sc", "sr"}, row
-        src = pydicom.dcmread(
-            io.BytesIO(
-                next(
-                    b
-                    for b in [*series, _file("MR_small.dcm")]
-                    if row["sop_instance_uid"] in str(pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID)
-                )
-            )
-        )
-        seg = hd.seg.Segmentation.from_dataset(results["seg"])
-        got = seg.get_pixels_by_source_instance([src.SOPInstanceUID])[0, ..., 0] > 0
-        np.testing.assert_array_equal(got, _analysed_mask(wl, row["scan_ids"], got.shape))
-        assert results["sc"].StudyInstanceUID == src.StudyInstanceUID
-        assert results["seg"].SeriesInstanceUID != src.SeriesInstanceUID  # results never overwrite sources
+    analysed = {r["sop_instance_uid"]: r["scan_ids"] for r in queue.instances("analysed")}
+    by_series: dict = {}
+    for src in sources:
+        by_series.setdefault(src.SeriesInstanceUID, []).append(src)
+    for series_uid, srcs in by_series.items():
+        results = _results_in_orthanc(pacs, series_uid, {s.SOPInstanceUID for s in srcs})
+        assert {k: len(v) for k, v in results.items()} == {"seg": 1, "sc": 1, "sr": 1}, series_uid
+        uids = [s.SOPInstanceUID for s in srcs]
+        seg = hd.seg.Segmentation.from_dataset(results["seg"][0])
+        assert sorted(u[2] for u in seg.get_source_image_uids()) == sorted(uids)  # every instance referenced
+        got = seg.get_pixels_by_source_instance(uids)[..., 0] > 0
+        want = np.stack([_analysed_mask(wl, analysed[u], got.shape[1:]) for u in uids])
+        np.testing.assert_array_equal(got, want)  # each frame is that instance's analysed mask
+        sr = hd.sr.srread(io.BytesIO(_bytes(results["sr"][0])))
+        evidence = {
+            i.ReferencedSOPInstanceUID
+            for s in sr.CurrentRequestedProcedureEvidenceSequence
+            for se in s.ReferencedSeriesSequence
+            for i in se.ReferencedSOPSequence
+        }
+        assert set(uids) <= evidence
+        risks = [wl.get(analysed[u])["risk"] for u in uids]
+        assert results["sc"][0].SourceImageSequence[0].ReferencedSOPInstanceUID == uids[risks.index(max(risks))]
+        assert results["sc"][0].StudyInstanceUID == srcs[0].StudyInstanceUID
+        assert results["seg"][0].SeriesInstanceUID != series_uid  # results never overwrite sources
 
 
 @pytest.mark.slow
@@ -381,9 +452,14 @@ def test_receiver_end_to_end_with_orthanc_routing(pacs, weights, tmp_path):
     (ct,) = queue.instances("rejected")
     assert "CT" in ct["reason"]
     assert wl.count() == 3
-    assert queue.status().outbox == {"sent": 9}
-    assert len(pacs.instances()) == 4 + 9
-    assert len(pacs.by_modality("SEG")) == 3
+    assert queue.status().outbox == {"sent": 6}  # one SEG + SC + SR per series (2 MR series)
+    assert len(pacs.instances()) == 4 + 6
+    (seg,) = [
+        pydicom.dcmread(io.BytesIO(pacs.file(i)))
+        for i in pacs.by_modality("SEG")
+        if int(pydicom.dcmread(io.BytesIO(pacs.file(i)), stop_before_pixels=True).NumberOfFrames) == 2
+    ]
+    assert len(pacs.by_modality("SEG")) == 2 and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 2
 
 
 @pytest.mark.slow
@@ -452,3 +528,193 @@ def test_poll_command_once_against_orthanc(pacs, weights, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "'analysed': 1" in out.stdout and "'sent': 3" in out.stdout
     assert len(pacs.instances()) == 4
+
+
+# -- starting / stopping the services from the app ---------------------------------------
+def test_service_options_are_checked_before_anything_starts(tmp_path):
+    from triage.pacs_service import ServiceError, listen_args, pid_file, poll_args, service_state, start_service
+
+    settings = get_settings(data_dir=tmp_path / "d")
+    bad = [
+        ("poll", poll_args(""), "must start with http"),
+        ("poll", poll_args("http://pacs/dicom-web", interval_s=0), "interval must be positive"),
+        ("listen", listen_args(ae_title="A" * 17), "1-16 characters"),
+        ("listen", listen_args(port=70000), "port must be"),
+        ("listen", listen_args(send="dicom://nohost"), "dicom://AE_TITLE@host:port"),
+        ("listen", ["--port", "eleven"], "invalid listen options"),
+    ]
+    for kind, args, why in bad:
+        with pytest.raises(ServiceError, match=why):
+            start_service(settings, kind, args)
+        assert not pid_file(settings, kind).exists()
+    assert not Path(settings.data_dir).exists()  # refused before anything was written
+    # A pid file of a process that is gone, or of a pid reused by another process, is not "running".
+    pid_file(settings, "poll").parent.mkdir(parents=True)
+    pid_file(settings, "poll").write_text('{"pid": 999999, "create_time": 1}')
+    assert not service_state(settings, "poll").running
+    import os
+
+    pid_file(settings, "poll").write_text(f'{{"pid": {os.getpid()}, "create_time": 1}}')
+    assert not service_state(settings, "poll").running
+    pid_file(settings, "poll").write_text("{half")
+    assert not service_state(settings, "poll").running
+
+
+@pytest.mark.slow
+def test_receiver_service_starts_once_and_stops(weights, tmp_path, monkeypatch):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from triage.pacs_service import ServiceError, listen_args, pid_file, service_state, start_service, stop_service
+
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(weights))
+    settings = get_settings(weights_dir=weights, data_dir=tmp_path / "d")
+    port = free_port()
+    args = listen_args("TRIAGE", port, allow=("PACS",))
+    errors: list[str] = []
+
+    def start():
+        try:
+            start_service(settings, "listen", args)
+        except ServiceError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]  # two tabs click "Start" at once
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(errors) == 1 and "already runs" in errors[0], errors
+        state = service_state(settings, "listen")
+        assert state.running and pid_file(settings, "listen").exists()
+        pid = state.pid
+        assert "--host" in state.command and "127.0.0.1" in state.command
+        _wait_listening(port)
+        ae = AE("PACS")  # the real receiver: an allowed AE stores an instance, it is queued
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+        assert assoc.is_established
+        assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(synthetic_mr_series(1, seed=5)[0]))).Status == 0
+        assoc.release()
+        queue = PacsQueue(pacs_db_path(settings))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and queue.status().counts.get("analysed", 0) < 1:
+            time.sleep(0.2)
+        assert queue.status().counts == {"analysed": 1}
+        spool = Path(settings.data_dir, "pacs", "spool")  # streamed there, then renamed into the queue
+        assert spool.is_dir() and not any(spool.iterdir())
+    finally:
+        state = stop_service(settings, "listen")
+    assert not state.running and not pid_file(settings, "listen").exists()
+    import socket
+
+    import psutil
+
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+    assert any("listening as TRIAGE@127.0.0.1" in line for line in state.log_tail)
+
+
+@pytest.mark.slow
+def test_pacs_page_starts_and_stops_the_poller_across_tabs(weights, tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from triage.pacs_service import service_state, stop_service
+
+    monkeypatch.setenv("TRIAGE_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "d"))
+    settings = get_settings(weights_dir=weights, data_dir=tmp_path / "d")
+    st.cache_resource.clear()
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+
+    def page():
+        at = AppTest.from_file(app, default_timeout=120).run()
+        at.switch_page("views/pacs.py").run()
+        assert not at.exception
+        return at
+
+    def summary(at, title: str) -> str:
+        return next(m.value for m in at.markdown if m.value.startswith(f"**{title}**"))
+
+    tab1 = page()
+    assert "stopped" in summary(tab1, "DICOMweb poller") and "stopped" in summary(tab1, "DICOM receiver (C-STORE)")
+    tab1.button(key="pacs_start_poll").click().run()  # no URL yet: a clear message, nothing started
+    assert "must start with http" in tab1.error[0].value and not service_state(settings, "poll").running
+    try:
+        # A PACS that is down: the poller still runs (and keeps retrying), which is what we start and stop.
+        tab1.text_input(key="pacs_poll_url").input(f"http://127.0.0.1:{free_port()}/dicom-web")
+        tab1.number_input(key="pacs_poll_interval").set_value(60.0)
+        tab1.button(key="pacs_start_poll").click().run()
+        assert not tab1.exception and not tab1.error
+        assert "running" in summary(tab1, "DICOMweb poller")
+        pid = service_state(settings, "poll").pid
+        tab1.run()  # a rerun does not start another one or lose it
+        assert service_state(settings, "poll").pid == pid
+        tab2 = page()  # another tab sees the same service and may stop it
+        assert f"pid {pid}" in summary(tab2, "DICOMweb poller")
+        assert not [b for b in tab2.button if b.key == "pacs_start_poll"]
+        tab2.button(key="pacs_stop_poll").click().run()
+        assert "stopped" in summary(tab2, "DICOMweb poller") and not service_state(settings, "poll").running
+        tab1.run()
+        assert "stopped" in summary(tab1, "DICOMweb poller")
+        assert [b for b in tab1.button if b.key == "pacs_start_poll"]
+    finally:
+        stop_service(settings, "poll")
+        st.cache_resource.clear()
+
+
+def _large_mr(side: int = 4096) -> bytes:
+    """A 16-bit ``side`` x ``side`` MR instance (32 MB of pixel data at 4096) of a new study."""
+    ds = pydicom.dcmread(io.BytesIO(synthetic_mr_series(1, seed=12)[0]))
+    ds.Rows = ds.Columns = side
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = (np.arange(side * side, dtype=np.uint16) % 4096).tobytes()
+    return _bytes(ds)
+
+
+@pytest.mark.slow
+def test_received_instance_is_streamed_to_disk_not_held_in_memory(pacs, weights, tmp_path):
+    import tracemalloc
+
+    pacs.clear()
+    big = _large_mr()
+    oid = pacs.upload(big)["ID"]
+    settings, _, _, queue = _ctx(weights, tmp_path / "d")
+    receiver = Receiver(queue, settings, "TRIAGE", pacs.listen_port, allow=(pacs.aet,))
+    receiver.start()
+    try:
+        _wait_listening(pacs.listen_port)
+        tracemalloc.start()
+        pacs.send_to("triage", [oid])  # Orthanc C-STOREs the 32 MB instance to our receiver
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        receiver.stop()
+    (row,) = queue.instances()
+    stored = Path(row["path"]).read_bytes()
+    assert pydicom.dcmread(io.BytesIO(stored)).PixelData == pydicom.dcmread(io.BytesIO(big)).PixelData
+    assert len(stored) > 32 * 2**20
+    # Python allocations while receiving stay a small fraction of the instance: about 3.5 MB whatever
+    # its size (bench/pacs_receive_memory.py), against twice the instance for encoded_dataset().
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MB while receiving a {len(stored) / 2**20:.0f} MB instance"
+
+
+def test_a_series_still_arriving_waits_then_gets_one_result_set(weights, tmp_path):
+    settings, service, wl, queue = _ctx(weights, tmp_path / "d")
+    files = synthetic_mr_series(3, seed=13, shape=(64, 64))
+    for b in files[:2]:
+        receive_bytes(queue, settings, b, "test")
+    assert process_pending(service, wl, queue, send=True, settle_s=60) == 0  # the sender is still sending
+    receive_bytes(queue, settings, files[2], "test")
+    assert process_pending(service, wl, queue, send=True) == 3
+    rec = Recorder()
+    assert flush_outbox(queue, rec) == (3, 0)  # one SEG, SC and SR for the three instances
+    seg = next(pydicom.dcmread(io.BytesIO(b)) for b in rec.stored if pydicom.dcmread(io.BytesIO(b)).Modality == "SEG")
+    assert int(seg.NumberOfFrames) == 3
+    refs = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert refs == {pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID for b in files}
+    assert len({c["study_key"] for c in wl.list_cases()}) == 1  # one study in the worklist

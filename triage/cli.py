@@ -324,10 +324,27 @@ def _stop_on_sigterm():
     return stop
 
 
+def _spool_in_data_dir(settings) -> None:
+    """Make this process's temporary files (pynetdicom's streamed C-STORE datasets) land in
+    ``<data dir>/pacs/spool``: on the data folder's disk, not a RAM-backed /tmp, and on the same file
+    system as the incoming folder, so a received file is renamed into the queue, not copied. Files
+    left there by a previous run that died mid-transfer are removed (the sender was not told
+    "stored" and sends them again)."""
+    import tempfile
+
+    spool = Path(settings.data_dir) / "pacs" / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    for leftover in spool.iterdir():
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+    tempfile.tempdir = str(spool)
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from triage.pacs_net import Receiver, run_listener
 
     settings, service, worklist, queue, sender = _pacs_context(args)
+    _spool_in_data_dir(settings)
     receiver = Receiver(queue, settings, args.ae_title, args.port, args.host, tuple(args.allow or ()))
     print(f"listening as {receiver.describe()}" + (f", results to {sender.describe()}" if sender else ""), flush=True)
     try:
@@ -511,7 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--data-dir", help="the app's data folder (default: TRIAGE_DATA_DIR or ~/.local/share/...)")
         if name == "listen":
             q.add_argument("--port", type=int, default=11112, help="TCP port to listen on (default 11112)")
-            q.add_argument("--host", default="0.0.0.0", help="address to bind (default: all interfaces)")
+            q.add_argument(
+                "--host",
+                default="127.0.0.1",
+                help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+            )
             q.add_argument("--allow", nargs="+", metavar="AE", help="calling AE titles allowed (default: any)")
             q.set_defaults(func=cmd_listen)
         else:

@@ -7,7 +7,10 @@ app's panel shows. A received instance is written to ``<data_dir>/pacs/incoming/
 one step before the sender is told "stored", so a crash loses nothing; it is analysed through the
 same :func:`triage.intake.ingest` as an upload (same refusals, same PHI rule) and marked done in one
 transaction, so a restart never analyses it twice (and the worklist ignores a scan it already has).
-The study / series UIDs are kept per instance so the studies grouping can use them later.
+Queued instances are analysed per series (:func:`triage.series.group_files` and
+:func:`triage.studies.ingest_series`, as a multi-file upload), and the results sent back are one SEG /
+SC / SR set per analysed series. A C-STORE instance is streamed to disk by pynetdicom and moved
+into the incoming folder (:func:`receive_file`), never held whole in memory.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -118,6 +123,16 @@ class Received:
     source: str
     path: Path
     sha256: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one queued instance: analysed (with its worklist cases) or rejected (why)."""
+
+    sop_instance_uid: str
+    status: str  # analysed | rejected | failed
+    reason: str = ""
+    scan_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,7 +239,7 @@ class PacsQueue:
         with self._conn() as c:
             return c.execute("SELECT 1 FROM instances WHERE path = ?", (str(path),)).fetchone() is not None
 
-    def pending(self, limit: int = 50) -> list[sqlite3.Row]:
+    def pending(self, limit: int = 2000) -> list[sqlite3.Row]:
         """Received instances not analysed yet, oldest first."""
         with self._conn() as c:
             return c.execute(
@@ -232,21 +247,27 @@ class PacsQueue:
             ).fetchall()
 
     def finish(self, sop_uid: str, status: str, reason: str, scan_ids: list[str], results: list[tuple]) -> None:
-        """Mark an instance analysed / rejected and queue its result objects, in one transaction.
+        """Mark one instance analysed / rejected and queue result objects (see :meth:`finish_many`)."""
+        self.finish_many([Outcome(sop_uid, status, reason, tuple(scan_ids))], results, sop_uid)
 
-        results: (kind, result SOP Instance UID, path of the written object)."""
+    def finish_many(self, outcomes: list[Outcome], results: list[tuple], result_key: str = "") -> None:
+        """Mark instances analysed / rejected and queue their result objects, in one transaction.
+
+        results: (kind, result SOP Instance UID, path of the written object), all of one result set
+        named ``result_key`` (a series and its analysed instances): a set queued twice is one set."""
         now = time.time()
         with self._conn(write=True) as c:
-            c.execute(
-                "UPDATE instances SET status = ?, reason = ?, scan_ids = ?, done_at = ?, path = NULL"
-                " WHERE sop_instance_uid = ?",
-                (status, reason, ",".join(scan_ids), now, sop_uid),
-            )
+            for o in outcomes:
+                c.execute(
+                    "UPDATE instances SET status = ?, reason = ?, scan_ids = ?, done_at = ?, path = NULL"
+                    " WHERE sop_instance_uid = ?",
+                    (o.status, o.reason, ",".join(o.scan_ids), now, o.sop_instance_uid),
+                )
             for kind, uid, path in results:
                 c.execute(
                     "INSERT INTO outbox (source_sop_uid, kind, sop_instance_uid, path, created_at)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source_sop_uid, kind) DO NOTHING",
-                    (sop_uid, kind, uid, str(path), now),
+                    (result_key, kind, uid, str(path), now),
                 )
 
     def attempt_failed(self, sop_uid: str, reason: str) -> str:
@@ -372,46 +393,120 @@ class PacsQueue:
         return PacsStatus(counts, out, comps, row[0] if row else None, errs)
 
 
+def _header(source) -> tuple[str, str, str, str]:
+    """(SOP Instance, Study, Series, SOP Class UID) from a DICOM header (no pixels read)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+        uids = tuple(
+            str(ds.get(k, "") or "").strip()
+            for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+        )
+    except Exception as exc:
+        raise TriageError(f"received object is not readable DICOM ({type(exc).__name__}: {exc})") from exc
+    return uids  # type: ignore[return-value]
+
+
+def _queue_file(queue: PacsQueue, path: Path, uids: tuple[str, str, str, str], digest: str, source: str) -> bool:
+    sop, study, series, sop_class = uids
+    item = Received(sop or f"nouid-{digest}", study, series, sop_class, source, path, digest)
+    return queue.enqueue(item)
+
+
 def receive_bytes(queue: PacsQueue, settings: Settings, data: bytes, source: str) -> tuple[bool, str]:
     """Write an arrived instance to the incoming folder and queue it. Returns (queued, SOP Instance UID).
 
     Only the header is read here (no pixels): a malformed instance is still queued, so the intake
     refuses it with its reason like an upload. Bytes that are no DICOM at all raise TriageError."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-        sop = str(ds.get("SOPInstanceUID", "") or "").strip()
-    except Exception as exc:
-        raise TriageError(f"received object is not readable DICOM ({type(exc).__name__}: {exc})") from exc
+    uids = _header(io.BytesIO(data))
     digest = hashlib.sha256(data).hexdigest()
-    if not sop:
-        sop = f"nouid-{digest}"  # still queued: the intake gives the reader-facing reason
+    sop = uids[0] or f"nouid-{digest}"  # still queued: the intake gives the reader-facing reason
     if queue.known(sop):
         log.info("pacs: instance %s already received, not queued again", sop)
         return False, sop
     path = write_atomic(incoming_dir(settings), f"{digest}.dcm", data)
-    item = Received(
-        sop_instance_uid=sop,
-        study_instance_uid=str(ds.get("StudyInstanceUID", "") or ""),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
-        source=source,
-        path=path,
-        sha256=digest,
-    )
-    return queue.enqueue(item), sop
+    return _queue_file(queue, path, uids, digest, source), sop
 
 
-def process_pending(service, worklist, queue: PacsQueue, send: bool = False, limit: int = 50) -> int:
-    """Analyse queued instances through the upload intake; with ``send`` queue their SEG/SC/SR.
+def receive_file(queue: PacsQueue, settings: Settings, received: Path, source: str) -> tuple[bool, str]:
+    """Queue an instance that is already a file (pynetdicom's chunked C-STORE temp file).
 
+    The file is hashed and copied into the incoming folder in chunks (moved when on the same file
+    system), so memory use does not grow with the instance's size; the header alone is parsed.
+    Returns (queued, SOP Instance UID). The caller's file is left where it was unless moved."""
+    received = Path(received)
+    uids = _header(received)
+    with open(received, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    sop = uids[0] or f"nouid-{digest}"
+    if queue.known(sop):
+        log.info("pacs: instance %s already received, not queued again", sop)
+        return False, sop
+    folder = incoming_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}.dcm"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.close(fd)
+    try:
+        try:
+            os.replace(received, tmp)  # same file system: a rename, no copy at all
+        except OSError:
+            shutil.copyfile(received, tmp)  # streamed in chunks (sendfile on Linux)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _queue_file(queue, path, uids, digest, source), sop
+
+
+def process_pending(
+    service, worklist, queue: PacsQueue, send: bool = False, limit: int = 2000, settle_s: float = 0.0
+) -> int:
+    """Analyse queued instances series by series through the upload intake; with ``send`` queue one
+    SEG / SC / SR set per analysed series.
+
+    ``settle_s``: a series whose latest instance arrived less than this long ago is left for a later
+    pass (a C-STORE sender is still sending it), so a series is analysed, and its results built, whole.
     Returns how many instances were finished (analysed or refused). No usable model leaves the
     queue as it is (analysed once a model is promoted)."""
-    from triage.intake import ingest
-
-    done = 0
+    groups: dict[str, list[sqlite3.Row]] = defaultdict(list)
     for row in queue.pending(limit):
+        groups[row["series_instance_uid"] or f"instance:{row['sop_instance_uid']}"].append(row)
+    now = time.time()
+    done = 0
+    for members in groups.values():
+        if settle_s > 0 and now - max(r["received_at"] for r in members) < settle_s:
+            continue
+        try:
+            done += _process_group(service, worklist, queue, members, send)
+        except ModelNotFoundError as exc:
+            queue.set_state("analyse", "waiting", str(exc))
+            return done
+        except Exception as exc:  # an unexpected fault: counted, retried, then set aside with its files
+            reason = f"analysis failed ({type(exc).__name__}: {exc})"
+            log.exception("pacs: analysing a series of %d instances failed", len(members))
+            for row in members:
+                sop = row["sop_instance_uid"]
+                state = queue.attempt_failed(sop, reason)
+                queue.event(
+                    "analyse", "error", f"instance {sop}: {reason}" + (" - set aside" if state == "failed" else "")
+                )
+    if done:
+        queue.set_state("analyse", "ok", f"{done} instances finished in the last pass")
+    return done
+
+
+def _process_group(service, worklist, queue: PacsQueue, members: list[sqlite3.Row], send: bool) -> int:
+    """Analyse the queued instances of one series (or one loose instance) and finish them together."""
+    from triage.intake import ingest
+    from triage.series import NamedFile, group_files
+    from triage.studies import ingest_series
+
+    files, rows, done = [], {}, 0
+    for row in members:
         sop = row["sop_instance_uid"]
         path = Path(row["path"] or "")
         try:
@@ -419,54 +514,107 @@ def process_pending(service, worklist, queue: PacsQueue, send: bool = False, lim
         except OSError as exc:
             queue.finish(sop, "failed", f"received file is gone: {exc.strerror or exc}", [], [])
             queue.event("analyse", "error", f"instance {sop}: received file is gone ({path.name})")
+            done += 1
             continue
-        try:
-            results = ingest(service, worklist, data, f"{sop}.dcm")
-            objects = []
-            ok = [r for r in results if r.ok]
-            if send and ok:
-                objects = _write_results(service.settings, data, ok, sop, queue)
-        except ModelNotFoundError as exc:
-            queue.set_state("analyse", "waiting", str(exc))
-            return done
-        except Exception as exc:  # an unexpected fault: counted, retried, then set aside with its file
-            reason = f"analysis failed ({type(exc).__name__}: {exc})"
-            state = queue.attempt_failed(sop, reason)
-            queue.event("analyse", "error", f"instance {sop}: {reason}" + (" - set aside" if state == "failed" else ""))
-            continue
-        if ok:
-            queue.finish(sop, "analysed", "", [r.scan_id for r in ok], objects)
-        else:
-            reason = "; ".join(sorted({r.error for r in results})) or "refused"
-            queue.finish(sop, "rejected", reason, [], [])
-            queue.event("intake", "info", f"instance {sop} refused: {reason}")
-        path.unlink(missing_ok=True)
-        done += 1
-    if done:
-        queue.set_state("analyse", "ok", f"{done} instances finished in the last pass")
-    return done
+        name = f"{sop}.dcm"  # the display name in the worklist; maps each outcome back to its instance
+        files.append(NamedFile(name, data))
+        rows[name] = row
+    if not files:
+        return done
+    ok_ids: dict[str, list[str]] = defaultdict(list)
+    reasons: dict[str, set[str]] = defaultdict(set)
+    result_sets: list = []
+    grouped = group_files(files, service.settings, folder_series=False)
+    for f in grouped.singles:  # no Study/Series UIDs: analysed one by one, as a loose upload
+        for r in ingest(service, worklist, f.data, f.name):
+            (ok_ids[f.name].append(r.scan_id) if r.ok else reasons[f.name].add(r.error))
+    for name, why in grouped.refused:
+        reasons[name].add(why)
+    for series in grouped.series:
+        outcomes = ingest_series(service, worklist, series)
+        for o in outcomes:
+            if o.status == "rejected":
+                reasons[o.file].add(o.reason)
+            else:  # accepted, or already in the worklist from an earlier send
+                ok_ids[o.file].append(o.scan_id)
+        if send:
+            result_sets.append(_write_series_results(service.settings, worklist, series, ok_ids, queue))
+    outcomes_by_name = {
+        name: Outcome(row["sop_instance_uid"], "analysed", "", tuple(dict.fromkeys(ok_ids[name])))
+        if ok_ids.get(name)
+        else Outcome(row["sop_instance_uid"], "rejected", "; ".join(sorted(reasons[name])) or "refused")
+        for name, row in rows.items()
+    }
+    sets = [s for s in result_sets if s is not None]
+    # One transaction: the instances are marked done together with the first result set (if any).
+    queue.finish_many(list(outcomes_by_name.values()), sets[0][1] if sets else [], sets[0][0] if sets else "")
+    for key, objects in sets[1:]:
+        queue.finish_many([], objects, key)
+    for name, o in outcomes_by_name.items():
+        if o.status == "rejected":
+            queue.event("intake", "info", f"instance {o.sop_instance_uid} refused: {o.reason}")
+        Path(rows[name]["path"]).unlink(missing_ok=True)
+    return done + len(outcomes_by_name)
 
 
-def _write_results(settings: Settings, data: bytes, ok: list, sop: str, queue: PacsQueue) -> list[tuple]:
-    """Build SEG, SC and SR for the analysed frame and write them to the outbox folder."""
+def _write_series_results(settings: Settings, worklist, series, ok_ids: dict, queue: PacsQueue):
+    """Build the series' SEG, SC and SR from its analysed slices (as stored in the worklist) and write
+    them to the outbox folder. Returns (result key, [(kind, uid, path)]) or None when nothing is sent."""
+    import cv2
+    import numpy as np
     import pydicom
 
-    from triage.pacs_results import build_results
+    from triage.pacs_results import SeriesFindings, SliceFinding, build_results
+    from triage.records import CLASSES
+    from triage.studies import summarize_series
 
-    if len(ok) != 1 or ok[0].scan.frame is not None:
-        queue.event("send", "info", f"instance {sop}: multi-frame, results are not sent back (single frames only)")
-        return []
-    source = pydicom.dcmread(io.BytesIO(data), force=True)
-    objects, problems = build_results(source, ok[0])
+    slices, cases, sources = [], [], {}
+    for s in series.slices:  # stack order
+        if s.scan.scan_id not in ok_ids.get(s.file_name, ()):
+            continue
+        if s.scan.frame is not None:
+            queue.event("send", "info", f"series {series.info.description or ''}: multi-frame source, no results sent")
+            return None
+        case = worklist.get(s.scan.scan_id)
+        if case is None:
+            continue
+        if s.file_name not in sources:
+            sources[s.file_name] = pydicom.dcmread(io.BytesIO(s.data), force=True)
+        mask = np.zeros(s.scan.shape, bool)
+        if case.get("mask_path"):
+            stored = cv2.imread(case["mask_path"], cv2.IMREAD_GRAYSCALE)
+            if stored is not None and stored.shape == mask.shape:
+                mask = stored > 0
+        cases.append(case)
+        slices.append(
+            SliceFinding(
+                source=sources[s.file_name],
+                pixels=s.scan.pixels,
+                mask=mask,
+                label=str(case["label"]),
+                probs=tuple(float(case.get(f"p_{c}") or 0.0) for c in CLASSES),
+                risk=float(case["risk"]),
+                flags=tuple(case.get("flags") or ()),
+                area_px=int(case.get("tumor_area_px") or 0),
+                area_mm2=case.get("tumor_area_mm2"),
+            )
+        )
+    if not slices:
+        return None
+    summary = summarize_series(cases, worklist.get_series(series.info.series_key))
+    key = max(cases, key=lambda c: float(c["risk"]))
+    versions = {"classifier": key.get("classifier_version", ""), "segmenter": key.get("segmenter_version", "")}
+    findings = SeriesFindings(tuple(slices), versions, summary.volume_ml)
+    objects, problems = build_results(findings)
     for problem in problems:
-        queue.event("send", "error", f"instance {sop}: {problem}")
+        queue.event("send", "error", f"series result {findings.result_key}: {problem}")
     out = []
     for obj in objects:
         buf = io.BytesIO()
         obj.dataset.save_as(buf, enforce_file_format=True)
         path = write_atomic(outbox_dir(settings), f"{obj.sop_instance_uid}.dcm", buf.getvalue())
         out.append((obj.kind, obj.sop_instance_uid, path))
-    return out
+    return findings.result_key, out
 
 
 def flush_outbox(queue: PacsQueue, sender, limit: int = 100, now: float | None = None) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from triage.config import Settings
 from triage.errors import TriageError
-from triage.pacs import PacsQueue, flush_outbox, process_pending, receive_bytes
+from triage.pacs import PacsQueue, flush_outbox, process_pending, receive_bytes, receive_file
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,11 @@ STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 N_STUDY_INSTANCES = "00201208"
 QIDO_PAGE = 100
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
+# The receiver binds this address unless told otherwise: reachable from this machine only. Listening
+# on the hospital network (`--host 0.0.0.0`) is an explicit choice, together with the AE allow-list.
+DEFAULT_HOST = "127.0.0.1"
+# A series is analysed once no instance of it arrived for this long (a sender is still sending it).
+SETTLE_S = 2.0
 
 
 def _json_value(item: dict, tag: str) -> str:
@@ -101,7 +106,12 @@ def parse_sender(target: str | None, calling_ae: str = "TRIAGE") -> CStoreSender
 
 # -- C-STORE receiver ------------------------------------------------------------------
 class Receiver:
-    """A storage SCP: every instance received is written and queued before "success" is answered."""
+    """A storage SCP: every instance received is written and queued before "success" is answered.
+
+    pynetdicom writes each incoming dataset to a temporary file as its fragments arrive
+    (``STORE_RECV_CHUNKED_DATASET``, the documented way to bound memory); the handler moves that file
+    into the incoming folder (:func:`triage.pacs.receive_file`), so an instance is never held whole
+    in memory, whatever its size."""
 
     def __init__(
         self,
@@ -109,7 +119,7 @@ class Receiver:
         settings: Settings,
         ae_title: str,
         port: int,
-        host: str = "0.0.0.0",
+        host: str = DEFAULT_HOST,
         allow: tuple[str, ...] = (),
     ):
         if not ae_title or len(ae_title) > 16:
@@ -123,8 +133,7 @@ class Receiver:
     def _on_store(self, event) -> int:
         calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
         try:
-            data = event.encoded_dataset(include_meta=True)
-            receive_bytes(self.queue, self.settings, data, f"listen:{calling}")
+            receive_file(self.queue, self.settings, event.dataset_path, f"listen:{calling}")
         except Exception as exc:  # answer "out of resources": the sender keeps it and retries
             self.queue.event("listen", "error", f"instance from {calling} not stored: {exc}")
             return OUT_OF_RESOURCES
@@ -136,9 +145,11 @@ class Receiver:
 
     def start(self) -> None:
         """Start serving in background threads (returns at once)."""
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
         from pynetdicom.sop_class import Verification
 
+        # Stream each received dataset to a temporary file instead of decoding it in memory.
+        _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(self.ae_title)
         if self.allow:
             # Associations from other calling AE titles are rejected by pynetdicom itself.
@@ -260,22 +271,31 @@ def _with_timeout(request, timeout_s: float):
 
 
 # -- service loops ---------------------------------------------------------------------
-def _work(service, worklist, queue: PacsQueue, sender) -> None:
-    process_pending(service, worklist, queue, send=sender is not None)
+def _work(service, worklist, queue: PacsQueue, sender, settle_s: float = 0.0) -> None:
+    process_pending(service, worklist, queue, send=sender is not None, settle_s=settle_s)
     if sender is not None:
         flush_outbox(queue, sender)
 
 
 def run_listener(
-    receiver: Receiver, service, worklist, sender=None, stop: threading.Event | None = None, tick_s: float = 1.0
+    receiver: Receiver,
+    service,
+    worklist,
+    sender=None,
+    stop: threading.Event | None = None,
+    tick_s: float = 1.0,
+    settle_s: float = SETTLE_S,
 ) -> None:
-    """Serve C-STORE and analyse / send what arrives until ``stop`` is set (or Ctrl-C)."""
+    """Serve C-STORE and analyse / send what arrives until ``stop`` is set (or Ctrl-C).
+
+    A series is analysed once none of its instances arrived for ``settle_s`` seconds, so its
+    results cover the whole series as sent."""
     stop = stop or threading.Event()
     receiver.start()
     try:
         while not stop.is_set():
             try:
-                _work(service, worklist, receiver.queue, sender)
+                _work(service, worklist, receiver.queue, sender, settle_s)
             except Exception as exc:  # the service keeps running; the queue keeps the work
                 receiver.queue.event("listen", "error", f"work pass failed: {type(exc).__name__}: {exc}")
             stop.wait(tick_s)
