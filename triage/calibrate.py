@@ -16,33 +16,33 @@ from pathlib import Path
 
 import numpy as np
 
+from triage.card import ModelCard
 from triage.errors import TrainingError
 from triage.metrics import classification_report
 from triage.models import load_model
-from triage.preprocess import card_crop
 from triage.recipe import standardized
 
 
-def _validation_set(meta: dict, shared: Path, cache_dir: Path, with_sources: bool = False):
+def _validation_set(card: ModelCard, shared: Path, cache_dir: Path, with_sources: bool = False):
     """Rebuild a version's validation split from the recipe in its card (checked by SHA-1 digest).
 
     ``with_sources``: also return the source of each image (``validation`` for the standard recipe)."""
     from triage.recipe import standard_split
     from triage.sources import RECIPE, multi_source_split
 
-    data = meta.get("data", {})
+    data = card.data
     if data.get("recipe") == RECIPE:
         bundle = multi_source_split(
             Path(shared),
             Path(cache_dir),
-            task=data.get("task", meta.get("task")),
+            task=data.get("task", card.task),
             seed=int(data.get("seed", 0)),
             progress=False,
-            crop=card_crop(meta),
+            crop=dict(card.crop),
         )
         if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
             raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-        val = standardized(bundle.val, meta.get("intensity_norm"))
+        val = standardized(bundle.val, card.intensity_norm)
         return (val, bundle.val_sources) if with_sources else val
     if data.get("recipe") != "triage.recipe.standard_split":
         raise TrainingError("only versions trained with the standard shared-data recipe can be recalibrated here")
@@ -53,11 +53,11 @@ def _validation_set(meta: dict, shared: Path, cache_dir: Path, with_sources: boo
         val_fraction=float(data.get("val_fraction", 0.12)),
         use_sartaj=False,
         progress=False,
-        crop=card_crop(meta),
+        crop=dict(card.crop),
     )
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-    val = standardized(bundle.val, meta.get("intensity_norm"))
+    val = standardized(bundle.val, card.intensity_norm)
     return (val, ["validation"] * len(val.samples)) if with_sources else val
 
 
@@ -77,11 +77,11 @@ def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: P
     from triage.training_run import _segmentation_subset
 
     model = load_model(weights_dir, "segmenter", version)
-    meta = model.meta
-    val = _segmentation_subset(_validation_set(meta, shared, cache_dir))
-    size = int(meta["input_size"])
+    meta, card = model.meta, model.card  # the record is read; the dict is what gets rewritten
+    val = _segmentation_subset(_validation_set(card, shared, cache_dir))
+    size = card.input_size
     truth = _resize_masks(val.masks, size)
-    old = dict(meta.get("metrics", {}).get("validation", {}))
+    old = dict(card.validation())
     chosen, grid = search_postprocess(predict_masks(model.net, val.images, size, tta=tta), truth)
     entry = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -103,19 +103,19 @@ def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_
     from triage.train import fit_temperature_sets, predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
-    meta = model.meta
-    val = _validation_set(meta, shared, cache_dir)
+    meta, card = model.meta, model.card
+    val = _validation_set(card, shared, cache_dir)
     allowed = label_matrix(val.labels())
     single = allowed.sum(1) == 1  # "tumor" (any tumour class) images calibrate but have no 4-class truth
     y = allowed.argmax(1)[single]
-    logits = predict_logits(model.net, val.images, int(meta["input_size"]), tta=tta)
+    logits = predict_logits(model.net, val.images, card.input_size, tta=tta)
     temperature = fit_temperature_sets(logits, allowed)
     before = classification_report(y, softmax(logits)[single])
     after = classification_report(y, softmax(logits, temperature)[single])
     entry = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tta": tta,
-        "old_temperature": meta.get("temperature"),
+        "old_temperature": card.raw.get("temperature"),
         "temperature": temperature,
         "ece_before": before["ece"],
         "ece_after": after["ece"],
@@ -141,10 +141,10 @@ def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) ->
     from triage.train import predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
-    meta = model.meta
-    val, sources = _validation_set(meta, shared, cache_dir, with_sources=True)
-    logits = predict_logits(model.net, val.images, int(meta["input_size"]), tta=bool(meta.get("tta")))
-    probs = softmax(logits, float(meta.get("temperature", 1.0)))
+    meta, card = model.meta, model.card
+    val, sources = _validation_set(card, shared, cache_dir, with_sources=True)
+    logits = predict_logits(model.net, val.images, card.input_size, tta=card.tta)
+    probs = softmax(logits, card.temperature)
     allowed = label_matrix(val.labels())
     rule = fit_flag_rule(probs, allowed)
     src = np.asarray(sources)

@@ -191,7 +191,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from triage.config import get_settings
-    from triage.models import active_version, list_versions, read_metadata
+    from triage.models import active_version, list_versions, read_card
 
     wd = get_settings().weights_dir
     for task in ("classifier", "segmenter"):
@@ -200,9 +200,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
         except Exception:
             active = ""
         for v in list_versions(wd, task):
-            meta = read_metadata(wd, task, v)
+            card = read_card(wd, task, v)
             mark = "*" if v == active else " "
-            print(f"{mark} {task:10s} {v:20s} trained={meta.get('trained', False)} created={meta.get('created', '')}")
+            print(f"{mark} {task:10s} {v:20s} trained={card.trained} created={card.created}")
     return 0
 
 

@@ -35,7 +35,7 @@ from triage.models import (
     TASKS,
     active_version,
     list_versions,
-    read_metadata,
+    read_card,
     set_active,
     task_dir,
 )
@@ -264,22 +264,22 @@ def versions_table(settings: Settings, task: str) -> list[dict]:
     rows = []
     for v in reversed(list_versions(wd, task)):
         try:
-            meta = read_metadata(wd, task, v)
+            card = read_card(wd, task, v)
         except (OSError, ValueError):
-            meta = {}
-        val = (meta.get("metrics") or {}).get("validation") or {}
-        cfg = meta.get("train_config") or {}
+            card = None
+        val = card.validation() if card else {}
+        cfg = card.train_config if card else {}
         rows.append(
             {
                 "version": v,
                 "active": v == active,
-                "trained": bool(meta.get("trained", False)),
-                "created": str(meta.get("created", ""))[:16].replace("T", " "),
+                "trained": bool(card and card.trained),
+                "created": (card.created if card else "")[:16].replace("T", " "),
                 "preset": cfg.get("preset", ""),
                 "fine-tuned from": cfg.get("init_from") or "",
                 "val accuracy": _num((val.get("after_calibration") or {}).get("accuracy")),
                 "val Dice": _num(val.get("dice")),
-                "data": str((meta.get("data") or {}).get("source", "")),
+                "data": str(card.data.get("source", "") if card else ""),
             }
         )
     return rows

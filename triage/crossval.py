@@ -67,8 +67,8 @@ def cross_validate(
             model = load_model(wd, "classifier", folder.name)
             logits = predict_logits(model.net, test.images, cfg.input_size)
             y = np.array([CLASSES.index(lab) for lab in test.labels()])
-            rep = classification_report(y, softmax(logits, model.meta["temperature"]))
-            train_min = float(model.meta.get("wall_time_min", 0.0))
+            rep = classification_report(y, softmax(logits, model.card.temperature))
+            train_min = model.card.wall_time_min or 0.0
         per_fold.append(
             {
                 "fold": f,

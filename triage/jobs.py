@@ -39,7 +39,7 @@ from pathlib import Path
 from triage.config import REPO_DIR, Settings, get_settings
 from triage.errors import ModelNotFoundError, TrainingError
 from triage.housekeeping import drop_checkpoints, trim_cache
-from triage.models import TASKS, active_version, list_versions, read_metadata
+from triage.models import TASKS, active_version, list_versions, read_card
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +198,17 @@ def check_finetune(weights_dir: Path, task: str, version: str, preset: str) -> N
     from triage.train import PRESETS as TRAIN_PRESETS
 
     try:
-        meta = read_metadata(weights_dir, task, version)
+        card = read_card(weights_dir, task, version)
     except FileNotFoundError as exc:
         raise ModelNotFoundError(f"{task} version {version!r} does not exist") from exc
+    except ValueError as exc:  # unreadable JSON or a card without arch / input size
+        raise TrainingError(f"cannot fine-tune {task} {version}: its model card is unusable ({exc})") from exc
     arch = TRAIN_PRESETS[task][preset]["arch"]
     want = {k: v for k, v in ARCH_KWARGS[arch].items() if k not in _FINETUNE_IGNORED_KWARGS}
-    have = {k: v for k, v in meta.get("arch_kwargs", {}).items() if k not in _FINETUNE_IGNORED_KWARGS}
-    if meta.get("arch") != arch or have != want:
+    have = {k: v for k, v in card.arch_kwargs.items() if k not in _FINETUNE_IGNORED_KWARGS}
+    if card.arch != arch or have != want:
         raise TrainingError(
-            f"cannot fine-tune {task} {version}: it is a {meta.get('arch')} {have}, the "
+            f"cannot fine-tune {task} {version}: it is a {card.arch} {have}, the "
             f"{preset} preset trains {arch} {want}; start from scratch instead"
         )
 

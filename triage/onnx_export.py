@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from triage.card import ModelCard
 from triage.runtime import ONNX_FILE, ONNX_RECORD, OnnxNet, file_sha256
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ class _SegmenterGraph(nn.Module):
         return torch.sigmoid(self.net(x))
 
 
-def graph_for(net: nn.Module, meta: dict) -> tuple[nn.Module, list[str]]:
+def graph_for(net: nn.Module, meta: dict | ModelCard) -> tuple[nn.Module, list[str]]:
     """The module that is exported for a card's task and its output names."""
-    if meta.get("task") == "segmenter":
+    if ModelCard.of(meta).task == "segmenter":
         return _SegmenterGraph(net).eval(), ["prob"]
     return _ClassifierGraph(net).eval(), ["logits", "features"]
 
@@ -69,12 +70,12 @@ def check_inputs(size: int, mean: float, std: float) -> np.ndarray:
     return np.concatenate([noise, ((head - mean) / std).astype(np.float32)[None, None]])
 
 
-def _differences(meta: dict, names: list[str], ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
+def _differences(card: ModelCard, names: list[str], ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
     diffs = {}
     for name, r, g in zip(names, ref, got):
         diffs[name] = float(np.abs(r - g).max() / (1.0 + np.abs(r).max()))
     if "logits" in names:
-        t = float(meta.get("temperature", 1.0))
+        t = card.temperature
 
         def softmax(z: np.ndarray) -> np.ndarray:
             e = np.exp(z / t - (z / t).max(1, keepdims=True))
@@ -86,7 +87,7 @@ def _differences(meta: dict, names: list[str], ref: list[np.ndarray], got: list[
     return diffs
 
 
-def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
+def export_onnx(net: nn.Module, meta: dict | ModelCard, folder: Path) -> dict:
     """Write ``model.onnx`` and ``onnx.json`` into a version folder and return the record.
 
     The record says whether the export passed the check (``ok``), the largest differences, and the
@@ -95,9 +96,9 @@ def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
     version still works on the torch path.
     """
     folder = Path(folder)
-    size = int(meta["input_size"])
-    norm = meta.get("normalization") or {}
-    graph, names = graph_for(net, meta)
+    card = ModelCard.of(meta)
+    size = card.input_size
+    graph, names = graph_for(net, card)
     was_training = net.training
     record: dict = {"file": ONNX_FILE, "opset": OPSET, "torch": torch.__version__, "ok": False}
     tmp = None
@@ -105,7 +106,7 @@ def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
         import onnxruntime
 
         record["onnxruntime"] = onnxruntime.__version__
-        x = check_inputs(size, float(norm.get("mean", 0.2)), float(norm.get("std", 0.25)))
+        x = check_inputs(size, card.mean, card.std)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.onnx.")
         os.close(fd)
         with warnings.catch_warnings():
@@ -127,7 +128,7 @@ def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
         os.replace(tmp, folder / ONNX_FILE)
         tmp = None
         got = OnnxNet(folder, threads=1)(x)
-        diffs = _differences(meta, names, ref, got)
+        diffs = _differences(card, names, ref, got)
         record["max_difference"] = diffs
         bad = [
             k

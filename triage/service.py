@@ -23,7 +23,7 @@ from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError, ModelNotFoundError
 from triage.io import content_id, read_scans, safe_name
 from triage.models import LoadedModel, active_version, load_model, set_active
-from triage.preprocess import card_crop, crop_brain
+from triage.preprocess import crop_brain
 from triage.records import (
     CLASSES,
     CaseResult,
@@ -257,7 +257,7 @@ class TriageService:
         bundle = self.models()
         n = max(1, len(scans))
         t = time.perf_counter()
-        crop_cfg = card_crop(bundle.classifier.model.meta)
+        crop_cfg = dict(bundle.classifier.card.crop)
         crops = [crop_brain(s.pixels, **crop_cfg) for s in scans]
         crop_ms = (time.perf_counter() - t) * 1000 / n
         results: list[CaseResult | None] = [None] * len(scans)

@@ -452,8 +452,8 @@ def _init_net(cfg: TrainConfig, meta: dict, weights_dir: Path | None) -> nn.Modu
         if weights_dir is None:
             raise TrainingError("init_from needs the weights folder")
         base = load_model(weights_dir, cfg.task, cfg.init_from)
-        if base.meta.get("arch") != cfg.arch:
-            raise TrainingError(f"cannot fine-tune {base.meta.get('arch')} weights into {cfg.arch}")
+        if base.card.arch != cfg.arch:
+            raise TrainingError(f"cannot fine-tune {base.card.arch} weights into {cfg.arch}")
         net.load_state_dict(base.net.state_dict())
     return net
 

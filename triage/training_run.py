@@ -112,15 +112,14 @@ def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -
     accuracy 0.960 -> 0.917 for a quick fine-tune of classifier v2 at 128 px). It also keeps the
     parent's cross-sequence and enhancement augmentation: the preset's uniform remap would bring
     back the "looks like T2 -> no tumor" shortcut that v3 and v4 were trained away from."""
-    from triage.models import read_metadata
-    from triage.preprocess import card_crop
+    from triage.models import read_card
 
-    parent = read_metadata(weights_dir, cfg.task, cfg.init_from)
-    if "input_size" not in overrides and parent.get("input_size"):
-        cfg.input_size = int(parent["input_size"])
+    parent = read_card(weights_dir, cfg.task, cfg.init_from)
+    if "input_size" not in overrides and parent.input_size:
+        cfg.input_size = parent.input_size
     if "crop" not in overrides:
-        cfg.crop = card_crop(parent)
-    parent_cfg = parent.get("train_config") or {}
+        cfg.crop = dict(parent.crop)
+    parent_cfg = parent.train_config
     for key in INHERITED_SETTINGS:
         if key not in overrides and key in parent_cfg:
             setattr(cfg, key, parent_cfg[key])
