@@ -31,12 +31,12 @@ from triage.datasets import Sample, build_cache, load_manifest, near_duplicate_o
 from triage.metrics import dice_iou, expected_calibration_error
 from triage.preprocess import LEGACY_CROP
 from triage.recipe import CACHE_SIZE
-from triage.records import CLASSES
+from triage.records import CLASSES, Flag
 from triage.risk import suspected_tumor
 
 log = logging.getLogger(__name__)
 
-REVIEW_FLAGS = ("uncertain", "ood")
+REVIEW_FLAGS = (Flag.UNCERTAIN, Flag.OOD)
 SPECIFICITY_FLOOR = 0.85
 
 

@@ -51,7 +51,7 @@ from triage.errors import DatasetError, InvalidScanError
 from triage.export import csv_row
 from triage.io import IMAGE_SUFFIXES, declared_pixels, read_path
 from triage.privacy import shown_name
-from triage.records import CLASSES, normalize_label
+from triage.records import CLASSES, SourceKind, normalize_label
 from triage.training_run import MIN_IMAGES_PER_CLASS
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def import_zip(
             shutil.rmtree(raw, ignore_errors=True)
 
 
-SOURCES = ("folder", "zip", "manifest", "worklist")
+SOURCES: tuple[str, ...] = tuple(k.value for k in SourceKind)
 
 
 def import_source(
@@ -303,13 +303,13 @@ def import_source(
 ) -> ImportSummary:
     """Dispatch to an importer: ``kind`` in :data:`SOURCES`; ``value`` is the folder path, the zip
     (bytes or path), the manifest path, or the list of reviewed worklist cases."""
-    if kind == "folder":
+    if kind == SourceKind.FOLDER:
         return import_folder(str(value), task, settings, report)
-    if kind == "zip":
+    if kind == SourceKind.ZIP:
         return import_zip(value, task, settings, report)
-    if kind == "manifest":
+    if kind == SourceKind.MANIFEST:
         return import_manifest(str(value), task, settings, report)
-    if kind == "worklist":
+    if kind == SourceKind.WORKLIST:
         return import_reviewed(list(value), task, settings, report)
     raise ValueError(f"source must be one of {SOURCES}, got {kind!r}")
 

@@ -19,7 +19,7 @@ import numpy as np
 from triage.errors import InvalidScanError, TriageError
 from triage.io import read_mask_path, read_scans
 from triage.overlay import mask_contour_overlay
-from triage.records import CLASSES
+from triage.records import CLASSES, ReviewState
 from triage.studies import StudySummary, list_studies
 from triage.worklist import Worklist
 
@@ -134,7 +134,7 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
             ["Signed off at (UTC)", review["reviewed_at"][:19].replace("T", " ")],
             ["Note", review["note"] or "-"],
         ]
-    elif study.review_status == "signed_off" and study.single:
+    elif study.review_status == ReviewState.SIGNED_OFF and study.single:
         key = study.key_case
         signed = [
             ["Signed off by", key.get("reviewer") or "-"],

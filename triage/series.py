@@ -31,7 +31,7 @@ import numpy as np
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
 from triage.io import MAX_FRAMES, _check_dims, _sniff, content_id, read_scans, safe_name, to_uint8
-from triage.records import Scan
+from triage.records import Scan, SeriesSource
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def read_nifti(data: bytes, name: str, settings: Settings | None = None) -> Seri
         series_key=series_key,
         study_key=slices[0].place.study_key if slices else _key("study-nifti", base),
         patient_key=_key("patient-nifti", base),
-        source="nifti",
+        source=SeriesSource.NIFTI,
         description=_nifti_description(display),
         modality="MR",
         spacing_mm=zooms[2],
@@ -546,7 +546,7 @@ def _dicom_series(members: list[tuple[NamedFile, DicomHeader]], settings: Settin
         series_key=series,
         study_key=study,
         patient_key=patient,
-        source="dicom",
+        source=SeriesSource.DICOM,
         description=first.description,
         modality=first.modality,
         spacing_mm=first.spacing_between or first.thickness,
@@ -579,7 +579,7 @@ def _image_series(folders: tuple[str, ...], members: list[NamedFile], settings: 
         series_key=series,
         study_key=study,
         patient_key=study,
-        source="images",
+        source=SeriesSource.IMAGES,
         description=f"folder {PurePosixPath(path).name or path}",
     )
     return SeriesInput(info=info, slices=slices, refused=refused)

@@ -28,6 +28,7 @@ from triage.records import (
     CLASSES,
     CaseResult,
     Explanation,
+    Flag,
     Prediction,
     Scan,
     Segmentation,
@@ -211,7 +212,7 @@ class TriageService:
                     status="rejected",
                     scan_id=content_id(data) if data else "",
                     error=str(exc),
-                    flags=("rejected",),
+                    flags=(Flag.REJECTED,),
                 )
             ]
         decode_ms = (time.perf_counter() - t0) * 1000 / len(scans)
@@ -228,14 +229,14 @@ class TriageService:
                 )
             data = p.read_bytes()
         except InvalidScanError as exc:
-            return [CaseResult(name=p.name, status="rejected", error=str(exc), flags=("rejected",))]
+            return [CaseResult(name=p.name, status="rejected", error=str(exc), flags=(Flag.REJECTED,))]
         except OSError as exc:
             return [
                 CaseResult(
                     name=p.name,
                     status="rejected",
                     error=f"cannot read file: {exc.strerror or exc}",
-                    flags=("rejected",),
+                    flags=(Flag.REJECTED,),
                 )
             ]
         return self.analyze_bytes(data, p.name, explain=explain)
@@ -272,7 +273,7 @@ class TriageService:
                     error=reason,
                     scan=scan,
                     crop=crop,
-                    flags=("rejected", "not_brain"),
+                    flags=(Flag.REJECTED, Flag.NOT_BRAIN),
                 )
             else:
                 keep.append(i)
@@ -299,7 +300,7 @@ class TriageService:
                         f"(out-of-distribution score {pred.ood_score:.0f}, limit "
                         f"{OOD_REJECT_FACTOR * bundle.classifier.ood_threshold:.0f})"
                     ),
-                    flags=("rejected", "not_brain"),
+                    flags=(Flag.REJECTED, Flag.NOT_BRAIN),
                 )
                 continue
             if not pred.ood and atypical_reason(scan):  # kept for the reader, but never unflagged
@@ -311,9 +312,9 @@ class TriageService:
                 )
             )
             if scan.meta.get("header_warnings"):  # a header value was implausible and dropped
-                flags.append("suspect_header")
+                flags.append(Flag.SUSPECT_HEADER)
             if not bundle.trained:
-                flags.append("untrained_model")
+                flags.append(Flag.UNTRAINED_MODEL)
             risk = final_risk(pred.probs, tuple(flags), self.settings)
             results[i] = CaseResult(
                 name=scan.name,

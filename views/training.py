@@ -11,7 +11,7 @@ import streamlit as st
 from triage import compare, importer, jobs, promotion
 from triage.errors import TriageError
 from triage.models import TASKS, active_version
-from triage.records import CLASSES
+from triage.records import CLASSES, JobPhase, SourceKind
 from triage.ui import state
 from triage.ui.auth import require_admin, reviewer_input
 from triage.ui.format import escape_md
@@ -19,22 +19,22 @@ from triage.ui.resources import get_worklist, settings
 from triage.ui.widgets import show_flash
 
 SOURCES = {
-    "folder": "Folder on this computer",
-    "zip": "Zip upload",
-    "manifest": "Manifest CSV",
-    "worklist": "Reviewed worklist cases",
+    SourceKind.FOLDER: "Folder on this computer",
+    SourceKind.ZIP: "Zip upload",
+    SourceKind.MANIFEST: "Manifest CSV",
+    SourceKind.WORKLIST: "Reviewed worklist cases",
 }
 TASK_TEXT = {"classifier": "Classifier", "segmenter": "Segmenter", "both": "Both"}
 PRESET_TEXT = {"quick": "Quick (about 10 minutes per model)", "full": "Full (up to about 70 minutes per model)"}
 INIT_TEXT = {"finetune": "Fine-tune the current model", "scratch": "Start from scratch"}
 PHASE_TEXT = {
-    "preparing": "Preparing data and loading the trainer",
-    "training": "Training",
-    "finishing": "Calibrating and saving the new version",
-    "cancelling": "Cancelling",
-    "done": "Finished",
-    "failed": "Failed",
-    "cancelled": "Cancelled",
+    JobPhase.PREPARING: "Preparing data and loading the trainer",
+    JobPhase.TRAINING: "Training",
+    JobPhase.FINISHING: "Calibrating and saving the new version",
+    JobPhase.CANCELLING: "Cancelling",
+    JobPhase.DONE: "Finished",
+    JobPhase.FAILED: "Failed",
+    JobPhase.CANCELLED: "Cancelled",
 }
 RUN_PICK = state.keyed(state.TRAIN_RUN, "pick")
 VERSION_PICK = state.keyed(state.TRAIN_RUN, "version")
@@ -70,11 +70,11 @@ def _error(exc: BaseException) -> None:
 
 def _check_value(source: str) -> object:
     """What the importer needs for ``source``, or raise ValueError with what is missing."""
-    if source == "folder":
+    if source == SourceKind.FOLDER:
         value = (st.session_state.get(state.TRAIN_FOLDER) or "").strip()
-    elif source == "manifest":
+    elif source == SourceKind.MANIFEST:
         value = (st.session_state.get(state.TRAIN_MANIFEST) or "").strip()
-    elif source == "zip":
+    elif source == SourceKind.ZIP:
         upload = st.session_state.get(state.TRAIN_ZIP)
         value = upload.getvalue() if upload is not None else None
     else:
@@ -87,7 +87,7 @@ def _check_value(source: str) -> object:
 @st.fragment(run_every=1)
 def _check_progress(key: str) -> None:
     status, _ = jobs.BACKGROUND.state(key)
-    if status != "running":
+    if status != JobPhase.RUNNING:
         st.rerun()
     done, total = jobs.BACKGROUND.progress(key)
     st.progress(done / total if total else 0.0, text=f"Checking images… {done}/{total}")
@@ -100,21 +100,21 @@ def _check_state() -> str:
     """
     key = st.session_state[state.TRAIN_CHECK]
     if not key:
-        return "missing"
+        return JobPhase.MISSING
     status, value = jobs.BACKGROUND.state(key)
-    if status in ("done", "missing"):
+    if status in (JobPhase.DONE, JobPhase.MISSING):
         jobs.BACKGROUND.forget(key)
         st.session_state[state.TRAIN_CHECK] = None
-        if status == "done":
+        if status == JobPhase.DONE:
             st.session_state[state.TRAIN_SUMMARY] = value.to_dict()
     return status
 
 
 def _data_check(task: str, status: str) -> importer.ImportSummary | None:
     key = st.session_state[state.TRAIN_CHECK]
-    if status == "failed":
+    if status == JobPhase.FAILED:
         _error(jobs.BACKGROUND.state(key)[1])
-    elif status == "running":
+    elif status == JobPhase.RUNNING:
         _check_progress(key)
     if not st.session_state[state.TRAIN_SUMMARY]:
         return None
@@ -208,11 +208,11 @@ def _live(job_id: str) -> None:
     st.progress(status.fraction, text=text)
     c = st.columns(3)
     c[0].metric("Elapsed", _duration(status.elapsed_s))
-    c[1].metric("Remaining", _duration(status.eta_s) if status.phase == "training" else "–")
+    c[1].metric("Remaining", _duration(status.eta_s) if status.phase == JobPhase.TRAINING else "–")
     c[2].metric("Version being trained", job.version)
     if status.steps or status.epochs:
         _curves(status)
-    if status.phase != "cancelling" and st.button(
+    if status.phase != JobPhase.CANCELLING and st.button(
         "Cancel training", key=state.keyed(state.TRAIN_RUN, "cancel", job_id)
     ):
         jobs.cancel(cfg, job)
@@ -221,7 +221,7 @@ def _live(job_id: str) -> None:
 
 @st.fragment(run_every=2)
 def _comparison_progress(key: str) -> None:
-    if jobs.BACKGROUND.state(key)[0] != "running":
+    if jobs.BACKGROUND.state(key)[0] != JobPhase.RUNNING:
         st.rerun()
     done, total = jobs.BACKGROUND.progress(key)
     st.progress(
@@ -237,13 +237,13 @@ def _comparison(cfg, job: jobs.Job, active: str) -> tuple[dict, promotion.Promot
     if saved is None:
         key = f"compare-{job.job_id}-{active}"
         status, value = jobs.BACKGROUND.state(key)
-        if status == "missing":
+        if status == JobPhase.MISSING:
             jobs.BACKGROUND.submit(key, compare.compare_run, cfg, job.task, job.version, job.data, job.run_dir)
-            status = "running"
-        if status == "running":
+            status = JobPhase.RUNNING
+        if status == JobPhase.RUNNING:
             _comparison_progress(key)
             return None
-        if status == "failed":
+        if status == JobPhase.FAILED:
             log.error(
                 "comparison of %s failed", job.version, exc_info=value if isinstance(value, BaseException) else None
             )
@@ -361,14 +361,14 @@ def _run_panel(cfg, job: jobs.Job) -> None:
     if status.running:
         _live(job.job_id)
         return
-    if status.phase == "failed":
+    if status.phase == JobPhase.FAILED:
         st.error(
             f"Training failed: {escape_md(status.error)}. The active model was not changed.", icon=":material/error:"
         )
         with st.expander("Log"):
             st.code("\n".join(jobs.log_tail(job.run_dir, 60)) or "(empty)")
         return
-    if status.phase == "cancelled":
+    if status.phase == JobPhase.CANCELLED:
         st.info("Training was cancelled. The active model was not changed and no new version was kept.")
         return
     result = status.result
@@ -412,8 +412,10 @@ st.caption(
 show_flash()
 
 st.subheader("1. Training data")
-source = st.radio("Source", list(SOURCES), format_func=SOURCES.get, key=state.TRAIN_SOURCE, horizontal=True)
-if source == "folder":
+source = st.radio(
+    "Source", [k.value for k in SOURCES], format_func=SOURCES.get, key=state.TRAIN_SOURCE, horizontal=True
+)
+if source == SourceKind.FOLDER:
     st.text_input(
         "Folder on this computer",
         key=state.TRAIN_FOLDER,
@@ -422,14 +424,14 @@ if source == "folder":
         "or glioma_tumor work), optional masks/ with the same file names, or a manifest.csv. Only folders "
         "inside the app's data folder or the shared data folder (TRIAGE_IMPORT_ROOTS) can be read.",
     )
-elif source == "zip":
+elif source == SourceKind.ZIP:
     st.file_uploader(
         "Zip archive",
         type=["zip"],
         key=state.TRAIN_ZIP,
         help="The same layout as a folder: class folders and optional masks/, or a manifest.csv.",
     )
-elif source == "manifest":
+elif source == SourceKind.MANIFEST:
     st.text_input(
         "Manifest CSV",
         key=state.TRAIN_MANIFEST,
@@ -441,7 +443,7 @@ else:
     st.caption("Cases a reviewer confirmed or corrected, with the reviewer's label (and ground-truth mask if any).")
 task = st.radio("Model to train", list(TASK_TEXT), format_func=TASK_TEXT.get, key=state.TRAIN_TASK, horizontal=True)
 check_status = _check_state()
-if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disabled=check_status == "running"):
+if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disabled=check_status == JobPhase.RUNNING):
     try:
         value = _check_value(source)
     except (ValueError, TriageError) as exc:
@@ -453,7 +455,7 @@ if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disable
         if previous and previous["dataset_dir"] not in {j.data for j in jobs.list_jobs(cfg)}:
             importer.discard(previous["dataset_dir"], cfg)  # an unused earlier check of this session
         check_key = f"import-{uuid.uuid4().hex}"
-        check_status = "running"
+        check_status = JobPhase.RUNNING
         st.session_state[state.TRAIN_SUMMARY] = None
         st.session_state[state.TRAIN_CHECK] = check_key
         jobs.BACKGROUND.submit(check_key, importer.import_source, source, value, task, cfg)
