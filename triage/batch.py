@@ -13,12 +13,12 @@ import csv
 import hashlib
 import io
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triage import atomic
 from triage.config import Settings
 from triage.errors import TriageError
 from triage.export import csv_cell, csv_text
@@ -293,9 +293,8 @@ class ResultWriter:
         )
         table = pa.Table.from_pylist([{c: _typed(c, r[c]) for c in CSV_COLUMNS} for r in self._buffer], schema=schema)
         final = self.out / f"part-{self._part:05d}.parquet"
-        tmp = self.out / f".part-{self._part:05d}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)  # a part is there whole or not at all
+        with atomic.atomic_path(final) as tmp:  # a part is there whole or not at all
+            pq.write_table(table, tmp)
         self._part += 1
         self._buffer = []
 

@@ -8,14 +8,12 @@ temperature, the calibration metrics and a ``calibration_history`` entry.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from triage import atomic
 from triage.card import ModelCard
 from triage.errors import TrainingError
 from triage.metrics import classification_report
@@ -63,11 +61,7 @@ def _validation_set(card: ModelCard, shared: Path, cache_dir: Path, with_sources
 
 def _write_metadata(folder: Path, meta: dict) -> None:
     """Atomic rewrite of metadata.json (a crash leaves the old card, never half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metadata.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, folder / "metadata.json")
+    atomic.write_json(folder / "metadata.json", meta, indent=2, default=str)
 
 
 def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:

@@ -41,7 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from triage import archive
+from triage import archive, atomic
 from triage.brain_check import is_blank
 from triage.config import Settings, get_settings
 from triage.datasets import dedup_sources, file_sha1, read_mask, thumbnail_u8
@@ -559,7 +559,7 @@ def _build(
         final = root / _dataset_id(source)
         summary.dataset_dir = str(final)
         (tmp / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
-        os.replace(tmp, final)
+        atomic.replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

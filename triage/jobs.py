@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from triage import atomic
 from triage.config import REPO_DIR, Settings, get_settings
 from triage.errors import ModelNotFoundError, TrainingError
 from triage.housekeeping import drop_checkpoints, trim_cache
@@ -142,12 +142,7 @@ def _job_file(settings: Settings, job_id: str) -> Path:
 
 def save_job(settings: Settings, job: Job) -> None:
     """Write the job record atomically."""
-    d = jobs_dir(settings)
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{job.job_id}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(asdict(job), fh, indent=2)
-    os.replace(tmp, _job_file(settings, job.job_id))
+    atomic.write_json(_job_file(settings, job.job_id), asdict(job), indent=2)
 
 
 def load_job(settings: Settings, job_id: str) -> Job:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from triage import atomic
 from triage.card import ModelCard
 from triage.errors import ModelBrokenError, ModelNotFoundError
 
@@ -155,13 +155,7 @@ def set_active(weights_dir: Path, task: str, version: str) -> None:
     """Atomically point ``ACTIVE`` at ``version`` (which must exist)."""
     if version not in list_versions(weights_dir, task):
         raise ModelNotFoundError(f"{task} version {version!r} does not exist")
-    d = task_dir(weights_dir, task)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".ACTIVE.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(version + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, d / "ACTIVE")
+    atomic.write_text(task_dir(weights_dir, task) / "ACTIVE", version + "\n")
 
 
 def read_metadata(weights_dir: Path, task: str, version: str) -> dict:
@@ -255,7 +249,7 @@ def save_model(
         from triage.onnx_export import export_onnx
 
         export_onnx(net, meta, tmp)
-    os.replace(tmp, folder)
+    atomic.replace_dir(tmp, folder)
     return folder
 
 

@@ -10,10 +10,7 @@ tolerances is recorded as failed and the version keeps running on torch.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from triage import atomic
 from triage.card import ModelCard
 from triage.runtime import ONNX_FILE, ONNX_RECORD, OnnxNet, file_sha256
 
@@ -101,20 +99,17 @@ def export_onnx(net: nn.Module, meta: dict | ModelCard, folder: Path) -> dict:
     graph, names = graph_for(net, card)
     was_training = net.training
     record: dict = {"file": ONNX_FILE, "opset": OPSET, "torch": torch.__version__, "ok": False}
-    tmp = None
     try:
         import onnxruntime
 
         record["onnxruntime"] = onnxruntime.__version__
         x = check_inputs(size, card.mean, card.std)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.onnx.")
-        os.close(fd)
-        with warnings.catch_warnings():
+        with atomic.atomic_path(folder / ONNX_FILE) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
             torch.onnx.export(
                 graph,
                 (torch.from_numpy(x),),
-                tmp,
+                str(tmp),
                 input_names=["x"],
                 output_names=names,
                 dynamic_axes={"x": {0: "n"}, **{k: {0: "n"} for k in names}},
@@ -125,8 +120,6 @@ def export_onnx(net: nn.Module, meta: dict | ModelCard, folder: Path) -> dict:
         with torch.inference_mode():
             ref = graph(torch.from_numpy(x))
         ref = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
-        os.replace(tmp, folder / ONNX_FILE)
-        tmp = None
         got = OnnxNet(folder, threads=1)(x)
         diffs = _differences(card, names, ref, got)
         record["max_difference"] = diffs
@@ -146,10 +139,8 @@ def export_onnx(net: nn.Module, meta: dict | ModelCard, folder: Path) -> dict:
         record["reason"] = f"{type(exc).__name__}: {exc}"
     finally:
         net.train(was_training)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     record["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-    (folder / ONNX_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic.write_json(folder / ONNX_RECORD, record, indent=2)
     if not record["ok"]:
         log.warning("%s: ONNX export not used: %s", folder, record.get("reason"))
     return record

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import random
 import time
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from triage import __version__
+from triage import __version__, atomic
 from triage.augment import augment_batch, jpeg_degrade
 from triage.datasets import CachedSet
 from triage.errors import TrainingError
@@ -402,20 +401,19 @@ def _save_checkpoint(
     gen: torch.Generator,
     rng_state: dict,
 ) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "net": net.state_dict(),
-            "opt": opt.state_dict(),
-            "epoch": epoch,
-            "best": best,
-            "history": history,
-            "gen": gen.get_state(),
-            "np_rng": rng_state,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "history": history,
+                "gen": gen.get_state(),
+                "np_rng": rng_state,
+            },
+            tmp,
+        )
 
 
 def _resume(
