@@ -8,13 +8,13 @@ temperature, the calibration metrics and a ``calibration_history`` entry.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from triage import atomic
 from triage.card import ModelCard
+from triage.clock import utc_now
 from triage.errors import TrainingError
 from triage.metrics import classification_report
 from triage.models import load_model
@@ -78,7 +78,7 @@ def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: P
     old = dict(card.validation())
     chosen, grid = search_postprocess(predict_masks(model.net, val.images, size, tta=tta), truth)
     entry = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": utc_now("seconds"),
         "tta": tta,
         "old": {k: old.get(k) for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
         "new": {k: chosen[k] for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
@@ -107,7 +107,7 @@ def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_
     before = classification_report(y, softmax(logits)[single])
     after = classification_report(y, softmax(logits, temperature)[single])
     entry = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": utc_now("seconds"),
         "tta": tta,
         "old_temperature": card.raw.get("temperature"),
         "temperature": temperature,
@@ -155,7 +155,7 @@ def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) ->
         }
     meta["flag_rule"] = {
         **rule.to_card(),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": utc_now("seconds"),
         "per_source": per_source,
     }
     _write_metadata(model.path, meta)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from triage.clock import utc_now
 from triage.config import Settings
 from triage.datasets import (
     Sample,
@@ -39,7 +40,7 @@ from triage.models import (
     set_active,
     task_dir,
 )
-from triage.promotion import ModelChange, PromotionRefused, check_change, judge, now, record_change
+from triage.promotion import ModelChange, PromotionRefused, check_change, judge, record_change
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ def promote(
     kind = check_change(verdict, by, reason)
     set_active(wd, task, version)
     change = ModelChange(
-        time=now(),
+        time=utc_now("seconds"),
         task=task,
         from_version=current,
         to_version=version,

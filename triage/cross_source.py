@@ -21,12 +21,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from triage.clock import utc_now
 from triage.datasets import Sample, build_cache, load_manifest, near_duplicate_of, read_mask
 from triage.metrics import dice_iou, expected_calibration_error
 from triage.preprocess import LEGACY_CROP
@@ -230,7 +230,7 @@ def run_cross_source(shared: Path, out: Path, service=None, limit: int | None = 
 
 def _write(out: Path, versions: dict, t0: float, rows: dict, complete: bool) -> dict:
     rep = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": utc_now("seconds"),
         "versions": versions,
         "seconds": round(time.perf_counter() - t0, 1),
         "complete": complete,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from triage.clock import utc_now
 from triage.datasets import CachedSet, build_cache, load_manifest, read_mask
 from triage.metrics import (
     average_precision_at,
@@ -347,7 +347,7 @@ def run_evaluation(
     metrics = score(kept, results)
     rep = {
         "dataset": data.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": utc_now("seconds"),
         "versions": versions,
         "selection": selection,
         "n_candidates": len(samples),

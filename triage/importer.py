@@ -35,7 +35,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -43,6 +43,7 @@ import numpy as np
 
 from triage import archive, atomic
 from triage.brain_check import is_blank
+from triage.clock import utc_now
 from triage.config import Settings, get_settings
 from triage.datasets import dedup_sources, file_sha1, read_mask, thumbnail_u8
 from triage.errors import DatasetError, InvalidScanError
@@ -705,7 +706,7 @@ def _write_dataset(
         skipped=skipped,
         problems=find_problems(counts_d, sum(masks_d.values()), task),
         warnings=warnings,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=utc_now("seconds"),
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 
 from triage import atomic
 from triage.card import ModelCard
+from triage.clock import utc_now
 from triage.runtime import ONNX_FILE, ONNX_RECORD, OnnxNet, file_sha256
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def export_onnx(net: nn.Module, meta: dict | ModelCard, folder: Path) -> dict:
         record["reason"] = f"{type(exc).__name__}: {exc}"
     finally:
         net.train(was_training)
-    record["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    record["created"] = utc_now("seconds")
     atomic.write_json(folder / ONNX_RECORD, record, indent=2)
     if not record["ok"]:
         log.warning("%s: ONNX export not used: %s", folder, record.get("reason"))

@@ -24,7 +24,6 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +268,3 @@ def model_changes(data_dir: str | Path) -> list[ModelChange]:
         except (ValueError, TypeError):
             continue
     return out
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

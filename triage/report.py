@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
 
+from triage.clock import utc_now
 from triage.errors import InvalidScanError, TriageError
 from triage.io import read_mask_path, read_scans
 from triage.overlay import mask_contour_overlay
@@ -205,7 +205,7 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
     story.append(Spacer(1, 4 * mm))
     story.append(
         Paragraph(
-            _text(f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by the brain-MRI triage workstation. ")
+            _text(f"Generated {utc_now('seconds')} by the brain-MRI triage workstation. ")
             + f"<b>{_text(STATEMENT)}</b>",
             body,
         )

@@ -14,7 +14,6 @@ import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from torch import nn
 
 from triage import __version__, atomic
 from triage.augment import augment_batch, jpeg_degrade
+from triage.clock import utc_now
 from triage.datasets import CachedSet
 from triage.errors import TrainingError
 from triage.metrics import classification_report, dice_iou
@@ -713,7 +713,7 @@ def train_classifier(
                 "threshold": ood_threshold,
                 "threshold_rule": "99.5th percentile of validation scores",
             },
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now("seconds"),
             "train_config": asdict(cfg),
             "history": history,
             "best_epoch": best["epoch"],
@@ -936,7 +936,7 @@ def train_segmenter(
             "min_area_frac": chosen["min_area_frac"],
             "tta": cfg.tta,
             "loss": SEG_LOSS_NAMES[cfg.seg_dice],
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now("seconds"),
             "train_config": asdict(cfg),
             "history": history,
             "best_epoch": best["epoch"],

@@ -21,6 +21,7 @@ from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from triage.clock import utc_now
 from triage.config import get_settings
 from triage.errors import TriageError
 from triage.export import csv_row
@@ -213,11 +214,6 @@ class ReviewConflictError(WorklistError):
 
 class SignedOffError(WorklistError):
     """The case is signed off: it is read-only, and further remarks are addenda."""
-
-
-def utc_now() -> str:
-    """The current time as ISO-8601 UTC with microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _iso_utc(value: object) -> str:
