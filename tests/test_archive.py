@@ -8,9 +8,10 @@ import zipfile
 
 import pytest
 
-from triage import archive, importer
+from triage import archive
 from triage.config import get_settings
 from triage.errors import DatasetError
+from triage.lifecycle import importer
 from triage.ui.uploads import expand_zip
 
 LIMITS = archive.ArchiveLimits(max_members=10, max_member_bytes=1000, max_total_bytes=1500, max_ratio=10.0)

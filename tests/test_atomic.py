@@ -51,7 +51,7 @@ def test_replace_dir_moves_a_finished_folder_into_place(tmp_path) -> None:
 
 # Modules that still rename on their own: PACS (another issue's files) and the importer, which
 # moves already-written staging files into a folder that is renamed into place as a whole.
-OWN_RENAMES = {"triage/atomic.py", "triage/pacs.py", "triage/importer.py"}
+OWN_RENAMES = {"triage/atomic.py", "triage/pacs.py", "triage/lifecycle/importer.py"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "triage").rglob("*.py")), ids=lambda p: p.relative_to(REPO).as_posix())

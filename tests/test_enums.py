@@ -7,7 +7,7 @@ import sqlite3
 
 import numpy as np
 
-from triage import importer, jobs
+from triage.lifecycle import importer, jobs
 from triage.records import Flag, JobPhase, ReviewState, SeriesSource, SourceKind
 from triage.risk import FLAGS, suspected_tumor, triage_flags
 from triage.worklist import REVIEW_STATUSES

@@ -17,10 +17,11 @@ import pytest
 
 from tests import hostile_corpus as hc
 from tests.model_fixtures import make_tiny_weights
-from triage import datasets, importer, transforms
+from triage import datasets, transforms
 from triage.config import get_settings
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import declared_pixels, read_scans
+from triage.lifecycle import importer
 from triage.service import TriageService
 
 SPECS = {s.name: s for s in hc.corpus_specs()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-from triage import jobs
 from triage.config import Settings
 from triage.housekeeping import (
     CHECKPOINT_FILES,
@@ -14,6 +13,7 @@ from triage.housekeeping import (
     human_bytes,
     trim_cache,
 )
+from triage.lifecycle import jobs
 
 
 def _run(settings: Settings, name: str, status: str, finished_ago_s: float) -> jobs.Job:

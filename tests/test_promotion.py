@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from triage import compare, promotion
 from triage.clock import utc_now
 from triage.config import Settings
+from triage.lifecycle import compare, promotion
+from triage.lifecycle.promotion import MIN_IMAGES, MIN_PER_CLASS, PromotionRefused, judge
 from triage.models import active_version, set_active
-from triage.promotion import MIN_IMAGES, MIN_PER_CLASS, PromotionRefused, judge
 from triage.records import CLASSES
 
 

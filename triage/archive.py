@@ -1,7 +1,7 @@
 """Reading zip archives: one rule set for every archive the app opens, limits as parameters.
 
 Scan uploads (:func:`triage.ui.uploads.expand_zip`, in memory, a refused member is skipped with a
-reason) and training imports (:func:`triage.importer.import_zip`, to disk, a refused member
+reason) and training imports (:func:`triage.lifecycle.importer.import_zip`, to disk, a refused member
 refuses the archive) decide what to do with a refused member; what is refused is decided here:
 
 - a member name with a NUL byte, an absolute path (``/x``, ``C:/x``, ``\\\\server\\x``) or a ``..``

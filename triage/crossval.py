@@ -37,8 +37,8 @@ def cross_validate(
     data: Path, k: int, cache_dir: Path, preset: str = "quick", progress: bool = True, **overrides: object
 ) -> dict:
     """Train/score ``k`` folds; returns per-fold metrics and mean/sd."""
+    from triage.lifecycle.train import TrainConfig, predict_logits, softmax, train_classifier
     from triage.models import load_model
-    from triage.train import TrainConfig, predict_logits, softmax, train_classifier
 
     samples = [s for s in load_manifest(data) if s.label in CLASSES]
     cache = build_cache(samples, 256, cache_dir, with_masks=False, progress=progress)

@@ -53,7 +53,7 @@ def _shown_path(path: Path) -> str:
 
 def health_report(settings: Settings, service=None) -> Health:
     """Gather the snapshot; ``service`` (a TriageService) adds the loaded models and backends."""
-    from triage import jobs
+    from triage.lifecycle import jobs
     from triage.models import TASKS, active_version
 
     problems: list[str] = []

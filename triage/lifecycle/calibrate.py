@@ -16,17 +16,17 @@ from triage import atomic
 from triage.card import ModelCard
 from triage.clock import utc_now
 from triage.errors import TrainingError
+from triage.lifecycle.recipe import standardized
 from triage.metrics import classification_report
 from triage.models import load_model
-from triage.recipe import standardized
 
 
 def _validation_set(card: ModelCard, shared: Path, cache_dir: Path, with_sources: bool = False):
     """Rebuild a version's validation split from the recipe in its card (checked by SHA-1 digest).
 
     ``with_sources``: also return the source of each image (``validation`` for the standard recipe)."""
-    from triage.recipe import standard_split
-    from triage.sources import RECIPE, multi_source_split
+    from triage.lifecycle.recipe import standard_split
+    from triage.lifecycle.sources import RECIPE, multi_source_split
 
     data = card.data
     if data.get("recipe") == RECIPE:
@@ -67,8 +67,8 @@ def _write_metadata(folder: Path, meta: dict) -> None:
 def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
     """Re-pick threshold and minimum component area on the version's validation split, with or
     without mirror test-time augmentation; records both searches and switches the card's ``tta``."""
-    from triage.train import _resize_masks, predict_masks, search_postprocess
-    from triage.training_run import _segmentation_subset
+    from triage.lifecycle.train import _resize_masks, predict_masks, search_postprocess
+    from triage.lifecycle.training_run import _segmentation_subset
 
     model = load_model(weights_dir, "segmenter", version)
     meta, card = model.meta, model.card  # the record is read; the dict is what gets rewritten
@@ -93,8 +93,8 @@ def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: P
 
 def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
     """Fit T on the version's validation images with/without TTA; returns the new calibration block."""
-    from triage.sources import label_matrix
-    from triage.train import fit_temperature_sets, predict_logits, softmax
+    from triage.lifecycle.sources import label_matrix
+    from triage.lifecycle.train import fit_temperature_sets, predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
     meta, card = model.meta, model.card
@@ -131,8 +131,8 @@ def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) ->
     """Fit the card's review-flag rule (:func:`triage.flags.fit_flag_rule`) on the version's validation
     images, through the same transform, TTA and temperature as inference; rewrites ``metadata.json``."""
     from triage.flags import call_errors, fit_flag_rule
-    from triage.sources import label_matrix
-    from triage.train import predict_logits, softmax
+    from triage.lifecycle.sources import label_matrix
+    from triage.lifecycle.train import predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
     meta, card = model.meta, model.card

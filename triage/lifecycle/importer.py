@@ -49,9 +49,9 @@ from triage.datasets import dedup_sources, file_sha1, read_mask, thumbnail_u8
 from triage.errors import DatasetError, InvalidScanError
 from triage.export import csv_row
 from triage.io import IMAGE_SUFFIXES, declared_pixels, read_path
+from triage.lifecycle.training_run import MIN_IMAGES_PER_CLASS
 from triage.privacy import shown_name
 from triage.records import CLASSES, SourceKind, normalize_label
-from triage.training_run import MIN_IMAGES_PER_CLASS
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from triage.datasets import (
     stratified_split,
 )
 from triage.errors import DatasetError, ModelNotFoundError
+from triage.lifecycle.promotion import ModelChange, PromotionRefused, check_change, judge, record_change
 from triage.models import (
     TASKS,
     active_version,
@@ -40,7 +41,6 @@ from triage.models import (
     set_active,
     task_dir,
 )
-from triage.promotion import ModelChange, PromotionRefused, check_change, judge, record_change
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -225,8 +225,8 @@ def promote(
 
     ``comparison``: a :func:`compare_versions` result of ``version`` against the active one;
     without one (a rollback, or a version never compared) a written ``reason`` is required, as it
-    is when the comparison is not grounds (:mod:`triage.promotion`). Raises
-    :class:`~triage.promotion.PromotionRefused` with what is missing.
+    is when the comparison is not grounds (:mod:`triage.lifecycle.promotion`). Raises
+    :class:`~triage.lifecycle.promotion.PromotionRefused` with what is missing.
     """
     wd = Path(settings.weights_dir)
     try:

@@ -166,7 +166,7 @@ def _classifier_checks(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, rounds: in
 
 
 def judge(comparison: dict, rounds: int = BOOTSTRAP_ROUNDS) -> PromotionVerdict:
-    """Apply the rule to a :func:`triage.compare.compare_versions` result (with ``per_image``)."""
+    """Apply the rule to a :func:`triage.lifecycle.compare.compare_versions` result (with ``per_image``)."""
     task = comparison["task"]
     labels = comparison.get("labels") or []
     sides = comparison.get("reports", {})

@@ -10,7 +10,7 @@ process has not stopped after a grace period, terminates its process group.
 A run only ever writes a *new* version folder (``weights/<task>/v<N>-<YYYYmmdd-HHMM>``; saved
 atomically by :func:`triage.models.save_model`) and never ``ACTIVE``: a failed or cancelled
 run leaves the active model untouched. Promotion is a separate, explicit step
-(:func:`triage.compare.promote`).
+(:func:`triage.lifecycle.compare.promote`).
 
 :class:`BackgroundTasks` runs shorter work (data checks, comparisons) on threads of the server
 process, outside the Streamlit script thread.
@@ -190,8 +190,8 @@ def new_version_name(
 
 def check_finetune(weights_dir: Path, task: str, version: str, preset: str) -> None:
     """TrainingError unless ``version`` has the architecture the preset trains (weights can load)."""
-    from triage.train import ARCH_KWARGS
-    from triage.train import PRESETS as TRAIN_PRESETS
+    from triage.lifecycle.train import ARCH_KWARGS
+    from triage.lifecycle.train import PRESETS as TRAIN_PRESETS
 
     try:
         card = read_card(weights_dir, task, version)

@@ -1,7 +1,7 @@
 """One function per training run, shared by the CLI and the retraining page's background process.
 
 ``data`` is either the shared data folder (``../shared/data``: the standard leakage-free
-recipe of :mod:`triage.recipe`) or one dataset folder (a ``manifest.csv`` or class folders),
+recipe of :mod:`triage.lifecycle.recipe`) or one dataset folder (a ``manifest.csv`` or class folders),
 which is de-duplicated and split stratified 85/15 here.
 """
 
@@ -23,14 +23,14 @@ from triage.datasets import (
     stratified_split,
 )
 from triage.errors import DatasetError
-from triage.recipe import (
+from triage.lifecycle.recipe import (
     CACHE_SIZE,
     SplitBundle,
     standard_split,
     standardized,
     write_split_file,
 )
-from triage.train import TrainConfig, train_classifier, train_segmenter
+from triage.lifecycle.train import TrainConfig, train_classifier, train_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def run_training(
         cfg.check()
     sample_weights = val_sources = None
     if is_shared_root(data) and cfg.recipe == "multi_source":
-        from triage.sources import CLASSIFIER_SHARES, SEGMENTER_SHARES, balanced_weights, multi_source_split
+        from triage.lifecycle.sources import CLASSIFIER_SHARES, SEGMENTER_SHARES, balanced_weights, multi_source_split
 
         bundle = multi_source_split(Path(data), cache_dir, task=task, seed=cfg.seed, progress=progress, crop=cfg.crop)
         shares = CLASSIFIER_SHARES if task == "classifier" else SEGMENTER_SHARES

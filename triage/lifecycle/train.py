@@ -26,12 +26,12 @@ from triage.augment import augment_batch, jpeg_degrade
 from triage.clock import utc_now
 from triage.datasets import CachedSet
 from triage.errors import TrainingError
+from triage.lifecycle.sources import training_sources
 from triage.metrics import classification_report, dice_iou
 from triage.models import build_model, load_model, save_model
 from triage.preprocess import DEFAULT_CROP, check_intensity_norm
 from triage.records import CLASSES
 from triage.segment import probability_maps, remove_small_components
-from triage.sources import training_sources
 from triage.transforms import squares_to_tensor
 
 log = logging.getLogger(__name__)
@@ -621,7 +621,7 @@ def train_classifier(
     accuracy minus tumour-miss over the sources, so no one source dominates it. Labels may be
     ``tumor`` (any tumour class, :func:`partial_label_loss`).
     """
-    from triage.sources import label_matrix
+    from triage.lifecycle.sources import label_matrix
 
     torch.set_num_threads(cfg.threads)
     gen = _seed_everything(cfg.seed)
