@@ -83,7 +83,11 @@ def child(path: str, mode: str, data_dir: str) -> None:
             outcome = f"{int((~keep).sum())} duplicates of {len(keep)}"
         elif mode == "import":
             from triage.errors import DatasetError
-            from triage.lifecycle import importer
+
+            try:
+                from triage.lifecycle import importer
+            except ImportError:  # a --src checkout from before the lifecycle package (issue 24)
+                from triage import importer
 
             try:
                 s = importer.import_zip(Path(path), "classifier", settings)

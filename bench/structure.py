@@ -32,7 +32,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table
 
-LIFECYCLE = {"train", "training_run", "recipe", "sources", "promotion", "calibrate", "jobs", "importer", "crossval"}
+LIFECYCLE = {
+    "train",
+    "training_run",
+    "recipe",
+    "sources",
+    "promotion",
+    "calibrate",
+    "jobs",
+    "importer",
+    "compare",
+    "crossval",
+}
 CARD_KEYS = (
     "input_size|normalization|temperature|tta|threshold|min_area_frac|crop|intensity_norm|arch|arch_kwargs|"
     "classes|ood|flag_rule|trained|gradcam_layer|wall_time_min"
@@ -92,16 +103,17 @@ def measure(src: Path) -> dict:
     every, top = edges(False), edges(True)
 
     @cache
-    def longest(node: str, target: str, seen: frozenset = frozenset()) -> int:
+    def longest(node: str, target: str, seen: frozenset = frozenset()) -> tuple[str, ...]:
+        """The longest import chain from ``node`` to ``target`` without revisiting a module (() if none)."""
         if node == target:
-            return 1
-        best = -1
-        for nxt in every.get(node, ()):
+            return (node,)
+        best: tuple[str, ...] = ()
+        for nxt in sorted(every.get(node, ())):
             if nxt in seen:
                 continue
             sub = longest(nxt, target, seen | {node})
-            if sub > 0:
-                best = max(best, sub + 1)
+            if sub and len(sub) + 1 > len(best):
+                best = (node, *sub)
         return best
 
     def reach(start: str, graph: dict[str, set[str]]) -> set[str]:
@@ -127,7 +139,9 @@ def measure(src: Path) -> dict:
         "lines": sum(t.count("\n") for f, t in text.items() if f in core),
         "arrows": sum(len(v) for v in every.values()),
         "arrows_top": sum(len(v) for v in top.values()),
-        "upload_path": longest("views.new_scans", "triage.worklist") if "views.new_scans" in names else -1,
+        "upload_path": longest("views.new_scans", "triage.worklist") if "views.new_scans" in names else (),
+        "flat": len([f for f in core if f.parent == src / "triage"]),
+        "flat_lifecycle": sorted(f.stem for f in core if f.parent == src / "triage" and f.stem in LIFECYCLE),
         "request": len(request),
         "request_lifecycle": sorted(m.split(".")[-1] for m in lifecycle),
         "card_readers": sorted(str(f.relative_to(src)) for f in files if CARD_READ.search(text[f])),
@@ -148,7 +162,12 @@ def main() -> int:
     rows = [
         ["modules in triage/ (lines)", *[f"{r['modules']} ({r['lines']})" for _, r in results]],
         ["import arrows (module level)", *[f"{r['arrows']} ({r['arrows_top']})" for _, r in results]],
-        ["longest import chain upload page -> worklist", *[str(r["upload_path"]) for _, r in results]],
+        ["modules directly in triage/ (a reader's `ls`)", *[str(r["flat"]) for _, r in results]],
+        [
+            "of which model lifecycle",
+            *[f"{len(r['flat_lifecycle'])}: {', '.join(r['flat_lifecycle']) or '-'}" for _, r in results],
+        ],
+        ["longest import chain upload page -> worklist (modules)", *[str(len(r["upload_path"])) for _, r in results]],
         ["modules on the request path (service, module level)", *[str(r["request"]) for _, r in results]],
         [
             "of which model lifecycle",
@@ -160,7 +179,8 @@ def main() -> int:
     ]
     print(table(head, rows))
     for s, r in results:
-        print(f"\n{s.name}: card readers {', '.join(r['card_readers']) or '-'}")
+        print(f"\n{s.name}: longest upload chain {' -> '.join(r['upload_path'])}")
+        print(f"{s.name}: card readers {', '.join(r['card_readers']) or '-'}")
         print(f"{s.name}: own atomic renames {', '.join(r['own_renames']) or '-'}")
         print(f"{s.name}: zip readers {', '.join(r['zip_readers']) or '-'}")
     return 0
