@@ -24,7 +24,7 @@ def test_writes_replace_the_file_whole_and_fsync_file_and_folder(tmp_path, monke
     atomic.write_text(target, "new")
     assert target.read_text() == "new"
     assert str(tmp_path / "sub") in synced  # the rename itself is made durable
-    assert any(".card.json." in s for s in synced)  # and the data before it
+    assert any(f"{atomic.TEMP_PREFIX}card.json." in s for s in synced)  # and the data before it
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["card.json"]
 
 

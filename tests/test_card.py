@@ -99,3 +99,12 @@ def test_every_shipped_card_parses_to_what_its_json_says() -> None:
             seen += 1
     if not seen:
         pytest.skip("no shipped weights in this checkout")
+
+
+def test_a_card_dict_describing_only_the_input_drives_the_transform() -> None:
+    """Grad-CAM's helpers pass the input part of a card; building a network still needs ``arch``."""
+    card = ModelCard.of({"input_size": 32, "normalization": {"mean": 0.0, "std": 1.0}})
+    assert (card.input_size, card.mean, card.std, card.arch) == (32, 0.0, 1.0, "")
+    assert ModelCard.of(card) is card
+    with pytest.raises(ValueError, match="'arch'"):
+        ModelCard.from_meta({"input_size": 32})

@@ -319,7 +319,6 @@ def test_a_full_disk_gives_a_clear_reason_and_leaves_no_temporary_file(service, 
     import errno
     import os
 
-    from triage import intake
     from triage.ui import uploads
     from triage.worklist import Worklist
 
@@ -327,7 +326,7 @@ def test_a_full_disk_gives_a_clear_reason_and_leaves_no_temporary_file(service, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     real_fsync = os.fsync
-    monkeypatch.setattr(intake.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)  # every atomic write (triage.atomic) fsyncs through os
     wl = Worklist(tmp_path / "wl.sqlite3")
     files = [(f"s{i}.png", hc.encode(hc.Image.fromarray(hc.fake_brain(128, seed=100 + i)), "PNG")) for i in range(2)]
     rows = uploads.process_uploads(files, service, wl)
@@ -336,7 +335,7 @@ def test_a_full_disk_gives_a_clear_reason_and_leaves_no_temporary_file(service, 
     scans = service.settings.scans_dir
     assert not list(scans.rglob(".tmp-*"))  # before: one zero-byte temporary file per failed write
     assert wl.list_cases() == []
-    monkeypatch.setattr(intake.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     assert [r["status"] for r in uploads.process_uploads(files, service, wl)] == ["accepted", "accepted"]
 
 

@@ -268,7 +268,7 @@ class ResultWriter:
         if self.out.exists() and not self.out.is_dir():
             raise ResultsError(f"{self.out} exists and is not a folder of Parquet parts")
         self.out.mkdir(parents=True, exist_ok=True)
-        for tmp in self.out.glob(".part-*.tmp"):
+        for tmp in [*self.out.glob(".part-*.tmp"), *self.out.glob(f"{atomic.TEMP_PREFIX}part-*")]:
             tmp.unlink()  # an interrupted part write; its rows are analysed again
         parts = sorted(self.out.glob("part-*.parquet"))
         if not resume:

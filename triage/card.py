@@ -72,14 +72,17 @@ class ModelCard:
     raw: Mapping = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     @classmethod
-    def from_meta(cls, meta: Mapping, task: str | None = None, version: str | None = None) -> ModelCard:
+    def from_meta(
+        cls, meta: Mapping, task: str | None = None, version: str | None = None, need_arch: bool = True
+    ) -> ModelCard:
         """Parse a ``metadata.json`` dict (ValueError naming the field when it is unusable).
 
-        ``task`` / ``version`` come from the version's folder when the card does not record them.
+        ``task`` / ``version`` come from the version's folder when the card does not record them;
+        ``need_arch=False`` accepts a card that only describes the model input (no network is built from it).
         """
         if not isinstance(meta, Mapping):
             raise ValueError(f"a model card must be a JSON object, got {type(meta).__name__}")
-        if not isinstance(meta.get("arch"), str) or "input_size" not in meta:
+        if (need_arch and not isinstance(meta.get("arch"), str)) or "input_size" not in meta:
             raise ValueError("metadata.json has no 'arch' or 'input_size'")
         norm = meta.get("normalization") or {}
         intensity_norm = meta.get("intensity_norm") or None
@@ -88,7 +91,7 @@ class ModelCard:
         wall = meta.get("wall_time_min")
         return cls(
             task=str(meta.get("task") or task or ""),
-            arch=meta["arch"],
+            arch=str(meta.get("arch") or ""),
             input_size=int(meta["input_size"]),
             arch_kwargs=_frozen(meta.get("arch_kwargs")),
             version=str(meta.get("version") or version or ""),
@@ -116,8 +119,9 @@ class ModelCard:
 
     @classmethod
     def of(cls, card: ModelCard | Mapping) -> ModelCard:
-        """``card`` itself, or the record parsed from a card dict (for callers holding either)."""
-        return card if isinstance(card, ModelCard) else cls.from_meta(card)
+        """``card`` itself, or the record parsed from a card dict (for callers holding either; the dict
+        may describe the model input only, as Grad-CAM's helpers pass it)."""
+        return card if isinstance(card, ModelCard) else cls.from_meta(card, need_arch=False)
 
     def validation(self) -> Mapping:
         """The card's validation metrics (empty when it has none)."""
