@@ -49,9 +49,10 @@ def test_replace_dir_moves_a_finished_folder_into_place(tmp_path) -> None:
     assert (tmp_path / "v2" / "metadata.json").is_file() and not tmp.exists()
 
 
-# Modules that still rename on their own: PACS (another issue's files) and the importer, which
-# moves already-written staging files into a folder that is renamed into place as a whole.
-OWN_RENAMES = {"triage/atomic.py", "triage/pacs.py", "triage/lifecycle/importer.py"}
+# Modules that still rename on their own: PACS (triage/pacs*.py, another issue's files, not yet
+# moved over) and the importer, which moves already-written staging files into a folder that is
+# renamed into place as a whole.
+OWN_RENAMES = {"triage/atomic.py", "triage/lifecycle/importer.py"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "triage").rglob("*.py")), ids=lambda p: p.relative_to(REPO).as_posix())
@@ -66,4 +67,5 @@ def test_atomic_writes_have_one_home(path: Path) -> None:
         and isinstance(n.func.value, ast.Name)
         and n.func.value.id in ("os", "tempfile")
     ]
-    assert rel in OWN_RENAMES or not calls, f"{rel}:{calls} writes atomically by hand; use triage.atomic"
+    exempt = rel in OWN_RENAMES or rel.startswith("triage/pacs")
+    assert exempt or not calls, f"{rel}:{calls} writes atomically by hand; use triage.atomic"
