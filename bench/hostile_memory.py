@@ -82,8 +82,12 @@ def child(path: str, mode: str, data_dir: str) -> None:
                 keep = datasets.dedup_groups(v, sha)
             outcome = f"{int((~keep).sum())} duplicates of {len(keep)}"
         elif mode == "import":
-            from triage import importer
             from triage.errors import DatasetError
+
+            try:
+                from triage.lifecycle import importer
+            except ImportError:  # a --src checkout from before the lifecycle package (issue 24)
+                from triage import importer
 
             try:
                 s = importer.import_zip(Path(path), "classifier", settings)

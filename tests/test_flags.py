@@ -3,8 +3,8 @@
 import numpy as np
 
 from triage.flags import MAX_CORRECT_FLAGGED, FlagRule, call_errors, fit_flag_rule
+from triage.lifecycle.sources import label_matrix
 from triage.risk import triage_flags
-from triage.sources import label_matrix
 
 
 def _probs(p_tumor: np.ndarray) -> np.ndarray:

@@ -17,10 +17,11 @@ import pytest
 
 from tests import hostile_corpus as hc
 from tests.model_fixtures import make_tiny_weights
-from triage import datasets, importer, transforms
+from triage import datasets, transforms
 from triage.config import get_settings
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import declared_pixels, read_scans
+from triage.lifecycle import importer
 from triage.service import TriageService
 
 SPECS = {s.name: s for s in hc.corpus_specs()}
@@ -318,7 +319,6 @@ def test_a_full_disk_gives_a_clear_reason_and_leaves_no_temporary_file(service, 
     import errno
     import os
 
-    from triage import intake
     from triage.ui import uploads
     from triage.worklist import Worklist
 
@@ -326,7 +326,7 @@ def test_a_full_disk_gives_a_clear_reason_and_leaves_no_temporary_file(service, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     real_fsync = os.fsync
-    monkeypatch.setattr(intake.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)  # every atomic write (triage.atomic) fsyncs through os
     wl = Worklist(tmp_path / "wl.sqlite3")
     files = [(f"s{i}.png", hc.encode(hc.Image.fromarray(hc.fake_brain(128, seed=100 + i)), "PNG")) for i in range(2)]
     rows = uploads.process_uploads(files, service, wl)
@@ -335,7 +335,7 @@ def test_a_full_disk_gives_a_clear_reason_and_leaves_no_temporary_file(service, 
     scans = service.settings.scans_dir
     assert not list(scans.rglob(".tmp-*"))  # before: one zero-byte temporary file per failed write
     assert wl.list_cases() == []
-    monkeypatch.setattr(intake.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     assert [r["status"] for r in uploads.process_uploads(files, service, wl)] == ["accepted", "accepted"]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-from triage import jobs
 from triage.config import Settings
 from triage.housekeeping import (
     CHECKPOINT_FILES,
@@ -14,6 +13,7 @@ from triage.housekeeping import (
     human_bytes,
     trim_cache,
 )
+from triage.lifecycle import jobs
 
 
 def _run(settings: Settings, name: str, status: str, finished_ago_s: float) -> jobs.Job:
@@ -83,3 +83,22 @@ def test_data_folder_usage_counts_every_part(tmp_path):
     assert usage["worklist database"] == (200, 1)
     assert usage["other (jobs, logs, settings)"] == (7, 1)
     assert human_bytes(1536) == "1.5 kB" and human_bytes(12) == "12 B" and human_bytes(None) == "unknown"
+
+
+def test_the_status_page_walks_the_data_folder_at_most_once_a_minute(tmp_path, monkeypatch):
+    from triage import housekeeping
+    from triage.health import health_report
+
+    settings = Settings(data_dir=tmp_path / "data", weights_dir=tmp_path / "no-weights")
+    settings.scans_dir.mkdir(parents=True)
+    (settings.scans_dir / "a.dcm").write_bytes(b"\0" * 5000)
+    walks = []
+    real = housekeeping.data_folder_usage
+    monkeypatch.setattr(housekeeping, "data_folder_usage", lambda s: walks.append(1) or real(s))
+    first = health_report(settings)
+    (settings.scans_dir / "b.dcm").write_bytes(b"\0" * 5000)
+    second = health_report(settings)  # a page rerun: the measurement is reused, not walked again
+    assert len(walks) == 1 and second.usage == first.usage and second.usage_age_s >= 0
+    fresh, age = housekeeping.recent_data_folder_usage(settings, max_age_s=0.0)  # older than allowed: walked
+    assert len(walks) == 2 and age == 0.0
+    assert {u.part: u.files for u in fresh}["stored scans and masks"] == 2

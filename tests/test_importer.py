@@ -15,11 +15,11 @@ import pytest
 
 from tests.conftest import draw_synthetic_slice
 from tests.hostile_corpus import mask_specs
-from triage import importer
 from triage.config import get_settings
 from triage.datasets import load_manifest
 from triage.errors import DatasetError
-from triage.training_run import MIN_IMAGES_PER_CLASS
+from triage.lifecycle import importer
+from triage.lifecycle.training_run import MIN_IMAGES_PER_CLASS
 
 FOLDERS = {"no_tumor": "notumor", "glioma": "glioma_tumor", "meningioma": "meningioma", "pituitary": "pituitary_tumor"}
 

@@ -15,11 +15,11 @@ import pytest
 
 from tests.model_fixtures import make_tiny_weights
 from tests.test_importer import write_class_folders
-from triage import compare, importer, jobs
 from triage.config import get_settings
 from triage.errors import TrainingError
+from triage.lifecycle import compare, importer, jobs
+from triage.lifecycle.promotion import PromotionRefused, model_changes
 from triage.models import list_versions, read_metadata
-from triage.promotion import PromotionRefused, model_changes
 
 # Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
 pytestmark = pytest.mark.slow

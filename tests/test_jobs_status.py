@@ -9,9 +9,9 @@ import psutil
 import pytest
 
 from tests.model_fixtures import make_tiny_weights
-from triage import jobs
 from triage.config import get_settings
 from triage.errors import TrainingError
+from triage.lifecycle import jobs
 
 
 @pytest.fixture

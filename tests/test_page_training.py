@@ -12,8 +12,8 @@ from tests.conftest import REPO_DIR
 from tests.model_fixtures import make_tiny_weights
 from tests.test_importer import write_class_folders
 from tests.test_jobs import kill_leftovers
-from triage import jobs, promotion
 from triage.config import get_settings
+from triage.lifecycle import jobs, promotion
 from triage.ui import state
 
 # Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).

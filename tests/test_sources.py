@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from triage.datasets import Sample
-from triage.sources import (
+from triage.lifecycle.sources import (
     BRATS,
     BRATS_TEST_PATIENTS,
     FELTRIN,
@@ -19,7 +19,7 @@ from triage.sources import (
     source_splits,
     split_lgg,
 )
-from triage.train import partial_label_loss
+from triage.lifecycle.train import partial_label_loss
 
 
 def _groups(rows):

@@ -8,8 +8,7 @@ import torch
 
 from tests.conftest import draw_synthetic_slice
 from triage.datasets import CachedSet, Sample, prepare_sample, thumbnail_vector
-from triage.models import load_model
-from triage.train import (
+from triage.lifecycle.train import (
     SEG_LOSS_NAMES,
     TrainConfig,
     _seg_loss,
@@ -19,6 +18,7 @@ from triage.train import (
     train_classifier,
     train_segmenter,
 )
+from triage.models import load_model
 
 # Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
 pytestmark = pytest.mark.slow
@@ -199,7 +199,7 @@ def test_no_early_stop_in_the_first_half_of_the_schedule(tmp_path):
     """Validation swings while the LR is high, so patience only counts from half-way on."""
     import torch
 
-    from triage.train import RunLog, _fit
+    from triage.lifecycle.train import RunLog, _fit
 
     net = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -250,7 +250,7 @@ def test_source_shares_must_be_non_negative_and_not_all_zero(shares):
 
 
 def test_card_describes_the_intensity_standardisation_step():
-    from triage.train import preprocess_description
+    from triage.lifecycle.train import preprocess_description
 
     plain = TrainConfig.from_preset("classifier", "quick")
     normed = TrainConfig.from_preset("classifier", "quick", intensity_norm="head_percentiles_v1")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import make_tiny_weights
+from triage.lifecycle.recipe import standardized
+from triage.lifecycle.train import TrainConfig
+from triage.lifecycle.training_run import _inherit_from_parent, run_training
 from triage.models import read_metadata
 from triage.preprocess import INTENSITY_NORM, LEGACY_CROP, standardize_intensity
-from triage.recipe import standardized
-from triage.train import TrainConfig
-from triage.training_run import _inherit_from_parent, run_training
 
 
 def test_fine_tune_keeps_the_parents_input_size_and_crop(tmp_path):

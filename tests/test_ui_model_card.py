@@ -50,7 +50,7 @@ def test_card_row_shows_intensity_standardisation_only_when_used():
 
 
 def test_licence_rows_name_non_commercial_sources() -> None:
-    from triage.sources import non_commercial, training_sources
+    from triage.lifecycle.sources import non_commercial, training_sources
     from triage.ui.model_card import licence_rows
 
     info = {"sources": {"brisc2025": {"train": 10, "val": 2}, "brats2015_hgg6": {"train": 5, "val": 1}}}

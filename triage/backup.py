@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from triage import atomic
 from triage.config import Settings
 from triage.errors import TriageError
 
@@ -121,11 +122,11 @@ def backup(settings: Settings, dest: Path) -> BackupSummary:
             integrity=integrity,
         )
         (tmp / MANIFEST).write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, summary.folder)  # a backup folder with a manifest is always complete
+        atomic.replace_dir(tmp, Path(summary.folder))  # a backup folder with a manifest is always complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    (settings.data_dir / LAST_BACKUP).write_text(json.dumps(asdict(summary)) + "\n", encoding="utf-8")
+    atomic.write_json(settings.data_dir / LAST_BACKUP, asdict(summary))
     log.info("backup of %d cases and %d files to %s", summary.cases, files, summary.folder)
     return summary
 

@@ -13,12 +13,12 @@ import csv
 import hashlib
 import io
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triage import atomic
 from triage.config import Settings
 from triage.errors import TriageError
 from triage.export import csv_cell, csv_text
@@ -268,7 +268,7 @@ class ResultWriter:
         if self.out.exists() and not self.out.is_dir():
             raise ResultsError(f"{self.out} exists and is not a folder of Parquet parts")
         self.out.mkdir(parents=True, exist_ok=True)
-        for tmp in self.out.glob(".part-*.tmp"):
+        for tmp in [*self.out.glob(".part-*.tmp"), *self.out.glob(f"{atomic.TEMP_PREFIX}part-*")]:
             tmp.unlink()  # an interrupted part write; its rows are analysed again
         parts = sorted(self.out.glob("part-*.parquet"))
         if not resume:
@@ -293,9 +293,8 @@ class ResultWriter:
         )
         table = pa.Table.from_pylist([{c: _typed(c, r[c]) for c in CSV_COLUMNS} for r in self._buffer], schema=schema)
         final = self.out / f"part-{self._part:05d}.parquet"
-        tmp = self.out / f".part-{self._part:05d}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)  # a part is there whole or not at all
+        with atomic.atomic_path(final) as tmp:  # a part is there whole or not at all
+            pq.write_table(table, tmp)
         self._part += 1
         self._buffer = []
 

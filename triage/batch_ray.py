@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from triage import atomic
 from triage.batch import (
     CSV_COLUMNS,
     BatchJob,
@@ -95,7 +96,7 @@ def materialise_weights(snapshot: WeightsSnapshot, root: Path | None = None) -> 
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(data)
     try:
-        os.rename(tmp, final)
+        atomic.replace_dir(tmp, final)  # refused once ``final`` holds files
     except OSError:  # another actor on this node got there first: its copy is the same bytes
         import shutil
 

@@ -7,9 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from triage.flags import FlagRule
 from triage.models import LoadedModel
-from triage.preprocess import check_intensity_norm
 from triage.records import CLASSES, Prediction
 from triage.transforms import model_array
 
@@ -46,20 +44,19 @@ class Classifier:
     """
 
     def __init__(self, model: LoadedModel, forward: ClassifierForward | None = None):
-        meta = model.meta
-        if list(meta.get("classes", CLASSES)) != list(CLASSES):
-            raise ValueError(f"model class order {meta.get('classes')} differs from {list(CLASSES)}")
+        card = model.card  # parsed and checked (intensity_norm included) when the version loaded
+        if list(card.classes) != list(CLASSES):
+            raise ValueError(f"model class order {list(card.classes)} differs from {list(CLASSES)}")
         self.model = model
-        self.size = int(meta["input_size"])
-        self.mean = float(meta["normalization"]["mean"])
-        self.std = float(meta["normalization"]["std"])
-        self.temperature = float(meta.get("temperature", 1.0))
-        check_intensity_norm(meta.get("intensity_norm"))  # fail when loaded, not at the first scan
-        self.tta = bool(meta.get("tta", False))
+        self.card = card
+        self.size = card.input_size
+        self.mean = card.mean
+        self.std = card.std
+        self.temperature = card.temperature
+        self.tta = card.tta
         # The review-flag rule fitted on validation (None: risk.py's fixed rule).
-        self.flag_rule = FlagRule.from_card(meta.get("flag_rule"))
-        ood = meta.get("ood", {})
-        self.ood_threshold = float(ood.get("threshold", float("inf")))
+        self.flag_rule = card.flag_rule
+        self.ood_threshold = card.ood_threshold
         self._ood_means = _as_array(model.extras.get("ood_means"))
         self._ood_precision = _as_array(model.extras.get("ood_precision"))
         self.forward = forward or torch_forward(model)
@@ -71,7 +68,7 @@ class Classifier:
 
     def logits_and_scores(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits (N, C) and OOD scores (N,) (min class Mahalanobis distance, higher = stranger)."""
-        x = model_array(crops, self.model.meta)
+        x = model_array(crops, self.card)
         n = x.shape[0]
         if self.tta:  # slice and its mirror image in one batch (one call is cheaper than two)
             x = np.concatenate([x, x[..., ::-1]])

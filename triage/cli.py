@@ -1,4 +1,4 @@
-"""Command-line entry points, thin over :mod:`triage.service`, :mod:`triage.training_run` and
+"""Command-line entry points, thin over :mod:`triage.service`, :mod:`triage.lifecycle.training_run` and
 :mod:`triage.evaluate`. Run ``python -m triage --help``."""
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def _parse_shares(text: str) -> dict[str, float]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from triage import lifecycle
     from triage.config import get_settings
-    from triage.training_run import run_training
 
     settings = get_settings()
     out = Path(args.out)
@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else settings.data_dir / "runs" / f"{args.task}-{out.name}"
     cache_dir = Path(args.cache_dir) if args.cache_dir else settings.data_dir / "cache"
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None}
-    folder = run_training(
+    folder = lifecycle.run_training(
         args.task,
         Path(args.data),
         out,
@@ -129,10 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"saved {folder}")
     if args.activate:
-        from triage.compare import promote
-
         # An explicit admin flag: logged as an override naming the flag, like any unproven change.
-        promote(
+        lifecycle.promote(
             replace(settings, weights_dir=folder.parent.parent),
             args.task,
             folder.name,
@@ -161,17 +159,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from triage.calibrate import recalibrate_classifier, retune_segmenter
+    from triage import lifecycle
     from triage.config import get_settings
 
     settings = get_settings()
     if args.task == "segmenter":
-        entry = retune_segmenter(
+        entry = lifecycle.retune_segmenter(
             settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache", tta=not args.no_tta
         )
         print(f"segmenter {args.version} (tta={entry['tta']}): {entry['old']} -> {entry['new']}")
         return 0
-    entry = recalibrate_classifier(
+    entry = lifecycle.recalibrate_classifier(
         settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache", tta=not args.no_tta
     )
     print(
@@ -179,9 +177,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"validation ECE {entry['ece_before']:.3f} -> {entry['ece_after']:.3f}, accuracy {entry['val_accuracy']:.3f}"
     )
     if args.flags:
-        from triage.calibrate import fit_flags
-
-        rule = fit_flags(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache")
+        rule = lifecycle.fit_flags(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache")
         print(
             f"flag rule: {rule['rule']}; validation errors flagged {rule['errors_flagged']:.1%}, "
             f"correct calls flagged {rule['correct_flagged']:.1%}"
@@ -191,7 +187,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from triage.config import get_settings
-    from triage.models import active_version, list_versions, read_metadata
+    from triage.models import active_version, list_versions, read_card
 
     wd = get_settings().weights_dir
     for task in ("classifier", "segmenter"):
@@ -200,9 +196,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
         except Exception:
             active = ""
         for v in list_versions(wd, task):
-            meta = read_metadata(wd, task, v)
+            card = read_card(wd, task, v)
             mark = "*" if v == active else " "
-            print(f"{mark} {task:10s} {v:20s} trained={meta.get('trained', False)} created={meta.get('created', '')}")
+            print(f"{mark} {task:10s} {v:20s} trained={card.trained} created={card.created}")
     return 0
 
 
@@ -215,23 +211,24 @@ def _system_user() -> str:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from triage.compare import compare_run, promote
+    from triage import lifecycle
     from triage.config import get_settings
-    from triage.promotion import RULE_TEXT, judge
 
     settings = get_settings()
     comparison = None
     if args.compare:
-        comparison = compare_run(settings, args.task, args.version, args.compare)
-        verdict = judge(comparison)
+        comparison = lifecycle.compare_run(settings, args.task, args.version, args.compare)
+        verdict = lifecycle.judge(comparison)
         for c in verdict.checks:
             lo, hi = c.diff_ci95
             print(f"{c.metric:26s} active {c.active:.4f}  new {c.new:.4f}  difference 95% CI [{lo:+.4f}, {hi:+.4f}]")
         print(f"{comparison['n']} held-out images; " + ("; ".join(verdict.problems) or "grounds for promotion"))
-    change = promote(settings, args.task, args.version, by=args.by, reason=args.reason or "", comparison=comparison)
+    change = lifecycle.promote(
+        settings, args.task, args.version, by=args.by, reason=args.reason or "", comparison=comparison
+    )
     print(f"{args.task} version {args.version} is now active ({change.kind}, was {change.from_version})")
     if change.kind != "promotion":
-        print(f"recorded with the reason given. Rule: {RULE_TEXT}")
+        print(f"recorded with the reason given. Rule: {lifecycle.RULE_TEXT}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Cross-source evaluation (issue 23): every held-out part of every shared source in one table.
 
-The parts are the ones :mod:`triage.sources` never trains on: BRISC test, Sartaj Testing,
+The parts are the ones :mod:`triage.lifecycle.sources` never trains on: BRISC test, Sartaj Testing,
 navoneel, the LGG subset, the LGG sites CS and FG, BraTS patients 1-2 and six Feltrin subtypes,
 each per sequence where the source labels it. Every image goes through the real pipeline
 (decode -> crop -> classify -> segment -> reconcile), exactly as the app would show it, and
@@ -21,22 +21,22 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from triage.clock import utc_now
 from triage.datasets import Sample, build_cache, load_manifest, near_duplicate_of, read_mask
+from triage.lifecycle.recipe import CACHE_SIZE
 from triage.metrics import dice_iou, expected_calibration_error
 from triage.preprocess import LEGACY_CROP
-from triage.recipe import CACHE_SIZE
-from triage.records import CLASSES
+from triage.records import CLASSES, Flag
 from triage.risk import suspected_tumor
 
 log = logging.getLogger(__name__)
 
-REVIEW_FLAGS = ("uncertain", "ood")
+REVIEW_FLAGS = (Flag.UNCERTAIN, Flag.OOD)
 SPECIFICITY_FLOOR = 0.85
 
 
@@ -50,8 +50,8 @@ class Part:
 
 
 def held_out_parts(shared: Path, seed: int = 0) -> list[Part]:
-    """Every held-out part of :mod:`triage.sources`, split per sequence where a source labels it."""
-    from triage.sources import BRATS, FELTRIN, LGG, source_splits
+    """Every held-out part of :mod:`triage.lifecycle.sources`, split per sequence where a source labels it."""
+    from triage.lifecycle.sources import BRATS, FELTRIN, LGG, source_splits
 
     shared = Path(shared)
     parts = [
@@ -177,8 +177,8 @@ def _truth_masks(part: Part, results: list) -> list[np.ndarray | None]:
 
 def _training_reference(weights_dir: Path, versions: dict, shared: Path, cache_dir: Path) -> tuple[set, np.ndarray]:
     """SHA-1s and thumbnails of every image the evaluated models trained on (any recipe)."""
-    from triage.recipe import cached
-    from triage.sources import FELTRIN, cache_rows, source_splits
+    from triage.lifecycle.recipe import cached
+    from triage.lifecycle.sources import FELTRIN, cache_rows, source_splits
 
     sha: set[str] = set()
     for task, version in versions.items():
@@ -230,7 +230,7 @@ def run_cross_source(shared: Path, out: Path, service=None, limit: int | None = 
 
 def _write(out: Path, versions: dict, t0: float, rows: dict, complete: bool) -> dict:
     rep = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": utc_now("seconds"),
         "versions": versions,
         "seconds": round(time.perf_counter() - t0, 1),
         "complete": complete,
@@ -272,7 +272,7 @@ def render_markdown(rep: dict) -> str:
         f"# Cross-source evaluation: classifier `{v['classifier']}`, segmenter `{v['segmenter']}`",
         "",
         *([] if rep.get("complete", True) else ["**Partial report: only the parts below are done.**", ""]),
-        f"{rep['created']}; {rep['seconds']:.0f} s. Parts never trained on (`triage.sources`); duplicates of "
+        f"{rep['created']}; {rep['seconds']:.0f} s. Parts never trained on (`triage.lifecycle.sources`); duplicates of "
         "training images removed first. Worklist call = a tumour class or a no_tumor call contradicted by the "
         "segmenter. Sensitivity at specificity >= 0.85 is read off each part's own ROC (not an operating point).",
         "",

@@ -37,8 +37,8 @@ def cross_validate(
     data: Path, k: int, cache_dir: Path, preset: str = "quick", progress: bool = True, **overrides: object
 ) -> dict:
     """Train/score ``k`` folds; returns per-fold metrics and mean/sd."""
+    from triage.lifecycle.train import TrainConfig, predict_logits, softmax, train_classifier
     from triage.models import load_model
-    from triage.train import TrainConfig, predict_logits, softmax, train_classifier
 
     samples = [s for s in load_manifest(data) if s.label in CLASSES]
     cache = build_cache(samples, 256, cache_dir, with_masks=False, progress=progress)
@@ -67,8 +67,8 @@ def cross_validate(
             model = load_model(wd, "classifier", folder.name)
             logits = predict_logits(model.net, test.images, cfg.input_size)
             y = np.array([CLASSES.index(lab) for lab in test.labels()])
-            rep = classification_report(y, softmax(logits, model.meta["temperature"]))
-            train_min = float(model.meta.get("wall_time_min", 0.0))
+            rep = classification_report(y, softmax(logits, model.card.temperature))
+            train_min = model.card.wall_time_min or 0.0
         per_fold.append(
             {
                 "fold": f,

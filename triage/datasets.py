@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from triage import atomic
 from triage.brain_check import is_blank
 from triage.errors import DatasetError, InvalidScanError
 from triage.io import IMAGE_SUFFIXES, read_mask_path, read_path
@@ -352,12 +352,8 @@ def build_cache(
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         # Write to a private temporary name and rename: two trainings started together must
         # never read each other's half-written cache.
-        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
-        try:
+        with atomic.atomic_path(cache_file, suffix=".tmp.npz") as tmp:  # .npz: np.savez would append it
             np.savez(
                 tmp, images=images_a, masks=masks_a, thumbs=thumbs_a, sha1s=np.asarray(sha1s), keep=np.asarray(keep)
             )
-            os.replace(tmp, cache_file)
-        finally:
-            tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. disk full)
     return CachedSet(kept, images_a, masks_a if with_masks else None, thumbs_a, sha1s, rejected)

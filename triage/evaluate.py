@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from triage.clock import utc_now
 from triage.datasets import CachedSet, build_cache, load_manifest, read_mask
 from triage.metrics import (
     average_precision_at,
@@ -36,7 +36,7 @@ def _training_reference(
     weights_dir: Path, versions: dict, shared: Path, cache_dir: Path
 ) -> tuple[set, np.ndarray, str]:
     """SHA-1 set and thumbnails of every image the active models were trained on."""
-    from triage.recipe import cached
+    from triage.lifecycle.recipe import cached
 
     sha: set[str] = set()
     for task, version in versions.items():
@@ -338,7 +338,7 @@ def run_evaluation(
         selection += f", fixed random subset of {len(samples)} (seed 0)"
     test = build_cache(samples, 256, cache_dir, with_masks=False, progress=progress, crop=LEGACY_CROP)
     sha, thumbs, note = _training_reference(settings.weights_dir, versions, data.parent, cache_dir)
-    from triage.recipe import dedup_test_against_training
+    from triage.lifecycle.recipe import dedup_test_against_training
 
     kept, removed = dedup_test_against_training(test, sha, thumbs)
     t0 = time.perf_counter()
@@ -347,7 +347,7 @@ def run_evaluation(
     metrics = score(kept, results)
     rep = {
         "dataset": data.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": utc_now("seconds"),
         "versions": versions,
         "selection": selection,
         "n_candidates": len(samples),

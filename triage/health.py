@@ -9,7 +9,7 @@ from pathlib import Path
 from triage import __version__
 from triage.backup import BackupSummary, last_backup
 from triage.config import Settings
-from triage.housekeeping import FolderUsage, data_folder_usage, free_bytes
+from triage.housekeeping import FolderUsage, free_bytes, recent_data_folder_usage
 
 PACKAGES = ("onnxruntime", "torch", "streamlit", "pydicom", "dicognito", "numpy")
 # Below this much free space uploads and training start failing (a 74 MB checkpoint, 64 MB uploads).
@@ -24,6 +24,7 @@ class Health:
     packages: dict[str, str]
     data_dir: str
     usage: list[FolderUsage]
+    usage_age_s: float  # how long ago the data folder was measured (it is walked at most once a minute)
     free: int | None
     last_backup: BackupSummary | None
     models: dict[str, str]  # task -> active version ("" when unusable)
@@ -52,7 +53,7 @@ def _shown_path(path: Path) -> str:
 
 def health_report(settings: Settings, service=None) -> Health:
     """Gather the snapshot; ``service`` (a TriageService) adds the loaded models and backends."""
-    from triage import jobs
+    from triage.lifecycle import jobs
     from triage.models import TASKS, active_version
 
     problems: list[str] = []
@@ -69,6 +70,7 @@ def health_report(settings: Settings, service=None) -> Health:
             problems.append(why)
         else:
             backends = dict(service.models().backends)
+    usage, usage_age_s = recent_data_folder_usage(settings)
     free = free_bytes(settings)
     if free is not None and free < LOW_DISK_BYTES:
         problems.append(f"only {free / 1e9:.1f} GB free on the data folder's disk")
@@ -84,7 +86,8 @@ def health_report(settings: Settings, service=None) -> Health:
         app_version=__version__,
         packages=_package_versions(),
         data_dir=_shown_path(settings.data_dir),
-        usage=data_folder_usage(settings),
+        usage=usage,
+        usage_age_s=usage_age_s,
         free=free,
         last_backup=backup,
         models=models,

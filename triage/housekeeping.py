@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,28 @@ def data_folder_usage(settings: Settings) -> list[FolderUsage]:
     size, files = _size(others)
     out.append(FolderUsage("other (jobs, logs, settings)", d, size, files))
     return sorted(out, key=lambda u: -u.bytes)
+
+
+# The Status page reruns on every click; walking every stored scan and run file each time made
+# it as slow as the data folder is large. One walk per folder serves this long.
+USAGE_MAX_AGE_S = 60.0
+_USAGE: dict[Path, tuple[float, list[FolderUsage]]] = {}
+_USAGE_LOCK = threading.Lock()
+
+
+def recent_data_folder_usage(settings: Settings, max_age_s: float = USAGE_MAX_AGE_S) -> tuple[list[FolderUsage], float]:
+    """:func:`data_folder_usage` measured at most ``max_age_s`` seconds ago, and its age in seconds.
+
+    The walk runs under a lock, so page runs arriving together wait for one walk instead of each
+    doing their own."""
+    key = Path(settings.data_dir).resolve()
+    with _USAGE_LOCK:
+        hit = _USAGE.get(key)
+        now = time.monotonic()
+        if hit is None or now - hit[0] > max_age_s:
+            hit = (now, data_folder_usage(settings))
+            _USAGE[key] = hit
+        return hit[1], now - hit[0]
 
 
 def free_bytes(settings: Settings) -> int | None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from triage import atomic
 from triage.errors import InvalidScanError
 from triage.overlay import thumbnail_png
 from triage.records import CaseResult
@@ -42,17 +41,8 @@ def display_name(name: str) -> str:
 def _atomic_write(path: Path, data: bytes) -> None:
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # disk full, read-only folder...: no temporary file is left behind (issue 22, item 15)
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Disk full, read-only folder...: no temporary file is left behind (issue 22, item 15).
+    atomic.write_bytes(path, data)
 
 
 def store_upload(data: bytes, fmt: str, scans_dir: Path, digest: str | None = None) -> Path:

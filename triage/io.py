@@ -100,7 +100,7 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 SUPPORTED = "PNG, JPEG, TIFF, BMP or DICOM"
 
 
-def _sniff(data: bytes) -> str:
+def sniff_format(data: bytes) -> str:
     """Guess the content type from the bytes only (the file name is never trusted)."""
     if data[128:132] == b"DICM":
         return "dicom"
@@ -208,7 +208,9 @@ def _to_grey(img: Image.Image) -> tuple[np.ndarray, float | None]:
     return np.asarray(rgb.convert("L")), colorfulness(np.asarray(rgb))
 
 
-def _check_dims(h: int, w: int, settings: Settings) -> None:
+def check_dims(h: int, w: int, settings: Settings) -> None:
+    """InvalidScanError unless an ``h`` x ``w`` image is within the pixel, side and aspect limits
+    (checked on headers, before any pixel is decoded)."""
     if h * w > settings.max_pixels:
         raise InvalidScanError(
             f"image is {w}x{h} pixels, over the limit of {settings.max_pixels:,} pixels "
@@ -304,7 +306,7 @@ def _decode_pil(
     ``only_frame``: decode that frame alone (the others are neither decoded nor kept)."""
     try:
         with warnings.catch_warnings():
-            # Our own limit (_check_dims, before any pixel is decoded) is stricter and names the
+            # Our own limit (check_dims, before any pixel is decoded) is stricter and names the
             # size; Pillow's DecompressionBombError still guards the >2x-its-limit case.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" etc.: not actionable
@@ -312,7 +314,7 @@ def _decode_pil(
             img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
             fmt = (img.format or "image").lower()
             w, h = img.size
-            _check_dims(h, w, settings)
+            check_dims(h, w, settings)
             n_frames = _count_frames(img, max_frames)
             if n_frames > max_frames:
                 walked = max(max_frames, MAX_FRAMES)  # _count_frames stops there
@@ -332,7 +334,7 @@ def _decode_pil(
                 if n_frames > 1 and _is_reduced_resolution(frame):
                     continue
                 fw, fh = frame.size
-                _check_dims(fh, fw, settings)
+                check_dims(fh, fw, settings)
                 total += fw * fh
                 _check_total(total, n_frames, settings)
                 frame.load()
@@ -655,7 +657,7 @@ def _decode_dicom(
             raise InvalidScanError("this DICOM is a segmentation object (SEG, a mask), not an MR image")
         rows = int(_finite_float(_safe_get(ds, "Rows")) or 0)
         cols = int(_finite_float(_safe_get(ds, "Columns")) or 0)
-        _check_dims(rows, cols, settings)
+        check_dims(rows, cols, settings)
         n_frames = int(_finite_float(_safe_get(ds, "NumberOfFrames")) or 1)
         if n_frames > MAX_FRAMES:
             raise InvalidScanError(f"DICOM has {n_frames} frames; at most {MAX_FRAMES} are accepted")
@@ -767,7 +769,7 @@ def read_scans(
 
 
 def _decode(data: bytes, name: str, settings: Settings, only_frame: int | None = None):
-    kind = _sniff(data)
+    kind = sniff_format(data)
     suffix = Path(name).suffix.lower()
     if kind in ("pdf", "html", "text", "zip"):
         raise InvalidScanError(f"this is a {kind.upper() if kind != 'text' else 'text'} file, not an image")
@@ -804,7 +806,7 @@ def read_mask_bytes(data: bytes, settings: Settings | None = None) -> np.ndarray
         raise InvalidScanError(
             f"mask file is {len(data) / 1e6:.1f} MB, over the {settings.max_file_bytes / 1e6:.0f} MB limit"
         )
-    kind = _sniff(data)
+    kind = sniff_format(data)
     if kind not in _PIL_KINDS:
         what = {"unknown": "an unrecognised format", "text": "text (PostScript/EPS?)"}.get(kind, kind.upper())
         raise InvalidScanError(f"a mask must be a {MASK_FORMATS} image; these bytes are {what}")
@@ -859,7 +861,7 @@ def declared_pixels(source: str | Path | bytes, settings: Settings | None = None
             data = Path(source).read_bytes()
         if len(data) > settings.max_file_bytes:
             return 0
-        kind = _sniff(data)
+        kind = sniff_format(data)
         if kind in _PIL_KINDS:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

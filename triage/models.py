@@ -13,9 +13,9 @@ for :attr:`LoadedModel.net` (Grad-CAM, training, calibration, or a version witho
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import os
 import re
 import tempfile
 import threading
@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from triage import atomic
+from triage.card import ModelCard
 from triage.errors import ModelBrokenError, ModelNotFoundError
 
 if TYPE_CHECKING:  # torch is imported where a network is built, never on the ONNX analysis path
@@ -37,15 +39,17 @@ TASKS = ("classifier", "segmenter")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def build_model(meta: dict) -> nn.Module:
-    """Instantiate an untrained network from a metadata dict (``arch`` + ``arch_kwargs``).
+def build_model(meta: dict | ModelCard) -> nn.Module:
+    """Instantiate an untrained network from a card (``arch`` + ``arch_kwargs``).
 
     ``timm:<name>`` builds a timm classifier with ``pretrained=False``; ``monai:UNet`` builds a
     MONAI 2D U-Net; ``smp:Unet`` a segmentation_models_pytorch U-Net (timm encoder, no weights
     downloaded). Unknown architectures raise ValueError.
     """
-    arch = meta["arch"]
-    kwargs = dict(meta.get("arch_kwargs", {}))
+    if isinstance(meta, ModelCard):
+        arch, kwargs = meta.arch, dict(meta.arch_kwargs)
+    else:  # training builds the network from the card dict it is about to write
+        arch, kwargs = meta["arch"], dict(meta.get("arch_kwargs", {}))
     if arch.startswith("timm:"):
         import timm
 
@@ -67,6 +71,8 @@ def build_model(meta: dict) -> nn.Module:
 class LoadedModel:
     """A model version: its card, folder and extra arrays; the torch network is built on first use.
 
+    ``meta`` is ``metadata.json`` as a dict (calibration edits it and writes it back); readers use
+    ``card``, the :class:`~triage.card.ModelCard` parsed from it when the version loads.
     ``extras`` are NumPy arrays (e.g. the classifier's OOD statistics). ``net`` builds the torch
     module from ``model.safetensors`` the first time it is read (thread-safe) and keeps it in eval
     mode; reading it imports torch.
@@ -79,16 +85,27 @@ class LoadedModel:
     extras: dict
     _net: nn.Module | None = field(default=None, repr=False)
     _net_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _card: ModelCard | None = field(default=None, repr=False)
+    _card_source: dict | None = field(default=None, repr=False)
+
+    @property
+    def card(self) -> ModelCard:
+        """The parsed card (ValueError for an unusable one); parsed again only if ``meta`` was edited
+        since, so a caller that changes the dict (calibration, a test) never reads a stale record."""
+        if self._card is None or self._card_source != self.meta:
+            self._card = ModelCard.from_meta(self.meta, task=self.task, version=self.version)
+            self._card_source = copy.deepcopy(self.meta)
+        return self._card
 
     @property
     def trained(self) -> bool:
-        return bool(self.meta.get("trained", False))
+        return self.card.trained
 
     @property
     def net(self) -> nn.Module:
         with self._net_lock:
             if self._net is None:
-                self._net = _build_from_folder(self.meta, self.path)
+                self._net = _build_from_folder(self.card, self.path)
             return self._net
 
 
@@ -138,17 +155,17 @@ def set_active(weights_dir: Path, task: str, version: str) -> None:
     """Atomically point ``ACTIVE`` at ``version`` (which must exist)."""
     if version not in list_versions(weights_dir, task):
         raise ModelNotFoundError(f"{task} version {version!r} does not exist")
-    d = task_dir(weights_dir, task)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".ACTIVE.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(version + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, d / "ACTIVE")
+    atomic.write_text(task_dir(weights_dir, task) / "ACTIVE", version + "\n")
 
 
 def read_metadata(weights_dir: Path, task: str, version: str) -> dict:
+    """A version's ``metadata.json`` as the dict on disk (for code that rewrites it)."""
     return json.loads((task_dir(weights_dir, task) / version / "metadata.json").read_text(encoding="utf-8"))
+
+
+def read_card(weights_dir: Path, task: str, version: str) -> ModelCard:
+    """A version's card as a :class:`~triage.card.ModelCard` (OSError / ValueError when unusable)."""
+    return ModelCard.from_meta(read_metadata(weights_dir, task, version), task=task, version=version)
 
 
 def load_model(weights_dir: Path, task: str, version: str | None = None) -> LoadedModel:
@@ -163,8 +180,7 @@ def load_model(weights_dir: Path, task: str, version: str | None = None) -> Load
     folder = task_dir(weights_dir, task) / version
     try:
         meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or not isinstance(meta.get("arch"), str) or "input_size" not in meta:
-            raise ValueError("metadata.json has no 'arch' or 'input_size'")
+        card = ModelCard.from_meta(meta, task=task, version=version)  # defaults and checks: triage.card
         check_weights_file(folder / "model.safetensors")
         extras = {}
         extra_file = folder / "extras.safetensors"
@@ -176,7 +192,9 @@ def load_model(weights_dir: Path, task: str, version: str | None = None) -> Load
         raise ModelNotFoundError(f"{task} version {version!r} is incomplete: {exc.filename} is missing") from exc
     except Exception as exc:  # JSON, safetensors header/length and OS errors: all mean "this version is broken"
         raise ModelBrokenError(f"{task} version {version!r} is broken: {type(exc).__name__}: {exc}") from exc
-    return LoadedModel(task=task, version=version, path=folder, meta=meta, extras=extras)
+    model = LoadedModel(task=task, version=version, path=folder, meta=meta, extras=extras)
+    model._card, model._card_source = card, copy.deepcopy(meta)
+    return model
 
 
 def check_weights_file(path: Path) -> list[str]:
@@ -187,7 +205,7 @@ def check_weights_file(path: Path) -> list[str]:
         return list(fh.keys())
 
 
-def _build_from_folder(meta: dict, folder: Path) -> nn.Module:
+def _build_from_folder(meta: dict | ModelCard, folder: Path) -> nn.Module:
     from safetensors.torch import load_file
 
     net = build_model(meta)
@@ -231,7 +249,7 @@ def save_model(
         from triage.onnx_export import export_onnx
 
         export_onnx(net, meta, tmp)
-    os.replace(tmp, folder)
+    atomic.replace_dir(tmp, folder)
     return folder
 
 

@@ -10,18 +10,17 @@ tolerances is recorded as failed and the version keeps running on torch.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from triage import atomic
+from triage.card import ModelCard
+from triage.clock import utc_now
 from triage.runtime import ONNX_FILE, ONNX_RECORD, OnnxNet, file_sha256
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,9 @@ class _SegmenterGraph(nn.Module):
         return torch.sigmoid(self.net(x))
 
 
-def graph_for(net: nn.Module, meta: dict) -> tuple[nn.Module, list[str]]:
+def graph_for(net: nn.Module, meta: dict | ModelCard) -> tuple[nn.Module, list[str]]:
     """The module that is exported for a card's task and its output names."""
-    if meta.get("task") == "segmenter":
+    if ModelCard.of(meta).task == "segmenter":
         return _SegmenterGraph(net).eval(), ["prob"]
     return _ClassifierGraph(net).eval(), ["logits", "features"]
 
@@ -69,12 +68,12 @@ def check_inputs(size: int, mean: float, std: float) -> np.ndarray:
     return np.concatenate([noise, ((head - mean) / std).astype(np.float32)[None, None]])
 
 
-def _differences(meta: dict, names: list[str], ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
+def _differences(card: ModelCard, names: list[str], ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
     diffs = {}
     for name, r, g in zip(names, ref, got):
         diffs[name] = float(np.abs(r - g).max() / (1.0 + np.abs(r).max()))
     if "logits" in names:
-        t = float(meta.get("temperature", 1.0))
+        t = card.temperature
 
         def softmax(z: np.ndarray) -> np.ndarray:
             e = np.exp(z / t - (z / t).max(1, keepdims=True))
@@ -86,7 +85,7 @@ def _differences(meta: dict, names: list[str], ref: list[np.ndarray], got: list[
     return diffs
 
 
-def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
+def export_onnx(net: nn.Module, meta: dict | ModelCard, folder: Path) -> dict:
     """Write ``model.onnx`` and ``onnx.json`` into a version folder and return the record.
 
     The record says whether the export passed the check (``ok``), the largest differences, and the
@@ -95,25 +94,22 @@ def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
     version still works on the torch path.
     """
     folder = Path(folder)
-    size = int(meta["input_size"])
-    norm = meta.get("normalization") or {}
-    graph, names = graph_for(net, meta)
+    card = ModelCard.of(meta)
+    size = card.input_size
+    graph, names = graph_for(net, card)
     was_training = net.training
     record: dict = {"file": ONNX_FILE, "opset": OPSET, "torch": torch.__version__, "ok": False}
-    tmp = None
     try:
         import onnxruntime
 
         record["onnxruntime"] = onnxruntime.__version__
-        x = check_inputs(size, float(norm.get("mean", 0.2)), float(norm.get("std", 0.25)))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.onnx.")
-        os.close(fd)
-        with warnings.catch_warnings():
+        x = check_inputs(size, card.mean, card.std)
+        with atomic.atomic_path(folder / ONNX_FILE) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
             torch.onnx.export(
                 graph,
                 (torch.from_numpy(x),),
-                tmp,
+                str(tmp),
                 input_names=["x"],
                 output_names=names,
                 dynamic_axes={"x": {0: "n"}, **{k: {0: "n"} for k in names}},
@@ -124,10 +120,8 @@ def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
         with torch.inference_mode():
             ref = graph(torch.from_numpy(x))
         ref = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
-        os.replace(tmp, folder / ONNX_FILE)
-        tmp = None
         got = OnnxNet(folder, threads=1)(x)
-        diffs = _differences(meta, names, ref, got)
+        diffs = _differences(card, names, ref, got)
         record["max_difference"] = diffs
         bad = [
             k
@@ -145,10 +139,8 @@ def export_onnx(net: nn.Module, meta: dict, folder: Path) -> dict:
         record["reason"] = f"{type(exc).__name__}: {exc}"
     finally:
         net.train(was_training)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    record["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-    (folder / ONNX_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    record["created"] = utc_now("seconds")
+    atomic.write_json(folder / ONNX_RECORD, record, indent=2)
     if not record["ok"]:
         log.warning("%s: ONNX export not used: %s", folder, record.get("reason"))
     return record

@@ -6,6 +6,8 @@ All arrays are numpy; tensors are made in the model modules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 
@@ -16,14 +18,9 @@ from triage.records import BrainCrop
 # v2: scalp/skull fragments next to the largest component are part of the head (v1 cut them off).
 CROP_VERSION = 2
 # How a model's card describes its crop. Models trained before the card recorded a crop
-# (v1 weights) used v1: only the largest bright region (no nearby scalp pieces).
+# (v1 weights) used v1: only the largest bright region (no nearby scalp pieces); triage.card applies it.
 DEFAULT_CROP = {"margin": 0.04, "join": 0.03}
 LEGACY_CROP = {"margin": 0.04, "join": 0.0}
-
-
-def card_crop(meta: dict) -> dict:
-    """The crop settings a model card records (cards without one predate the setting: legacy crop)."""
-    return dict(meta.get("crop") or LEGACY_CROP)
 
 
 def _as_grey_u8(img: np.ndarray) -> np.ndarray:
@@ -131,10 +128,12 @@ def check_intensity_norm(name: str | None) -> None:
         raise ValueError(f"unknown intensity_norm {name!r}; expected None or {INTENSITY_NORM!r}")
 
 
-def model_crops(crops: list[np.ndarray], meta: dict) -> list[np.ndarray]:
-    """The crops as the model saw them in training: standardised when its card says so."""
-    check_intensity_norm(meta.get("intensity_norm"))
-    if meta.get("intensity_norm"):
+def model_crops(crops: list[np.ndarray], card) -> list[np.ndarray]:
+    """The crops as the model saw them in training: standardised when its card (a
+    :class:`~triage.card.ModelCard` or a card dict) says so."""
+    name = card.get("intensity_norm") if isinstance(card, Mapping) else card.intensity_norm
+    check_intensity_norm(name)
+    if name:
         return [standardize_intensity(c) for c in crops]
     return crops
 

@@ -21,6 +21,66 @@ class TumorClass(StrEnum):
 
 CLASSES: tuple[str, ...] = tuple(c.value for c in TumorClass)
 
+
+# The enums below name values that are stored (worklist columns, job files, CSV, JSON): their
+# values never change, so old databases and files read the same. StrEnum members compare and
+# hash equal to their value, so code holding a plain string from storage still matches.
+
+
+class Flag(StrEnum):
+    """Why a case needs a closer look (the worklist's ``flags`` column)."""
+
+    UNCERTAIN = "uncertain"  # the model is unsure between classes
+    OOD = "ood"  # the image is unlike the training data
+    DISAGREEMENT = "disagreement"  # classifier and segmenter disagree
+    SUSPECT_HEADER = "suspect_header"  # a DICOM header value was implausible and dropped
+    UNTRAINED_MODEL = "untrained_model"  # an untrained placeholder model produced the result
+    REJECTED = "rejected"  # the file was not analysed (the reason is in the result's error)
+    NOT_BRAIN = "not_brain"  # with REJECTED: the image is not a brain-MRI slice
+
+
+class ReviewState(StrEnum):
+    """A case's review state (``review_status``); ``PARTLY_REVIEWED`` is a study's only."""
+
+    UNREVIEWED = "unreviewed"
+    CONFIRMED = "confirmed"
+    CORRECTED = "corrected"
+    SIGNED_OFF = "signed_off"
+    PARTLY_REVIEWED = "partly_reviewed"  # a study whose slices are in different states
+
+
+class JobPhase(StrEnum):
+    """A training job's status (stored in its job file) and the finer phases shown while it runs."""
+
+    PREPARING = "preparing"
+    TRAINING = "training"
+    FINISHING = "finishing"
+    CANCELLING = "cancelling"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    MISSING = "missing"  # a background task that was never started (jobs.BACKGROUND)
+
+
+class SourceKind(StrEnum):
+    """Where training data is imported from (the Training page and ``import_source``)."""
+
+    FOLDER = "folder"
+    ZIP = "zip"
+    MANIFEST = "manifest"
+    WORKLIST = "worklist"
+
+
+class SeriesSource(StrEnum):
+    """What a series was built from (the ``series.source`` column)."""
+
+    DICOM = "dicom"
+    NIFTI = "nifti"
+    IMAGES = "images"
+    SINGLE = "single"  # a lone file: a one-slice study
+
+
 # Folder names seen in public datasets, mapped to our class names.
 CLASS_ALIASES: dict[str, str] = {
     "no_tumor": "no_tumor",

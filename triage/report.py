@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
 
+from triage.clock import utc_now
 from triage.errors import InvalidScanError, TriageError
 from triage.io import read_mask_path, read_scans
 from triage.overlay import mask_contour_overlay
-from triage.records import CLASSES
+from triage.records import CLASSES, ReviewState
 from triage.studies import StudySummary, list_studies
 from triage.worklist import Worklist
 
@@ -134,7 +134,7 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
             ["Signed off at (UTC)", review["reviewed_at"][:19].replace("T", " ")],
             ["Note", review["note"] or "-"],
         ]
-    elif study.review_status == "signed_off" and study.single:
+    elif study.review_status == ReviewState.SIGNED_OFF and study.single:
         key = study.key_case
         signed = [
             ["Signed off by", key.get("reviewer") or "-"],
@@ -205,7 +205,7 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
     story.append(Spacer(1, 4 * mm))
     story.append(
         Paragraph(
-            _text(f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by the brain-MRI triage workstation. ")
+            _text(f"Generated {utc_now('seconds')} by the brain-MRI triage workstation. ")
             + f"<b>{_text(STATEMENT)}</b>",
             body,
         )

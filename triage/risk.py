@@ -40,11 +40,11 @@ import numpy as np
 
 from triage.config import DEFAULT_RISK_WEIGHTS, Settings
 from triage.flags import FlagRule
-from triage.records import CLASSES
+from triage.records import CLASSES, Flag, TumorClass
 
 log = logging.getLogger(__name__)
 
-FLAGS: tuple[str, ...] = ("uncertain", "ood", "disagreement")
+FLAGS: tuple[str, ...] = (Flag.UNCERTAIN, Flag.OOD, Flag.DISAGREEMENT)
 # Tumour probability (1 - p_no_tumor) inside this closed band counts as "uncertain".
 TUMOR_UNCERTAIN_BAND: tuple[float, float] = (0.2, 0.8)
 # Tolerance for probabilities summing to 1 and for tiny negative rounding errors.
@@ -129,11 +129,11 @@ def triage_flags(
     else:
         uncertain = float(p.max()) < float(uncertain_below) or lo <= tumor <= hi
     if uncertain:
-        flags.append("uncertain")
+        flags.append(Flag.UNCERTAIN)
     if ood:
-        flags.append("ood")
+        flags.append(Flag.OOD)
     if disagreement:
-        flags.append("disagreement")
+        flags.append(Flag.DISAGREEMENT)
     return tuple(flags)
 
 
@@ -157,7 +157,7 @@ def suspected_tumor(label: str, flags: Iterable[str]) -> bool:
     silently, so this, not the label alone, is what "tumor detected" means in the CSV and the
     evaluation reports (measured on navoneel v2: sensitivity 0.609 by label, 0.855 this way).
     """
-    return label != "no_tumor" or "disagreement" in tuple(flags)
+    return label != TumorClass.NO_TUMOR or Flag.DISAGREEMENT in tuple(flags)
 
 
 def describe_policy(settings: Settings) -> str:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from triage.models import LoadedModel
-from triage.preprocess import check_intensity_norm, mask_bbox, paste_into_scan
+from triage.preprocess import mask_bbox, paste_into_scan
 from triage.records import BrainCrop, Segmentation
 from triage.transforms import from_model_output, model_array
 
@@ -62,23 +62,23 @@ class Segmenter:
     """
 
     def __init__(self, model: LoadedModel, forward: SegmenterForward | None = None):
-        meta = model.meta
+        card = model.card  # parsed and checked (intensity_norm included) when the version loaded
         self.model = model
+        self.card = card
         self.forward = forward or torch_forward(model)
-        self.size = int(meta["input_size"])
-        self.mean = float(meta["normalization"]["mean"])
-        self.std = float(meta["normalization"]["std"])
-        self.threshold = float(meta.get("threshold", 0.5))
-        check_intensity_norm(meta.get("intensity_norm"))  # fail when loaded, not at the first scan
-        self.min_area_frac = float(meta.get("min_area_frac", 0.0))
+        self.size = card.input_size
+        self.mean = card.mean
+        self.std = card.std
+        self.threshold = card.threshold
+        self.min_area_frac = card.min_area_frac
         # Mirror test-time augmentation, when the card says the threshold was chosen with it.
-        self.tta = bool(meta.get("tta", False))
+        self.tta = card.tta
 
     def probabilities(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Tumor probability maps, float32 (h, w) in [0, 1] at each crop's resolution."""
         if not crops:
             return []
-        x = model_array(crops, self.model.meta)
+        x = model_array(crops, self.card)
         n = x.shape[0]
         if self.tta:  # the slice and its mirror in one batch, the mirrored map flipped back
             p = self.forward(np.concatenate([x, x[..., ::-1]]))[:, 0]

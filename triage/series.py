@@ -30,8 +30,8 @@ import numpy as np
 
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
-from triage.io import MAX_FRAMES, _check_dims, _sniff, content_id, read_scans, safe_name, to_uint8
-from triage.records import Scan
+from triage.io import MAX_FRAMES, check_dims, content_id, read_scans, safe_name, sniff_format, to_uint8
+from triage.records import Scan, SeriesSource
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def read_nifti(data: bytes, name: str, settings: Settings | None = None) -> Seri
     if vol.ndim == 4:
         vol = vol[..., 0]
     cx, cy, cz = vol.shape
-    _check_dims(cy, cx, settings)  # each displayed slice is Y rows x X columns
+    check_dims(cy, cx, settings)  # each displayed slice is Y rows x X columns
     zooms = [float(v) for v in canon.header.get_zooms()[:3]]
     if not all(math.isfinite(v) and v > 0 for v in zooms):
         raise InvalidScanError(f"NIfTI voxel sizes {zooms} are not positive; the slice spacing is unknown")
@@ -253,7 +253,7 @@ def read_nifti(data: bytes, name: str, settings: Settings | None = None) -> Seri
         series_key=series_key,
         study_key=slices[0].place.study_key if slices else _key("study-nifti", base),
         patient_key=_key("patient-nifti", base),
-        source="nifti",
+        source=SeriesSource.NIFTI,
         description=_nifti_description(display),
         modality="MR",
         spacing_mm=zooms[2],
@@ -318,7 +318,7 @@ def _get(ds: object, keyword: str) -> object:
 
 def dicom_header(data: bytes) -> DicomHeader | None:
     """The UIDs, positions and spacing of a DICOM file, or None when it is not DICOM or has no UIDs."""
-    if _sniff(data) != "dicom" and data[:2] not in (b"\x02\x00", b"\x08\x00"):
+    if sniff_format(data) != "dicom" and data[:2] not in (b"\x02\x00", b"\x08\x00"):
         return None
     import pydicom
 
@@ -443,7 +443,7 @@ def group_files(files: Sequence[NamedFile], settings: Settings | None = None, fo
             except InvalidScanError as exc:
                 out.refused.append((f.name, str(exc)))
             continue
-        kind = _sniff(f.data)
+        kind = sniff_format(f.data)
         if kind == "dicom" or kind == "unknown":
             header = dicom_header(f.data)
             if header is not None:
@@ -546,7 +546,7 @@ def _dicom_series(members: list[tuple[NamedFile, DicomHeader]], settings: Settin
         series_key=series,
         study_key=study,
         patient_key=patient,
-        source="dicom",
+        source=SeriesSource.DICOM,
         description=first.description,
         modality=first.modality,
         spacing_mm=first.spacing_between or first.thickness,
@@ -579,7 +579,7 @@ def _image_series(folders: tuple[str, ...], members: list[NamedFile], settings: 
         series_key=series,
         study_key=study,
         patient_key=study,
-        source="images",
+        source=SeriesSource.IMAGES,
         description=f"folder {PurePosixPath(path).name or path}",
     )
     return SeriesInput(info=info, slices=slices, refused=refused)

@@ -23,11 +23,12 @@ from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError, ModelNotFoundError
 from triage.io import content_id, read_scans, safe_name
 from triage.models import LoadedModel, active_version, load_model, set_active
-from triage.preprocess import card_crop, crop_brain
+from triage.preprocess import crop_brain
 from triage.records import (
     CLASSES,
     CaseResult,
     Explanation,
+    Flag,
     Prediction,
     Scan,
     Segmentation,
@@ -211,7 +212,7 @@ class TriageService:
                     status="rejected",
                     scan_id=content_id(data) if data else "",
                     error=str(exc),
-                    flags=("rejected",),
+                    flags=(Flag.REJECTED,),
                 )
             ]
         decode_ms = (time.perf_counter() - t0) * 1000 / len(scans)
@@ -228,14 +229,14 @@ class TriageService:
                 )
             data = p.read_bytes()
         except InvalidScanError as exc:
-            return [CaseResult(name=p.name, status="rejected", error=str(exc), flags=("rejected",))]
+            return [CaseResult(name=p.name, status="rejected", error=str(exc), flags=(Flag.REJECTED,))]
         except OSError as exc:
             return [
                 CaseResult(
                     name=p.name,
                     status="rejected",
                     error=f"cannot read file: {exc.strerror or exc}",
-                    flags=("rejected",),
+                    flags=(Flag.REJECTED,),
                 )
             ]
         return self.analyze_bytes(data, p.name, explain=explain)
@@ -257,7 +258,7 @@ class TriageService:
         bundle = self.models()
         n = max(1, len(scans))
         t = time.perf_counter()
-        crop_cfg = card_crop(bundle.classifier.model.meta)
+        crop_cfg = dict(bundle.classifier.card.crop)
         crops = [crop_brain(s.pixels, **crop_cfg) for s in scans]
         crop_ms = (time.perf_counter() - t) * 1000 / n
         results: list[CaseResult | None] = [None] * len(scans)
@@ -272,7 +273,7 @@ class TriageService:
                     error=reason,
                     scan=scan,
                     crop=crop,
-                    flags=("rejected", "not_brain"),
+                    flags=(Flag.REJECTED, Flag.NOT_BRAIN),
                 )
             else:
                 keep.append(i)
@@ -299,7 +300,7 @@ class TriageService:
                         f"(out-of-distribution score {pred.ood_score:.0f}, limit "
                         f"{OOD_REJECT_FACTOR * bundle.classifier.ood_threshold:.0f})"
                     ),
-                    flags=("rejected", "not_brain"),
+                    flags=(Flag.REJECTED, Flag.NOT_BRAIN),
                 )
                 continue
             if not pred.ood and atypical_reason(scan):  # kept for the reader, but never unflagged
@@ -311,9 +312,9 @@ class TriageService:
                 )
             )
             if scan.meta.get("header_warnings"):  # a header value was implausible and dropped
-                flags.append("suspect_header")
+                flags.append(Flag.SUSPECT_HEADER)
             if not bundle.trained:
-                flags.append("untrained_model")
+                flags.append(Flag.UNTRAINED_MODEL)
             risk = final_risk(pred.probs, tuple(flags), self.settings)
             results[i] = CaseResult(
                 name=scan.name,

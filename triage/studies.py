@@ -23,6 +23,7 @@ import numpy as np
 
 from triage.errors import InvalidScanError
 from triage.intake import case_record, display_name, storable_bytes, store_upload, write_mask
+from triage.records import Flag, ReviewState, SeriesSource
 from triage.risk import suspected_tumor
 from triage.series import SeriesInput, dicom_header, is_nifti, stack_geometry, volume_ml
 from triage.service import TriageService
@@ -31,7 +32,7 @@ from triage.worklist import Worklist
 log = logging.getLogger(__name__)
 
 SERIES_CHUNK = 16  # slices per model batch: progress is reported after each
-ATTENTION_FLAGS: frozenset[str] = frozenset({"uncertain", "ood", "disagreement"})
+ATTENTION_FLAGS: frozenset[str] = frozenset({Flag.UNCERTAIN, Flag.OOD, Flag.DISAGREEMENT})
 
 SliceProgress = Callable[[int, int], None]
 
@@ -272,10 +273,10 @@ def is_flagged(case: dict) -> bool:
 
 
 def _review_state(cases: Sequence[dict]) -> str:
-    states = {c.get("review_status") or "unreviewed" for c in cases}
+    states = {c.get("review_status") or ReviewState.UNREVIEWED for c in cases}
     if len(states) == 1:
         return next(iter(states))
-    return "unreviewed" if states == {"unreviewed"} else "partly_reviewed"
+    return ReviewState.PARTLY_REVIEWED
 
 
 def _key_case(cases: Sequence[dict]) -> dict:
@@ -299,7 +300,7 @@ def summarize_series(cases: Sequence[dict], record: dict | None) -> SeriesSummar
         series_key=str(stack[0].get("series_key") or stack[0]["scan_id"]),
         description=str(record.get("description") or ""),
         modality=str(record.get("modality") or ""),
-        source=str(record.get("source") or "single"),
+        source=str(record.get("source") or SeriesSource.SINGLE),
         n_slices=len(stack),
         n_suspicious=sum(is_suspicious(c) for c in stack),
         n_flagged=sum(is_flagged(c) for c in stack),

@@ -17,12 +17,14 @@ card was fitted on the two-stage path, which is why it is the one kept.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from triage.card import ModelCard
 from triage.preprocess import model_crops, pad_to_square
 
 if TYPE_CHECKING:  # torch is imported inside the training-side functions only
@@ -87,15 +89,13 @@ def squares_to_array(squares: np.ndarray, size: int, mean: float, std: float) ->
     return ((x - mean) / std).astype(np.float32)[:, None]
 
 
-def model_array(crops: list[np.ndarray], meta: dict) -> np.ndarray:
+def model_array(crops: list[np.ndarray], card: ModelCard | Mapping) -> np.ndarray:
     """Both stages, driven by a model card, as a float32 array (N, 1, size, size): intensity
     standardisation when the card says so, square, resize to ``input_size``, normalise with the
     card's mean and std."""
-    norm = meta.get("normalization") or {}
-    squares = np.stack([square(c) for c in model_crops(crops, meta)])
-    return squares_to_array(
-        squares, int(meta["input_size"]), float(norm.get("mean", 0.2)), float(norm.get("std", 0.25))
-    )
+    card = ModelCard.of(card)
+    squares = np.stack([square(c) for c in model_crops(crops, card)])
+    return squares_to_array(squares, card.input_size, card.mean, card.std)
 
 
 def resize_batch(squares: torch.Tensor, size: int) -> torch.Tensor:
@@ -115,11 +115,11 @@ def squares_to_tensor(squares: np.ndarray, size: int, mean: float, std: float) -
     return torch.from_numpy(squares_to_array(squares, size, mean, std))
 
 
-def model_input(crops: list[np.ndarray], meta: dict) -> torch.Tensor:
+def model_input(crops: list[np.ndarray], card: ModelCard | Mapping) -> torch.Tensor:
     """:func:`model_array` as a torch tensor (Grad-CAM and the torch fallback)."""
     import torch
 
-    return torch.from_numpy(model_array(crops, meta))
+    return torch.from_numpy(model_array(crops, card))
 
 
 def to_model_input(crop: np.ndarray, size: int) -> np.ndarray:

@@ -21,15 +21,19 @@ from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from triage.clock import utc_now
 from triage.config import get_settings
 from triage.errors import TriageError
 from triage.export import csv_row
 from triage.privacy import case_ref, shown_name
-from triage.records import CLASSES
+from triage.records import CLASSES, ReviewState
 
 log = logging.getLogger(__name__)
 
-REVIEW_STATUSES: tuple[str, ...] = ("unreviewed", "confirmed", "corrected", "signed_off")
+# The states a case can be in (the schema's CHECK); a study can also be partly reviewed.
+REVIEW_STATUSES: tuple[str, ...] = tuple(
+    s.value for s in (ReviewState.UNREVIEWED, ReviewState.CONFIRMED, ReviewState.CORRECTED, ReviewState.SIGNED_OFF)
+)
 PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CLASSES)
 CASE_COLUMNS: tuple[str, ...] = (
     "scan_id",
@@ -210,11 +214,6 @@ class ReviewConflictError(WorklistError):
 
 class SignedOffError(WorklistError):
     """The case is signed off: it is read-only, and further remarks are addenda."""
-
-
-def utc_now() -> str:
-    """The current time as ISO-8601 UTC with microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _iso_utc(value: object) -> str:
@@ -846,9 +845,9 @@ def _review_values(
     """New values of the review fields. The reviewed label defaults to the current effective one."""
     reviewed_label = label if label is not None else (row["reviewed_label"] or row["label"])
     if sign_off:
-        status = "signed_off"
+        status = ReviewState.SIGNED_OFF
     else:
-        status = "corrected" if reviewed_label != row["label"] else "confirmed"
+        status = ReviewState.CORRECTED if reviewed_label != row["label"] else ReviewState.CONFIRMED
     return {
         "reviewed_label": reviewed_label,
         "mask_rejected": row["mask_rejected"] if mask_rejected is None else int(bool(mask_rejected)),

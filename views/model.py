@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from triage.errors import TriageError
+from triage.lifecycle.promotion import RULE_TEXT, model_changes
 from triage.models import list_versions
-from triage.promotion import RULE_TEXT, model_changes
 from triage.risk import describe_policy
 from triage.ui.format import escape_md
 from triage.ui.model_card import (

@@ -36,7 +36,10 @@ with left:
     )
 with right:
     st.subheader("Data folder")
-    st.caption(f"{escape_md(health.data_dir)} · {human_bytes(health.free)} free on its disk")
+    st.caption(
+        f"{escape_md(health.data_dir)} · {human_bytes(health.free)} free on its disk · "
+        f"sizes measured {health.usage_age_s:.0f} s ago"
+    )
     st.dataframe(
         pd.DataFrame([{"part": u.part, "size": human_bytes(u.bytes), "files": u.files} for u in health.usage]),
         hide_index=True,

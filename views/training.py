@@ -8,10 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from triage import compare, importer, jobs, promotion
+from triage import lifecycle
 from triage.errors import TriageError
 from triage.models import TASKS, active_version
-from triage.records import CLASSES
+from triage.records import CLASSES, JobPhase, SourceKind
 from triage.ui import state
 from triage.ui.auth import require_admin, reviewer_input
 from triage.ui.format import escape_md
@@ -19,22 +19,22 @@ from triage.ui.resources import get_worklist, settings
 from triage.ui.widgets import show_flash
 
 SOURCES = {
-    "folder": "Folder on this computer",
-    "zip": "Zip upload",
-    "manifest": "Manifest CSV",
-    "worklist": "Reviewed worklist cases",
+    SourceKind.FOLDER: "Folder on this computer",
+    SourceKind.ZIP: "Zip upload",
+    SourceKind.MANIFEST: "Manifest CSV",
+    SourceKind.WORKLIST: "Reviewed worklist cases",
 }
 TASK_TEXT = {"classifier": "Classifier", "segmenter": "Segmenter", "both": "Both"}
 PRESET_TEXT = {"quick": "Quick (about 10 minutes per model)", "full": "Full (up to about 70 minutes per model)"}
 INIT_TEXT = {"finetune": "Fine-tune the current model", "scratch": "Start from scratch"}
 PHASE_TEXT = {
-    "preparing": "Preparing data and loading the trainer",
-    "training": "Training",
-    "finishing": "Calibrating and saving the new version",
-    "cancelling": "Cancelling",
-    "done": "Finished",
-    "failed": "Failed",
-    "cancelled": "Cancelled",
+    JobPhase.PREPARING: "Preparing data and loading the trainer",
+    JobPhase.TRAINING: "Training",
+    JobPhase.FINISHING: "Calibrating and saving the new version",
+    JobPhase.CANCELLING: "Cancelling",
+    JobPhase.DONE: "Finished",
+    JobPhase.FAILED: "Failed",
+    JobPhase.CANCELLED: "Cancelled",
 }
 RUN_PICK = state.keyed(state.TRAIN_RUN, "pick")
 VERSION_PICK = state.keyed(state.TRAIN_RUN, "version")
@@ -70,11 +70,11 @@ def _error(exc: BaseException) -> None:
 
 def _check_value(source: str) -> object:
     """What the importer needs for ``source``, or raise ValueError with what is missing."""
-    if source == "folder":
+    if source == SourceKind.FOLDER:
         value = (st.session_state.get(state.TRAIN_FOLDER) or "").strip()
-    elif source == "manifest":
+    elif source == SourceKind.MANIFEST:
         value = (st.session_state.get(state.TRAIN_MANIFEST) or "").strip()
-    elif source == "zip":
+    elif source == SourceKind.ZIP:
         upload = st.session_state.get(state.TRAIN_ZIP)
         value = upload.getvalue() if upload is not None else None
     else:
@@ -86,10 +86,10 @@ def _check_value(source: str) -> object:
 
 @st.fragment(run_every=1)
 def _check_progress(key: str) -> None:
-    status, _ = jobs.BACKGROUND.state(key)
-    if status != "running":
+    status, _ = lifecycle.BACKGROUND.state(key)
+    if status != JobPhase.RUNNING:
         st.rerun()
-    done, total = jobs.BACKGROUND.progress(key)
+    done, total = lifecycle.BACKGROUND.progress(key)
     st.progress(done / total if total else 0.0, text=f"Checking images… {done}/{total}")
 
 
@@ -100,25 +100,25 @@ def _check_state() -> str:
     """
     key = st.session_state[state.TRAIN_CHECK]
     if not key:
-        return "missing"
-    status, value = jobs.BACKGROUND.state(key)
-    if status in ("done", "missing"):
-        jobs.BACKGROUND.forget(key)
+        return JobPhase.MISSING
+    status, value = lifecycle.BACKGROUND.state(key)
+    if status in (JobPhase.DONE, JobPhase.MISSING):
+        lifecycle.BACKGROUND.forget(key)
         st.session_state[state.TRAIN_CHECK] = None
-        if status == "done":
+        if status == JobPhase.DONE:
             st.session_state[state.TRAIN_SUMMARY] = value.to_dict()
     return status
 
 
-def _data_check(task: str, status: str) -> importer.ImportSummary | None:
+def _data_check(task: str, status: str) -> lifecycle.ImportSummary | None:
     key = st.session_state[state.TRAIN_CHECK]
-    if status == "failed":
-        _error(jobs.BACKGROUND.state(key)[1])
-    elif status == "running":
+    if status == JobPhase.FAILED:
+        _error(lifecycle.BACKGROUND.state(key)[1])
+    elif status == JobPhase.RUNNING:
         _check_progress(key)
     if not st.session_state[state.TRAIN_SUMMARY]:
         return None
-    summary = importer.recheck(importer.ImportSummary.from_dict(st.session_state[state.TRAIN_SUMMARY]), task)
+    summary = lifecycle.recheck(lifecycle.ImportSummary.from_dict(st.session_state[state.TRAIN_SUMMARY]), task)
     st.markdown(f"**Checked data** from {escape_md(summary.source)}: {summary.total} images, {summary.masks} masks")
     st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
     c = st.columns(4)
@@ -150,7 +150,7 @@ def _data_check(task: str, status: str) -> importer.ImportSummary | None:
 # ----- charts -----------------------------------------------------------------------------------
 
 
-def _curves(status: jobs.JobStatus) -> None:
+def _curves(status: lifecycle.JobStatus) -> None:
     left, right = st.columns(2)
     loss = go.Figure()
     if status.steps:
@@ -198,8 +198,8 @@ def _confusion(cm: list, title: str) -> go.Figure:
 @st.fragment(run_every=2)
 def _live(job_id: str) -> None:
     cfg = settings()
-    job = jobs.load_job(cfg, job_id)
-    status = jobs.poll(cfg, job)  # the live panel is the one place the page moves a job on
+    job = lifecycle.load_job(cfg, job_id)
+    status = lifecycle.poll(cfg, job)  # the live panel is the one place the page moves a job on
     if not status.running:
         st.rerun()
     text = PHASE_TEXT.get(status.phase, status.phase)
@@ -208,48 +208,48 @@ def _live(job_id: str) -> None:
     st.progress(status.fraction, text=text)
     c = st.columns(3)
     c[0].metric("Elapsed", _duration(status.elapsed_s))
-    c[1].metric("Remaining", _duration(status.eta_s) if status.phase == "training" else "–")
+    c[1].metric("Remaining", _duration(status.eta_s) if status.phase == JobPhase.TRAINING else "–")
     c[2].metric("Version being trained", job.version)
     if status.steps or status.epochs:
         _curves(status)
-    if status.phase != "cancelling" and st.button(
+    if status.phase != JobPhase.CANCELLING and st.button(
         "Cancel training", key=state.keyed(state.TRAIN_RUN, "cancel", job_id)
     ):
-        jobs.cancel(cfg, job)
+        lifecycle.cancel(cfg, job)
         st.rerun()
 
 
 @st.fragment(run_every=2)
 def _comparison_progress(key: str) -> None:
-    if jobs.BACKGROUND.state(key)[0] != "running":
+    if lifecycle.BACKGROUND.state(key)[0] != JobPhase.RUNNING:
         st.rerun()
-    done, total = jobs.BACKGROUND.progress(key)
+    done, total = lifecycle.BACKGROUND.progress(key)
     st.progress(
         (done + 0.5) / total if total else 0.05,
         text="Comparing the new version with the active one on held-out images…",
     )
 
 
-def _comparison(cfg, job: jobs.Job, active: str) -> tuple[dict, promotion.PromotionVerdict] | None:
+def _comparison(cfg, job: lifecycle.Job, active: str) -> tuple[dict, lifecycle.PromotionVerdict] | None:
     """Show the comparison of the run's version with the active one and the rule's verdict on it;
     return both once the comparison exists (the bootstrap runs once per page run, not per use)."""
-    saved = compare.saved_comparison(job.run_dir, active, job.version)
+    saved = lifecycle.saved_comparison(job.run_dir, active, job.version)
     if saved is None:
         key = f"compare-{job.job_id}-{active}"
-        status, value = jobs.BACKGROUND.state(key)
-        if status == "missing":
-            jobs.BACKGROUND.submit(key, compare.compare_run, cfg, job.task, job.version, job.data, job.run_dir)
-            status = "running"
-        if status == "running":
+        status, value = lifecycle.BACKGROUND.state(key)
+        if status == JobPhase.MISSING:
+            lifecycle.BACKGROUND.submit(key, lifecycle.compare_run, cfg, job.task, job.version, job.data, job.run_dir)
+            status = JobPhase.RUNNING
+        if status == JobPhase.RUNNING:
             _comparison_progress(key)
             return None
-        if status == "failed":
+        if status == JobPhase.FAILED:
             log.error(
                 "comparison of %s failed", job.version, exc_info=value if isinstance(value, BaseException) else None
             )
             st.error(f"The comparison failed ({type(value).__name__}); the details are in the server log.")
             if st.button("Retry comparison", key=state.keyed(state.TRAIN_RUN, "retry", job.job_id)):
-                jobs.BACKGROUND.forget(key)
+                lifecycle.BACKGROUND.forget(key)
                 st.rerun()
             return None
         saved = value
@@ -276,7 +276,7 @@ def _comparison(cfg, job: jobs.Job, active: str) -> tuple[dict, promotion.Promot
         cols = st.columns(2)
         for col, (side, cm) in zip(cols, cms):
             col.plotly_chart(_confusion(cm, f"{side} ({active if side == 'active' else job.version})"), width="stretch")
-    verdict = promotion.judge(saved)
+    verdict = lifecycle.judge(saved)
     _verdict(verdict)
     return saved, verdict
 
@@ -288,7 +288,7 @@ def _ci(ci: tuple[float, float] | list | None, signed: bool = False) -> str:
     return f"[{lo * 100:+.1f}, {hi * 100:+.1f}]" if signed else f"[{lo * 100:.1f}, {hi * 100:.1f}]"
 
 
-def _verdict(verdict: promotion.PromotionVerdict) -> None:
+def _verdict(verdict: lifecycle.PromotionVerdict) -> None:
     """The promotion rule applied to the comparison: paired intervals and what it allows."""
     rows = [
         {
@@ -313,7 +313,7 @@ def _verdict(verdict: promotion.PromotionVerdict) -> None:
             + escape_md("; ".join(verdict.problems))
             + ". Promoting needs a written reason."
         )
-    st.caption(promotion.RULE_TEXT)
+    st.caption(lifecycle.RULE_TEXT)
 
 
 def _change_form(
@@ -321,10 +321,10 @@ def _change_form(
     task: str,
     version: str,
     current: str | None,
-    compared: tuple[dict, promotion.PromotionVerdict] | None,
+    compared: tuple[dict, lifecycle.PromotionVerdict] | None,
     key: str,
 ) -> None:
-    """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by compare.promote
+    """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by lifecycle.promote
     (which applies the rule again to the comparison, at the moment of the change)."""
     comparison, verdict = compared if compared is not None else (None, None)
     by = reviewer_input(label="Your name (recorded)", key=f"{key}-by")
@@ -339,7 +339,7 @@ def _change_form(
     label = f"Promote {version} to active {task}" if comparison is not None else f"Make {version} active"
     if st.button(label, type="primary", key=key, disabled=not sure):
         try:
-            change = compare.promote(cfg, task, version, by=by, reason=reason, comparison=comparison)
+            change = lifecycle.promote(cfg, task, version, by=by, reason=reason, comparison=comparison)
         except TriageError as exc:
             _error(exc)
         else:
@@ -350,8 +350,8 @@ def _change_form(
             st.rerun()
 
 
-def _run_panel(cfg, job: jobs.Job) -> None:
-    status = jobs.job_status(cfg, job)
+def _run_panel(cfg, job: lifecycle.Job) -> None:
+    status = lifecycle.job_status(cfg, job)
     started = job.started[:16].replace("T", " ")
     st.caption(
         f"{job.task} · preset {job.preset} · "
@@ -361,14 +361,14 @@ def _run_panel(cfg, job: jobs.Job) -> None:
     if status.running:
         _live(job.job_id)
         return
-    if status.phase == "failed":
+    if status.phase == JobPhase.FAILED:
         st.error(
             f"Training failed: {escape_md(status.error)}. The active model was not changed.", icon=":material/error:"
         )
         with st.expander("Log"):
-            st.code("\n".join(jobs.log_tail(job.run_dir, 60)) or "(empty)")
+            st.code("\n".join(lifecycle.log_tail(job.run_dir, 60)) or "(empty)")
         return
-    if status.phase == "cancelled":
+    if status.phase == JobPhase.CANCELLED:
         st.info("Training was cancelled. The active model was not changed and no new version was kept.")
         return
     result = status.result
@@ -412,8 +412,10 @@ st.caption(
 show_flash()
 
 st.subheader("1. Training data")
-source = st.radio("Source", list(SOURCES), format_func=SOURCES.get, key=state.TRAIN_SOURCE, horizontal=True)
-if source == "folder":
+source = st.radio(
+    "Source", [k.value for k in SOURCES], format_func=SOURCES.get, key=state.TRAIN_SOURCE, horizontal=True
+)
+if source == SourceKind.FOLDER:
     st.text_input(
         "Folder on this computer",
         key=state.TRAIN_FOLDER,
@@ -422,14 +424,14 @@ if source == "folder":
         "or glioma_tumor work), optional masks/ with the same file names, or a manifest.csv. Only folders "
         "inside the app's data folder or the shared data folder (TRIAGE_IMPORT_ROOTS) can be read.",
     )
-elif source == "zip":
+elif source == SourceKind.ZIP:
     st.file_uploader(
         "Zip archive",
         type=["zip"],
         key=state.TRAIN_ZIP,
         help="The same layout as a folder: class folders and optional masks/, or a manifest.csv.",
     )
-elif source == "manifest":
+elif source == SourceKind.MANIFEST:
     st.text_input(
         "Manifest CSV",
         key=state.TRAIN_MANIFEST,
@@ -441,22 +443,22 @@ else:
     st.caption("Cases a reviewer confirmed or corrected, with the reviewer's label (and ground-truth mask if any).")
 task = st.radio("Model to train", list(TASK_TEXT), format_func=TASK_TEXT.get, key=state.TRAIN_TASK, horizontal=True)
 check_status = _check_state()
-if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disabled=check_status == "running"):
+if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disabled=check_status == JobPhase.RUNNING):
     try:
         value = _check_value(source)
     except (ValueError, TriageError) as exc:
         _error(exc)
     else:
         if st.session_state[state.TRAIN_CHECK]:
-            jobs.BACKGROUND.forget(st.session_state[state.TRAIN_CHECK])
+            lifecycle.BACKGROUND.forget(st.session_state[state.TRAIN_CHECK])
         previous = st.session_state[state.TRAIN_SUMMARY]
-        if previous and previous["dataset_dir"] not in {j.data for j in jobs.list_jobs(cfg)}:
-            importer.discard(previous["dataset_dir"], cfg)  # an unused earlier check of this session
+        if previous and previous["dataset_dir"] not in {j.data for j in lifecycle.list_jobs(cfg)}:
+            lifecycle.discard(previous["dataset_dir"], cfg)  # an unused earlier check of this session
         check_key = f"import-{uuid.uuid4().hex}"
-        check_status = "running"
+        check_status = JobPhase.RUNNING
         st.session_state[state.TRAIN_SUMMARY] = None
         st.session_state[state.TRAIN_CHECK] = check_key
-        jobs.BACKGROUND.submit(check_key, importer.import_source, source, value, task, cfg)
+        lifecycle.BACKGROUND.submit(check_key, lifecycle.import_source, source, value, task, cfg)
 summary = _data_check(task, check_status)
 
 st.subheader("2. Train")
@@ -477,7 +479,7 @@ if st.button(
 ):
     overrides = {"epochs": int(epochs) or None, "time_budget_min": float(budget) or None}
     try:
-        started = jobs.start_jobs(cfg, task, summary.dataset_dir, preset, init == "finetune", overrides)
+        started = lifecycle.start_jobs(cfg, task, summary.dataset_dir, preset, init == "finetune", overrides)
     except (TriageError, ValueError) as exc:
         _error(exc)
     else:
@@ -487,12 +489,12 @@ if st.button(
         st.rerun()
 
 st.subheader("3. Runs")
-all_jobs = jobs.list_jobs(cfg)[:30]
+all_jobs = lifecycle.list_jobs(cfg)[:30]
 if not all_jobs:
     st.caption("No training runs yet.")
 else:
     by_id = {j.job_id: j for j in all_jobs}
-    running = [j for j in all_jobs if not j.finished and jobs.job_status(cfg, j).running]
+    running = [j for j in all_jobs if not j.finished and lifecycle.job_status(cfg, j).running]
     if running:
         st.info(f"{len(running)} run(s) in progress: " + ", ".join(f"{j.task} {j.version}" for j in running))
     if st.session_state.get(RUN_PICK) not in by_id:
@@ -511,7 +513,7 @@ st.caption(
     "next analysis and recorded in the model-change log (Model page)."
 )
 for t in TASKS:
-    rows = compare.versions_table(cfg, t)
+    rows = lifecycle.versions_table(cfg, t)
     st.markdown(f"**{t.capitalize()}**")
     if not rows:
         st.caption("No versions.")

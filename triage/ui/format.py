@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from triage.privacy import case_ref
-from triage.records import CLASSES
+from triage.records import CLASSES, Flag, ReviewState
 
 # Every ASCII punctuation character may be backslash-escaped in CommonMark, and escaping all of
 # them is the only rule that needs no list of today's syntax: emphasis, links and images
@@ -39,25 +39,27 @@ CLASS_TEXT: dict[str, str] = {
 
 # Flags a reviewer must notice, in the words shown on screen.
 FLAG_TEXT: dict[str, str] = {
-    "uncertain": "uncertain",
-    "ood": "outside what the model knows",
-    "disagreement": "classifier and segmenter disagree",
-    "untrained_model": "untrained model",
-    "suspect_header": "implausible DICOM header value ignored",
-    "not_brain": "not a brain MRI",
-    "rejected": "rejected",
+    Flag.UNCERTAIN: "uncertain",
+    Flag.OOD: "outside what the model knows",
+    Flag.DISAGREEMENT: "classifier and segmenter disagree",
+    Flag.UNTRAINED_MODEL: "untrained model",
+    Flag.SUSPECT_HEADER: "implausible DICOM header value ignored",
+    Flag.NOT_BRAIN: "not a brain MRI",
+    Flag.REJECTED: "rejected",
 }
-# Flags offered by the worklist filter (the ones analysed cases can carry).
-CASE_FLAGS: tuple[str, ...] = ("uncertain", "ood", "disagreement", "suspect_header", "untrained_model")
+# Flags offered by the worklist filter (the ones analysed cases can carry), as plain strings for widgets.
+CASE_FLAGS: tuple[str, ...] = tuple(
+    f.value for f in (Flag.UNCERTAIN, Flag.OOD, Flag.DISAGREEMENT, Flag.SUSPECT_HEADER, Flag.UNTRAINED_MODEL)
+)
 # Flags that ask for a closer look at this case (untrained_model is a property of the models).
-ATTENTION_FLAGS: frozenset[str] = frozenset({"uncertain", "ood", "disagreement", "suspect_header"})
+ATTENTION_FLAGS: frozenset[str] = frozenset({Flag.UNCERTAIN, Flag.OOD, Flag.DISAGREEMENT, Flag.SUSPECT_HEADER})
 
 REVIEW_TEXT: dict[str, str] = {
-    "unreviewed": "unreviewed",
-    "confirmed": "confirmed",
-    "corrected": "corrected",
-    "signed_off": "signed off",
-    "partly_reviewed": "partly reviewed",  # a study whose slices are in different states
+    ReviewState.UNREVIEWED: "unreviewed",
+    ReviewState.CONFIRMED: "confirmed",
+    ReviewState.CORRECTED: "corrected",
+    ReviewState.SIGNED_OFF: "signed off",
+    ReviewState.PARTLY_REVIEWED: "partly reviewed",  # a study whose slices are in different states
 }
 
 
@@ -70,7 +72,7 @@ def class_text(label: str | None) -> str:
 
 def flag_text(flags: Iterable[str]) -> str:
     """Readable, comma-separated flags ('' when there are none)."""
-    return ", ".join(FLAG_TEXT.get(f, str(f)) for f in flags if f != "rejected")
+    return ", ".join(FLAG_TEXT.get(f, str(f)) for f in flags if f != Flag.REJECTED)
 
 
 def effective_label(case: dict) -> str:

@@ -12,16 +12,13 @@ from __future__ import annotations
 import collections
 import errno
 import hashlib
-import io
 import logging
-import re
-import stat
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from triage import archive
 from triage.errors import InvalidScanError
 from triage.intake import display_name, ingest
 from triage.io import content_id, declared_pixels, read_mask_bytes
@@ -48,7 +45,6 @@ MAX_BATCH_PIXELS = 4_000_000_000
 
 # System clutter skipped silently inside folders and archives.
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
-_DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _MASK_SUFFIXES = ("_mask", "-mask", " mask")
 
 Progress = Callable[[int, int, str], None]
@@ -66,7 +62,7 @@ class UploadItem:
 
 
 def _parts(name: str) -> list[str]:
-    return [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".")]
+    return archive.member_parts(str(name))
 
 
 def _is_junk(parts: Sequence[str]) -> bool:
@@ -80,16 +76,6 @@ def is_zip(name: str, data: bytes) -> bool:
     return str(name).lower().endswith(".zip") and data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def _unsafe_member(name: str) -> str | None:
-    """Why an archive member name is refused (absolute path, drive letter, '..'), or None."""
-    clean = name.replace("\\", "/")
-    if clean.startswith("/") or _DRIVE_RE.match(clean):
-        return "absolute path inside the archive"
-    if ".." in clean.split("/"):
-        return "path with '..' inside the archive"
-    return None
-
-
 def expand_zip(
     name: str,
     data: bytes,
@@ -99,28 +85,32 @@ def expand_zip(
 ) -> tuple[list[UploadItem], list[dict]]:
     """Extract an archive in memory. Returns (files, skipped rows with a reason).
 
-    Refused members: absolute paths, '..', symlinks, encrypted members, members larger than
-    ``max_member_bytes``; members after the first ``max_members`` files and everything after
-    ``max_total_bytes`` of uncompressed data are not extracted (one summary row says so).
-    Nested archives are passed on as files (and then refused by the decoder).
+    Members refused by :mod:`triage.archive`'s rules (absolute paths, '..', symlinks, encrypted
+    members, members larger than ``max_member_bytes``) are skipped with the reason; members after
+    the first ``max_members`` files and everything after ``max_total_bytes`` of uncompressed data
+    are not extracted (one summary row says so). Nested archives are passed on as files (and then
+    refused by the decoder).
     """
+    limits = archive.ArchiveLimits(max_members, max_member_bytes, max_total_bytes)
     items: list[UploadItem] = []
     skipped: list[dict] = []
-    archive = display_name(name)
+    shown_archive = display_name(name)
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        log.info("zip %s unreadable: %s: %s", shown_name(archive, content_id(data)), type(exc).__name__, exc)
-        return [], [_row(archive, "rejected", reason="not a readable zip archive (corrupt, truncated or not a zip)")]
+        zf = archive.open_zip(data)
+    except archive.OPEN_ERRORS as exc:
+        log.info("zip %s unreadable: %s: %s", shown_name(shown_archive, content_id(data)), type(exc).__name__, exc)
+        return [], [
+            _row(shown_archive, "rejected", reason="not a readable zip archive (corrupt, truncated or not a zip)")
+        ]
     with zf:
-        members = [i for i in zf.infolist() if not i.is_dir()]
+        members = archive.files(zf)
         total = 0
         for count, info in enumerate(members):
-            shown = f"{archive}/{info.filename}"
+            shown = f"{shown_archive}/{info.filename}"
             if count >= max_members:
                 skipped.append(
                     _row(
-                        archive,
+                        shown_archive,
                         "skipped",
                         reason=(
                             f"{len(members) - max_members} more files not extracted: the limit is {max_members} "
@@ -129,36 +119,21 @@ def expand_zip(
                     )
                 )
                 break
-            unsafe = _unsafe_member(info.filename)
+            unsafe = archive.name_problem(info.filename)
             if unsafe:
                 skipped.append(_row(shown, "rejected", reason=unsafe))
                 continue
             parts = _parts(info.filename)
             if not parts or _is_junk(parts):
                 continue
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                skipped.append(_row(shown, "rejected", reason="symbolic link inside the archive"))
-                continue
-            if info.flag_bits & 0x1:
-                skipped.append(_row(shown, "rejected", reason="encrypted archive member"))
-                continue
-            if info.file_size > max_member_bytes:
-                skipped.append(
-                    _row(
-                        shown,
-                        "rejected",
-                        reason=(
-                            f"{info.file_size / 1e6:.1f} MB uncompressed, over the {max_member_bytes / 1e6:.0f} MB limit"
-                        ),
-                    )
-                )
+            problem = archive.member_problem(info, limits)
+            if problem:
+                skipped.append(_row(shown, "rejected", reason=problem))
                 continue
             budget = min(max_member_bytes, max_total_bytes - total)
             try:
-                with zf.open(info) as fh:
-                    content = fh.read(budget + 1)
-            except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError, NotImplementedError) as exc:
+                content = archive.read_member(zf, info, budget)
+            except archive.READ_ERRORS as exc:
                 log.info("zip member not extracted: %s: %s", type(exc).__name__, exc)
                 skipped.append(
                     _row(shown, "rejected", reason="cannot be extracted (corrupt member or unsupported compression)")
@@ -168,7 +143,7 @@ def expand_zip(
                 if budget < max_member_bytes:
                     skipped.append(
                         _row(
-                            archive,
+                            shown_archive,
                             "skipped",
                             reason=(
                                 f"extraction stopped at {max_total_bytes / 1e6:.0f} MB of uncompressed data; "
@@ -184,7 +159,7 @@ def expand_zip(
                 )
                 continue
             total += len(content)
-            items.append(UploadItem(name=shown, data=content, folders=(archive, *parts[:-1])))
+            items.append(UploadItem(name=shown, data=content, folders=(shown_archive, *parts[:-1])))
     return items, skipped
 
 

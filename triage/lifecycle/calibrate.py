@@ -8,41 +8,39 @@ temperature, the calibration metrics and a ``calibration_history`` entry.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from triage import atomic
+from triage.card import ModelCard
+from triage.clock import utc_now
 from triage.errors import TrainingError
+from triage.lifecycle.recipe import standardized
 from triage.metrics import classification_report
 from triage.models import load_model
-from triage.preprocess import card_crop
-from triage.recipe import standardized
 
 
-def _validation_set(meta: dict, shared: Path, cache_dir: Path, with_sources: bool = False):
+def _validation_set(card: ModelCard, shared: Path, cache_dir: Path, with_sources: bool = False):
     """Rebuild a version's validation split from the recipe in its card (checked by SHA-1 digest).
 
     ``with_sources``: also return the source of each image (``validation`` for the standard recipe)."""
-    from triage.recipe import standard_split
-    from triage.sources import RECIPE, multi_source_split
+    from triage.lifecycle.recipe import standard_split
+    from triage.lifecycle.sources import RECIPE, multi_source_split
 
-    data = meta.get("data", {})
+    data = card.data
     if data.get("recipe") == RECIPE:
         bundle = multi_source_split(
             Path(shared),
             Path(cache_dir),
-            task=data.get("task", meta.get("task")),
+            task=data.get("task", card.task),
             seed=int(data.get("seed", 0)),
             progress=False,
-            crop=card_crop(meta),
+            crop=dict(card.crop),
         )
         if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
             raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-        val = standardized(bundle.val, meta.get("intensity_norm"))
+        val = standardized(bundle.val, card.intensity_norm)
         return (val, bundle.val_sources) if with_sources else val
     if data.get("recipe") != "triage.recipe.standard_split":
         raise TrainingError("only versions trained with the standard shared-data recipe can be recalibrated here")
@@ -53,38 +51,34 @@ def _validation_set(meta: dict, shared: Path, cache_dir: Path, with_sources: boo
         val_fraction=float(data.get("val_fraction", 0.12)),
         use_sartaj=False,
         progress=False,
-        crop=card_crop(meta),
+        crop=dict(card.crop),
     )
     if data.get("val_sha1_digest") and bundle.info["val_sha1_digest"] != data["val_sha1_digest"]:
         raise TrainingError("rebuilt validation split differs from the one recorded in the model card")
-    val = standardized(bundle.val, meta.get("intensity_norm"))
+    val = standardized(bundle.val, card.intensity_norm)
     return (val, ["validation"] * len(val.samples)) if with_sources else val
 
 
 def _write_metadata(folder: Path, meta: dict) -> None:
     """Atomic rewrite of metadata.json (a crash leaves the old card, never half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metadata.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, folder / "metadata.json")
+    atomic.write_json(folder / "metadata.json", meta, indent=2, default=str)
 
 
 def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
     """Re-pick threshold and minimum component area on the version's validation split, with or
     without mirror test-time augmentation; records both searches and switches the card's ``tta``."""
-    from triage.train import _resize_masks, predict_masks, search_postprocess
-    from triage.training_run import _segmentation_subset
+    from triage.lifecycle.train import _resize_masks, predict_masks, search_postprocess
+    from triage.lifecycle.training_run import _segmentation_subset
 
     model = load_model(weights_dir, "segmenter", version)
-    meta = model.meta
-    val = _segmentation_subset(_validation_set(meta, shared, cache_dir))
-    size = int(meta["input_size"])
+    meta, card = model.meta, model.card  # the record is read; the dict is what gets rewritten
+    val = _segmentation_subset(_validation_set(card, shared, cache_dir))
+    size = card.input_size
     truth = _resize_masks(val.masks, size)
-    old = dict(meta.get("metrics", {}).get("validation", {}))
+    old = dict(card.validation())
     chosen, grid = search_postprocess(predict_masks(model.net, val.images, size, tta=tta), truth)
     entry = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": utc_now("seconds"),
         "tta": tta,
         "old": {k: old.get(k) for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
         "new": {k: chosen[k] for k in ("threshold", "min_area_frac", "dice", "fp_rate")},
@@ -99,23 +93,23 @@ def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: P
 
 def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
     """Fit T on the version's validation images with/without TTA; returns the new calibration block."""
-    from triage.sources import label_matrix
-    from triage.train import fit_temperature_sets, predict_logits, softmax
+    from triage.lifecycle.sources import label_matrix
+    from triage.lifecycle.train import fit_temperature_sets, predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
-    meta = model.meta
-    val = _validation_set(meta, shared, cache_dir)
+    meta, card = model.meta, model.card
+    val = _validation_set(card, shared, cache_dir)
     allowed = label_matrix(val.labels())
     single = allowed.sum(1) == 1  # "tumor" (any tumour class) images calibrate but have no 4-class truth
     y = allowed.argmax(1)[single]
-    logits = predict_logits(model.net, val.images, int(meta["input_size"]), tta=tta)
+    logits = predict_logits(model.net, val.images, card.input_size, tta=tta)
     temperature = fit_temperature_sets(logits, allowed)
     before = classification_report(y, softmax(logits)[single])
     after = classification_report(y, softmax(logits, temperature)[single])
     entry = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": utc_now("seconds"),
         "tta": tta,
-        "old_temperature": meta.get("temperature"),
+        "old_temperature": card.raw.get("temperature"),
         "temperature": temperature,
         "ece_before": before["ece"],
         "ece_after": after["ece"],
@@ -137,14 +131,14 @@ def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) ->
     """Fit the card's review-flag rule (:func:`triage.flags.fit_flag_rule`) on the version's validation
     images, through the same transform, TTA and temperature as inference; rewrites ``metadata.json``."""
     from triage.flags import call_errors, fit_flag_rule
-    from triage.sources import label_matrix
-    from triage.train import predict_logits, softmax
+    from triage.lifecycle.sources import label_matrix
+    from triage.lifecycle.train import predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
-    meta = model.meta
-    val, sources = _validation_set(meta, shared, cache_dir, with_sources=True)
-    logits = predict_logits(model.net, val.images, int(meta["input_size"]), tta=bool(meta.get("tta")))
-    probs = softmax(logits, float(meta.get("temperature", 1.0)))
+    meta, card = model.meta, model.card
+    val, sources = _validation_set(card, shared, cache_dir, with_sources=True)
+    logits = predict_logits(model.net, val.images, card.input_size, tta=card.tta)
+    probs = softmax(logits, card.temperature)
     allowed = label_matrix(val.labels())
     rule = fit_flag_rule(probs, allowed)
     src = np.asarray(sources)
@@ -161,7 +155,7 @@ def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) ->
         }
     meta["flag_rule"] = {
         **rule.to_card(),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": utc_now("seconds"),
         "per_source": per_source,
     }
     _write_metadata(model.path, meta)

@@ -30,29 +30,28 @@ import os
 import posixpath
 import re
 import shutil
-import stat
 import tempfile
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from io import BytesIO
+from datetime import datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from triage import archive, atomic
 from triage.brain_check import is_blank
+from triage.clock import utc_now
 from triage.config import Settings, get_settings
 from triage.datasets import dedup_sources, file_sha1, read_mask, thumbnail_u8
 from triage.errors import DatasetError, InvalidScanError
 from triage.export import csv_row
 from triage.io import IMAGE_SUFFIXES, declared_pixels, read_path
+from triage.lifecycle.training_run import MIN_IMAGES_PER_CLASS
 from triage.privacy import shown_name
-from triage.records import CLASSES, normalize_label
-from triage.training_run import MIN_IMAGES_PER_CLASS
+from triage.records import CLASSES, SourceKind, normalize_label
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,6 @@ MAX_FOLDER_FILES = 200_000  # a server folder with more files is refused (e.g. "
 
 TASKS = ("classifier", "segmenter", "both")
 MASK_FOLDERS = {"masks", "mask"}
-_DRIVE = re.compile(r"^[A-Za-z]:")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _TEST_FOLDERS = {"test", "testing"}
 
@@ -266,18 +264,16 @@ def import_zip(
 ) -> ImportSummary:
     """Import a zip archive holding class folders (+ masks/) or a manifest.csv.
 
-    The archive is checked before anything is written: absolute paths, drive letters, ``..``
-    escaping the target, symlinks, encrypted members, too many members, members or a total
-    too large, or a compression ratio above ``MAX_RATIO`` raise :class:`DatasetError`.
+    The archive is checked before anything is written (:mod:`triage.archive`'s rules): absolute
+    paths, drive letters, any ``..`` component, symlinks, encrypted members, too many members,
+    members or a total too large, or a compression ratio above ``MAX_RATIO`` raise :class:`DatasetError`.
     """
     settings = settings or get_settings()
     root = staging_root(settings)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        zf = zipfile.ZipFile(
-            BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
-        )
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        zf = archive.open_zip(source)
+    except archive.OPEN_ERRORS as exc:
         raise DatasetError(f"not a readable zip archive ({exc})") from exc
     with zf:
         plan, skipped = _check_archive(zf)
@@ -295,7 +291,7 @@ def import_zip(
             shutil.rmtree(raw, ignore_errors=True)
 
 
-SOURCES = ("folder", "zip", "manifest", "worklist")
+SOURCES: tuple[str, ...] = tuple(k.value for k in SourceKind)
 
 
 def import_source(
@@ -303,13 +299,13 @@ def import_source(
 ) -> ImportSummary:
     """Dispatch to an importer: ``kind`` in :data:`SOURCES`; ``value`` is the folder path, the zip
     (bytes or path), the manifest path, or the list of reviewed worklist cases."""
-    if kind == "folder":
+    if kind == SourceKind.FOLDER:
         return import_folder(str(value), task, settings, report)
-    if kind == "zip":
+    if kind == SourceKind.ZIP:
         return import_zip(value, task, settings, report)
-    if kind == "manifest":
+    if kind == SourceKind.MANIFEST:
         return import_manifest(str(value), task, settings, report)
-    if kind == "worklist":
+    if kind == SourceKind.WORKLIST:
         return import_reviewed(list(value), task, settings, report)
     raise ValueError(f"source must be one of {SOURCES}, got {kind!r}")
 
@@ -317,50 +313,31 @@ def import_source(
 # ----- zip safety ----------------------------------------------------------------------------
 
 
-def _safe_member_name(name: str) -> str:
-    """The normalised relative path of a member, or DatasetError if it could escape the target."""
-    if "\x00" in name:
-        raise DatasetError(f"unsafe archive: member name {name!r} contains a NUL byte")
-    norm = name.replace("\\", "/")
-    if norm.startswith("/") or _DRIVE.match(norm):
-        raise DatasetError(f"unsafe archive: member {name!r} has an absolute path")
-    clean = posixpath.normpath(norm)
-    if clean == ".." or clean.startswith("../"):
-        raise DatasetError(f"unsafe archive: member {name!r} would be written outside the target folder")
-    return clean
+def _limits() -> archive.ArchiveLimits:
+    """The importer's archive limits (read at call time, so a test or a deployment can lower them)."""
+    return archive.ArchiveLimits(MAX_MEMBERS, MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, MAX_RATIO, RATIO_MIN_BYTES)
 
 
 def _check_archive(zf: zipfile.ZipFile) -> tuple[list[tuple[zipfile.ZipInfo, str]], list[str]]:
-    """Validate every member; return (members to extract with their safe names, skipped notes)."""
+    """Validate every member by :mod:`triage.archive`'s rules (any refused member refuses the whole
+    archive, before anything is written); return (members to extract with their names, skipped notes)."""
+    limits = _limits()
     infos = zf.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise DatasetError(f"archive has {len(infos)} members, more than the {MAX_MEMBERS} allowed")
+    if len(infos) > limits.max_members:
+        raise DatasetError(f"archive has {len(infos)} members, more than the {limits.max_members} allowed")
     total = 0
     plan, skipped = [], []
     for info in infos:
-        clean = _safe_member_name(info.filename)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise DatasetError(f"unsafe archive: member {info.filename!r} is a symbolic link")
-        if info.flag_bits & 0x1:
-            raise DatasetError(f"archive member {info.filename!r} is encrypted; upload an unencrypted zip")
+        problem = archive.member_problem(info, limits)
+        if problem:
+            raise DatasetError(f"unsafe archive: member {info.filename!r}: {problem}")
         if info.is_dir():
             continue
-        if info.file_size > MAX_MEMBER_BYTES:
-            raise DatasetError(
-                f"archive member {info.filename!r} inflates to {info.file_size / 1e6:.0f} MB, "
-                f"over the {MAX_MEMBER_BYTES / 1e6:.0f} MB limit per file"
-            )
-        if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(1, info.compress_size):
-            raise DatasetError(
-                f"archive member {info.filename!r} has a compression ratio of "
-                f"{info.file_size / max(1, info.compress_size):.0f}:1 (limit {MAX_RATIO:.0f}:1); "
-                "this looks like a zip bomb"
-            )
         total += info.file_size
-        if total > MAX_TOTAL_BYTES:
-            raise DatasetError(f"archive inflates to more than {MAX_TOTAL_BYTES / 1e9:.0f} GB")
-        parts = clean.split("/")
+        if total > limits.max_total_bytes:
+            raise DatasetError(f"archive inflates to more than {limits.max_total_bytes / 1e9:.0f} GB")
+        parts = archive.member_parts(info.filename)
+        clean = "/".join(parts)
         if any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
             skipped.append(f"{clean}: hidden or system file, skipped")
             continue
@@ -379,30 +356,23 @@ def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], targe
     name (``a.png`` twice, or both ``a.png`` and ``a.png/b.png``): that member is skipped with a
     reason naming only the member, never a server path.
     """
+    limits = _limits()
     base = target.resolve()
     total = 0
     notes: list[str] = []
     for info, clean in plan:
         dest = (base / clean).resolve()
-        if not dest.is_relative_to(base):
+        if not dest.is_relative_to(base):  # belt and braces: the names were checked already
             raise DatasetError(f"unsafe archive: member {info.filename!r} would be written outside the target")
-        written = 0
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, dest.open("xb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    total += len(chunk)
-                    if written > info.file_size or written > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
-                        raise DatasetError(
-                            f"archive member {info.filename!r} inflates beyond its declared "
-                            "size or the archive limits; this looks like a zip bomb"
-                        )
-                    dst.write(chunk)
+            total = archive.extract_member(zf, info, dest, limits, total)
         except (FileExistsError, IsADirectoryError, NotADirectoryError):
             # The name is taken by an earlier member, as a file or as a folder.
             notes.append(f"{clean}: the archive holds another file or folder of this name; skipped")
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        except archive.ArchiveLimitError as exc:
+            raise DatasetError(str(exc)) from exc
+        except archive.READ_ERRORS as exc:
             raise DatasetError(f"archive member {info.filename!r} cannot be extracted ({exc})") from exc
     return notes
 
@@ -590,7 +560,7 @@ def _build(
         final = root / _dataset_id(source)
         summary.dataset_dir = str(final)
         (tmp / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
-        os.replace(tmp, final)
+        atomic.replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -736,7 +706,7 @@ def _write_dataset(
         skipped=skipped,
         problems=find_problems(counts_d, sum(masks_d.values()), task),
         warnings=warnings,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=utc_now("seconds"),
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from triage.clock import utc_now
 from triage.config import Settings
 from triage.datasets import (
     Sample,
@@ -31,15 +32,15 @@ from triage.datasets import (
     stratified_split,
 )
 from triage.errors import DatasetError, ModelNotFoundError
+from triage.lifecycle.promotion import ModelChange, PromotionRefused, check_change, judge, record_change
 from triage.models import (
     TASKS,
     active_version,
     list_versions,
-    read_metadata,
+    read_card,
     set_active,
     task_dir,
 )
-from triage.promotion import ModelChange, PromotionRefused, check_change, judge, now, record_change
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
@@ -224,8 +225,8 @@ def promote(
 
     ``comparison``: a :func:`compare_versions` result of ``version`` against the active one;
     without one (a rollback, or a version never compared) a written ``reason`` is required, as it
-    is when the comparison is not grounds (:mod:`triage.promotion`). Raises
-    :class:`~triage.promotion.PromotionRefused` with what is missing.
+    is when the comparison is not grounds (:mod:`triage.lifecycle.promotion`). Raises
+    :class:`~triage.lifecycle.promotion.PromotionRefused` with what is missing.
     """
     wd = Path(settings.weights_dir)
     try:
@@ -240,7 +241,7 @@ def promote(
     kind = check_change(verdict, by, reason)
     set_active(wd, task, version)
     change = ModelChange(
-        time=now(),
+        time=utc_now("seconds"),
         task=task,
         from_version=current,
         to_version=version,
@@ -264,22 +265,22 @@ def versions_table(settings: Settings, task: str) -> list[dict]:
     rows = []
     for v in reversed(list_versions(wd, task)):
         try:
-            meta = read_metadata(wd, task, v)
+            card = read_card(wd, task, v)
         except (OSError, ValueError):
-            meta = {}
-        val = (meta.get("metrics") or {}).get("validation") or {}
-        cfg = meta.get("train_config") or {}
+            card = None
+        val = card.validation() if card else {}
+        cfg = card.train_config if card else {}
         rows.append(
             {
                 "version": v,
                 "active": v == active,
-                "trained": bool(meta.get("trained", False)),
-                "created": str(meta.get("created", ""))[:16].replace("T", " "),
+                "trained": bool(card and card.trained),
+                "created": (card.created if card else "")[:16].replace("T", " "),
                 "preset": cfg.get("preset", ""),
                 "fine-tuned from": cfg.get("init_from") or "",
                 "val accuracy": _num((val.get("after_calibration") or {}).get("accuracy")),
                 "val Dice": _num(val.get("dice")),
-                "data": str((meta.get("data") or {}).get("source", "")),
+                "data": str(card.data.get("source", "") if card else ""),
             }
         )
     return rows

@@ -24,7 +24,6 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +166,7 @@ def _classifier_checks(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, rounds: in
 
 
 def judge(comparison: dict, rounds: int = BOOTSTRAP_ROUNDS) -> PromotionVerdict:
-    """Apply the rule to a :func:`triage.compare.compare_versions` result (with ``per_image``)."""
+    """Apply the rule to a :func:`triage.lifecycle.compare.compare_versions` result (with ``per_image``)."""
     task = comparison["task"]
     labels = comparison.get("labels") or []
     sides = comparison.get("reports", {})
@@ -269,7 +268,3 @@ def model_changes(data_dir: str | Path) -> list[ModelChange]:
         except (ValueError, TypeError):
             continue
     return out
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -10,7 +10,7 @@ process has not stopped after a grace period, terminates its process group.
 A run only ever writes a *new* version folder (``weights/<task>/v<N>-<YYYYmmdd-HHMM>``; saved
 atomically by :func:`triage.models.save_model`) and never ``ACTIVE``: a failed or cancelled
 run leaves the active model untouched. Promotion is a separate, explicit step
-(:func:`triage.compare.promote`).
+(:func:`triage.lifecycle.compare.promote`).
 
 :class:`BackgroundTasks` runs shorter work (data checks, comparisons) on threads of the server
 process, outside the Streamlit script thread.
@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -36,15 +35,17 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from triage import atomic
 from triage.config import REPO_DIR, Settings, get_settings
 from triage.errors import ModelNotFoundError, TrainingError
 from triage.housekeeping import drop_checkpoints, trim_cache
-from triage.models import TASKS, active_version, list_versions, read_metadata
+from triage.models import TASKS, active_version, list_versions, read_card
+from triage.records import JobPhase
 
 log = logging.getLogger(__name__)
 
 PRESETS = ("quick", "full")
-TERMINAL = ("done", "failed", "cancelled")
+TERMINAL: tuple[str, ...] = (JobPhase.DONE, JobPhase.FAILED, JobPhase.CANCELLED)
 GRACE_S = 30.0  # after a cancel, how long the trainer gets to stop by itself
 KILL_AFTER_S = 15.0  # after SIGTERM, how long before SIGKILL
 NICENESS = 10  # training runs at a lower CPU priority so the app stays responsive
@@ -141,12 +142,7 @@ def _job_file(settings: Settings, job_id: str) -> Path:
 
 def save_job(settings: Settings, job: Job) -> None:
     """Write the job record atomically."""
-    d = jobs_dir(settings)
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{job.job_id}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(asdict(job), fh, indent=2)
-    os.replace(tmp, _job_file(settings, job.job_id))
+    atomic.write_json(_job_file(settings, job.job_id), asdict(job), indent=2)
 
 
 def load_job(settings: Settings, job_id: str) -> Job:
@@ -194,19 +190,21 @@ def new_version_name(
 
 def check_finetune(weights_dir: Path, task: str, version: str, preset: str) -> None:
     """TrainingError unless ``version`` has the architecture the preset trains (weights can load)."""
-    from triage.train import ARCH_KWARGS
-    from triage.train import PRESETS as TRAIN_PRESETS
+    from triage.lifecycle.train import ARCH_KWARGS
+    from triage.lifecycle.train import PRESETS as TRAIN_PRESETS
 
     try:
-        meta = read_metadata(weights_dir, task, version)
+        card = read_card(weights_dir, task, version)
     except FileNotFoundError as exc:
         raise ModelNotFoundError(f"{task} version {version!r} does not exist") from exc
+    except ValueError as exc:  # unreadable JSON or a card without arch / input size
+        raise TrainingError(f"cannot fine-tune {task} {version}: its model card is unusable ({exc})") from exc
     arch = TRAIN_PRESETS[task][preset]["arch"]
     want = {k: v for k, v in ARCH_KWARGS[arch].items() if k not in _FINETUNE_IGNORED_KWARGS}
-    have = {k: v for k, v in meta.get("arch_kwargs", {}).items() if k not in _FINETUNE_IGNORED_KWARGS}
-    if meta.get("arch") != arch or have != want:
+    have = {k: v for k, v in card.arch_kwargs.items() if k not in _FINETUNE_IGNORED_KWARGS}
+    if card.arch != arch or have != want:
         raise TrainingError(
-            f"cannot fine-tune {task} {version}: it is a {meta.get('arch')} {have}, the "
+            f"cannot fine-tune {task} {version}: it is a {card.arch} {have}, the "
             f"{preset} preset trains {arch} {want}; start from scratch instead"
         )
 
@@ -250,7 +248,7 @@ def sweep_runs(settings: Settings, now: float | None = None) -> int:
     for job in list_jobs(settings):
         if not job.finished or job.finished_ts is None:
             continue
-        if job.status != "failed" or now - job.finished_ts > keep_s:
+        if job.status != JobPhase.FAILED or now - job.finished_ts > keep_s:
             freed += drop_checkpoints(job.run_dir)
     return freed
 
@@ -360,7 +358,7 @@ def _launch_job(
         out=str(out),
         data=str(data),
         preset=preset,
-        status="running",
+        status=JobPhase.RUNNING,
         started=now.isoformat(timespec="seconds"),
         started_ts=now.timestamp(),
         weights_dir=str(weights_dir),
@@ -529,10 +527,10 @@ def _ended_as(job: Job, has_done: bool, cancelled_event: bool) -> str:
     out = Path(job.out)
     complete = (out / "metadata.json").is_file() and (out / "model.safetensors").is_file()
     if has_done and complete and job.returncode in (0, None):
-        return "done"
+        return JobPhase.DONE
     if cancelled_event or job.cancel_requested_ts is not None or (Path(job.run_dir) / "CANCEL").exists():
-        return "cancelled"
-    return "failed"
+        return JobPhase.CANCELLED
+    return JobPhase.FAILED
 
 
 def job_status(settings: Settings, job: Job) -> JobStatus:
@@ -547,7 +545,7 @@ def job_status(settings: Settings, job: Job) -> JobStatus:
     now = time.time()
     if not job.finished and not _alive(job):
         job = replace(job, status=_ended_as(job, done is not None, cancelled_event), finished_ts=job.finished_ts or now)
-    tail = log_tail(run_dir) if job.status in ("failed", "running") else []
+    tail = log_tail(run_dir) if job.status in (JobPhase.FAILED, JobPhase.RUNNING) else []
     last = steps[-1] if steps else {}
     total_steps = int(last.get("total_steps", 0))
     step = int(last.get("step", -1)) + 1 if last else 0
@@ -557,9 +555,9 @@ def job_status(settings: Settings, job: Job) -> JobStatus:
     st = JobStatus(
         job=job,
         phase=job.status,
-        fraction=1.0 if job.status == "done" else 0.0,
+        fraction=1.0 if job.status == JobPhase.DONE else 0.0,
         elapsed_s=elapsed,
-        eta_s=0.0 if job.status == "done" else None,
+        eta_s=0.0 if job.status == JobPhase.DONE else None,
         step=step,
         total_steps=total_steps,
         epoch=len(epochs),
@@ -574,10 +572,14 @@ def job_status(settings: Settings, job: Job) -> JobStatus:
         return st
     # Running: estimate progress like the trainer's schedule (steps or wall-time budget, whichever is further).
     if job.cancel_requested_ts is not None:
-        st.phase = "cancelling"
+        st.phase = JobPhase.CANCELLING
     started_training = (run_dir / "progress.jsonl").exists()  # the trainer opens it when training starts
     if not events:
-        st.phase = "cancelling" if job.cancel_requested_ts else ("training" if started_training else "preparing")
+        st.phase = (
+            JobPhase.CANCELLING
+            if job.cancel_requested_ts
+            else (JobPhase.TRAINING if started_training else JobPhase.PREPARING)
+        )
         return st
     try:
         since = now - (run_dir / "progress.jsonl").stat().st_mtime
@@ -589,8 +591,8 @@ def job_status(settings: Settings, job: Job) -> JobStatus:
     if budget:
         frac = max(frac, t_train / (60.0 * budget))
     last_epoch_done = epochs and total_epochs and int(epochs[-1]["epoch"]) + 1 >= total_epochs
-    if st.phase != "cancelling":
-        st.phase = "finishing" if (last_epoch_done or frac >= 0.999) else "training"
+    if st.phase != JobPhase.CANCELLING:
+        st.phase = JobPhase.FINISHING if (last_epoch_done or frac >= 0.999) else JobPhase.TRAINING
     st.fraction = float(min(0.99, max(0.0, frac)))
     st.eta_s = t_train / frac * (1.0 - frac) if 0.02 < frac < 1.0 else None
     return st
@@ -600,12 +602,12 @@ def _finish(settings: Settings, job: Job, rc: int | None, has_done: bool, cancel
     """Record the end of a job (:func:`_ended_as`) and clean up what a killed run left."""
     job.returncode = rc
     job.status = _ended_as(job, has_done, cancelled_event)
-    if job.status == "failed":
+    if job.status == JobPhase.FAILED:
         job.error = _error_from_log(log_tail(job.run_dir, 40), rc)
     job.finished_ts = time.time()
-    if job.status != "done":
+    if job.status != JobPhase.DONE:
         _cleanup_partial(job)
-    if job.status in ("done", "cancelled"):
+    if job.status in (JobPhase.DONE, JobPhase.CANCELLED):
         # The version (if any) lives on in the weights folder; the optimiser checkpoint is dead weight.
         drop_checkpoints(job.run_dir)
     with _PROCS_LOCK:
@@ -695,11 +697,11 @@ class BackgroundTasks:
         with self._lock:
             fut = self._tasks.get(key)
         if fut is None:
-            return "missing", None
+            return JobPhase.MISSING, None
         if not fut.done():
-            return "running", None
+            return JobPhase.RUNNING, None
         exc = fut.exception()
-        return ("failed", exc) if exc is not None else ("done", fut.result())
+        return (JobPhase.FAILED, exc) if exc is not None else (JobPhase.DONE, fut.result())
 
     def progress(self, key: str) -> tuple[int, int]:
         return self._progress.get(key, (0, 0))

@@ -1,7 +1,7 @@
 """One function per training run, shared by the CLI and the retraining page's background process.
 
 ``data`` is either the shared data folder (``../shared/data``: the standard leakage-free
-recipe of :mod:`triage.recipe`) or one dataset folder (a ``manifest.csv`` or class folders),
+recipe of :mod:`triage.lifecycle.recipe`) or one dataset folder (a ``manifest.csv`` or class folders),
 which is de-duplicated and split stratified 85/15 here.
 """
 
@@ -23,14 +23,14 @@ from triage.datasets import (
     stratified_split,
 )
 from triage.errors import DatasetError
-from triage.recipe import (
+from triage.lifecycle.recipe import (
     CACHE_SIZE,
     SplitBundle,
     standard_split,
     standardized,
     write_split_file,
 )
-from triage.train import TrainConfig, train_classifier, train_segmenter
+from triage.lifecycle.train import TrainConfig, train_classifier, train_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,14 @@ def _inherit_from_parent(cfg: TrainConfig, weights_dir: Path, overrides: dict) -
     accuracy 0.960 -> 0.917 for a quick fine-tune of classifier v2 at 128 px). It also keeps the
     parent's cross-sequence and enhancement augmentation: the preset's uniform remap would bring
     back the "looks like T2 -> no tumor" shortcut that v3 and v4 were trained away from."""
-    from triage.models import read_metadata
-    from triage.preprocess import card_crop
+    from triage.models import read_card
 
-    parent = read_metadata(weights_dir, cfg.task, cfg.init_from)
-    if "input_size" not in overrides and parent.get("input_size"):
-        cfg.input_size = int(parent["input_size"])
+    parent = read_card(weights_dir, cfg.task, cfg.init_from)
+    if "input_size" not in overrides and parent.input_size:
+        cfg.input_size = parent.input_size
     if "crop" not in overrides:
-        cfg.crop = card_crop(parent)
-    parent_cfg = parent.get("train_config") or {}
+        cfg.crop = dict(parent.crop)
+    parent_cfg = parent.train_config
     for key in INHERITED_SETTINGS:
         if key not in overrides and key in parent_cfg:
             setattr(cfg, key, parent_cfg[key])
@@ -148,7 +147,7 @@ def run_training(
         cfg.check()
     sample_weights = val_sources = None
     if is_shared_root(data) and cfg.recipe == "multi_source":
-        from triage.sources import CLASSIFIER_SHARES, SEGMENTER_SHARES, balanced_weights, multi_source_split
+        from triage.lifecycle.sources import CLASSIFIER_SHARES, SEGMENTER_SHARES, balanced_weights, multi_source_split
 
         bundle = multi_source_split(Path(data), cache_dir, task=task, seed=cfg.seed, progress=progress, crop=cfg.crop)
         shares = CLASSIFIER_SHARES if task == "classifier" else SEGMENTER_SHARES

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from triage import __version__
+from triage import __version__, atomic
 from triage.augment import augment_batch, jpeg_degrade
+from triage.clock import utc_now
 from triage.datasets import CachedSet
 from triage.errors import TrainingError
+from triage.lifecycle.sources import training_sources
 from triage.metrics import classification_report, dice_iou
 from triage.models import build_model, load_model, save_model
 from triage.preprocess import DEFAULT_CROP, check_intensity_norm
 from triage.records import CLASSES
 from triage.segment import probability_maps, remove_small_components
-from triage.sources import training_sources
 from triage.transforms import squares_to_tensor
 
 log = logging.getLogger(__name__)
@@ -402,20 +401,19 @@ def _save_checkpoint(
     gen: torch.Generator,
     rng_state: dict,
 ) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "net": net.state_dict(),
-            "opt": opt.state_dict(),
-            "epoch": epoch,
-            "best": best,
-            "history": history,
-            "gen": gen.get_state(),
-            "np_rng": rng_state,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "history": history,
+                "gen": gen.get_state(),
+                "np_rng": rng_state,
+            },
+            tmp,
+        )
 
 
 def _resume(
@@ -452,8 +450,8 @@ def _init_net(cfg: TrainConfig, meta: dict, weights_dir: Path | None) -> nn.Modu
         if weights_dir is None:
             raise TrainingError("init_from needs the weights folder")
         base = load_model(weights_dir, cfg.task, cfg.init_from)
-        if base.meta.get("arch") != cfg.arch:
-            raise TrainingError(f"cannot fine-tune {base.meta.get('arch')} weights into {cfg.arch}")
+        if base.card.arch != cfg.arch:
+            raise TrainingError(f"cannot fine-tune {base.card.arch} weights into {cfg.arch}")
         net.load_state_dict(base.net.state_dict())
     return net
 
@@ -623,7 +621,7 @@ def train_classifier(
     accuracy minus tumour-miss over the sources, so no one source dominates it. Labels may be
     ``tumor`` (any tumour class, :func:`partial_label_loss`).
     """
-    from triage.sources import label_matrix
+    from triage.lifecycle.sources import label_matrix
 
     torch.set_num_threads(cfg.threads)
     gen = _seed_everything(cfg.seed)
@@ -715,7 +713,7 @@ def train_classifier(
                 "threshold": ood_threshold,
                 "threshold_rule": "99.5th percentile of validation scores",
             },
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now("seconds"),
             "train_config": asdict(cfg),
             "history": history,
             "best_epoch": best["epoch"],
@@ -938,7 +936,7 @@ def train_segmenter(
             "min_area_frac": chosen["min_area_frac"],
             "tta": cfg.tta,
             "loss": SEG_LOSS_NAMES[cfg.seg_dice],
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now("seconds"),
             "train_config": asdict(cfg),
             "history": history,
             "best_epoch": best["epoch"],

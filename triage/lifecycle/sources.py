@@ -18,7 +18,7 @@ Feltrin's ``other_tumor`` and ``non_neoplastic`` images are lesions that are non
 classes; they train with the label ``tumor`` ("any class but no_tumor", see
 :func:`label_set`), so the classifier learns that an unfamiliar mass is never ``no_tumor``.
 Near-duplicates of any test image are dropped from training and validation, as in
-:mod:`triage.recipe`.
+:mod:`triage.lifecycle.recipe`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from triage.datasets import CachedSet, Sample, build_cache, near_duplicate_of, stratified_split
 from triage.errors import DatasetError
-from triage.recipe import CACHE_SIZE, SplitBundle, cached, concat
+from triage.lifecycle.recipe import CACHE_SIZE, SplitBundle, cached, concat
 from triage.records import CLASSES
 
 log = logging.getLogger(__name__)
