@@ -313,6 +313,31 @@ def test_model_page(app_env, tmp_path, monkeypatch) -> None:
         assert needle in text, needle
     assert "eval-brisc.md" in [e.label for e in at.expander]
     assert "No model change recorded" in text
+    assert "Not measured yet" in text  # no heatmap localisation report in this reports folder
+
+
+def test_model_page_reports_heatmap_localisation(app_env, tmp_path, monkeypatch) -> None:
+    import json
+
+    rows = [
+        {"model": m, "layer": la, "method": me, "slices": 200, "pointing_game": pg, "pointing_game_ci95": [pg - 0.05, pg],
+         "energy_in_mask_median": 0.2, "mask_share_median": 0.015}
+        for m, la, me, pg in (("classifier", "bn2", "gradcam", 0.135), ("segmenter", "decoder.blocks.2", "seg-gradcam", 0.965))
+    ]  # fmt: skip
+    report = {"split": "BRISC test tumour slices with masks", "measured": "2026-12-02", "target_pointing_game": 0.8}
+    (tmp_path / "heatmap_localisation.json").write_text(json.dumps({**report, "rows": rows}), encoding="utf-8")
+    monkeypatch.setattr("triage.ui.model_card.REPORTS_DIR", tmp_path)
+    at = _app("views/model.py")
+    assert not at.exception
+    text = _texts(at)
+    assert "Seg-Grad-CAM of the segmenter" in text and "only map that reaches the target" in text
+    shown = [df.value for df in at.dataframe if "pointing game" in df.value.columns]
+    assert len(shown) == 1 and shown[0]["pointing game"].tolist() == [0.135, 0.965]
+    # The same report with no method reaching the target says so instead.
+    low = [{**r, "pointing_game": 0.3} for r in rows]
+    (tmp_path / "heatmap_localisation.json").write_text(json.dumps({**report, "rows": low}), encoding="utf-8")
+    at = _app("views/model.py")
+    assert "No heatmap method reaches the target" in _texts(at)
 
 
 def test_model_page_shows_the_model_change_log(app_env) -> None:

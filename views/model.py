@@ -9,8 +9,10 @@ from triage.models import list_versions
 from triage.risk import describe_policy
 from triage.ui.format import escape_md
 from triage.ui.model_card import (
+    METHOD_LABEL,
     NOT_FOR,
     card_rows,
+    heatmap_localisation,
     licence_rows,
     markdown_table,
     metric_rows,
@@ -100,6 +102,29 @@ if changes:
     )
 else:
     st.caption("No model change recorded in this data folder yet.")
+
+st.subheader("Heatmaps: do they point at the lesion?")
+localisation = heatmap_localisation()
+if localisation is None:
+    st.caption("Not measured yet: run `python bench/heatmap_localisation.py --write`.")
+else:
+    st.markdown(
+        f"Measured on {escape_md(localisation.split)} ({localisation.measured}). **Pointing game**: the share of "
+        "slices whose hottest heatmap pixel lies in the tumour mask (dilated by 5% of the head width); "
+        "**energy in mask**: the share of the map inside the mask (a map spread evenly scores the mask share). "
+        f"Target: pointing game ≥ {localisation.target:.2f}."
+    )
+    st.dataframe(pd.DataFrame(localisation.table()), hide_index=True)
+    best = localisation.best
+    if localisation.reached:
+        st.markdown(
+            f"Case review shows **{METHOD_LABEL.get(best['method'], escape_md(best['method']))}** by default: it is the only map that reaches the "
+            "target. It shows where the *segmenter* finds tumour, not why the classifier chose its class. The "
+            "classifier's own Grad-CAM maps stay available for comparison; they do **not** localise the lesion "
+            "(they point at it about as often as a random point would)."
+        )
+    else:
+        st.warning("No heatmap method reaches the target: treat every heatmap as a rough hint, not a location.")
 
 st.subheader("What the models are NOT for")
 st.markdown(NOT_FOR)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from triage.config import REPO_DIR
@@ -218,3 +220,62 @@ def licence_rows(meta: dict) -> list[dict]:
         }
         for s in meta.get("training_sources") or []
     ]
+
+
+HEATMAP_REPORT = "heatmap_localisation.json"  # in REPORTS_DIR, written by bench/heatmap_localisation.py
+METHOD_LABEL = {
+    "seg-gradcam": "Seg-Grad-CAM of the segmenter",
+    "gradcam": "Grad-CAM of the classifier",
+    "gradcam++": "Grad-CAM++ of the classifier",
+    "layercam": "Layer-CAM of the classifier",
+    "eigencam": "Eigen-CAM of the classifier",
+}
+
+
+@dataclass(frozen=True)
+class HeatmapLocalisation:
+    """What ``bench/heatmap_localisation.py --write`` measured: does each heatmap point at the lesion?"""
+
+    split: str
+    measured: str
+    target: float
+    rows: list[dict]
+
+    @property
+    def best(self) -> dict | None:
+        return max(self.rows, key=lambda r: r["pointing_game"], default=None)
+
+    @property
+    def reached(self) -> bool:
+        best = self.best
+        return best is not None and best["pointing_game"] >= self.target
+
+    def table(self) -> list[dict]:
+        """One row per method and layer, for a dataframe."""
+        return [
+            {
+                "heatmap": METHOD_LABEL.get(r["method"], r["method"]),
+                "layer": r["layer"],
+                "slices": r["slices"],
+                "pointing game": r["pointing_game"],
+                "95% CI": f"{r['pointing_game_ci95'][0]:.2f}–{r['pointing_game_ci95'][1]:.2f}",
+                "energy in mask": r["energy_in_mask_median"],
+                "mask share": r["mask_share_median"],
+            }
+            for r in self.rows
+        ]
+
+
+def heatmap_localisation(path: Path | None = None) -> HeatmapLocalisation | None:
+    """The localisation report, or None when it is missing or unreadable (the page says so)."""
+    path = Path(path) if path is not None else REPORTS_DIR / HEATMAP_REPORT
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return HeatmapLocalisation(
+            split=str(data["split"]),
+            measured=str(data["measured"]),
+            target=float(data["target_pointing_game"]),
+            rows=list(data["rows"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
