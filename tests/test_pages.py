@@ -8,6 +8,7 @@ audit row.
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -281,7 +282,9 @@ def test_case_review_with_missing_file(core, synthetic_slice) -> None:
     at.session_state[state.SELECTED_CASE] = case["scan_id"]
     at.switch_page("views/case_review.py").run()
     assert not at.exception
-    assert any("stored image file is missing" in e.value for e in at.error)
+    # The analysis stored at intake still shows the slice; the reader is told the file is gone.
+    assert any("stored image file is missing" in e.value for e in at.warning)
+    assert at.session_state[state.SELECTED_CASE] == case["scan_id"]
     _by_label(at.text_input, "Reviewer").input("Dr Who")
     _by_label(at.button, "Save review").click().run()
     assert wl.get(case["scan_id"])["review_status"] == "confirmed"
@@ -501,12 +504,17 @@ def test_case_review_shows_no_server_path_or_exception_text(core, synthetic_slic
     def broken(*args, **kwargs):
         raise OSError(5, "Input/output error", "/srv/secret/internal/path.png")
 
-    monkeypatch.setattr("triage.ui.case_view._analyse", broken)
+    import triage.ui.case_view as case_view
+
+    real = case_view.case_analysis
+    monkeypatch.setattr(case_view, "case_analysis", broken)
     at = _open_case(case["scan_id"])
     joined = "\n".join(_markdown_values(at))
     assert "could not be analysed again" in joined
     assert "/srv/secret" not in joined and "Input/output" not in joined
     Path(case["stored_path"]).unlink()
+    monkeypatch.setattr(case_view, "case_analysis", real)
+    shutil.rmtree(service.settings.data_dir / "results")  # no stored analysis left either
     at = _open_case(case["scan_id"])
     joined = "\n".join(_markdown_values(at))
     assert "stored image file is missing" in joined and str(Path(case["stored_path"]).parent) not in joined
@@ -579,3 +587,31 @@ def test_a_flagged_case_says_so_before_its_class(core, synthetic_slice) -> None:
     assert any("uncertain" in w.value.lower() for w in at.warning)
     at = _open_case(plain)
     assert next(m.label for m in at.metric) == "Model class"
+
+
+def test_switching_case_class_or_method_runs_no_model_once_stored(core, synthetic_slice, monkeypatch) -> None:
+    """Issue 16: the analysis is stored at intake and each heatmap once computed; going back and forth
+    between cases, classes and methods in Case review calls neither the analysis nor Grad-CAM again."""
+    first, other = _two_cases(core, synthetic_slice)
+    calls = {"analyze_bytes": 0, "explain": 0}
+    for name in calls:
+        real = getattr(TriageService, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(TriageService, name, counted)
+    other_class = next(c for c in CLASSES if c != core[1].get(first)["label"])
+    at = _open_case(first)
+    assert calls == {"analyze_bytes": 0, "explain": 1}  # the first view of its heatmap
+    _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
+    _by_label(at.selectbox, "Heatmap for class").select(other_class).run()
+    assert calls == {"analyze_bytes": 0, "explain": 3}
+    _by_label(at.button, "Next").click().run()
+    assert at.session_state[state.SELECTED_CASE] == other and calls["explain"] == 4
+    _by_label(at.button, "Previous").click().run()
+    _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
+    _by_label(at.selectbox, "Heatmap for class").select(other_class).run()
+    assert not at.exception
+    assert calls == {"analyze_bytes": 0, "explain": 4}

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from triage.analysis_store import remember_result
 from triage.errors import InvalidScanError
 from triage.intake import case_record, display_name, storable_bytes, store_upload, write_mask
 from triage.risk import suspected_tumor
@@ -184,6 +185,7 @@ def ingest_series(
             stored = store_upload(storable[digest], s.fmt if s.data else "png", scans_dir, digest)
             mask_path = write_mask(r, scans_dir)
             case = case_record(r, display_name(s.file_name), stored, mask_path, truth_label)
+            remember_result(service, r)  # Case review then opens it without running a model (issue 16)
             case.update(
                 study_key=info.study_key,
                 series_key=info.series_key,

@@ -4,6 +4,7 @@ User text (file names, notes, reviewer names, error texts) reaches Markdown only
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -154,13 +155,19 @@ if report and report[0] == selected:
 stack_viewer(wl, case, hide_names, opened)  # a series: slice by slice (issue 18)
 
 result = None
+if not case.get("stored_path") or not Path(case["stored_path"]).is_file():
+    st.warning(
+        "The stored image file is missing. The record, review and audit trail are still available; "
+        "the images below (if any) come from the stored analysis. Upload the file again to restore it.",
+        icon=":material/folder_off:",
+    )
 try:
-    result = analyse_case(case)
+    result = analyse_case(case)  # stored with the case: no model runs when it is there (issue 16)
 except StoredFileMissing as exc:
     log.warning("case %s: stored file missing: %s", selected, exc)  # the path is for the log only
     st.error(
-        "The stored image file is missing. The record, review and audit trail are still "
-        "available; upload the file again to see the images.",
+        "The stored image file is missing and no stored analysis is left. The record, review and audit "
+        "trail are still available; upload the file again to see the images.",
         icon=":material/folder_off:",
     )
 except (TriageError, OSError, ValueError):
@@ -172,10 +179,10 @@ except (TriageError, OSError, ValueError):
 
 if result is not None and not result.ok:
     st.error(f"The active models refuse this slice now: {escape_md(result.error)}")
-if result is not None and result.ok and result.scan is not None:
-    scan = result.scan
-    pred = result.prediction.label if result.prediction else case["label"]
-    if result.prediction is not None and pred != case["label"]:
+if result is not None and result.ok and result.pixels.size:
+    pixels = result.pixels
+    pred = result.label or case["label"]
+    if pred != case["label"]:
         st.info(
             f"Re-analysed with the active models, which now predict {class_text(pred)}; the stored result "
             f"({class_text(case['label'])}) came from classifier `{case['classifier_version']}`."
@@ -196,12 +203,12 @@ if result is not None and result.ok and result.scan is not None:
     )
 
     top = st.columns(3)
-    top[0].image(scan.pixels, caption=f"Original slice ({scan.shape[1]}×{scan.shape[0]} px)", width="stretch")
-    top[1].image(result.crop.image, caption="Brain crop (model input)", width="stretch")
+    top[0].image(pixels, caption=f"Original slice ({pixels.shape[1]}×{pixels.shape[0]} px)", width="stretch")
+    top[1].image(result.crop_image, caption="Brain crop (model input)", width="stretch")
     try:
         heat = explanation(result, target, method)
         top[2].image(
-            heatmap_overlay(scan.pixels, heat),
+            heatmap_overlay(pixels, heat),
             width="stretch",
             caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: what the classifier looked at",
         )
@@ -214,27 +221,22 @@ if result is not None and result.ok and result.scan is not None:
         log.exception("case %s: heatmap %s for %s failed", selected, method, target)
         top[2].error("Heatmap unavailable for this slice (the details are in the server log).")
 
-    stored_mask = read_mask(case["mask_path"], scan.shape)
-    if stored_mask is not None:
-        mask = stored_mask
-    elif result.segmentation is not None:
-        mask = result.segmentation.mask
-    else:
-        mask = None
+    stored_mask = read_mask(case["mask_path"], pixels.shape)
+    mask = stored_mask if stored_mask is not None else result.mask
     bottom = st.columns(3)
     if mask is not None and mask.any():
         caption = "Predicted tumor outline (red)"
         if case["mask_rejected"]:
             caption += " — rejected by the reviewer"
-        bottom[0].image(mask_contour_overlay(scan.pixels, mask), caption=caption, width="stretch")
+        bottom[0].image(mask_contour_overlay(pixels, mask), caption=caption, width="stretch")
     else:
-        bottom[0].image(scan.pixels, caption="No tumor region segmented", width="stretch")
-    truth = read_mask(case["truth_mask_path"], scan.shape)
+        bottom[0].image(pixels, caption="No tumor region segmented", width="stretch")
+    truth = read_mask(case["truth_mask_path"], pixels.shape)
     if truth is not None:
         pred_mask = mask if mask is not None else np.zeros_like(truth)
         dice, iou = dice_iou(pred_mask, truth)
         bottom[1].image(
-            truth_vs_prediction_overlay(scan.pixels, pred_mask, truth),
+            truth_vs_prediction_overlay(pixels, pred_mask, truth),
             width="stretch",
             caption=f"Ground truth (green) vs prediction (red) — Dice {dice:.2f}, IoU {iou:.2f}",
         )
