@@ -229,15 +229,25 @@ def test_upload_review_sign_off_flow(core, shared_data: Path) -> None:
     assert at.session_state[state.SELECTED_CASE] == scan_id
     text = _texts(at)
     assert "untrained model" in text
-    captions = " ".join(c for img in at.image for c in img.captions)
-    assert len(at.image) == 5
-    for needle in ("Original slice", "Brain crop", "Grad-CAM for", "Dice"):
-        assert needle in captions, needle
-    assert len(at.get("plotly_chart")) == 1
-
+    # One viewer (issue 16): the slice with the predicted (red) and true (green) outlines, heatmap off.
+    assert len(at.get("plotly_chart")) == 2  # the viewer and the probabilities
+    viewer_caption = next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    assert "red: predicted outline" in viewer_caption and "green: ground truth" in viewer_caption
+    assert "Dice" in _texts(at) and "Grad-CAM" not in viewer_caption
+    assert any("Brain crop" in c for img in at.image for c in img.captions)
+    _by_label(at.toggle, "Truth").set_value(False).run()
+    assert "green" not in next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    _by_label(at.toggle, "Heatmap").set_value(True).run()
+    assert "Grad-CAM for " in next(c.value for c in at.caption if "scroll to zoom" in c.value)
     _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
     assert not at.exception
-    assert "Eigen-CAM" in " ".join(c for img in at.image for c in img.captions)
+    assert "Eigen-CAM" in next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    assert _by_label(at.slider, "Window").value == 256
+    _by_label(at.selectbox, "Window preset").select("High contrast").run()
+    narrow = _by_label(at.slider, "Window").value
+    assert narrow < 256 and f"W {narrow} /" in next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    _by_label(at.slider, "Level").set_value(100).run()
+    assert _by_label(at.selectbox, "Window preset").value == "Custom"
     _by_label(at.text_input, "Reviewer").input("Dr Test")
     _by_label(at.selectbox, "Label (confirm or correct)").select("glioma")
     _by_label(at.text_area, "Note").input("enhancing mass, left")
@@ -604,7 +614,9 @@ def test_switching_case_class_or_method_runs_no_model_once_stored(core, syntheti
         monkeypatch.setattr(TriageService, name, counted)
     other_class = next(c for c in CLASSES if c != core[1].get(first)["label"])
     at = _open_case(first)
-    assert calls == {"analyze_bytes": 0, "explain": 1}  # the first view of its heatmap
+    assert calls == {"analyze_bytes": 0, "explain": 0}  # the heatmap is computed when turned on
+    _by_label(at.toggle, "Heatmap").set_value(True).run()
+    assert calls == {"analyze_bytes": 0, "explain": 1}
     _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
     _by_label(at.selectbox, "Heatmap for class").select(other_class).run()
     assert calls == {"analyze_bytes": 0, "explain": 3}

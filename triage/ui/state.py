@@ -32,7 +32,13 @@ UPLOAD_FOLDER = "upload_folder"
 UPLOAD_MASKS = "upload_masks"
 UPLOAD_TRUTH = "upload_truth"
 CAM_CLASS = "cam_class"
-CAM_METHOD = "cam_method"
+CAM_METHOD = "cam_method"  # the heatmap method (kept from case to case)
+# The Case review viewer (issue 16): overlays and opacity kept from case to case, window/level per case.
+VIEWER = "viewer"
+VIEW_MASK, VIEW_HEAT, VIEW_TRUTH = "view_mask", "view_heat", "view_truth"
+VIEW_OPACITY = "view_opacity"
+VIEW_PRESET = "view_preset"
+VIEW_WINDOW, VIEW_LEVEL = "view_window", "view_level"
 REVIEW_FORM = "review_form"
 ADDENDUM_FORM = "addendum_form"
 STUDY_FORM = "study_form"  # the stack viewer's whole-study sign-off
