@@ -627,3 +627,26 @@ def test_switching_case_class_or_method_runs_no_model_once_stored(core, syntheti
     _by_label(at.selectbox, "Heatmap for class").select(other_class).run()
     assert not at.exception
     assert calls == {"analyze_bytes": 0, "explain": 4}
+
+
+def test_a_deep_link_opens_its_case_and_the_address_follows_the_case(core, synthetic_slice) -> None:
+    """Issue 16: ?case=<id> opens that case (a new tab from the Worklist); Next updates the address."""
+    first, other = _two_cases(core, synthetic_slice)
+    shown_first = _app()
+    shown_first.switch_page("views/case_review.py").run()
+    top = shown_first.session_state[state.SELECTED_CASE]
+    target = other if top == first else first
+    at = _app()
+    at.query_params["case"] = target
+    at.switch_page("views/case_review.py").run()
+    assert not at.exception
+    assert at.session_state[state.SELECTED_CASE] == target
+    assert at.query_params["case"] == [target] or at.query_params["case"] == target
+    nav = "Previous" if not _by_label(at.button, "Previous").disabled else "Next"
+    _by_label(at.button, nav).click().run()
+    assert at.session_state[state.SELECTED_CASE] != target  # the old link does not pull the reader back
+    assert at.query_params["case"] in (at.session_state[state.SELECTED_CASE], [at.session_state[state.SELECTED_CASE]])
+    bad = _app()
+    bad.query_params["case"] = "0123456789abcdef"
+    bad.switch_page("views/case_review.py").run()
+    assert not bad.exception and any("not in the worklist" in w.value for w in bad.warning)

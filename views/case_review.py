@@ -44,12 +44,24 @@ if not cases:
     st.stop()
 
 by_id = {c["scan_id"]: c for c in cases}
+# A deep link ?case=<id> (issue 16; from the Worklist's "open in a new tab" column, a bookmark or a
+# colleague) opens that case once; afterwards the address follows the case on screen, so it can be copied.
+linked = st.query_params.get("case")
+if linked and linked != st.session_state[state.DEEP_LINK]:
+    st.session_state[state.DEEP_LINK] = linked
+    if linked in by_id:
+        st.session_state[state.SELECTED_CASE] = linked
+    else:
+        st.warning("The case in the link is not in the worklist (removed, or a wrong id).")
 selected = st.session_state[state.SELECTED_CASE]
 if selected is not None and selected not in by_id:
     st.warning("The case selected earlier is no longer in the worklist; showing the highest-risk case.")
 if selected not in by_id:
     selected = cases[0]["scan_id"]
 st.session_state[state.SELECTED_CASE] = selected
+if st.query_params.get("case") != selected:
+    st.query_params["case"] = selected
+st.session_state[state.DEEP_LINK] = selected
 if st.session_state.get(state.CASE_PICKER) != selected:
     st.session_state[state.CASE_PICKER] = selected
 
@@ -76,7 +88,14 @@ if prev_id is None and next_id is None and any(v for k, v in filters.items() if 
 n1, n2, n3 = st.columns([6, 1, 1], vertical_alignment="bottom")
 n1.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
 n2.button(
-    "Previous", icon=":material/chevron_left:", disabled=prev_id is None, on_click=_go, args=(prev_id,), width="stretch"
+    "Previous",
+    icon=":material/chevron_left:",
+    disabled=prev_id is None,
+    on_click=_go,
+    args=(prev_id,),
+    width="stretch",
+    shortcut="P",
+    help="Previous case (key P)",
 )
 n3.button(
     "Next",
@@ -86,6 +105,8 @@ n3.button(
     on_click=_go,
     args=(next_id,),
     width="stretch",
+    shortcut="N",
+    help="Next case (key N)",
 )
 
 case = wl.get(selected)
@@ -281,9 +302,13 @@ else:
         )
         mask_rejected = st.checkbox("Reject the tumor mask", value=bool(case["mask_rejected"]))
         note = st.text_area("Note", value=case["note"] or "", max_chars=10_000)
-        s1, s2, _ = st.columns([1, 1, 4])
-        save = s1.form_submit_button("Save review", width="stretch")
-        sign = s2.form_submit_button("Sign off", type="primary", width="stretch")
+        s1, s2, s3 = st.columns([1, 1, 4], vertical_alignment="center")
+        # Keyboard (issue 16): Alt+S saves (confirms the label shown), Alt+O signs off.
+        save = s1.form_submit_button("Save review", width="stretch", shortcut="Alt+S", help="confirm / save (Alt+S)")
+        sign = s2.form_submit_button(
+            "Sign off", type="primary", width="stretch", shortcut="Alt+O", help="sign off, final (Alt+O)"
+        )
+        s3.caption("Keys: **N** next case · **P** previous · **Alt+S** save · **Alt+O** sign off")
     if save or sign:
         if not reviewer.strip():
             st.error("Enter your name as reviewer first.")

@@ -19,6 +19,7 @@ WORKLIST_FILTERS = "worklist_filters"  # filters of the Worklist page, reused by
 WORKLIST_NONCE = "worklist_nonce"  # bumped when a row is opened so the table selection resets
 FLASH = "flash"  # one-shot (kind, message) shown at the top of the next run
 OPENED_REVISION = "opened_revision"  # {scan_id: the case revision this session's page shows}
+DEEP_LINK = "deep_link"  # the ?case= value Case review last applied (a link opens its case once)
 
 # Widget keys.
 CASE_PICKER = "case_picker"
@@ -54,6 +55,7 @@ _DEFAULTS = {
     WORKLIST_NONCE: 0,
     FLASH: None,
     OPENED_REVISION: {},
+    DEEP_LINK: None,
 }
 
 
