@@ -650,3 +650,32 @@ def test_a_deep_link_opens_its_case_and_the_address_follows_the_case(core, synth
     bad.query_params["case"] = "0123456789abcdef"
     bad.switch_page("views/case_review.py").run()
     assert not bad.exception and any("not in the worklist" in w.value for w in bad.warning)
+
+
+def test_worklist_unread_first_signed_off_apart_and_a_correction_re_ranks(core, synthetic_slice) -> None:
+    """Issue 16: the default view lists the studies still to read; signed-off ones have their own view;
+    a corrected class ranks the case by the corrected class; unknown values read "–"; the model
+    version and a new-tab link are columns."""
+    _, wl = core
+    first, other = _two_cases(core, synthetic_slice)
+    at = _app()
+    table = at.dataframe[0].value
+    assert set(table["scan_id"]) == {first, other}
+    assert set(table["volume_ml"]) == {"–"} and "None" not in table.astype(str).to_string()
+    assert set(table["model"]) == {"tiny · tiny"}
+    assert set(table["open"]) == {f"case_review?case={first}", f"case_review?case={other}"}
+    top, low = table["scan_id"].tolist()
+    wl.review(low, "Dr A", label="glioma")  # corrected to the most malignant class: risk 1.0 by default weights
+    wl.review(top, "Dr A", label="no_tumor")
+    at.run()
+    assert at.dataframe[0].value["scan_id"].tolist() == [low, top]
+    wl.review(low, "Dr A", sign_off=True)
+    at.run()
+    assert at.dataframe[0].value["scan_id"].tolist() == [top]  # to read: the signed-off case left
+    at.radio(key=state.WORKLIST_VIEW).set_value("Signed off").run()
+    assert at.dataframe[0].value["scan_id"].tolist() == [low]
+    wl.review(top, "Dr A", sign_off=True)
+    at.radio(key=state.WORKLIST_VIEW).set_value("To read").run()
+    assert "nothing left to read" in _texts(at)
+    at.radio(key=state.WORKLIST_VIEW).set_value("All").run()
+    assert len(at.dataframe[0].value) == 2

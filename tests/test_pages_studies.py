@@ -104,6 +104,8 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     assert {c["review_status"] for c in wl.series_cases(study.series[0].series_key)} == {"signed_off"}
     assert any("Study signed off by" in str(e.value) for e in at.success)
     at.switch_page("views/worklist.py").run()
+    assert "nothing left to read" in " ".join(i.value for i in at.info)  # signed off: out of "To read"
+    at.radio(key=state.WORKLIST_VIEW).set_value("Signed off").run()
     assert at.dataframe[0].value["review"][0] == "signed off"
     at.switch_page("views/case_review.py").run()
     _by_label(at.button, "Prepare study report").click().run()

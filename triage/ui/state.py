@@ -25,6 +25,7 @@ DEEP_LINK = "deep_link"  # the ?case= value Case review last applied (a link ope
 CASE_PICKER = "case_picker"
 WORKLIST_TABLE = "worklist_table"
 WORKLIST_OPEN = "worklist_open"
+WORKLIST_VIEW = "worklist_view"  # To read / Signed off / All
 SERIES_OPEN = "series_open"  # per-series "open" buttons of the Worklist page
 STACK_SLIDER = "stack_slider"  # the stack viewer's slice slider (keyed by series)
 STACK_PLOT = "stack_plot"  # the probability-along-the-stack chart (click a point to jump)
