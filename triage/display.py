@@ -69,11 +69,15 @@ def compose_view(
     heat: np.ndarray | None = None,
     opacity: float = 0.4,
 ) -> np.ndarray:
-    """The viewer's picture: the windowed slice, the heatmap blended at ``opacity``, then the ground
+    """The viewer's picture: the windowed slice, the heatmap blended at ``opacity`` times its value
+    (so cold regions stay clear), then the ground
     truth outline (green) and the predicted outline (red) on top. Returns uint8 (H, W, 3) RGB."""
     rgb = to_rgb(window_level(pixels, wl))
     if heat is not None:
-        rgb = heatmap_overlay(rgb, heat, alpha=float(np.clip(opacity, 0.0, 1.0)))
+        # Weighted by the heat itself: cold regions leave the anatomy as it is instead of a blue wash.
+        full = heatmap_overlay(rgb, heat, alpha=1.0).astype(np.float32)
+        alpha = float(np.clip(opacity, 0.0, 1.0)) * np.clip(np.nan_to_num(heat.astype(np.float32)), 0.0, 1.0)
+        rgb = np.rint(rgb * (1.0 - alpha[..., None]) + full * alpha[..., None]).astype(np.uint8)
     if truth is not None and truth.any():
         rgb = mask_contour_overlay(rgb, truth, color=TRUTH_COLOR)
     if mask is not None and mask.any():

@@ -34,15 +34,20 @@ from triage.worklist import ReviewConflictError, WorklistError
 log = logging.getLogger(__name__)
 init_state()
 hide_names = settings().file_names_hidden
-st.title("Case review")
-show_flash()
 wl = get_worklist()
 cases = wl.list_cases()
 if not cases:
+    st.title("Case review")
     st.info("No case to review yet. Add scans on the **New scans** page.")
     st.page_link("views/new_scans.py", label="Go to New scans", icon=":material/upload:")
     st.stop()
 
+# The viewer (left) beside the title, case bar, findings and viewer controls (right), so the whole
+# slice is on screen at 1366x768 without scrolling (issue 16).
+view_col, side = st.columns([3, 2], gap="medium")
+with side:
+    st.title("Case review")
+    show_flash()
 by_id = {c["scan_id"]: c for c in cases}
 # A deep link ?case=<id> (issue 16; from the Worklist's "open in a new tab" column, a bookmark or a
 # colleague) opens that case once; afterwards the address follows the case on screen, so it can be copied.
@@ -52,10 +57,10 @@ if linked and linked != st.session_state[state.DEEP_LINK]:
     if linked in by_id:
         st.session_state[state.SELECTED_CASE] = linked
     else:
-        st.warning("The case in the link is not in the worklist (removed, or a wrong id).")
+        side.warning("The case in the link is not in the worklist (removed, or a wrong id).")
 selected = st.session_state[state.SELECTED_CASE]
 if selected is not None and selected not in by_id:
-    st.warning("The case selected earlier is no longer in the worklist; showing the highest-risk case.")
+    side.warning("The case selected earlier is no longer in the worklist; showing the highest-risk case.")
 if selected not in by_id:
     selected = cases[0]["scan_id"]
 st.session_state[state.SELECTED_CASE] = selected
@@ -85,8 +90,8 @@ filters = st.session_state[state.WORKLIST_FILTERS] or {}
 prev_id, next_id = wl.neighbours(selected, **filters)
 if prev_id is None and next_id is None and any(v for k, v in filters.items() if k != "search_in"):
     prev_id, next_id = wl.neighbours(selected)  # the case left the filtered list (e.g. just signed off)
-n1, n2, n3 = st.columns([6, 1, 1], vertical_alignment="bottom")
-n1.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
+side.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
+n2, n3 = side.columns(2)
 n2.button(
     "Previous",
     icon=":material/chevron_left:",
@@ -111,7 +116,7 @@ n3.button(
 
 case = wl.get(selected)
 if case is None:
-    st.error("This case was removed from the worklist.")
+    side.error("This case was removed from the worklist.")
     st.stop()
 # The revision (and review state) this reader's page shows: a save is refused when the case changed
 # since (bug 2), and the form the reader submitted is the one they saw, even if the case was signed
@@ -123,37 +128,37 @@ opened_revision, opened_status = opened.setdefault(selected, (case["revision"], 
 # is not shown as a confident result.
 doubtful = bool({"ood", "uncertain"} & set(case["flags"]))
 if doubtful:
-    show_flags(case["flags"])
+    with side:
+        show_flags(case["flags"])
 
 result = None
 file_missing = not case.get("stored_path") or not Path(case["stored_path"]).is_file()
-try:
-    result = analyse_case(case)  # stored with the case: no model runs when it is there (issue 16)
-except StoredFileMissing as exc:
-    log.warning("case %s: stored file missing: %s", selected, exc)  # the path is for the log only
-    st.error(
-        "The stored image file is missing and no stored analysis is left. The record, review and audit "
-        "trail are still available; upload the file again to see the images.",
-        icon=":material/folder_off:",
-    )
-except (TriageError, OSError, ValueError):
-    log.exception("case %s: the stored slice could not be analysed again", selected)
-    st.error(
-        "The stored slice could not be analysed again (the details are in the server log). "
-        "The record, review and audit trail are still available."
-    )
-if result is not None and file_missing:
-    st.warning(
-        "The stored image file is missing. The record, review and audit trail are still available; "
-        "the slice shown comes from the stored analysis. Upload the file again to restore the file.",
-        icon=":material/folder_off:",
-    )
-if result is not None and not result.ok:
-    st.error(f"The active models refuse this slice now: {escape_md(result.error)}")
+with side:
+    try:
+        result = analyse_case(case)  # stored with the case: no model runs when it is there (issue 16)
+    except StoredFileMissing as exc:
+        log.warning("case %s: stored file missing: %s", selected, exc)  # the path is for the log only
+        st.error(
+            "The stored image file is missing and no stored analysis is left. The record, review and audit "
+            "trail are still available; upload the file again to see the images.",
+            icon=":material/folder_off:",
+        )
+    except (TriageError, OSError, ValueError):
+        log.exception("case %s: the stored slice could not be analysed again", selected)
+        st.error(
+            "The stored slice could not be analysed again (the details are in the server log). "
+            "The record, review and audit trail are still available."
+        )
+    if result is not None and file_missing:
+        st.warning(
+            "The stored image file is missing. The record, review and audit trail are still available; "
+            "the slice shown comes from the stored analysis. Upload the file again to restore the file.",
+            icon=":material/folder_off:",
+        )
+    if result is not None and not result.ok:
+        st.error(f"The active models refuse this slice now: {escape_md(result.error)}")
 viewable = result is not None and result.ok and result.pixels.size > 0
 
-# ----- the viewer (left) beside the case's findings and the viewer's controls (right) -----
-view_col, side = st.columns([3, 2], gap="medium")
 with side:
     m1, m2 = st.columns([3, 1.3])
     m1.metric(
@@ -162,9 +167,10 @@ with side:
         help="Flagged: read the slice without leaning on this class" if doubtful else None,
     )
     m2.metric("Risk", f"{case['risk']:.2f}")
-    m3, m4 = st.columns([3, 1.3])
-    m3.metric("Reviewed class", class_text(case["reviewed_label"]) if case["reviewed_label"] else "–")
-    m4.metric("Review", REVIEW_TEXT.get(case["review_status"], case["review_status"]))
+    st.markdown(
+        f"Review: **{REVIEW_TEXT.get(case['review_status'], case['review_status'])}** · reviewed class: "
+        f"**{class_text(case['reviewed_label']) if case['reviewed_label'] else '–'}**"
+    )
     area = f"{case['tumor_area_px']:,} px" if case["tumor_area_px"] else "none segmented"
     if case["tumor_area_px"] and case["tumor_area_mm2"] is not None:
         area += f" · {case['tumor_area_mm2']:.1f} mm²"

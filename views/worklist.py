@@ -127,7 +127,7 @@ else:
                 help="malignancy-weighted risk of the most suspicious slice (see the Model page)",
             ),
             "volume_ml": st.column_config.TextColumn(
-                "Tumour mL", width=70, help="segmented area × slice spacing, when both are known (– unknown)"
+                "Tumour mL", width=80, help="segmented area × slice spacing, when both are known (– unknown)"
             ),
             "review": st.column_config.TextColumn("Review", width=95),
             "flags": st.column_config.TextColumn("Flags", width=140, help="of the key slice"),

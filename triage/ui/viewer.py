@@ -100,17 +100,11 @@ def slice_viewer(
     has_mask = mask is not None and bool(mask.any())
     with controls:
         t1, t2, t3 = st.columns(3)
-        show_mask = t1.toggle(
-            "Outline", value=True, key=state.VIEW_MASK, disabled=not has_mask, help="predicted tumour outline (red)"
-        )
-        show_heat = t2.toggle("Heatmap", value=False, key=state.VIEW_HEAT, help="what the classifier looked at")
-        show_truth = t3.toggle(
-            "Truth",
-            value=True,
-            key=state.VIEW_TRUTH,
-            disabled=truth is None,
-            help="ground-truth outline (green)" if truth is not None else "no ground truth for this case",
-        )
+        # No help icons: they cut the labels off in a third of the column at 1366 px; the caption
+        # under the picture says what each colour is.
+        show_mask = t1.toggle("Outline", value=True, key=state.VIEW_MASK, disabled=not has_mask)
+        show_heat = t2.toggle("Heatmap", value=False, key=state.VIEW_HEAT)
+        show_truth = t3.toggle("Truth", value=True, key=state.VIEW_TRUTH, disabled=truth is None)
         target = method = None
         if show_heat:
             h1, h2 = st.columns(2)
