@@ -9,7 +9,8 @@ every case switch cost 4-5 s a click, so they are stored beside the case as comp
 
 The folder is keyed by the case id *and* the model versions, so a promoted model never shows a
 result of the old one; a result of the old versions stays valid for them (a rollback finds it).
-Files are written atomically (temporary file + rename), read with ``allow_pickle=False``, and a
+Files are written atomically (temporary file + rename; the slice and crop uncompressed, the rest
+deflated), read with ``allow_pickle=False``, and a
 damaged or unreadable file is logged and treated as missing (recomputed and rewritten), never
 shown. Heatmaps are kept as uint8 (1/255 steps of [0, 1]): indistinguishable on screen, a quarter
 of float32's size. A small in-process LRU spares the disk read when the reader goes back and forth.
@@ -17,6 +18,7 @@ of float32's size. A small in-process LRU spares the disk read when the reader g
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -138,12 +140,21 @@ class AnalysisStore:
             return value
 
     # ----- files ---------------------------------------------------------------------------
-    def _write(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def _write(self, path: Path, arrays: dict[str, np.ndarray], raw: frozenset[str] = frozenset()) -> None:
+        """An .npz (a zip of .npy members, what np.load reads) written atomically. Members named in
+        ``raw`` are stored uncompressed: deflating a 512x512 slice and its crop took 15-25 ms of a
+        busy core per slice at intake (0.3 s of a 12-slice upload) to save ~0.4 MB; the masks and
+        heatmaps compress well and fast."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
+                for name, array in arrays.items():
+                    buf = io.BytesIO()
+                    np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
+                    info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_STORED if name in raw else zipfile.ZIP_DEFLATED
+                    zf.writestr(info, buf.getvalue(), compresslevel=None if name in raw else 1)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -174,10 +185,11 @@ class AnalysisStore:
             meta = [str(s) for s in data["meta"]]
             status, error, label = meta[0], meta[1], meta[2]
             pixels = data["pixels"].astype(np.uint8, copy=False)
-            mask = data["mask"].astype(bool, copy=False)
+            bits = data["mask_bits"]  # packed: an eighth of a bool array to write and deflate
+            mask = np.unpackbits(bits, count=pixels.size).reshape(pixels.shape).astype(bool)
             bbox = tuple(int(v) for v in data["crop_bbox"])
-            if mask.shape != pixels.shape or len(bbox) != 4:
-                raise ValueError(f"mask {mask.shape} / slice {pixels.shape} / bbox {bbox}")
+            if bits.size * 8 < pixels.size or len(bbox) != 4:
+                raise ValueError(f"mask of {bits.size * 8} px / slice {pixels.shape} / bbox {bbox}")
             found = StoredAnalysis(
                 scan_id=scan_id,
                 versions=vk,
@@ -206,8 +218,9 @@ class AnalysisStore:
                 "pixels": np.asarray(analysis.pixels, np.uint8),
                 "crop_image": np.asarray(analysis.crop_image, np.uint8),
                 "crop_bbox": np.asarray(analysis.crop_bbox, np.int64),
-                "mask": np.asarray(analysis.mask, bool),
+                "mask_bits": np.packbits(np.asarray(analysis.mask, bool).ravel()),
             },
+            raw=frozenset({"pixels", "crop_image"}),
         )
         self._remember(("a", analysis.scan_id, analysis.versions), analysis)
 
