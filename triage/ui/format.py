@@ -180,6 +180,7 @@ def audit_frame(audit: Sequence[dict]) -> pd.DataFrame:
 STUDY_COLUMNS: tuple[str, ...] = (
     "thumbnail",
     "name",
+    "open",  # beside the name: visible without scrolling the table sideways at 1366 px
     "slices",
     "suspicious",
     "flagged",
@@ -191,7 +192,6 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "sequence",
     "model",
     "received",
-    "open",
 )
 EMPTY = "–"  # how a table shows a value that is unknown (never "None")
 
