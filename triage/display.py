@@ -56,8 +56,9 @@ def window_level(pixels: np.ndarray, wl: WindowLevel) -> np.ndarray:
     """uint8 (H, W) -> uint8 (H, W) with the window applied (linear, clipped)."""
     if wl.window <= 0:
         raise ValueError(f"window must be > 0, got {wl.window}")
-    lo = wl.level - wl.window / 2
-    out = (pixels.astype(np.float32) - lo) * (255.0 / wl.window)
+    # DICOM's linear VOI function (PS3.3 C.11.2.1.2): W 256 / L 128 leaves 0-255 as it is.
+    w = max(float(wl.window), 2.0)
+    out = ((pixels.astype(np.float32) - (wl.level - 0.5)) / (w - 1.0) + 0.5) * 255.0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
