@@ -260,3 +260,87 @@ def test_sign_in_in_browser_reader_and_admin(tmp_path: Path) -> None:
         finally:
             if driver is not None:
                 driver.quit()
+
+
+def _png_bytes(img) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def _viewer_caption(driver) -> str:
+    for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stCaptionContainer]"):
+        if "scroll to zoom" in e.text:
+            return e.text
+    return ""
+
+
+def test_viewer_keys_deep_link_and_a_worklist_that_follows_other_tabs(tmp_path: Path) -> None:
+    """Issue 16 in Chromium: a deep link opens its case in the viewer; the heatmap overlay toggles
+    and a window preset changes the window; key N goes to the next case and the address follows; the
+    Worklist shows a case added elsewhere without any click, with an open-in-a-new-tab link."""
+    from triage.config import get_settings
+    from triage.intake import ingest
+    from triage.service import TriageService
+    from triage.worklist import Worklist
+
+    weights = tmp_path / "weights"
+    ids: list[str] = []
+
+    def two_cases(data_dir: Path) -> None:
+        service = TriageService(get_settings(weights_dir=weights, data_dir=data_dir))
+        wl = Worklist(service.settings.db_path)
+        for seed in (11, 12):
+            (r,) = ingest(service, wl, _png_bytes(draw_synthetic_slice(seed=seed)[0]), f"v{seed}.png")
+            assert r.ok, r.error
+            ids.append(r.scan_id)
+
+    driver = None
+    with _app_server(tmp_path, weights, prepare=two_cases) as (url, log):
+        try:
+            driver = _browser(tmp_path / "chrome-profile")
+            driver.set_window_size(1366, 768)
+            wait = WebDriverWait(driver, STEP_TIMEOUT_S)
+            target = ids[1]
+            driver.get(f"{url}/case_review?case={target}")
+            wait.until(lambda d: "scroll to zoom" in _viewer_caption(d))
+            assert target[:8] in driver.find_element(By.TAG_NAME, "body").text
+            assert "heatmap:" not in _viewer_caption(driver) and "W 256 / L 128" in _viewer_caption(driver)
+            driver.save_screenshot(str(tmp_path / "viewer.png"))
+
+            driver.find_element(By.XPATH, "//label[.//p[normalize-space()='Heatmap']]").click()
+            wait.until(lambda d: "where the segmenter finds tumour" in _viewer_caption(d))
+            preset = driver.find_element(
+                By.XPATH, "//*[@data-testid='stSelectbox'][.//p[normalize-space()='Window preset']]"
+            )
+            preset.find_element(By.CSS_SELECTOR, "input").click()
+            wait.until(
+                ec.element_to_be_clickable((By.XPATH, "//*[@role='option'][normalize-space()='High contrast']"))
+            ).click()
+            wait.until(lambda d: "W 256 /" not in _viewer_caption(d) and "W " in _viewer_caption(d))
+
+            # Key N (P on the last case): the next (previous) case in the worklist's order; the address follows the case on screen.
+            nxt = driver.find_element(By.XPATH, "//button[.//p[normalize-space()='Next']]")
+            key = "p" if nxt.get_attribute("disabled") is not None else "n"  # the last case has no next
+            driver.execute_script("document.activeElement && document.activeElement.blur()")
+            webdriver.ActionChains(driver).send_keys(key).perform()
+            other = ids[0]
+            wait.until(lambda d: f"case={other}" in d.current_url or f"case={target}" not in d.current_url)
+            assert any(f"case={i}" in driver.current_url for i in ids if i != target)
+
+            driver.get(url + "/")
+            # The link column (drawn "↗ tab"; its accessible mirror holds the URL) opens Case review there.
+            wait.until(lambda d: any(c.startswith("case_review?case=") for c in _grid_cells(d)))
+            service = TriageService(get_settings(weights_dir=weights, data_dir=tmp_path / "data"))
+            (r,) = ingest(
+                service, Worklist(service.settings.db_path), _png_bytes(draw_synthetic_slice(seed=13)[0]), "v13.png"
+            )
+            assert r.ok, r.error
+            # No click: the page polls the worklist's revision and redraws.
+            WebDriverWait(driver, 30).until(lambda d: f"case {r.scan_id[:12]}" in _grid_cells(d))
+        except Exception:
+            _dump_failure(driver, tmp_path, log)
+            raise
+        finally:
+            if driver is not None:
+                driver.quit()

@@ -255,3 +255,12 @@ def test_the_service_routes_seg_gradcam_to_the_segmenter(tmp_path) -> None:
     exp = service.explain(result, "glioma", SEGMENTER_METHOD)
     assert exp.method == SEGMENTER_METHOD and exp.heatmap.shape == result.scan.shape
     assert ALL_METHODS[0] == SEGMENTER_METHOD and set(METHODS) < set(ALL_METHODS)
+
+
+def test_seg_gradcam_on_another_architecture_falls_back_to_its_last_conv(crop: np.ndarray) -> None:
+    """A department's segmenter (MONAI U-Net) has no smp decoder stage and no gradcam_layer in its card."""
+    from tests.model_fixtures import SEGMENTER_META
+
+    net = build_model(SEGMENTER_META).eval()
+    heat = explain_segmenter(net, {k: v for k, v in SEGMENTER_META.items() if k != "gradcam_layer"}, crop)
+    assert heat.shape == crop.shape and np.isfinite(heat).all()

@@ -8,6 +8,7 @@ audit row.
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -228,15 +229,27 @@ def test_upload_review_sign_off_flow(core, shared_data: Path) -> None:
     assert at.session_state[state.SELECTED_CASE] == scan_id
     text = _texts(at)
     assert "untrained model" in text
-    captions = " ".join(c for img in at.image for c in img.captions)
-    assert len(at.image) == 5
-    for needle in ("Original slice", "Brain crop", "Grad-CAM for", "Dice"):
-        assert needle in captions, needle
-    assert len(at.get("plotly_chart")) == 1
-
+    # One viewer (issue 16): the slice with the predicted (red) and true (green) outlines, heatmap off.
+    assert len(at.get("plotly_chart")) == 2  # the viewer and the probabilities
+    viewer_caption = next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    assert "red: predicted outline" in viewer_caption and "green: ground truth" in viewer_caption
+    assert "Dice" in _texts(at) and "heatmap:" not in viewer_caption
+    assert any("Brain crop" in c for img in at.image for c in img.captions)
+    _by_label(at.toggle, "Truth").set_value(False).run()
+    assert "green" not in next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    _by_label(at.toggle, "Heatmap").set_value(True).run()
+    # The default map is the segmenter's Seg-Grad-CAM (the one that points at the lesion; Model page).
+    assert "where the segmenter finds tumour" in next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    assert not at.error and _by_label(at.selectbox, "Heatmap method").value == "seg-gradcam"
     _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
     assert not at.exception
-    assert "Eigen-CAM" in " ".join(c for img in at.image for c in img.captions)
+    assert "Eigen-CAM" in next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    assert _by_label(at.slider, "Window").value == 256
+    _by_label(at.selectbox, "Window preset").select("High contrast").run()
+    narrow = _by_label(at.slider, "Window").value
+    assert narrow < 256 and f"W {narrow} /" in next(c.value for c in at.caption if "scroll to zoom" in c.value)
+    _by_label(at.slider, "Level").set_value(100).run()
+    assert _by_label(at.selectbox, "Window preset").value == "Custom"
     _by_label(at.text_input, "Reviewer").input("Dr Test")
     _by_label(at.selectbox, "Label (confirm or correct)").select("glioma")
     _by_label(at.text_area, "Note").input("enhancing mass, left")
@@ -281,7 +294,9 @@ def test_case_review_with_missing_file(core, synthetic_slice) -> None:
     at.session_state[state.SELECTED_CASE] = case["scan_id"]
     at.switch_page("views/case_review.py").run()
     assert not at.exception
-    assert any("stored image file is missing" in e.value for e in at.error)
+    # The analysis stored at intake still shows the slice; the reader is told the file is gone.
+    assert any("stored image file is missing" in e.value for e in at.warning)
+    assert at.session_state[state.SELECTED_CASE] == case["scan_id"]
     _by_label(at.text_input, "Reviewer").input("Dr Who")
     _by_label(at.button, "Save review").click().run()
     assert wl.get(case["scan_id"])["review_status"] == "confirmed"
@@ -526,12 +541,17 @@ def test_case_review_shows_no_server_path_or_exception_text(core, synthetic_slic
     def broken(*args, **kwargs):
         raise OSError(5, "Input/output error", "/srv/secret/internal/path.png")
 
-    monkeypatch.setattr("triage.ui.case_view._analyse", broken)
+    import triage.ui.case_view as case_view
+
+    real = case_view.case_analysis
+    monkeypatch.setattr(case_view, "case_analysis", broken)
     at = _open_case(case["scan_id"])
     joined = "\n".join(_markdown_values(at))
     assert "could not be analysed again" in joined
     assert "/srv/secret" not in joined and "Input/output" not in joined
     Path(case["stored_path"]).unlink()
+    monkeypatch.setattr(case_view, "case_analysis", real)
+    shutil.rmtree(service.settings.data_dir / "results")  # no stored analysis left either
     at = _open_case(case["scan_id"])
     joined = "\n".join(_markdown_values(at))
     assert "stored image file is missing" in joined and str(Path(case["stored_path"]).parent) not in joined
@@ -604,3 +624,85 @@ def test_a_flagged_case_says_so_before_its_class(core, synthetic_slice) -> None:
     assert any("uncertain" in w.value.lower() for w in at.warning)
     at = _open_case(plain)
     assert next(m.label for m in at.metric) == "Model class"
+
+
+def test_switching_case_class_or_method_runs_no_model_once_stored(core, synthetic_slice, monkeypatch) -> None:
+    """Issue 16: the analysis is stored at intake and each heatmap once computed; going back and forth
+    between cases, classes and methods in Case review calls neither the analysis nor Grad-CAM again."""
+    first, other = _two_cases(core, synthetic_slice)
+    calls = {"analyze_bytes": 0, "explain": 0}
+    for name in calls:
+        real = getattr(TriageService, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(TriageService, name, counted)
+    other_class = next(c for c in CLASSES if c != core[1].get(first)["label"])
+    at = _open_case(first)
+    assert calls == {"analyze_bytes": 0, "explain": 0}  # the heatmap is computed when turned on
+    _by_label(at.toggle, "Heatmap").set_value(True).run()
+    assert calls == {"analyze_bytes": 0, "explain": 1}
+    _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
+    _by_label(at.selectbox, "Heatmap for class").select(other_class).run()
+    assert calls == {"analyze_bytes": 0, "explain": 3}
+    _by_label(at.button, "Next").click().run()
+    assert at.session_state[state.SELECTED_CASE] == other and calls["explain"] == 4
+    _by_label(at.button, "Previous").click().run()
+    _by_label(at.selectbox, "Heatmap method").select("eigencam").run()
+    _by_label(at.selectbox, "Heatmap for class").select(other_class).run()
+    assert not at.exception
+    assert calls == {"analyze_bytes": 0, "explain": 4}
+
+
+def test_a_deep_link_opens_its_case_and_the_address_follows_the_case(core, synthetic_slice) -> None:
+    """Issue 16: ?case=<id> opens that case (a new tab from the Worklist); Next updates the address."""
+    first, other = _two_cases(core, synthetic_slice)
+    shown_first = _app()
+    shown_first.switch_page("views/case_review.py").run()
+    top = shown_first.session_state[state.SELECTED_CASE]
+    target = other if top == first else first
+    at = _app()
+    at.query_params["case"] = target
+    at.switch_page("views/case_review.py").run()
+    assert not at.exception
+    assert at.session_state[state.SELECTED_CASE] == target
+    assert at.query_params["case"] == [target] or at.query_params["case"] == target
+    nav = "Previous" if not _by_label(at.button, "Previous").disabled else "Next"
+    _by_label(at.button, nav).click().run()
+    assert at.session_state[state.SELECTED_CASE] != target  # the old link does not pull the reader back
+    assert at.query_params["case"] in (at.session_state[state.SELECTED_CASE], [at.session_state[state.SELECTED_CASE]])
+    bad = _app()
+    bad.query_params["case"] = "0123456789abcdef"
+    bad.switch_page("views/case_review.py").run()
+    assert not bad.exception and any("not in the worklist" in w.value for w in bad.warning)
+
+
+def test_worklist_unread_first_signed_off_apart_and_a_correction_re_ranks(core, synthetic_slice) -> None:
+    """Issue 16: the default view lists the studies still to read; signed-off ones have their own view;
+    a corrected class ranks the case by the corrected class; unknown values read "–"; the model
+    version and a new-tab link are columns."""
+    _, wl = core
+    first, other = _two_cases(core, synthetic_slice)
+    at = _app()
+    table = at.dataframe[0].value
+    assert set(table["scan_id"]) == {first, other}
+    assert set(table["volume_ml"]) == {"–"} and "None" not in table.astype(str).to_string()
+    assert set(table["model"]) == {"tiny · tiny"}
+    assert set(table["open"]) == {f"case_review?case={first}", f"case_review?case={other}"}
+    top, low = table["scan_id"].tolist()
+    wl.review(low, "Dr A", label="glioma")  # corrected to the most malignant class: risk 1.0 by default weights
+    wl.review(top, "Dr A", label="no_tumor")
+    at.run()
+    assert at.dataframe[0].value["scan_id"].tolist() == [low, top]
+    wl.review(low, "Dr A", sign_off=True)
+    at.run()
+    assert at.dataframe[0].value["scan_id"].tolist() == [top]  # to read: the signed-off case left
+    at.radio(key=state.WORKLIST_VIEW).set_value("Signed off").run()
+    assert at.dataframe[0].value["scan_id"].tolist() == [low]
+    wl.review(top, "Dr A", sign_off=True)
+    at.radio(key=state.WORKLIST_VIEW).set_value("To read").run()
+    assert "nothing left to read" in _texts(at)
+    at.radio(key=state.WORKLIST_VIEW).set_value("All").run()
+    assert len(at.dataframe[0].value) == 2

@@ -75,7 +75,7 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     assert slider.value == key_position and slider.max == n
     assert any(f"slice {key_position} of {n}" in h.value for h in at.subheader)
     assert "mL" in next(m for m in at.metric if m.label == "Tumour volume").value
-    assert len(at.get("plotly_chart")) == 2  # the stack plot and the probabilities
+    assert len(at.get("plotly_chart")) == 3  # the viewer, the probabilities and the stack plot
 
     ids = [c["scan_id"] for c in wl.series_cases(study.series[0].series_key)]
     target = 1 if key_position != 1 else 2
@@ -104,6 +104,8 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     assert {c["review_status"] for c in wl.series_cases(study.series[0].series_key)} == {"signed_off"}
     assert any("Study signed off by" in str(e.value) for e in at.success)
     at.switch_page("views/worklist.py").run()
+    assert "nothing left to read" in " ".join(i.value for i in at.info)  # signed off: out of "To read"
+    at.radio(key=state.WORKLIST_VIEW).set_value("Signed off").run()
     assert at.dataframe[0].value["review"][0] == "signed off"
     at.switch_page("views/case_review.py").run()
     _by_label(at.button, "Prepare study report").click().run()

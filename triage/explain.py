@@ -110,11 +110,7 @@ def explain_segmenter(
     crop = _check_crop(crop_image)
     size = int(meta["input_size"])
     x = _normalised_input(crop, size, meta)
-    layer_name = str(meta.get("gradcam_layer") or SEGMENTER_DEFAULT_LAYER)
-    try:
-        layer = resolve_module(net, layer_name)
-    except (AttributeError, IndexError) as exc:
-        raise ValueError(f"segmenter layer {layer_name!r} not found in the model: {exc}") from exc
+    layer = _segmenter_layer(net, str(meta.get("gradcam_layer") or ""))
     threshold = float(meta.get("threshold", 0.5))
     logit_cut = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
     with lock or EXPLAIN_LOCK:
@@ -126,6 +122,25 @@ def explain_segmenter(
         cam_sq = _run_cam(net, GradCAM, layer, x, _RegionTarget(region))
     heat = from_model_output(cam_sq, crop.shape)
     return np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0).astype(np.float32)
+
+
+def _segmenter_layer(net: nn.Module, name: str) -> nn.Module:
+    """The card's layer (ValueError if it names none), else the smp U-Net's decoder stage chosen on
+    BRISC train, else (another architecture, e.g. a department's MONAI U-Net) the last Conv2d."""
+    from torch import nn
+
+    if name:
+        try:
+            return resolve_module(net, name)
+        except (AttributeError, IndexError) as exc:
+            raise ValueError(f"segmenter layer {name!r} not found in the model: {exc}") from exc
+    try:
+        return resolve_module(net, SEGMENTER_DEFAULT_LAYER)
+    except (AttributeError, IndexError):
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError("the segmenter has no Conv2d layer to explain") from None
+        return convs[-1]
 
 
 class _RegionTarget:

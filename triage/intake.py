@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from triage import atomic
+from triage.analysis_store import remember_result
 from triage.errors import InvalidScanError
 from triage.overlay import thumbnail_png
 from triage.records import CaseResult
@@ -147,6 +148,7 @@ def ingest(
         if truth_mask is not None:
             truth_path = store_upload(truth_mask, "png", scans_dir / "truth")
         case = case_record(r, shown, stored, mask_path, truth_label, truth_path)
+        remember_result(service, r)  # Case review then opens it without running a model (issue 16)
         if not worklist.add_case(case) and (truth_label or truth_path):
             # The slice is already a case: its new ground truth is attached (and audited), not dropped.
             worklist.set_truth(r.scan_id, truth_label, truth_path, actor="upload")

@@ -21,10 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from triage.analysis_store import remember_result
+from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
 from triage.intake import case_record, display_name, storable_bytes, store_upload, write_mask
-from triage.records import Flag, ReviewState, SeriesSource
-from triage.risk import suspected_tumor
+from triage.records import CLASSES, Flag, ReviewState, SeriesSource
+from triage.risk import risk_score, suspected_tumor
 from triage.series import SeriesInput, dicom_header, is_nifti, stack_geometry, volume_ml
 from triage.service import TriageService
 from triage.worklist import Worklist
@@ -185,6 +187,7 @@ def ingest_series(
             stored = store_upload(storable[digest], s.fmt if s.data else "png", scans_dir, digest)
             mask_path = write_mask(r, scans_dir)
             case = case_record(r, display_name(s.file_name), stored, mask_path, truth_label)
+            remember_result(service, r)  # Case review then opens it without running a model (issue 16)
             case.update(
                 study_key=info.study_key,
                 series_key=info.series_key,
@@ -314,10 +317,28 @@ def summarize_series(cases: Sequence[dict], record: dict | None) -> SeriesSummar
     )
 
 
+def ranked_risk(case: dict, settings: Settings | None = None) -> float:
+    """The risk the worklist ranks a case by: the model's, or, once a reader corrected the class,
+    the risk of the corrected class (its malignancy weight, as if certain). A slice corrected from
+    glioma to no tumour sinks; one corrected to a tumour rises (issue 16)."""
+    reviewed, label = case.get("reviewed_label"), case.get("label")
+    if reviewed and reviewed != label and reviewed in CLASSES:
+        one_hot = np.eye(len(CLASSES))[CLASSES.index(reviewed)]
+        return float(risk_score(one_hot, (settings or get_settings()).risk_weights))
+    return float(case.get("risk") or 0.0)
+
+
 def summarize_studies(cases: Iterable[dict], series_records: Sequence[dict] = ()) -> list[StudySummary]:
     """Group cases into studies, highest key-slice risk first (then the earliest received).
 
+    The risk of a slice whose class a reader corrected is that of the corrected class
+    (:func:`ranked_risk`; the model's stays in ``model_risk``).
     ``series_records``: :meth:`Worklist.all_series` (descriptions, spacing)."""
+    settings = get_settings()
+    cases = [
+        {**c, "risk": ranked_risk(c, settings), "model_risk": c.get("risk")} if c.get("reviewed_label") else c
+        for c in cases
+    ]
     records = {r["series_key"]: r for r in series_records}
     by_study: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for c in cases:

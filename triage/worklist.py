@@ -519,6 +519,12 @@ class Worklist:
         with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
 
+    def revision(self) -> int:
+        """A number that grows with every change to the cases (the last audit row: each add, review,
+        sign-off and addendum writes one). Cheap to poll: a tab compares it to see if it must redraw."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0])
+
     def reviewed_cases(self) -> list[dict]:
         """Cases a reviewer has looked at (status != unreviewed), for retraining."""
         with self._read() as conn:

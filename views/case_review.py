@@ -4,23 +4,18 @@ User text (file names, notes, reviewer names, error texts) reaches Markdown only
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from triage.errors import TriageError
 from triage.metrics import dice_iou
-from triage.overlay import (
-    heatmap_overlay,
-    mask_contour_overlay,
-    truth_vs_prediction_overlay,
-)
 from triage.records import CLASSES
 from triage.report import find_study, study_pdf
 from triage.ui import state
 from triage.ui.auth import reviewer_input
 from triage.ui.case_view import (
-    METHOD_TEXT,
     METHODS,
     StoredFileMissing,
     analyse_case,
@@ -32,28 +27,46 @@ from triage.ui.format import REVIEW_TEXT, audit_frame, case_name, class_text, ef
 from triage.ui.resources import get_worklist, settings
 from triage.ui.stack_view import stack_viewer
 from triage.ui.state import init_state
+from triage.ui.viewer import slice_viewer
 from triage.ui.widgets import show_flags, show_flash
 from triage.worklist import ReviewConflictError, WorklistError
 
 log = logging.getLogger(__name__)
 init_state()
 hide_names = settings().file_names_hidden
-st.title("Case review")
-show_flash()
 wl = get_worklist()
 cases = wl.list_cases()
 if not cases:
+    st.title("Case review")
     st.info("No case to review yet. Add scans on the **New scans** page.")
     st.page_link("views/new_scans.py", label="Go to New scans", icon=":material/upload:")
     st.stop()
 
+# The viewer (left) beside the title, case bar, findings and viewer controls (right), so the whole
+# slice is on screen at 1366x768 without scrolling (issue 16).
+view_col, side = st.columns([3, 2], gap="medium")
+with side:
+    st.title("Case review")
+    show_flash()
 by_id = {c["scan_id"]: c for c in cases}
+# A deep link ?case=<id> (issue 16; from the Worklist's "open in a new tab" column, a bookmark or a
+# colleague) opens that case once; afterwards the address follows the case on screen, so it can be copied.
+linked = st.query_params.get("case")
+if linked and linked != st.session_state[state.DEEP_LINK]:
+    st.session_state[state.DEEP_LINK] = linked
+    if linked in by_id:
+        st.session_state[state.SELECTED_CASE] = linked
+    else:
+        side.warning("The case in the link is not in the worklist (removed, or a wrong id).")
 selected = st.session_state[state.SELECTED_CASE]
 if selected is not None and selected not in by_id:
-    st.warning("The case selected earlier is no longer in the worklist; showing the highest-risk case.")
+    side.warning("The case selected earlier is no longer in the worklist; showing the highest-risk case.")
 if selected not in by_id:
     selected = cases[0]["scan_id"]
 st.session_state[state.SELECTED_CASE] = selected
+if st.query_params.get("case") != selected:
+    st.query_params["case"] = selected
+st.session_state[state.DEEP_LINK] = selected
 if st.session_state.get(state.CASE_PICKER) != selected:
     st.session_state[state.CASE_PICKER] = selected
 
@@ -77,10 +90,17 @@ filters = st.session_state[state.WORKLIST_FILTERS] or {}
 prev_id, next_id = wl.neighbours(selected, **filters)
 if prev_id is None and next_id is None and any(v for k, v in filters.items() if k != "search_in"):
     prev_id, next_id = wl.neighbours(selected)  # the case left the filtered list (e.g. just signed off)
-n1, n2, n3 = st.columns([6, 1, 1], vertical_alignment="bottom")
-n1.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
+side.selectbox("Case", list(by_id), format_func=_title, key=state.CASE_PICKER, on_change=_pick)
+n2, n3 = side.columns(2)
 n2.button(
-    "Previous", icon=":material/chevron_left:", disabled=prev_id is None, on_click=_go, args=(prev_id,), width="stretch"
+    "Previous",
+    icon=":material/chevron_left:",
+    disabled=prev_id is None,
+    on_click=_go,
+    args=(prev_id,),
+    width="stretch",
+    shortcut="P",
+    help="Previous case (key P)",
 )
 n3.button(
     "Next",
@@ -90,11 +110,13 @@ n3.button(
     on_click=_go,
     args=(next_id,),
     width="stretch",
+    shortcut="N",
+    help="Next case (key N)",
 )
 
 case = wl.get(selected)
 if case is None:
-    st.error("This case was removed from the worklist.")
+    side.error("This case was removed from the worklist.")
     st.stop()
 # The revision (and review state) this reader's page shows: a save is refused when the case changed
 # since (bug 2), and the form the reader submitted is the one they saw, even if the case was signed
@@ -106,32 +128,106 @@ opened_revision, opened_status = opened.setdefault(selected, (case["revision"], 
 # is not shown as a confident result.
 doubtful = bool({"ood", "uncertain"} & set(case["flags"]))
 if doubtful:
-    show_flags(case["flags"])
-# Widths so that "Meningioma" and "Corrected" fit at 1366 px (five equal columns cut them off).
-m1, m2, m3, m4, m5 = st.columns([2.2, 1.5, 0.8, 2.1, 1.6])
-m1.metric(
-    "Model class, not confident" if doubtful else "Model class",
-    class_text(case["label"]),
-    help="Flagged: read the slice without leaning on this class" if doubtful else None,
-)
-m2.metric("Reviewed class", class_text(case["reviewed_label"]) if case["reviewed_label"] else "—")
-m3.metric("Risk", f"{case['risk']:.2f}")
-m4.metric("Review", REVIEW_TEXT.get(case["review_status"], case["review_status"]))
-area = f"{case['tumor_area_px']:,} px"
-if case["tumor_area_mm2"] is not None:
-    area += f" · {case['tumor_area_mm2']:.1f} mm²"
-m5.metric(
-    "Tumor area",
-    area if case["tumor_area_px"] else "none",
-    help=None if case["tumor_area_mm2"] is not None else "mm² unknown: the file has no pixel spacing",
-)
-st.caption(
-    f"File **{escape_md(case_name(case, hide_names))}** · received {case['received_at'][:19].replace('T', ' ')} UTC · "
-    f"classifier `{case['classifier_version']}` · segmenter `{case['segmenter_version']}`"
-    + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
-)
-if not doubtful:
-    show_flags(case["flags"])
+    with side:
+        show_flags(case["flags"])
+
+result = None
+file_missing = not case.get("stored_path") or not Path(case["stored_path"]).is_file()
+with side:
+    try:
+        result = analyse_case(case)  # stored with the case: no model runs when it is there (issue 16)
+    except StoredFileMissing as exc:
+        log.warning("case %s: stored file missing: %s", selected, exc)  # the path is for the log only
+        st.error(
+            "The stored image file is missing and no stored analysis is left. The record, review and audit "
+            "trail are still available; upload the file again to see the images.",
+            icon=":material/folder_off:",
+        )
+    except (TriageError, OSError, ValueError):
+        log.exception("case %s: the stored slice could not be analysed again", selected)
+        st.error(
+            "The stored slice could not be analysed again (the details are in the server log). "
+            "The record, review and audit trail are still available."
+        )
+    if result is not None and file_missing:
+        st.warning(
+            "The stored image file is missing. The record, review and audit trail are still available; "
+            "the slice shown comes from the stored analysis. Upload the file again to restore the file.",
+            icon=":material/folder_off:",
+        )
+    if result is not None and not result.ok:
+        st.error(f"The active models refuse this slice now: {escape_md(result.error)}")
+viewable = result is not None and result.ok and result.pixels.size > 0
+
+with side:
+    m1, m2 = st.columns([3, 1.3])
+    m1.metric(
+        "Model class, not confident" if doubtful else "Model class",
+        class_text(case["label"]),
+        help="Flagged: read the slice without leaning on this class" if doubtful else None,
+    )
+    m2.metric("Risk", f"{case['risk']:.2f}")
+    st.markdown(
+        f"Review: **{REVIEW_TEXT.get(case['review_status'], case['review_status'])}** · reviewed class: "
+        f"**{class_text(case['reviewed_label']) if case['reviewed_label'] else '–'}**"
+    )
+    area = f"{case['tumor_area_px']:,} px" if case["tumor_area_px"] else "none segmented"
+    if case["tumor_area_px"] and case["tumor_area_mm2"] is not None:
+        area += f" · {case['tumor_area_mm2']:.1f} mm²"
+    elif case["tumor_area_px"]:
+        area += " (mm² unknown: no pixel spacing)"
+    st.caption(
+        f"Tumour area **{area}** · file **{escape_md(case_name(case, hide_names))}** · received "
+        f"{case['received_at'][:16].replace('T', ' ')} UTC · classifier `{case['classifier_version']}` · "
+        f"segmenter `{case['segmenter_version']}`"
+        + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
+    )
+    if not doubtful:
+        show_flags(case["flags"])
+
+mask = truth = None
+if viewable:
+    pixels = result.pixels
+    pred = result.label or case["label"]
+    stored_mask = read_mask(case["mask_path"], pixels.shape)
+    mask = stored_mask if stored_mask is not None else result.mask
+    truth = read_mask(case["truth_mask_path"], pixels.shape)
+    slice_viewer(
+        view_col,
+        side,
+        case,
+        result,
+        mask,
+        truth,
+        lambda target, method: explanation(result, target, method),
+        list(METHODS),
+    )
+    with side:
+        if pred != case["label"]:
+            st.info(
+                f"Re-analysed with the active models, which now predict {class_text(pred)}; the stored result "
+                f"({class_text(case['label'])}) came from classifier `{case['classifier_version']}`."
+            )
+        if truth is not None:
+            dice, iou = dice_iou(mask if mask is not None else np.zeros_like(truth), truth)
+            st.caption(f"Prediction vs ground truth: Dice {dice:.2f}, IoU {iou:.2f}")
+        elif case["truth_mask_path"]:
+            st.warning("The ground-truth mask file is missing or cannot be read as a mask image.")
+elif case["thumbnail"]:
+    view_col.image(case["thumbnail"], caption="Stored thumbnail", width="stretch")
+
+e1, e2 = st.columns(2)
+with e1.expander("Class probabilities", icon=":material/bar_chart:", expanded=True):
+    st.plotly_chart(probability_figure(case), width="stretch", config={"displayModeBar": False})
+    st.caption("Calibrated probabilities (stored result; predicted class in orange)")
+if viewable:
+    with e2.expander("Model input (brain crop)", icon=":material/crop:"):
+        st.image(result.crop_image, caption="Brain crop the classifier saw", width="stretch")
+    e2.caption(
+        "The heatmap is often context (ventricles, slice level) rather than the lesion: on BRISC tumour slices "
+        "its hottest point lies on the tumour in about 1 of 7 (bench/heatmap_localisation.py). The red outline "
+        "is the segmenter's localisation."
+    )
 
 # ----- the study's PDF report (issue 18): made on request, then offered for download -----
 r1, r2, _ = st.columns([1, 1, 3])
@@ -152,104 +248,6 @@ if report and report[0] == selected:
     )
 
 stack_viewer(wl, case, hide_names, opened)  # a series: slice by slice (issue 18)
-
-result = None
-try:
-    result = analyse_case(case)
-except StoredFileMissing as exc:
-    log.warning("case %s: stored file missing: %s", selected, exc)  # the path is for the log only
-    st.error(
-        "The stored image file is missing. The record, review and audit trail are still "
-        "available; upload the file again to see the images.",
-        icon=":material/folder_off:",
-    )
-except (TriageError, OSError, ValueError):
-    log.exception("case %s: the stored slice could not be analysed again", selected)
-    st.error(
-        "The stored slice could not be analysed again (the details are in the server log). "
-        "The record, review and audit trail are still available."
-    )
-
-if result is not None and not result.ok:
-    st.error(f"The active models refuse this slice now: {escape_md(result.error)}")
-if result is not None and result.ok and result.scan is not None:
-    scan = result.scan
-    pred = result.prediction.label if result.prediction else case["label"]
-    if result.prediction is not None and pred != case["label"]:
-        st.info(
-            f"Re-analysed with the active models, which now predict {class_text(pred)}; the stored result "
-            f"({class_text(case['label'])}) came from classifier `{case['classifier_version']}`."
-        )
-    c1, c2 = st.columns(2)
-    target = c1.selectbox(
-        "Heatmap for class",
-        CLASSES,
-        index=CLASSES.index(pred),
-        format_func=class_text,
-        key=state.keyed(state.CAM_CLASS, selected),
-    )
-    method = c2.selectbox(
-        "Heatmap method",
-        list(METHODS),
-        format_func=lambda m: METHOD_TEXT.get(m, m),
-        key=state.keyed(state.CAM_METHOD, selected),
-    )
-
-    top = st.columns(3)
-    top[0].image(scan.pixels, caption=f"Original slice ({scan.shape[1]}×{scan.shape[0]} px)", width="stretch")
-    top[1].image(result.crop.image, caption="Brain crop (model input)", width="stretch")
-    try:
-        heat = explanation(result, target, method)
-        top[2].image(
-            heatmap_overlay(scan.pixels, heat),
-            width="stretch",
-            caption=f"{METHOD_TEXT.get(method, method)} for {class_text(target)}: what the classifier looked at",
-        )
-        top[2].caption(
-            "Often context (ventricles, slice level) rather than the lesion: on BRISC tumour slices its hottest "
-            "point lies on the tumour in about 1 of 7 (bench/heatmap_localisation.py). The red outline below is "
-            "the segmenter's localisation."
-        )
-    except (TriageError, ValueError, RuntimeError):
-        log.exception("case %s: heatmap %s for %s failed", selected, method, target)
-        top[2].error("Heatmap unavailable for this slice (the details are in the server log).")
-
-    stored_mask = read_mask(case["mask_path"], scan.shape)
-    if stored_mask is not None:
-        mask = stored_mask
-    elif result.segmentation is not None:
-        mask = result.segmentation.mask
-    else:
-        mask = None
-    bottom = st.columns(3)
-    if mask is not None and mask.any():
-        caption = "Predicted tumor outline (red)"
-        if case["mask_rejected"]:
-            caption += " — rejected by the reviewer"
-        bottom[0].image(mask_contour_overlay(scan.pixels, mask), caption=caption, width="stretch")
-    else:
-        bottom[0].image(scan.pixels, caption="No tumor region segmented", width="stretch")
-    truth = read_mask(case["truth_mask_path"], scan.shape)
-    if truth is not None:
-        pred_mask = mask if mask is not None else np.zeros_like(truth)
-        dice, iou = dice_iou(pred_mask, truth)
-        bottom[1].image(
-            truth_vs_prediction_overlay(scan.pixels, pred_mask, truth),
-            width="stretch",
-            caption=f"Ground truth (green) vs prediction (red) — Dice {dice:.2f}, IoU {iou:.2f}",
-        )
-    elif case["truth_mask_path"]:
-        bottom[1].warning("The ground-truth mask file is missing or cannot be read as a mask image.")
-    else:
-        bottom[1].caption("No ground-truth mask for this case.")
-    bottom[2].plotly_chart(probability_figure(case), width="stretch", config={"displayModeBar": False})
-    bottom[2].caption("Calibrated probabilities (stored result; predicted class in orange)")
-else:
-    left, right = st.columns([1, 2])
-    if case["thumbnail"]:
-        left.image(case["thumbnail"], caption="Stored thumbnail", width="stretch")
-    right.plotly_chart(probability_figure(case), width="stretch", config={"displayModeBar": False})
-    right.caption("Calibrated probabilities (predicted class in orange)")
 
 st.subheader("Review")
 
@@ -310,9 +308,13 @@ else:
         )
         mask_rejected = st.checkbox("Reject the tumor mask", value=bool(case["mask_rejected"]))
         note = st.text_area("Note", value=case["note"] or "", max_chars=10_000)
-        s1, s2, _ = st.columns([1, 1, 4])
-        save = s1.form_submit_button("Save review", width="stretch")
-        sign = s2.form_submit_button("Sign off", type="primary", width="stretch")
+        s1, s2, s3 = st.columns([1, 1, 4], vertical_alignment="center")
+        # Keyboard (issue 16): Alt+S saves (confirms the label shown), Alt+O signs off.
+        save = s1.form_submit_button("Save review", width="stretch", shortcut="Alt+S", help="confirm / save (Alt+S)")
+        sign = s2.form_submit_button(
+            "Sign off", type="primary", width="stretch", shortcut="Alt+O", help="sign off, final (Alt+O)"
+        )
+        s3.caption("Keys: **N** next case · **P** previous · **Alt+S** save · **Alt+O** sign off")
     if save or sign:
         if not reviewer.strip():
             st.error("Enter your name as reviewer first.")

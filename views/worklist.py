@@ -20,6 +20,10 @@ from triage.ui.state import init_state
 from triage.worklist import REVIEW_STATUSES
 
 ALL = "All"
+TO_READ, SIGNED_OFF = "To read", "Signed off"
+VIEWS = (TO_READ, SIGNED_OFF, ALL)
+POLL_S = 3  # seconds between two looks at the worklist's revision
+ROW_PX, MAX_TABLE_PX = 56, 720
 REJECTIONS_SHOWN = 50
 SERIES_SHOWN = 20  # studies whose series are listed below the table
 
@@ -29,7 +33,7 @@ st.title("Worklist")
 wl = get_worklist()
 everything = list_studies(wl)  # read from SQLite on every run: all tabs see the same queue
 
-c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1, 1])
+c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
 c1.metric("Studies", len(everything))
 c2.metric("Unreviewed", sum(s.review_status == "unreviewed" for s in everything))
 c3.metric(
@@ -39,8 +43,25 @@ c3.metric(
     "segmenter disagree",
 )
 c4.metric("Slices", sum(s.n_slices for s in everything))
-c5.button("Refresh", icon=":material/refresh:", help="Read the worklist again (new uploads from other tabs)")
 
+
+@st.fragment(run_every=POLL_S)
+def _follow(seen: int) -> None:
+    """Redraw the page when another tab (or the PACS receiver) changed the worklist: a cheap poll of
+    its revision, no button to press (issue 16)."""
+    if wl.revision() != seen:
+        st.rerun(scope="app")
+
+
+_follow(wl.revision())
+view = st.radio(
+    "View",
+    VIEWS,
+    horizontal=True,
+    key=state.WORKLIST_VIEW,
+    help="Studies still to read (not signed off) first; signed-off studies in their own view",
+    label_visibility="collapsed",
+)
 f1, f2, f3, f4 = st.columns([1, 1, 1, 2])
 status = f1.selectbox("Review status", [ALL, *REVIEW_STATUSES], format_func=lambda s: REVIEW_TEXT.get(s, s))
 label = f2.selectbox("Class", [ALL, *CLASSES], format_func=lambda c: c if c == ALL else class_text(c))
@@ -58,16 +79,25 @@ filters = {
 }
 st.session_state[state.WORKLIST_FILTERS] = filters
 studies = list_studies(wl, **filters)
+if view == TO_READ:
+    studies = [s for s in studies if s.review_status != "signed_off"]
+elif view == SIGNED_OFF:
+    studies = [s for s in studies if s.review_status == "signed_off"]
 
 if not everything:
     st.info("The worklist is empty. Add scans on the **New scans** page.")
     st.page_link("views/new_scans.py", label="Go to New scans", icon=":material/upload:")
 elif not studies:
-    st.info("No case matches these filters.")
+    st.info(
+        "Every study is signed off: nothing left to read."
+        if view == TO_READ and not any(v for k, v in filters.items() if k != "search_in")
+        else "No case matches these filters."
+    )
 else:
     st.caption(
-        f"{len(studies)} of {len(everything)} studies, ranked by their most suspicious slice (shown). "
-        "Click a row to read the study from that key slice."
+        f"{len(studies)} of {len(everything)} studies, ranked by their most suspicious slice (shown; a "
+        "corrected class ranks by the corrected class). Click a row to read the study from that key slice, "
+        "or its ↗ link to open it in a new tab."
     )
     table = studies_frame(studies, hide_names)
     event = st.dataframe(
@@ -75,18 +105,19 @@ else:
         hide_index=True,
         on_select="rerun",
         selection_mode="single-row",
-        row_height=56,
+        row_height=ROW_PX,
+        height=min(MAX_TABLE_PX, ROW_PX * len(table) + 40),  # the page's height, not ten rows
         key=state.keyed(state.WORKLIST_TABLE, st.session_state[state.WORKLIST_NONCE]),
         column_order=[c for c in table.columns if c != "scan_id"],
         column_config={
-            "thumbnail": st.column_config.ImageColumn("Key slice", width=56),
-            "name": st.column_config.TextColumn("Study", width=160),
-            "slices": st.column_config.NumberColumn("Slices", width=55),
+            "thumbnail": st.column_config.ImageColumn("Key slice", width=56, pinned=True),
+            "name": st.column_config.TextColumn("Study", width=250, pinned=True, help="file name or series"),
+            "slices": st.column_config.NumberColumn("Slices", width=50),
             "suspicious": st.column_config.NumberColumn(
-                "Suspicious", width=75, help="slices called a tumour (or contradicted by a sizeable mask)"
+                "Susp.", width=50, help="suspicious slices: called a tumour (or contradicted by a sizeable mask)"
             ),
-            "flagged": st.column_config.NumberColumn("Flagged", width=60, help="slices that ask for a closer look"),
-            "class": st.column_config.TextColumn("Class", width=100, help="of the key slice; reviewed label if any"),
+            "flagged": st.column_config.NumberColumn("Flag.", width=45, help="slices that ask for a closer look"),
+            "class": st.column_config.TextColumn("Class", width=115, help="of the key slice; reviewed label if any"),
             "risk": st.column_config.ProgressColumn(
                 "Risk",
                 min_value=0.0,
@@ -95,13 +126,17 @@ else:
                 width=95,
                 help="malignancy-weighted risk of the most suspicious slice (see the Model page)",
             ),
-            "volume_ml": st.column_config.NumberColumn(
-                "Tumour mL", format="%.1f", width=75, help="segmented area × slice spacing, when both are known"
+            "volume_ml": st.column_config.TextColumn(
+                "Tumour mL", width=80, help="segmented area × slice spacing, when both are known (– unknown)"
             ),
-            "review": st.column_config.TextColumn("Review", width=100),
-            "flags": st.column_config.TextColumn("Flags", width=165, help="of the key slice"),
-            "sequence": st.column_config.TextColumn("Modality / sequence", width=140),
-            "received": st.column_config.DatetimeColumn("Received", format="MM-DD HH:mm", width=90, help="UTC"),
+            "review": st.column_config.TextColumn("Review", width=95),
+            "flags": st.column_config.TextColumn("Flags", width=140, help="of the key slice"),
+            "sequence": st.column_config.TextColumn("Modality / sequence", width=120),
+            "model": st.column_config.TextColumn("Model", width=80, help="classifier · segmenter version"),
+            "received": st.column_config.DatetimeColumn("Received", format="MM-DD HH:mm", width=85, help="UTC"),
+            "open": st.column_config.LinkColumn(
+                "Open", display_text="↗ tab", width=55, help="open the key slice in Case review in a new tab"
+            ),
         },
     )
     picked = event.selection.rows if event is not None else []

@@ -1,4 +1,4 @@
-"""Case review helpers: re-analyse a stored slice (cached), heatmaps, masks and the probability chart."""
+"""Case review helpers: the case's stored analysis and heatmaps, masks and the probability chart."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from triage.analysis_store import StoredAnalysis, case_analysis, case_heatmap
 from triage.errors import InvalidScanError
-from triage.explain import METHODS
+from triage.explain import ALL_METHODS as METHODS
 from triage.io import read_mask_path
-from triage.records import CLASSES, CaseResult
+from triage.records import CLASSES
 from triage.ui.format import class_text
 from triage.ui.resources import get_service
 
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 METHOD_TEXT: dict[str, str] = {
+    "seg-gradcam": "Seg-Grad-CAM (segmenter)",
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
     "eigencam": "Eigen-CAM (class-agnostic)",
@@ -42,42 +44,23 @@ class StoredFileMissing(FileNotFoundError):
     """The case's stored slice is no longer on disk."""
 
 
-def analyse_case(case: dict) -> CaseResult:
-    """Re-run the pipeline on the case's stored file with the active models (cached per version).
+def analyse_case(case: dict) -> StoredAnalysis:
+    """The case's analysis by the active models: stored with the case at intake (or at its first
+    opening) and read back, so switching case, class or method runs no model (issue 16).
 
-    Returns the result for the case's frame (it may be 'rejected' if the active models now refuse
-    it). Raises StoredFileMissing when the stored file is gone.
+    The result may be 'rejected' if the active models now refuse the slice. Raises
+    StoredFileMissing when it has to be computed and the stored file is gone.
     """
-    path = case.get("stored_path") or ""
-    if not path or not Path(path).is_file():
-        raise StoredFileMissing(path or "(no stored path recorded)")
-    frame = (case.get("extra") or {}).get("frame")
-    versions = tuple(sorted(get_service().active_versions().items()))
-    return _analyse(path, case.get("name") or "upload", case["scan_id"], frame, versions)
+    try:
+        return case_analysis(get_service(), case)
+    except FileNotFoundError as exc:
+        raise StoredFileMissing(str(exc)) from exc
 
 
-@st.cache_data(max_entries=16, show_spinner="Analysing the stored slice…")
-def _analyse(path: str, name: str, scan_id: str, frame: int | None, versions: tuple) -> CaseResult:
-    # Only the case's frame is decoded and analysed (not every frame of the series again).
-    results = get_service().analyze_bytes(Path(path).read_bytes(), name, frame=frame)
-    for r in results:
-        if r.scan_id == scan_id:
-            return r
-    for r in results:
-        if r.scan is not None and r.scan.frame == frame:
-            return r
-    return results[0]
-
-
-def explanation(result: CaseResult, target_class: str, method: str) -> np.ndarray:
-    """Heatmap float32 (H, W) in [0, 1] at scan resolution for ``target_class`` (cached)."""
-    versions = tuple(sorted(get_service().active_versions().items()))
-    return _explain(result.scan_id, target_class, method, versions, result)
-
-
-@st.cache_data(max_entries=32, show_spinner="Computing the heatmap…")
-def _explain(scan_id: str, target_class: str, method: str, versions: tuple, _result: CaseResult) -> np.ndarray:
-    return get_service().explain(_result, target_class, method).heatmap
+def explanation(analysis: StoredAnalysis, target_class: str, method: str) -> np.ndarray:
+    """Heatmap float32 (H, W) in [0, 1] at scan resolution for ``target_class`` (stored once computed)."""
+    with st.spinner("Computing the heatmap (once; it is stored with the case)…"):
+        return case_heatmap(get_service(), analysis, target_class, method)
 
 
 def read_mask(path: str | None, shape: tuple[int, int]) -> np.ndarray | None:

@@ -182,6 +182,7 @@ def audit_frame(audit: Sequence[dict]) -> pd.DataFrame:
 STUDY_COLUMNS: tuple[str, ...] = (
     "thumbnail",
     "name",
+    "open",  # beside the name: visible without scrolling the table sideways at 1366 px
     "slices",
     "suspicious",
     "flagged",
@@ -191,8 +192,10 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "review",
     "flags",
     "sequence",
+    "model",
     "received",
 )
+EMPTY = "–"  # how a table shows a value that is unknown (never "None")
 
 
 def study_title(study, hide_names: bool = False) -> str:
@@ -220,8 +223,10 @@ def studies_frame(studies: Sequence, hide_names: bool = False) -> pd.DataFrame:
     """The study worklist table, one row per study in the given order, indexed 0..n-1.
 
     Columns: thumbnail (the key slice), name, slices, suspicious, flagged, class (of the key
-    slice), risk (the key slice's), volume_ml (None when unknown), review, flags (key slice),
-    sequence, received (UTC) and scan_id (the key slice, for opening it; not displayed)."""
+    slice), risk (the key slice's; a corrected class's once reviewed), volume_ml (text, "–" when
+    unknown), review, flags (key slice), sequence, model (classifier · segmenter versions of the key
+    slice), received (UTC), open (a relative link that opens the key slice in Case review, for a new
+    tab) and scan_id (the key slice, for opening it; not displayed)."""
     rows = []
     for s in studies:
         key = s.key_case
@@ -234,11 +239,14 @@ def studies_frame(studies: Sequence, hide_names: bool = False) -> pd.DataFrame:
                 "flagged": s.n_flagged,
                 "class": class_text(effective_label(key)),
                 "risk": float(s.risk),
-                "volume_ml": None if s.volume_ml is None else round(float(s.volume_ml), 2),
+                "volume_ml": EMPTY if s.volume_ml is None else f"{float(s.volume_ml):.1f}",
                 "review": REVIEW_TEXT.get(s.review_status, s.review_status),
-                "flags": flag_text(key.get("flags") or ()),
-                "sequence": study_sequence(s),
+                "flags": flag_text(key.get("flags") or ()) or EMPTY,
+                "sequence": study_sequence(s) or EMPTY,
+                "model": " · ".join(v for v in (key.get("classifier_version"), key.get("segmenter_version")) if v)
+                or EMPTY,
                 "received": pd.to_datetime(s.received_at, utc=True, errors="coerce"),
+                "open": f"case_review?case={s.key_scan_id}",
                 "scan_id": s.key_scan_id,
             }
         )

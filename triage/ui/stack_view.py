@@ -8,7 +8,7 @@ import streamlit as st
 from triage.studies import summarize_series
 from triage.ui import state
 from triage.ui.auth import reviewer_input
-from triage.ui.case_view import stack_figure, stack_slice
+from triage.ui.case_view import stack_figure
 from triage.ui.format import escape_md
 from triage.worklist import Worklist, WorklistError
 
@@ -78,11 +78,7 @@ def stack_viewer(wl: Worklist, case: dict, hide_names: bool, opened: dict) -> No
         disabled=here == len(ids) - 1,
         width="stretch",
     )
-    picture = stack_slice(case)
-    if picture is not None:
-        v1.image(picture, caption=f"Slice {here + 1} of {len(stack)} with the predicted outline (red)", width="stretch")
-    else:
-        v1.warning("The stored file of this slice is missing.")
+    # The slice itself is in the Case review viewer above (issue 16): no second, smaller copy here.
     clicked = v2.plotly_chart(
         stack_figure(stack, here, key_index),
         width="stretch",

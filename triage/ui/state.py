@@ -19,11 +19,13 @@ WORKLIST_FILTERS = "worklist_filters"  # filters of the Worklist page, reused by
 WORKLIST_NONCE = "worklist_nonce"  # bumped when a row is opened so the table selection resets
 FLASH = "flash"  # one-shot (kind, message) shown at the top of the next run
 OPENED_REVISION = "opened_revision"  # {scan_id: the case revision this session's page shows}
+DEEP_LINK = "deep_link"  # the ?case= value Case review last applied (a link opens its case once)
 
 # Widget keys.
 CASE_PICKER = "case_picker"
 WORKLIST_TABLE = "worklist_table"
 WORKLIST_OPEN = "worklist_open"
+WORKLIST_VIEW = "worklist_view"  # To read / Signed off / All
 SERIES_OPEN = "series_open"  # per-series "open" buttons of the Worklist page
 STACK_SLIDER = "stack_slider"  # the stack viewer's slice slider (keyed by series)
 STACK_PLOT = "stack_plot"  # the probability-along-the-stack chart (click a point to jump)
@@ -32,7 +34,13 @@ UPLOAD_FOLDER = "upload_folder"
 UPLOAD_MASKS = "upload_masks"
 UPLOAD_TRUTH = "upload_truth"
 CAM_CLASS = "cam_class"
-CAM_METHOD = "cam_method"
+CAM_METHOD = "cam_method"  # the heatmap method (kept from case to case)
+# The Case review viewer (issue 16): overlays and opacity kept from case to case, window/level per case.
+VIEWER = "viewer"
+VIEW_MASK, VIEW_HEAT, VIEW_TRUTH = "view_mask", "view_heat", "view_truth"
+VIEW_OPACITY = "view_opacity"
+VIEW_PRESET = "view_preset"
+VIEW_WINDOW, VIEW_LEVEL = "view_window", "view_level"
 REVIEW_FORM = "review_form"
 ADDENDUM_FORM = "addendum_form"
 STUDY_FORM = "study_form"  # the stack viewer's whole-study sign-off
@@ -48,6 +56,7 @@ _DEFAULTS = {
     WORKLIST_NONCE: 0,
     FLASH: None,
     OPENED_REVISION: {},
+    DEEP_LINK: None,
 }
 
 
