@@ -193,6 +193,7 @@ def claim_orphans(data_dir: Path) -> list[PendingBatch]:
     claimed: list[PendingBatch] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
+            age = time.time() - folder.stat().st_mtime  # before the lock file below touches the folder
             fd = _lock(folder, blocking=False)
         except OSError as exc:  # a read-only folder: nothing can be claimed now
             log.warning("pending: cannot lock %s: %s", folder.name, exc)
@@ -200,7 +201,7 @@ def claim_orphans(data_dir: Path) -> list[PendingBatch]:
         if fd is None:
             continue  # another process (or another session of this one) is working on it
         if not (folder / MANIFEST).is_file():
-            if time.time() - folder.stat().st_mtime < UNFINISHED_GRACE_S:
+            if age < UNFINISHED_GRACE_S:
                 os.close(fd)
                 continue
             log.info("pending: removing %s, a batch whose process died while it was being received", folder.name)
