@@ -157,7 +157,8 @@ def ingest(
     when its slice is uploaded again with them.
     """
     shown = display_name(name)
-    results = service.analyze_bytes(data, shown)
+    # A decode that overruns the limit is stopped and this upload rejected; the batch goes on.
+    results = service.analyze_bytes(data, shown, time_limit_s=service.settings.upload_time_limit_s)
     scans_dir = service.settings.scans_dir
     digest = hashlib.sha256(data).hexdigest() if data else None  # once per upload, whatever its frames
     to_store: bytes | None = None
