@@ -51,9 +51,12 @@ def run_inputs(data: Path, weights: Path) -> dict:
     tried = crashes = internal = lost = 0
     slowest = ("", 0.0)
     specs = [*hc.corpus_specs(), *hc.bomb_specs()]
-    for spec in specs:
+    for n, spec in enumerate(specs):
         tried += 1
         data_bytes = spec.make()
+        # Each input on a worklist of its own: the DICOM variants share one SOPInstanceUID, and a
+        # second slice under a stored UID is refused by design (not a loss).
+        wl = Worklist(data / f"wl-{n}.sqlite3")
         t = time.perf_counter()
         try:
             rows = receive_and_process([(spec.upload_name, data_bytes)], service, wl)
@@ -73,6 +76,7 @@ def run_inputs(data: Path, weights: Path) -> dict:
     for i, spec in enumerate(masks):
         tried += 1
         image = hc.encode(hc.Image.fromarray(hc.fake_brain(128, seed=5000 + i)), "PNG")
+        wl = Worklist(data / f"wl-mask-{i}.sqlite3")
         try:
             rows = receive_and_process(
                 [(f"mcase{i}.png", image)], service, wl, masks=[(f"mcase{i}_mask.png", spec.make())]
