@@ -8,9 +8,10 @@ that file on its own, without this router, its banner and its navigation.
 import streamlit as st
 
 from triage.ui.auth import account_sidebar, current_account, sign_in_page
-from triage.ui.resources import start_warm_up
+from triage.ui.resources import get_worklist, settings, start_recovery, start_warm_up
 from triage.ui.state import init_state
-from triage.ui.widgets import banner
+from triage.ui.widgets import banner, recovery_notice, storage_banner, storage_failure
+from triage.worklist import StorageError
 
 st.set_page_config(page_title="Brain-MRI triage", page_icon="🧠", layout="wide")
 init_state()
@@ -35,4 +36,9 @@ else:
     page = st.navigation(READER_PAGES + (ADMIN_PAGES if account.is_admin else []))
     account_sidebar(account)
 banner()
-page.run()
+storage_banner(get_worklist(), settings())  # read-only folder, damaged database, full disk
+recovery_notice(start_recovery())  # uploads received before a restart are finished in the background
+try:
+    page.run()
+except StorageError as exc:  # a damaged or unreadable worklist: its reason, never a raw error page
+    storage_failure(exc)

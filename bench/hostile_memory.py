@@ -138,6 +138,9 @@ def run_child(src: Path, path: Path, mode: str, limit_gb: float, data_dir: str) 
 
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{REPO_DIR}", "PYTHONDONTWRITEBYTECODE": "1"}
     env.setdefault("TRIAGE_WEIGHTS_DIR", str(REPO_DIR / "weights"))
+    # Decode in the measured process: under the upload time limit it runs in worker processes
+    # (triage/decode_limit.py) whose memory the child's ru_maxrss would not include.
+    env["TRIAGE_UPLOAD_TIME_LIMIT_S"] = "0"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), mode, data_dir]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=limit)
     out, err = proc.communicate()

@@ -174,7 +174,7 @@ def test_process_uploads_survives_an_exception(core, synthetic_slice, monkeypatc
     img, _ = synthetic_slice()
     real = service.analyze_bytes
 
-    def flaky(data, name, explain=False):
+    def flaky(data, name, explain=False, **kwargs):
         if name == "boom.png":
             raise RuntimeError("disk on fire")
         return real(data, name, explain=explain)

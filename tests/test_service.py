@@ -153,7 +153,11 @@ def test_a_multi_frame_upload_is_hashed_and_stored_once(tmp_path, monkeypatch):
     from triage import intake
     from triage.worklist import Worklist
 
-    svc = TriageService(get_settings(weights_dir=make_tiny_weights(tmp_path / "w"), data_dir=tmp_path / "d"))
+    # Decoded in this process (no time-limit worker), so the hashes triage.io makes are counted here.
+    settings = get_settings(
+        weights_dir=make_tiny_weights(tmp_path / "w"), data_dir=tmp_path / "d", upload_time_limit_s=0
+    )
+    svc = TriageService(settings)
     frames = [Image.fromarray(draw_synthetic_slice(seed=k)[0]) for k in range(3)]
     buf = io.BytesIO()
     frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])

@@ -37,6 +37,9 @@ class Settings:
     # Longer side / shorter side above this is refused: no slice is that narrow, and the crop's
     # padding to a square grows with the square of the longer side.
     max_aspect_ratio: float = 4.0
+    # Seconds one upload's decode may take; longer ones are stopped (their worker process is
+    # killed) with a reason and the batch goes on (triage/decode_limit.py). 0: decode in-process.
+    upload_time_limit_s: float = 120.0
     # Server folders the training page may import from ("Folder on this computer", manifest paths),
     # separated by os.pathsep. Empty (the default): the data folder, and shared_data_dir when it
     # exists. A browser user can never make the server list or read anything outside them.

@@ -51,10 +51,32 @@ def store_upload(data: bytes, fmt: str, scans_dir: Path, digest: str | None = No
     already there (written atomically, hence complete) is not written again. ``digest``: the bytes'
     SHA-256 when the caller has it (one hash per upload, not one per frame)."""
     digest = digest or hashlib.sha256(data).hexdigest()
-    path = Path(scans_dir) / f"{digest}{_SAFE_EXT.get(fmt, '.bin')}"
+    path = upload_path(digest, fmt, scans_dir)
     if not path.is_file():
         _atomic_write(path, data)
     return path
+
+
+def upload_path(digest: str, fmt: str, scans_dir: Path) -> Path:
+    """Where :func:`store_upload` keeps bytes of this digest and format."""
+    return Path(scans_dir) / f"{digest}{_SAFE_EXT.get(fmt, '.bin')}"
+
+
+def _note_new(fresh: list[Path], path: Path | None, existed: bool) -> None:
+    """Remember ``path`` as written by this upload when it was not there before."""
+    if path is not None and not existed and path not in fresh:
+        fresh.append(path)
+
+
+def _referenced(worklist: Worklist, paths: list[Path]) -> set[Path]:
+    """Those of ``paths`` a stored case points at (an earlier frame of the same upload, say)."""
+    if not paths:
+        return set()
+    try:
+        return worklist.referenced_paths([str(p) for p in paths])
+    except Exception:  # the database cannot be read either: keep the files rather than guess
+        log.exception("could not check which stored files the worklist still uses")
+        return set(paths)
 
 
 def storable_bytes(data: bytes, fmt: str, settings) -> bytes:
@@ -126,7 +148,8 @@ def ingest(
     when its slice is uploaded again with them.
     """
     shown = display_name(name)
-    results = service.analyze_bytes(data, shown)
+    # A decode that overruns the limit is stopped and this upload rejected; the batch goes on.
+    results = service.analyze_bytes(data, shown, time_limit_s=service.settings.upload_time_limit_s)
     scans_dir = service.settings.scans_dir
     digest = hashlib.sha256(data).hexdigest() if data else None  # once per upload, whatever its frames
     to_store: bytes | None = None
@@ -142,14 +165,33 @@ def ingest(
             results[i] = replace(r, status="rejected", error=str(exc))
             worklist.log_rejection(shown, str(exc), digest)
             continue
-        stored = store_upload(to_store, r.scan.source_format, scans_dir, digest)
-        mask_path = write_mask(r, scans_dir)
-        truth_path = None
-        if truth_mask is not None:
-            truth_path = store_upload(truth_mask, "png", scans_dir / "truth")
-        case = case_record(r, shown, stored, mask_path, truth_label, truth_path)
-        remember_result(service, r)  # Case review then opens it without running a model (issue 16)
-        if not worklist.add_case(case) and (truth_label or truth_path):
-            # The slice is already a case: its new ground truth is attached (and audited), not dropped.
-            worklist.set_truth(r.scan_id, truth_label, truth_path, actor="upload")
+        # Files first written by this upload: removed again when its case cannot be recorded (a
+        # full disk, a read-only or locked database), so no stored file is left without a case.
+        fresh: list[Path] = []
+        try:
+            stored = upload_path(digest, r.scan.source_format, scans_dir)
+            existed = stored.is_file()
+            _note_new(fresh, store_upload(to_store, r.scan.source_format, scans_dir, digest), existed)
+            mask_target = Path(scans_dir) / f"{r.scan_id}_mask.png"
+            existed = mask_target.is_file()
+            mask_path = write_mask(r, scans_dir)
+            _note_new(fresh, mask_path, existed)
+            truth_path = None
+            if truth_mask is not None:
+                truth_digest = hashlib.sha256(truth_mask).hexdigest()
+                truth_target = upload_path(truth_digest, "png", scans_dir / "truth")
+                existed = truth_target.is_file()
+                truth_path = store_upload(truth_mask, "png", scans_dir / "truth", truth_digest)
+                _note_new(fresh, truth_path, existed)
+            case = case_record(r, shown, stored, mask_path, truth_label, truth_path)
+            remember_result(service, r)  # Case review then opens it without running a model (issue 16)
+            if not worklist.add_case(case) and (truth_label or truth_path):
+                # The slice is already a case: its new ground truth is attached (and audited), not dropped.
+                worklist.set_truth(r.scan_id, truth_label, truth_path, actor="upload")
+        except BaseException:
+            referenced = _referenced(worklist, fresh)
+            for path in fresh:
+                if path not in referenced:
+                    path.unlink(missing_ok=True)
+            raise
     return results

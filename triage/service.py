@@ -197,14 +197,26 @@ class TriageService:
 
     # ----- analysis ---------------------------------------------------------------------
     def analyze_bytes(
-        self, data: bytes, name: str, explain: bool = False, frame: int | None = None
+        self,
+        data: bytes,
+        name: str,
+        explain: bool = False,
+        frame: int | None = None,
+        time_limit_s: float | None = None,
     ) -> list[CaseResult]:
         """Decode and analyse one uploaded file (one result per frame, or one rejected result).
-        ``frame``: decode and analyse that frame only (case review of one frame of a series)."""
+        ``frame``: decode and analyse that frame only (case review of one frame of a series).
+        ``time_limit_s``: decode in a worker process stopped after that long (a rejected result
+        saying so; :mod:`triage.decode_limit`)."""
         t0 = time.perf_counter()
         name = safe_name(name)
         try:
-            scans = read_scans(data, name, self.settings, frame=frame)
+            if time_limit_s:
+                from triage.decode_limit import read_scans_limited
+
+                scans = read_scans_limited(data, name, self.settings, time_limit_s, frame=frame)
+            else:
+                scans = read_scans(data, name, self.settings, frame=frame)
         except InvalidScanError as exc:
             return [
                 CaseResult(

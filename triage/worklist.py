@@ -5,18 +5,29 @@ connection, the database runs in WAL mode with a busy timeout, and every write i
 ``BEGIN IMMEDIATE`` transaction, so a crash (even SIGKILL) never leaves a half-written case.
 The ``audit`` table is append-only (enforced by triggers) and records who changed what.
 Rejected uploads go to ``rejections``; they never become cases.
+
+Storage faults (issue 22, item 15) become :class:`StorageError` subclasses with a message a reader
+can act on: a read-only data folder opens the worklist read-only (reads work, writes are refused),
+a damaged database file is named with what to do (restore a backup), a full disk is said so, and
+a database write-locked by another program is waited for (retried with back-off for up to
+``write_wait_s``, telling a registered :func:`waiting_for_database` callback) instead of failing
+after the busy timeout.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,6 +107,12 @@ _REQUIRED_INPUT: tuple[str, ...] = ("scan_id", "label", *PROB_COLUMNS, "risk")
 CSV_COLUMNS: tuple[str, ...] = tuple(c for c in CASE_COLUMNS if c != "thumbnail")
 
 BUSY_TIMEOUT_S = 10.0
+# A write waits this long in all for a lock held by another program (a backup tool, a second
+# server, sqlite3 at a prompt) before it gives up; each try waits WRITE_TRY_S in SQLite, then the
+# waiting callback is told and the next try starts (issue 22, item 15: a 30 s lock lost an upload).
+WRITE_WAIT_S = 180.0
+WRITE_TRY_S = 2.0
+SQLITE_MAGIC = b"SQLite format 3\x00"
 MAX_THUMBNAIL_BYTES = 1024 * 1024
 MAX_NOTE_CHARS = 10_000
 
@@ -198,6 +215,91 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class WorklistError(TriageError):
     """A worklist operation was refused (invalid case, label, reviewer, newer schema...)."""
+
+
+class StorageError(WorklistError):
+    """The worklist's storage cannot do what was asked (read-only, damaged, full, locked)."""
+
+
+class ReadOnlyStorageError(StorageError):
+    """The data folder (or the database file) cannot be written: the worklist is read-only."""
+
+
+class CorruptDatabaseError(StorageError):
+    """The database file is damaged or is not a worklist database at all."""
+
+
+class DiskFullError(StorageError):
+    """The disk holding the data folder is full."""
+
+
+class DatabaseBusyError(StorageError):
+    """Another program held the database's write lock for longer than the worklist waits."""
+
+
+def read_only_message(db_path: Path) -> str:
+    """What a reader is told when the data folder cannot be written."""
+    return (
+        f"The data folder {db_path.parent} is read-only: the worklist can be read, but uploads, reviews and "
+        "sign-offs are refused until an administrator makes the folder writable again."
+    )
+
+
+def corrupt_message(db_path: Path, detail: str) -> str:
+    """What a reader is told when the database file is damaged (``detail``: SQLite's words)."""
+    return (
+        f"The worklist database {db_path} is damaged ({detail}). Nothing can be read from it or added to it. "
+        "Stop the app and restore the last backup (python -m triage restore <backup folder>; "
+        "the damaged file is kept beside it as worklist.sqlite3.before-restore-<time>)."
+    )
+
+
+def disk_full_message(db_path: Path) -> str:
+    """What a reader is told when the data folder's disk is full."""
+    return (
+        f"The disk holding the data folder {db_path.parent} is full: nothing new can be stored (uploads and "
+        "reviews are refused, nothing half-written is kept). Free some space, then try again."
+    )
+
+
+_WAIT_HOOK = threading.local()
+
+
+@contextmanager
+def waiting_for_database(callback: Callable[[float], None]) -> Iterator[None]:
+    """While the block runs in this thread, ``callback(seconds waited so far)`` is called each time a
+    write finds the database locked by another program and tries again."""
+    previous = getattr(_WAIT_HOOK, "callback", None)
+    _WAIT_HOOK.callback = callback
+    try:
+        yield
+    finally:
+        _WAIT_HOOK.callback = previous
+
+
+def _classify(exc: BaseException, db_path: Path) -> StorageError | None:
+    """The storage error a SQLite or OS error stands for, or None when it is something else."""
+    if isinstance(exc, StorageError):
+        return exc
+    text = str(exc).lower()
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(disk_full_message(db_path))
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ReadOnlyStorageError(read_only_message(db_path))
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return CorruptDatabaseError(corrupt_message(db_path, str(exc)))
+    if "disk is full" in text or "database or disk is full" in text:
+        return DiskFullError(disk_full_message(db_path))
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return ReadOnlyStorageError(read_only_message(db_path))
+    if "disk i/o error" in text:
+        return StorageError(
+            f"The worklist database {db_path} cannot be read or written (disk I/O error); "
+            "check the disk of the data folder."
+        )
+    return None
 
 
 class CaseNotFoundError(WorklistError):
@@ -392,9 +494,16 @@ _ORDER_SQL = " ORDER BY risk DESC, received_at ASC, scan_id ASC"
 class Worklist:
     """Risk-ordered case queue in one SQLite file. Cheap to construct; the schema is made lazily."""
 
-    def __init__(self, db_path: Path | str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self, db_path: Path | str, busy_timeout_s: float = BUSY_TIMEOUT_S, write_wait_s: float = WRITE_WAIT_S
+    ) -> None:
         self.db_path = Path(db_path).expanduser()
         self.busy_timeout_s = busy_timeout_s
+        self.write_wait_s = write_wait_s
+        # True once the data folder or the file turned out not to be writable: reads go through a
+        # read-only connection, writes raise ReadOnlyStorageError (checked again now and then).
+        self.read_only = False
+        self._read_only_since = 0.0
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -403,43 +512,209 @@ class Worklist:
 
     # -- connections -------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        """A new autocommit connection with the per-connection pragmas applied."""
-        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
+    def _open(self, busy_timeout_s: float | None = None, read_only: bool | None = None) -> sqlite3.Connection:
+        """A new autocommit connection with the per-connection pragmas applied (read-only in a
+        read-only data folder, or when ``read_only``)."""
+        timeout = self.busy_timeout_s if busy_timeout_s is None else busy_timeout_s
+        read_only = self.read_only if read_only is None else read_only
+        if read_only:
+            conn = self._open_read_only(timeout)
+        else:
+            conn = sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:
+            conn.execute("PRAGMA synchronous = NORMAL")
         conn.create_function("py_casefold", 1, lambda s: None if s is None else str(s).casefold(), deterministic=True)
         return conn
 
+    def _open_read_only(self, timeout: float) -> sqlite3.Connection:
+        """A read-only connection. A WAL database needs its -shm file; in a read-only folder that
+        cannot be created, so the file is then opened as immutable (nobody can write it anyway)."""
+        uri = "file:" + urllib.parse.quote(str(self.db_path))
+        conn = sqlite3.connect(uri + "?mode=ro", timeout=timeout, isolation_level=None, uri=True)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        return sqlite3.connect(uri + "?mode=ro&immutable=1", timeout=timeout, isolation_level=None, uri=True)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Raise the storage error ``exc`` stands for (when it is one), naming the file."""
+        storage = _classify(exc, self.db_path)
+        if storage is None or storage is exc:
+            return
+        if isinstance(storage, ReadOnlyStorageError) and self.db_path.is_file():
+            self._enter_read_only()
+        log.error("worklist %s: %s (%s: %s)", self.db_path, type(storage).__name__, type(exc).__name__, exc)
+        raise storage from exc
+
+    def _enter_read_only(self) -> None:
+        if not self.read_only:
+            log.warning("worklist %s: the data folder is read-only; opening the worklist read-only", self.db_path)
+        self.read_only, self._read_only_since = True, time.monotonic()
+
+    def _folder_writable(self) -> bool:
+        """Whether new files can be made beside the database (os.access sees read-only mounts,
+        even for root; a chmod-ed folder for other users)."""
+        folder = self.db_path.parent
+        if not folder.exists():
+            return os.access(folder.parent if folder.parent.exists() else folder.anchor, os.W_OK)
+        writable = os.access(folder, os.W_OK)
+        if writable and self.db_path.exists():
+            writable = os.access(self.db_path, os.W_OK)
+        return writable
+
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        self._ensure_schema()
-        with closing(self._open()) as conn:
-            yield conn
+        conn = self._read_connection()
+        try:
+            with closing(conn):
+                yield conn
+        except (sqlite3.DatabaseError, OSError) as exc:
+            self._fail(exc)
+            raise
+
+    def _read_connection(self) -> sqlite3.Connection:
+        """A connection for reading. On a full disk SQLite cannot make the WAL index (-shm) that a
+        normal connection needs, and every read failed (issue 22, item 15): the file is then read
+        through a read-only connection instead (the last writer's close folded the WAL into it)."""
+        try:
+            self._ensure_schema()
+            conn = self._open()
+            try:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # opens the WAL index
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        except (StorageError, sqlite3.DatabaseError, OSError) as exc:
+            storage = _classify(exc, self.db_path)
+            degraded = isinstance(storage, DiskFullError) or type(storage) is StorageError
+            if not degraded or self.read_only or not self.db_path.is_file():
+                if isinstance(exc, StorageError):
+                    raise
+                self._fail(exc)
+                raise
+            log.warning("worklist %s: %s; reading it through a read-only connection", self.db_path, exc)
+            try:
+                return self._open(read_only=True)
+            except (sqlite3.DatabaseError, OSError) as again:
+                self._fail(again)
+                raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error. A lock
+        held by another program is waited for (up to ``write_wait_s``), never a lost write."""
         self._ensure_schema()
-        with closing(self._open()) as conn, _immediate(conn):
-            yield conn
+        if self.read_only and time.monotonic() - self._read_only_since > 10 and self._folder_writable():
+            self._ready, self.read_only = False, False  # the folder became writable again
+            self._ensure_schema()
+        if self.read_only:
+            raise ReadOnlyStorageError(read_only_message(self.db_path))
+        try:
+            with closing(self._open(busy_timeout_s=min(WRITE_TRY_S, self.write_wait_s))) as conn:
+                self._begin_waiting(conn)
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            self._fail(exc)
+            raise
+
+    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, tried again with back-off while another program holds the write lock."""
+        started = time.monotonic()
+        pause = 0.1
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if time.monotonic() - started > WRITE_TRY_S:
+                    log.info("worklist %s: got the write lock after %.1f s", self.db_path, time.monotonic() - started)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
+                    raise
+                waited = time.monotonic() - started
+                if waited >= self.write_wait_s:
+                    raise DatabaseBusyError(
+                        f"The worklist database {self.db_path} stayed locked by another program for "
+                        f"{waited:.0f} s; nothing was written. Try again, or close the program holding it."
+                    ) from exc
+                log.warning("worklist %s: locked by another program for %.1f s; waiting", self.db_path, waited)
+                callback = getattr(_WAIT_HOOK, "callback", None)
+                if callback is not None:
+                    callback(waited)
+                time.sleep(min(pause, max(0.0, self.write_wait_s - waited)))
+                pause = min(pause * 2, 2.0)
 
     def _ensure_schema(self) -> None:
-        """Create the folder, switch to WAL and apply pending migrations (once per instance)."""
+        """Create the folder, switch to WAL and apply pending migrations (once per instance). A
+        read-only data folder holding a database opens it read-only; a damaged file raises
+        :class:`CorruptDatabaseError`."""
         if self._ready:
             return
         with self._ready_lock:
             if self._ready:
                 return
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(self._open()) as conn:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    log.warning("worklist %s: journal_mode is %s, not wal", self.db_path, mode)
-                self._migrate(conn)
+            self._check_header()
+            if self.db_path.is_file() and not self._folder_writable():
+                self._enter_read_only()
+            try:
+                if self.read_only:
+                    with closing(self._open()) as conn:
+                        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                        if _user_version(conn) > SCHEMA_VERSION:
+                            raise WorklistError(f"worklist {self.db_path} has a newer schema; update the app.")
+                else:
+                    self.db_path.parent.mkdir(parents=True, exist_ok=True)
+                    with closing(self._open()) as conn:
+                        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                        if str(mode).lower() != "wal":
+                            log.warning("worklist %s: journal_mode is %s, not wal", self.db_path, mode)
+                        self._migrate(conn)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                self._fail(exc)
+                raise
             self._ready = True
+
+    def _check_header(self) -> None:
+        """A file that does not start like a SQLite database is damaged (garbage, a zeroed file)."""
+        try:
+            with self.db_path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self._fail(exc)
+            raise
+        if head and head != SQLITE_MAGIC:
+            raise CorruptDatabaseError(corrupt_message(self.db_path, "file is not a database"))
+
+    def storage_problem(self) -> StorageError | None:
+        """Why nothing can be added to the worklist now (read-only, damaged, full), or None.
+
+        Cheap enough for every page run (the file's header, one count, the folder's write
+        permission); damage deeper in the file is reported by the read or write that meets it."""
+        try:
+            with self._read() as conn:
+                conn.execute("SELECT count(*) FROM cases").fetchone()
+        except StorageError as exc:
+            return exc
+        if self.read_only:
+            return ReadOnlyStorageError(read_only_message(self.db_path))
+        if not self._folder_writable():
+            self._enter_read_only()
+            return ReadOnlyStorageError(read_only_message(self.db_path))
+        return None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if _user_version(conn) == SCHEMA_VERSION:
@@ -513,6 +788,19 @@ class Worklist:
             return None, None
         i = ids.index(scan_id)
         return (ids[i - 1] if i > 0 else None), (ids[i + 1] if i + 1 < len(ids) else None)
+
+    def referenced_paths(self, paths: Sequence[str]) -> set[Path]:
+        """Those of ``paths`` that a case stores as its slice, mask or truth mask."""
+        wanted = [str(p) for p in paths]
+        marks = ", ".join("?" for _ in wanted)
+        sql = (
+            f"SELECT stored_path, mask_path, truth_mask_path FROM cases WHERE stored_path IN ({marks})"
+            f" OR mask_path IN ({marks}) OR truth_mask_path IN ({marks})"
+        )
+        with self._read() as conn:
+            rows = conn.execute(sql, wanted * 3).fetchall()
+        used = {v for row in rows for v in row if v}
+        return {Path(p) for p in wanted if p in used}
 
     def count(self) -> int:
         """Number of cases."""

@@ -7,9 +7,9 @@ from triage.errors import TriageError
 from triage.records import CLASSES
 from triage.ui import state
 from triage.ui.format import class_text, escape_md, flag_text
-from triage.ui.resources import get_service, get_worklist, models_trained
+from triage.ui.resources import get_service, get_worklist, models_trained, settings
 from triage.ui.state import init_state
-from triage.ui.uploads import process_uploads
+from triage.ui.uploads import receive_and_process, storage_refusal
 from triage.ui.widgets import model_error, untrained_warning
 
 NO_TRUTH = "none"
@@ -55,14 +55,18 @@ with st.expander("Ground truth (optional, for evaluation)"):
     )
 
 uploads = [*(files or []), *(folder or [])]
+refusal = storage_refusal(get_worklist(), settings())  # read-only, damaged database, full disk
+if refusal:
+    st.error(f"Uploads are refused: {escape_md(refusal)}", icon=":material/block:")
 go = st.button(
     f"Analyse {len(uploads)} file{'s' if len(uploads) != 1 else ''}",
     type="primary",
-    disabled=not uploads,
+    disabled=not uploads or bool(refusal),
     icon=":material/biotech:",
 )
 if go and uploads:
     bar = st.progress(0.0, text="Starting…")
+    waiting = st.empty()  # "waiting for the database" while another program holds its write lock
 
     def report(done: int, total: int, name: str) -> None:
         bar.progress(
@@ -70,7 +74,7 @@ if go and uploads:
         )
 
     with st.spinner("Analysing…"):
-        rows = process_uploads(
+        rows = receive_and_process(
             [(f.name, f.getvalue()) for f in uploads],
             get_service(),
             get_worklist(),
@@ -78,6 +82,7 @@ if go and uploads:
             label_from_folder=truth == FROM_FOLDER,
             masks=[(m.name, m.getvalue()) for m in masks or []],
             progress=report,
+            notice=lambda text: waiting.info(text, icon=":material/hourglass_top:"),
         )
     st.session_state[state.LAST_UPLOAD] = rows
     st.session_state[state.UPLOAD_NONCE] = nonce + 1  # fresh, empty uploaders

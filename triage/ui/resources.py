@@ -36,6 +36,15 @@ def start_warm_up() -> threading.Thread:
 
 
 @st.cache_resource(show_spinner=False)
+def start_recovery():  # -> triage.ui.uploads.RecoveryRun
+    """Once per server process: analyse, in a background thread, the uploads that were received
+    but not finished before the server stopped (issue 22, item 16)."""
+    from triage.ui.uploads import RecoveryRun
+
+    return RecoveryRun(get_service(), get_worklist()).start()
+
+
+@st.cache_resource(show_spinner=False)
 def get_worklist() -> Worklist:
     """The SQLite worklist under the app's data directory (shared by all tabs)."""
     return Worklist(get_settings().db_path)

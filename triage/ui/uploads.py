@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import collections
 import errno
+import gzip
 import hashlib
+import io
 import logging
+import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,14 +24,16 @@ from pathlib import Path, PurePosixPath
 
 from triage import archive
 from triage.errors import InvalidScanError
+from triage.housekeeping import free_bytes
 from triage.intake import display_name, ingest
 from triage.io import content_id, declared_pixels, read_mask_bytes
+from triage.pending import BatchOptions, claim_orphans, pending_count, save_batch
 from triage.privacy import case_ref, shown_name
 from triage.records import CLASSES, normalize_label
-from triage.series import NamedFile, SeriesInfo, SeriesInput, group_files
+from triage.series import NamedFile, SeriesInfo, SeriesInput, group_files, is_nifti
 from triage.service import TriageService
 from triage.studies import ingest_series
-from triage.worklist import Worklist
+from triage.worklist import StorageError, Worklist, disk_full_message, waiting_for_database
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,10 @@ _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 _MASK_SUFFIXES = ("_mask", "-mask", " mask")
 
 Progress = Callable[[int, int, str], None]
+Notice = Callable[[str], None]
+# Received bytes are written twice (the pending copy, then the stored scan): refuse a batch when
+# the disk has less than twice its size plus this margin free.
+FREE_MARGIN_BYTES = 8 * 1024 * 1024
 # Storage failures reported as such (disk full, quota, read-only or unwritable data folder).
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
@@ -232,6 +242,7 @@ def process_uploads(
     masks: Sequence[tuple[str, bytes]] | None = None,
     label_from_folder: bool = False,
     progress: Progress | None = None,
+    notice: Notice | None = None,
 ) -> list[dict]:
     """Analyse every uploaded file and add the good ones to the worklist.
 
@@ -244,13 +255,46 @@ def process_uploads(
 
     Returns one row per result: file, status ('accepted' | 'already in worklist' | 'rejected'
     | 'skipped' | 'error' | 'refused'), label, risk, flags, truth, reason, scan_id. 'refused':
-    no usable model, so nothing was analysed or recorded (the files can be uploaded again later).
+    no usable model, or the worklist cannot store anything (read-only, damaged, full disk), so
+    nothing was analysed or recorded (the files can be uploaded again later). ``notice(text)`` is
+    told when a write waits for a database locked by another program.
     """
     if truth_label is not None and truth_label not in CLASSES:
         raise ValueError(f"truth_label must be one of {CLASSES}, got {truth_label!r}")
-    problem = service.model_problem()
+    problem = service.model_problem() or storage_refusal(worklist, service.settings, [*files, *(masks or [])])
     if problem is not None:
         return [_row(name, "refused", reason=f"not analysed: {problem}") for name, _ in files]
+
+    def waited(seconds: float) -> None:
+        if notice is not None:
+            notice(f"Waiting for the database: another program is writing to it ({seconds:.0f} s so far)…")
+
+    with waiting_for_database(waited):
+        return _process(files, service, worklist, truth_label, masks, label_from_folder, progress)
+
+
+def storage_refusal(worklist: Worklist, settings, files: Sequence[tuple[str, bytes]] = ()) -> str | None:
+    """Why the worklist cannot take uploads now (read-only folder, damaged database, a disk too
+    full for ``files``), or None."""
+    problem = worklist.storage_problem()
+    if problem is not None:
+        return str(problem)
+    free = free_bytes(settings)
+    needed = 2 * sum(len(d) for _, d in files) + FREE_MARGIN_BYTES
+    if free is not None and files and free < needed:
+        return disk_full_message(worklist.db_path) + f" ({free / 1e6:.1f} MB free, {needed / 1e6:.1f} MB needed)"
+    return None
+
+
+def _process(
+    files: Sequence[tuple[str, bytes]],
+    service: TriageService,
+    worklist: Worklist,
+    truth_label: str | None,
+    masks: Sequence[tuple[str, bytes]] | None,
+    label_from_folder: bool,
+    progress: Progress | None,
+) -> list[dict]:
     items, rows = expand_uploads(files)
     mask_items, mask_rows = expand_uploads(masks or [])
     rows.extend({**r, "reason": f"mask: {r['reason']}"} for r in mask_rows)
@@ -259,17 +303,28 @@ def process_uploads(
         if r["status"] == "rejected":
             _log_rejection(worklist, r["file"], r["reason"])
     hide = service.settings.file_names_hidden
-    # Series (DICOM UIDs, NIfTI volumes, image folders) go in as one stack each; the rest as single
-    # slices. Folders are not series when they carry class labels or masks (a training-data layout).
-    singles, series = _split_series(items, service, folder_series=not label_from_folder and not mask_for)
-    total = len(singles) + sum(len(s.slices) for s in series)
-    done = 0
+    # Decoded pixels the whole batch may cost, single files and series alike (issue 22, item 6),
+    # added up from the headers before anything is decoded: files past the budget are listed as
+    # not analysed, nothing of them decoded or recorded.
+    # The same bytes twice in one upload (a zip of copies) are decoded and analysed once: the
+    # copies get the first one's outcome (40 copies of a 40 MP slice in one folder cost 5.3 GB
+    # and 716 s as an image series, each copy decoded).
+    first_of: dict[str, str] = {}
+    copies: list[dict] = []
+    unique: list[UploadItem] = []
+    for item in items:
+        sid = content_id(item.data)
+        if sid in first_of:
+            copies.append(_row(item.name, "copy", scan_id=sid))
+            continue
+        first_of[sid] = item.name
+        unique.append(item)
+    items = unique
     budget = MAX_BATCH_PIXELS
-    for item in singles:
-        if progress is not None:
-            progress(done, total, case_ref(content_id(item.data)) if hide else item.name)
-        declared = declared_pixels(item.data, service.settings)
-        if declared > budget:  # from the header: nothing decoded, nothing recorded, nothing lost
+    kept: list[UploadItem] = []
+    for item in items:
+        declared = _declared(item, service.settings)
+        if declared > budget:
             rows.append(
                 _row(
                     item.name,
@@ -281,9 +336,18 @@ def process_uploads(
                     scan_id=content_id(item.data),
                 )
             )
-            done += 1
             continue
         budget -= declared
+        kept.append(item)
+    items = kept
+    # Series (DICOM UIDs, NIfTI volumes, image folders) go in as one stack each; the rest as single
+    # slices. Folders are not series when they carry class labels or masks (a training-data layout).
+    singles, series = _split_series(items, service, folder_series=not label_from_folder and not mask_for)
+    total = len(singles) + sum(len(s.slices) for s in series)
+    done = 0
+    for item in singles:
+        if progress is not None:
+            progress(done, total, case_ref(content_id(item.data)) if hide else item.name)
         truth = (label_from_folders(item) if label_from_folder else None) or truth_label
         rows.extend(_ingest_one(service, worklist, item, truth, mask_for.get(item.name)))
         done += 1
@@ -299,9 +363,40 @@ def process_uploads(
         done = start + len(one.slices)
     if progress is not None:
         progress(total, total, "")
+    rows.extend(_copy_outcome(c, rows) for c in copies)
     if hide:  # names stay in the database only; every row shown says which case it is
         rows = [{**r, "file": _hidden_file(r)} for r in rows]
     return rows
+
+
+def _copy_outcome(copy: dict, rows: Sequence[dict]) -> dict:
+    """The row of a file whose bytes came earlier in the same upload: the first one's outcome."""
+    first = next((r for r in rows if r["scan_id"] == copy["scan_id"]), None)
+    if first is None:
+        return {**copy, "status": "skipped", "reason": "the same file appears earlier in this upload"}
+    known = first["status"] in ("accepted", "already in worklist")
+    return {
+        **first,
+        "file": copy["file"],
+        "status": "already in worklist" if known else first["status"],
+        "reason": "the same file appears earlier in this upload; it was analysed once"
+        + ("" if known else f": {first['reason']}"),
+    }
+
+
+def _declared(item: UploadItem, settings) -> int:
+    """Decoded pixels a file will cost, from its header only (a NIfTI volume: all its voxels)."""
+    if not is_nifti(item.name, item.data):
+        return declared_pixels(item.data, settings)
+    try:  # the header is the first 348 (NIfTI-1) or 540 (NIfTI-2) bytes, also inside a .nii.gz
+        import nibabel as nib
+
+        raw = item.data
+        head = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(540) if raw[:2] == b"\x1f\x8b" else raw[:540]
+        kind = nib.Nifti2Header if int.from_bytes(head[:4], "little") == 540 else nib.Nifti1Header
+        return math.prod(max(1, int(d)) for d in kind.from_fileobj(io.BytesIO(head)).get_data_shape())
+    except Exception:  # not a readable header: the reader refuses the volume with the reason
+        return 0
 
 
 def _split_series(
@@ -402,6 +497,9 @@ def _ingest_one(
         results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
     except Exception as exc:  # one broken file must not stop the batch; the details go to the log only
         sid = content_id(item.data)
+        if isinstance(exc, StorageError):  # read-only, damaged, full or locked: said as it is
+            log.error("upload %r not stored: %s", shown_name(item.name, sid, service.settings), exc)
+            return [_row(item.name, "error", reason=f"not stored: {exc}", scan_id=sid)]
         if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:  # a clear reason, no traceback
             log.error("upload %r not stored: %s", shown_name(item.name, sid, service.settings), exc.strerror)
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -455,3 +553,155 @@ def _log_rejection(worklist: Worklist, name: str, reason: str, sha256: str | Non
         worklist.log_rejection(name, reason, sha256)
     except Exception:  # the result table still shows the reason
         log.exception("could not log the rejection of %r", shown_name(name, sha256 and sha256[:32]))
+
+
+# ----- received batches survive a crash (issue 22, item 16) ---------------------------------
+
+
+def _storage_reason(exc: OSError) -> str:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = "the server's disk is full" if full else "the data folder cannot be written"
+    return f"not analysed: {why}, so the upload could not be kept safe; nothing was stored, upload it again later"
+
+
+def receive_and_process(
+    files: Sequence[tuple[str, bytes]],
+    service: TriageService,
+    worklist: Worklist,
+    truth_label: str | None = None,
+    masks: Sequence[tuple[str, bytes]] | None = None,
+    label_from_folder: bool = False,
+    progress: Progress | None = None,
+    notice: Notice | None = None,
+) -> list[dict]:
+    """:func:`process_uploads`, with the batch first stored durably in the data folder's pending
+    queue (:mod:`triage.pending`) and removed once analysed: a server killed halfway finishes the
+    batch at its next start (:func:`recover_pending`). Same rows as :func:`process_uploads`."""
+    masks = list(masks or [])
+    problem = service.model_problem() or storage_refusal(worklist, service.settings, [*files, *masks])
+    if problem is not None:
+        return [_row(name, "refused", reason=f"not analysed: {problem}") for name, _ in files]
+    try:
+        batch = save_batch(service.settings.data_dir, files, masks, BatchOptions(truth_label, label_from_folder))
+    except OSError as exc:
+        log.error("a batch of %d files could not be kept for analysis: %s", len(files), exc.strerror or exc)
+        return [_row(name, "refused", reason=_storage_reason(exc)) for name, _ in files]
+    try:
+        rows = process_uploads(
+            files,
+            service,
+            worklist,
+            truth_label=truth_label,
+            masks=masks,
+            label_from_folder=label_from_folder,
+            progress=progress,
+            notice=notice,
+        )
+    except BaseException:
+        batch.close()  # kept on disk: the next start analyses it
+        raise
+    batch.finish()
+    return rows
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :func:`recover_pending` did: batches and files received before a restart, their rows."""
+
+    batches: int = 0
+    files: int = 0
+    rows: tuple[dict, ...] = ()
+    kept: int = 0  # batches left for a later start (no usable model, storage refused)
+
+    @property
+    def accepted(self) -> int:
+        return sum(r["status"] == "accepted" for r in self.rows)
+
+    @property
+    def known(self) -> int:
+        return sum(r["status"] == "already in worklist" for r in self.rows)
+
+    @property
+    def not_added(self) -> int:
+        return sum(r["status"] not in ("accepted", "already in worklist") for r in self.rows)
+
+    def message(self) -> str:
+        """One sentence for the reader ('' when nothing was pending)."""
+        if not self.files:
+            return ""
+        text = (
+            f"{self.files} upload{'s' if self.files != 1 else ''} from before the restart "
+            f"{'were' if self.files != 1 else 'was'} analysed: {self.accepted} added to the worklist"
+        )
+        if self.known:
+            text += f", {self.known} already there (analysed before the restart)"
+        if self.not_added:
+            text += f", {self.not_added} not added (see the rejected uploads on the Worklist page)"
+        if self.kept:
+            text += f"; {self.kept} batch(es) wait for the next start"
+        return text + "."
+
+
+def recover_pending(service: TriageService, worklist: Worklist) -> RecoveryReport:
+    """Analyse the batches received before the server stopped (a crash, SIGKILL, power loss) and
+    not finished: the files already analysed then are found in the worklist and not added twice.
+    A batch that cannot be analysed now (no usable model, storage refused) stays for the next start."""
+    batches = claim_orphans(service.settings.data_dir)
+    files, rows, kept = 0, [], 0
+    for batch in batches:
+        try:
+            got = process_uploads(
+                batch.files(),
+                service,
+                worklist,
+                truth_label=batch.options.truth_label,
+                masks=batch.masks(),
+                label_from_folder=batch.options.label_from_folder,
+            )
+        except Exception:
+            log.exception("pending batch %s could not be analysed; it is kept for the next start", batch.batch_id)
+            batch.close()
+            kept += 1
+            continue
+        if got and all(r["status"] == "refused" for r in got):
+            log.warning(
+                "pending batch %s not analysed now (%s); kept for the next start", batch.batch_id, got[0]["reason"]
+            )
+            batch.close()
+            kept += 1
+            continue
+        files += len(batch.names)
+        rows.extend(got)
+        batch.finish()
+        log.info("pending batch %s (%d files) from before the restart analysed", batch.batch_id, len(batch.names))
+    return RecoveryReport(batches=len(batches), files=files, rows=tuple(rows), kept=kept)
+
+
+class RecoveryRun:
+    """:func:`recover_pending` in a background thread (once per server start); ``report`` when done."""
+
+    def __init__(self, service: TriageService, worklist: Worklist) -> None:
+        self.waiting = pending_count(service.settings.data_dir)  # batches on disk at the start
+        self.report: RecoveryReport | None = None
+        self._service, self._worklist = service, worklist
+        self._thread = threading.Thread(target=self._run, name="pending-recovery", daemon=True)
+
+    def start(self) -> RecoveryRun:
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> RecoveryReport | None:
+        """The report once the run is over (None when still running after ``timeout``)."""
+        self._thread.join(timeout)
+        return self.report
+
+    def _run(self) -> None:
+        try:
+            self.report = recover_pending(self._service, self._worklist)
+        except Exception:  # never kills the server; the batches stay on disk for the next start
+            log.exception("analysing the uploads received before the restart failed")
+            self.report = RecoveryReport(kept=self.waiting)

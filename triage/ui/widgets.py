@@ -7,8 +7,10 @@ from collections.abc import Iterable
 
 import streamlit as st
 
+from triage.housekeeping import free_bytes
 from triage.ui.format import FLAG_TEXT, escape_md
 from triage.ui.state import pop_flash
+from triage.worklist import ReadOnlyStorageError, StorageError, Worklist
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,51 @@ FLAG_HELP: dict[str, str] = {
 def banner() -> None:
     """The disclaimer shown on every page."""
     st.warning(DISCLAIMER, icon="⚠️")
+
+
+# Below this much free space in the data folder every page says uploads may soon be refused.
+LOW_FREE_BYTES = 128 * 1024 * 1024
+RECOVERY_SHOWN = "recovery_shown"  # this session has seen the message about uploads from before a restart
+
+
+def storage_banner(worklist: Worklist, settings) -> StorageError | None:
+    """On every page: a read-only data folder (reading works, writes are refused), a damaged
+    database (naming the file and what to do) or an almost full disk. Returns the problem."""
+    problem = worklist.storage_problem()
+    if isinstance(problem, ReadOnlyStorageError):
+        st.warning(f"**Read-only.** {escape_md(problem)}", icon=":material/lock:")
+    elif problem is not None:
+        st.error(escape_md(problem), icon=":material/database:")
+    else:
+        free = free_bytes(settings)
+        if free is not None and free < LOW_FREE_BYTES:
+            st.warning(
+                f"The disk of the data folder is almost full ({free / 1e6:.0f} MB free): large uploads will be "
+                "refused. Ask an administrator to free some space.",
+                icon=":material/storage:",
+            )
+    return problem
+
+
+def storage_failure(exc: StorageError) -> None:
+    """A page stopped by a storage fault: the reason instead of a raw error page."""
+    log.error("page stopped by a storage fault: %s", exc)
+    st.error(escape_md(exc), icon=":material/database:")
+
+
+def recovery_notice(run) -> None:
+    """Uploads received before a restart: 'being finished' while the background run works, then
+    (once per session) what became of them."""
+    if run.running and run.waiting:
+        st.info(
+            f"Finishing {run.waiting} upload batch{'es' if run.waiting != 1 else ''} received before the restart…",
+            icon=":material/restore:",
+        )
+        return
+    report = run.report
+    if report is not None and report.files and not st.session_state.get(RECOVERY_SHOWN):
+        st.session_state[RECOVERY_SHOWN] = True
+        st.success(escape_md(report.message()), icon=":material/restore:")
 
 
 def untrained_warning(trained: bool) -> None:
