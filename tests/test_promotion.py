@@ -89,6 +89,8 @@ def test_check_change_needs_a_name_and_a_reason_without_grounds():
     with pytest.raises(PromotionRefused, match="no comparison backs"):
         promotion.check_change(None, "dr a", "short")
     assert promotion.check_change(None, "dr a", "roll back: v2 misses gliomas") == "rollback"
+    # A newer version activated on a written reason alone is an override, not a rollback.
+    assert promotion.check_change(None, "dr a", "better across sources", back_to_earlier=False) == "override"
     worse = judge(_comparison(60, 0.98, 0.80), rounds=200)
     with pytest.raises(PromotionRefused, match="accuracy is worse"):
         promotion.check_change(worse, "dr a", "")

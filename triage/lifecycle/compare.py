@@ -238,7 +238,7 @@ def promote(
         if comparison.get("candidate") != version or comparison.get("active") != current:
             raise PromotionRefused("the comparison shown is not of this version against the active one; reload")
         verdict = judge(comparison)
-    kind = check_change(verdict, by, reason)
+    kind = check_change(verdict, by, reason, back_to_earlier=not _created_after(wd, task, version, current))
     set_active(wd, task, version)
     change = ModelChange(
         time=utc_now("seconds"),
@@ -253,6 +253,17 @@ def promote(
     record_change(settings.data_dir, change)
     log.info("%s version %s is now active (%s by %s, was %s)", task, version, kind, change.by, current)
     return change
+
+
+def _created_after(weights_dir: Path, task: str, version: str, current: str | None) -> bool:
+    """Whether ``version`` was trained after the active ``current`` one (both cards' ``created`` known)."""
+    if current is None:
+        return False
+    try:
+        made = [read_card(weights_dir, task, v).created for v in (version, current)]
+    except (ModelNotFoundError, OSError, ValueError):
+        return False
+    return bool(made[0] and made[1]) and made[0] > made[1]
 
 
 def versions_table(settings: Settings, task: str) -> list[dict]:

@@ -225,8 +225,11 @@ class ModelChange:
     figures: dict = field(default_factory=dict)
 
 
-def check_change(verdict: PromotionVerdict | None, by: str, reason: str) -> str:
-    """The kind of change the rule allows, or :class:`PromotionRefused` saying what is missing."""
+def check_change(verdict: PromotionVerdict | None, by: str, reason: str, back_to_earlier: bool = True) -> str:
+    """The kind of change the rule allows, or :class:`PromotionRefused` saying what is missing.
+
+    Without a comparison the change is a "rollback" when it goes back to an earlier version
+    (``back_to_earlier``), else an "override" (a newer version activated on a written reason)."""
     if not by.strip():
         raise PromotionRefused("say who is making the change (sign in or enter your name)")
     if verdict is not None and verdict.grounds:
@@ -237,7 +240,7 @@ def check_change(verdict: PromotionVerdict | None, by: str, reason: str) -> str:
             f"refused: {why}. An admin can still make the change with a written reason "
             f"(at least {MIN_REASON_CHARS} characters), which is recorded."
         )
-    return "rollback" if verdict is None else "override"
+    return "rollback" if verdict is None and back_to_earlier else "override"
 
 
 def record_change(data_dir: str | Path, change: ModelChange) -> None:
