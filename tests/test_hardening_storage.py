@@ -144,7 +144,7 @@ def test_a_read_only_data_folder_opens_read_only(weights, app_env) -> None:
         assert "Uploads are refused" in _texts(new_scans)
         assert next(b for b in new_scans.button if b.label.startswith("Analyse")).disabled
         review = _pages(ids[0])["views/case_review.py"]
-        assert "File **s0.png**" in _texts(review) and "Calibrated probabilities" in _texts(review)
+        assert "file **s0.png**" in _texts(review) and "Calibrated probabilities" in _texts(review)
     assert _files(app_env) == before  # nothing written, nothing lost
     assert Worklist(app_env / "worklist.sqlite3").review(ids[0], "dr.a", label="glioma")["reviewed_label"] == "glioma"
 
