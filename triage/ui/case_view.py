@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 METHOD_TEXT: dict[str, str] = {
-    "seg-gradcam": "Seg-Grad-CAM (segmenter)",
+    "seg-gradcam": "Seg-Grad-CAM",
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
     "eigencam": "Eigen-CAM (class-agnostic)",

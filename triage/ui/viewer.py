@@ -115,7 +115,7 @@ def slice_viewer(
             )
             if method == SEGMENTER_METHOD:  # the segmenter's evidence: one map, whatever the class
                 target = pred
-                h2.caption("Seg-Grad-CAM: where the segmenter finds tumour (the default: it points at the lesion)")
+                h2.caption("Where the segmenter finds tumour (one map for every class)")
             else:
                 class_key = state.keyed(state.CAM_CLASS, sid)
                 if class_key not in st.session_state:
