@@ -86,7 +86,12 @@ def explain(
     x = _normalised_input(crop, size, meta)
     with lock or EXPLAIN_LOCK:
         cam_sq = _run_cam(net, cam_cls, _target_layer(net, meta), x, class_index)
-    heat = from_model_output(cam_sq, crop.shape)
+    return _to_crop(cam_sq, crop.shape)
+
+
+def _to_crop(cam_sq: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A model-input-square CAM back at the crop's resolution, float32 in [0, 1]."""
+    heat = from_model_output(cam_sq, shape)
     return np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0).astype(np.float32)
 
 
@@ -104,7 +109,6 @@ def explain_segmenter(
     there are none (then the map shows the most tumour-like region of a slice called tumour-free).
     Returns float32 (h, w) in [0, 1] at the crop's resolution.
     """
-    import torch
     from pytorch_grad_cam import GradCAM
 
     crop = _check_crop(crop_image)
@@ -114,14 +118,8 @@ def explain_segmenter(
     threshold = float(meta.get("threshold", 0.5))
     logit_cut = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
     with lock or EXPLAIN_LOCK:
-        with torch.inference_mode(False), torch.no_grad():
-            logits = net(torch.from_numpy(x)[None, None])[0, 0].numpy()
-        region = logits >= logit_cut
-        if not region.any():
-            region = np.ones_like(region)
-        cam_sq = _run_cam(net, GradCAM, layer, x, _RegionTarget(region))
-    heat = from_model_output(cam_sq, crop.shape)
-    return np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0).astype(np.float32)
+        cam_sq = _run_cam(net, GradCAM, layer, x, _RegionTarget(logit_cut))
+    return _to_crop(cam_sq, crop.shape)
 
 
 def _segmenter_layer(net: nn.Module, name: str) -> nn.Module:
@@ -144,16 +142,16 @@ def _segmenter_layer(net: nn.Module, name: str) -> nn.Module:
 
 
 class _RegionTarget:
-    """pytorch-grad-cam target: the sum of a segmenter's logits over a region (its SemanticSegmentationTarget
-    takes a class channel of a softmax output; this model has one sigmoid channel)."""
+    """pytorch-grad-cam target: the sum of a segmenter's logits over the pixels at or above ``logit_cut``
+    (every pixel when none is), read off the CAM's own forward pass (its SemanticSegmentationTarget takes
+    a fixed mask of a softmax class channel; this model has one sigmoid channel)."""
 
-    def __init__(self, region: np.ndarray):
-        self.region = region.astype(np.float32)
+    def __init__(self, logit_cut: float):
+        self.logit_cut = logit_cut
 
-    def __call__(self, output):  # output: (1, S, S) or (S, S) logits of one image
-        import torch
-
-        return (output.reshape(self.region.shape) * torch.from_numpy(self.region).to(output.device)).sum()
+    def __call__(self, output):  # output: the (1, S, S) or (S, S) logits of one image
+        region = output.detach() >= self.logit_cut
+        return (output * region).sum() if bool(region.any()) else output.sum()
 
 
 def explain_to_scan(
