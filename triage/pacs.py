@@ -30,6 +30,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triage import atomic
 from triage.config import Settings
 from triage.errors import ModelNotFoundError, TriageError
 
@@ -100,15 +101,9 @@ def backoff_s(attempts: int) -> float:
 
 
 def write_atomic(folder: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` to ``folder/name`` via a temporary file and rename (never a half file)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``folder/name`` atomically (:func:`triage.atomic.write_bytes`)."""
+    path = Path(folder) / name
+    atomic.write_bytes(path, data)
     return path
 
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triage import atomic
 from triage.config import Settings
 from triage.errors import TriageError
 
@@ -255,9 +256,7 @@ def start_service(settings: Settings, kind: str, args: Sequence[str]) -> Service
             "started_at": time.time(),
             "command": cmd[1:],
         }
-        tmp = pid_file(settings, kind).with_suffix(".pid.tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, pid_file(settings, kind))
+        atomic.write_json(pid_file(settings, kind), record)
         try:
             code = proc.wait(START_CHECK_S)
         except subprocess.TimeoutExpired:
