@@ -257,11 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     per_worker = 1000 / two["worker_ms"]  # measured inside the actors, free of start-up and pipeline effects
     node_rate = 2 * per_worker
     ratio = two["steady_per_s"] / max(1e-9, local["steady_per_s"])
-    verdict = C.verdict(ratio >= TARGET_RATIO) if args.n >= 5000 else "(the target is set on 5000 slices)"
+    # The verdict is on wall time (start-up included): "steady" over-states Ray, whose first row arrives late.
+    wall_ratio = local["wall_s"] / max(1e-9, two["wall_s"])
+    verdict = C.verdict(wall_ratio >= TARGET_RATIO) if args.n >= 5000 else "(the target is set on 5000 slices)"
     out += [
         "",
-        f"Target: Ray with 2 workers within 15% of the local engine's steady throughput on 5000 slices: "
-        f"{ratio:.2f} of it {verdict}.",
+        f"Target: Ray with 2 workers within 15% of the local engine's throughput on 5000 slices: "
+        f"{wall_ratio:.2f} of it on wall time, start-up included {verdict} ({ratio:.2f} on steady rate).",
         "",
         "### On paper: 10^6 slices",
         "",
@@ -286,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
     ]
-    return C.finish(args, "ray_scale", out, versions)
+    # One section per size: the 1,000- and 5,000-slice runs are both kept in RESULTS.md.
+    return C.finish(args, f"ray_scale_{args.n}", out, versions)
 
 
 if __name__ == "__main__":
