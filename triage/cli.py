@@ -112,8 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = get_settings()
     out = Path(args.out)
     weights_dir = Path(args.weights_dir) if args.weights_dir else settings.weights_dir
-    run_dir = Path(args.run_dir) if args.run_dir else settings.data_dir / "runs" / f"{args.task}-{out.name}"
-    cache_dir = Path(args.cache_dir) if args.cache_dir else settings.data_dir / "cache"
+    run_dir = Path(args.run_dir) if args.run_dir else settings.run_dir(args.task, out.name)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else settings.cache_dir
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None}
     folder = lifecycle.run_training(
         args.task,
@@ -165,19 +165,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.task == "segmenter":
         entry = lifecycle.retune_segmenter(
-            settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache", tta=not args.no_tta
+            settings.weights_dir, args.version, Path(args.data), settings.cache_dir, tta=not args.no_tta
         )
         print(f"segmenter {args.version} (tta={entry['tta']}): {entry['old']} -> {entry['new']}")
         return 0
     entry = lifecycle.recalibrate_classifier(
-        settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache", tta=not args.no_tta
+        settings.weights_dir, args.version, Path(args.data), settings.cache_dir, tta=not args.no_tta
     )
     print(
         f"classifier {args.version}: temperature {entry['old_temperature']} -> {entry['temperature']:.3f}, "
         f"validation ECE {entry['ece_before']:.3f} -> {entry['ece_after']:.3f}, accuracy {entry['val_accuracy']:.3f}"
     )
     if args.flags:
-        rule = lifecycle.fit_flags(settings.weights_dir, args.version, Path(args.data), settings.data_dir / "cache")
+        rule = lifecycle.fit_flags(settings.weights_dir, args.version, Path(args.data), settings.cache_dir)
         print(
             f"flag rule: {rule['rule']}; validation errors flagged {rule['errors_flagged']:.1%}, "
             f"correct calls flagged {rule['correct_flagged']:.1%}"

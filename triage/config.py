@@ -90,6 +90,20 @@ class Settings:
     def scans_dir(self) -> Path:
         return self.data_dir / "scans"
 
+    # The one place the training runs and the decoded-crop cache live (issue 24: they were derived in
+    # five modules). A run's folder is named after its task and version so a rerun resumes it.
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def run_dir(self, task: str, version: str) -> Path:
+        """The log and checkpoint folder of training ``task`` into ``version``."""
+        return self.runs_dir / f"{task}-{version}"
+
 
 def _coerce(value: str, current: object) -> object:
     if current is None:  # an optional switch: empty or "auto" keeps the default rule

@@ -204,7 +204,7 @@ def run_cross_source(shared: Path, out: Path, service=None, limit: int | None = 
     service = service or TriageService()
     settings = service.settings
     versions = service.models().versions
-    cache_dir = settings.data_dir / "cache"
+    cache_dir = settings.cache_dir
     shared = Path(shared)
     sha, thumbs = _training_reference(settings.weights_dir, versions, shared, cache_dir)
     rows, t0 = {}, time.perf_counter()

@@ -329,7 +329,7 @@ def run_evaluation(
     settings = service.settings
     versions = service.models().versions
     data = Path(data)
-    cache_dir = settings.data_dir / "cache"
+    cache_dir = settings.cache_dir
     samples, selection = _pick_eval_samples(data)
     if limit:
         rng = np.random.default_rng(0)

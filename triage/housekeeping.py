@@ -57,8 +57,8 @@ def data_folder_usage(settings: Settings) -> list[FolderUsage]:
     parts = {
         "worklist database": sorted(d.glob("worklist.sqlite3*")),
         "stored scans and masks": [settings.scans_dir],
-        "training runs (logs, checkpoints)": [d / "runs"],
-        "decoded-crop cache": [d / "cache"],
+        "training runs (logs, checkpoints)": [settings.runs_dir],
+        "decoded-crop cache": [settings.cache_dir],
         "backups kept inside the data folder": [d / "backups"],
     }
     out, known = [], set()

@@ -144,7 +144,7 @@ def compare_versions(
     other_version = active_version(wd, other)
     if not samples:
         raise DatasetError("no labelled images to compare on")
-    test = build_cache(samples, 64, settings.data_dir / "cache", with_masks=False)
+    test = build_cache(samples, 64, settings.cache_dir, with_masks=False)
     trained_on = _split_sha1(wd, task, active, "train_sha1") | _split_sha1(wd, task, candidate, "train_sha1")
     seen = np.array([s in trained_on for s in test.sha1s], bool)
     test = test.subset(~seen)

@@ -235,7 +235,7 @@ def start_job(
     """
     with _start_lock(settings):
         sweep_runs(settings)
-        trim_cache(settings.data_dir / "cache", settings.cache_limit_bytes)
+        trim_cache(settings.cache_dir, settings.cache_limit_bytes)
         return _launch_job(settings, task, data, preset, init_from, overrides, group)
 
 
@@ -294,7 +294,7 @@ def _launch_job(
     reserved = {j.version for j in list_jobs(settings) if j.task == task}
     version = new_version_name(weights_dir, task, reserved)
     out = weights_dir / task / version
-    run_dir = settings.data_dir / "runs" / f"{task}-{version}"
+    run_dir = settings.run_dir(task, version)
     run_dir.mkdir(parents=True, exist_ok=False)
     cmd = [
         sys.executable,
@@ -311,7 +311,7 @@ def _launch_job(
         "--run-dir",
         str(run_dir),
         "--cache-dir",
-        str(settings.data_dir / "cache"),
+        str(settings.cache_dir),
         "--weights-dir",
         str(weights_dir),
         "--quiet",

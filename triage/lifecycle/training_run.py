@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from triage.config import get_settings
 from triage.datasets import (
     CachedSet,
     build_cache,
@@ -137,10 +138,13 @@ def run_training(
     progress: bool = True,
     **overrides: object,
 ) -> Path:
-    """Prepare data, train ``task`` and write the model version folder ``out``. Returns ``out``."""
+    """Prepare data, train ``task`` and write the model version folder ``out``. Returns ``out``.
+
+    ``run_dir`` / ``cache_dir`` default to the settings' folders (``Settings.run_dir``, ``Settings.cache_dir``)."""
     out = Path(out)
-    run_dir = Path(run_dir) if run_dir else out.parent.parent.parent / "runs" / f"{task}-{out.name}"
-    cache_dir = Path(cache_dir) if cache_dir else run_dir.parent / "cache"
+    settings = get_settings()
+    run_dir = Path(run_dir) if run_dir else settings.run_dir(task, out.name)
+    cache_dir = Path(cache_dir) if cache_dir else settings.cache_dir
     cfg = TrainConfig.from_preset(task, preset, init_from=init_from, **overrides)
     if init_from and weights_dir is not None:
         _inherit_from_parent(cfg, Path(weights_dir), overrides)
