@@ -10,8 +10,7 @@ import streamlit as st
 from triage.ui.auth import account_sidebar, current_account, sign_in_page
 from triage.ui.resources import get_worklist, settings, start_recovery, start_warm_up
 from triage.ui.state import init_state
-from triage.ui.widgets import banner, recovery_notice, storage_banner, storage_failure
-from triage.worklist import StorageError
+from triage.ui.widgets import banner, recovery_notice, run_page, storage_banner
 
 st.set_page_config(page_title="Brain-MRI triage", page_icon="🧠", layout="wide")
 init_state()
@@ -38,7 +37,4 @@ else:
 banner()
 storage_banner(get_worklist(), settings())  # read-only folder, damaged database, full disk
 recovery_notice(start_recovery())  # uploads received before a restart are finished in the background
-try:
-    page.run()
-except StorageError as exc:  # a damaged or unreadable worklist: its reason, never a raw error page
-    storage_failure(exc)
+run_page(page)  # a damaged or unreadable worklist: its reason, never a raw error page

@@ -104,25 +104,20 @@ def die(msg: str, code: int) -> None:
 def model_versions(weights_dir: Path) -> dict[str, dict]:
     """{task: {version, trained, arch, input_size}} of the active models; exits 2 when one is missing."""
     from triage.errors import ModelNotFoundError
-    from triage.models import TASKS, active_version, read_metadata
+    from triage.models import TASKS, active_version, read_card
 
     out = {}
     for task in TASKS:
         try:
             v = active_version(weights_dir, task)
-            meta = read_metadata(weights_dir, task, v)
+            card = read_card(weights_dir, task, v)
         except (ModelNotFoundError, OSError, ValueError) as exc:
             die(
                 f"no usable {task} model in {weights_dir}: {exc}\n"
                 f"Train and activate one (python -m triage train {task} ... --activate) or pass --weights-dir.",
                 EXIT_NO_MODEL,
             )
-        out[task] = {
-            "version": v,
-            "trained": bool(meta.get("trained", False)),
-            "arch": meta.get("arch", "?"),
-            "input_size": meta.get("input_size", "?"),
-        }
+        out[task] = {"version": v, "trained": card.trained, "arch": card.arch, "input_size": card.input_size}
     return out
 
 

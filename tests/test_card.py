@@ -44,6 +44,35 @@ def test_card_values_win_over_defaults() -> None:
     assert clf.flag_rule == FlagRule.from_card(rule) and clf.ood_threshold == 12.5
 
 
+def test_descriptive_blocks_are_parsed_and_empty_when_absent() -> None:
+    """What the Model page reads: training sources (licences), epoch history, metrics, OOD rule, loss."""
+    bare = ModelCard.from_meta(CLASSIFIER_META)
+    assert (bare.training_sources, bare.history, bare.best_epoch, bare.preprocess, bare.loss) == ((), (), None, "", "")
+    assert dict(bare.validation()) == {} and bare.has_ood_threshold and bare.ood_rule == ""
+    assert not ModelCard.from_meta({**CLASSIFIER_META, "ood": {"threshold": None}}).has_ood_threshold
+    sources = [{"source": "brisc2025", "train_images": 10, "licence": "CC BY 4.0", "commercial_use": True}, "junk"]
+    card = ModelCard.from_meta(
+        {
+            **SEGMENTER_META,
+            "training_sources": sources,
+            "history": [{"epoch": 0, "val_dice": 0.5}, {"epoch": 1, "val_dice": 0.6}],
+            "best_epoch": 1,
+            "loss": "per-image Dice + BCE",
+            "preprocess": "crop_brain -> resize",
+            "metrics": {"validation": {"dice": 0.6}},
+        }
+    )
+    assert [dict(s) for s in card.training_sources] == sources[:1]  # entries that are not objects are dropped
+    assert [h["val_dice"] for h in card.history] == [0.5, 0.6] and card.best_epoch == 1
+    assert (card.loss, card.preprocess, card.validation()["dice"]) == (
+        "per-image Dice + BCE",
+        "crop_brain -> resize",
+        0.6,
+    )
+    with pytest.raises(TypeError):
+        card.training_sources[0]["licence"] = "mine"  # type: ignore[index]
+
+
 def test_the_record_is_read_only() -> None:
     card = ModelCard.from_meta(CLASSIFIER_META)
     with pytest.raises(dataclasses.FrozenInstanceError):

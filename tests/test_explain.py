@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from triage.card import ModelCard
 from triage.explain import (
     ALL_METHODS,
     EXPLAIN_LOCK,
@@ -78,6 +79,15 @@ def test_works_under_inference_mode_and_frozen_weights(net: nn.Module, crop: np.
     finally:
         net.requires_grad_(True)
     np.testing.assert_allclose(heat, ref, atol=1e-5)
+
+
+def test_the_typed_card_and_its_dict_give_the_same_map(net: nn.Module, crop: np.ndarray) -> None:
+    """The service passes the ModelCard parsed when the model loaded; a card dict is parsed the same way."""
+    card = ModelCard.from_meta(META, task="classifier")
+    np.testing.assert_array_equal(explain(net, card, crop, "glioma"), explain(net, META, crop, "glioma"))
+    # no normalisation block: the card's defaults (mean 0.2, std 0.25), the same as writing them out
+    bare = {k: v for k, v in META.items() if k != "normalization"}
+    np.testing.assert_array_equal(explain(net, bare, crop, "glioma"), explain(net, META, crop, "glioma"))
 
 
 def test_fallback_to_last_conv_when_layer_missing(net: nn.Module, crop: np.ndarray) -> None:

@@ -9,9 +9,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO_DIR
+from tests.lifecycle.test_importer import write_class_folders
+from tests.lifecycle.test_jobs import kill_leftovers
 from tests.model_fixtures import make_tiny_weights
-from tests.test_importer import write_class_folders
-from tests.test_jobs import kill_leftovers
 from triage.config import get_settings
 from triage.lifecycle import jobs, promotion
 from triage.ui import state

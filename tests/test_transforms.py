@@ -31,7 +31,7 @@ def test_training_calibration_and_inference_see_the_same_tensor(tmp_path, synthe
     x_infer = torch.from_numpy(model_array([crop], clf.model.meta))
     assert torch.equal(x_train, x_calib)
     assert torch.equal(x_calib, x_infer)
-    assert np.array_equal(_normalised_input(crop, size, clf.model.meta), x_infer[0, 0].numpy())
+    assert np.array_equal(_normalised_input(crop, clf.model.card), x_infer[0, 0].numpy())
     np.testing.assert_allclose(to_model_input(crop, size), (x_infer[0, 0].numpy() * STD) + MEAN, atol=1e-6)
     from triage.transforms import model_input
 

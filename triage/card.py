@@ -9,7 +9,9 @@ nowhere else (as timm's ``PretrainedCfg`` does for its models):
 - ``temperature`` 1.0, ``tta`` off, ``threshold`` 0.5, ``min_area_frac`` 0, no OOD threshold
   (nothing is out of distribution) and no fitted flag rule (risk.py's fixed rule) when absent;
 - ``intensity_norm`` must be one this code implements, checked here so a card asking for an
-  unknown standardisation fails when the model loads, not at the first scan.
+  unknown standardisation fails when the model loads, not at the first scan;
+- the descriptive blocks (training data and sources, epoch history, metrics, training settings) are
+  empty when a card predates them, so the Model page and the comparisons never repeat a default.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ DEFAULT_STD = 0.25
 
 def _frozen(value: Any) -> Mapping:
     return MappingProxyType(dict(value)) if isinstance(value, Mapping) else MappingProxyType({})
+
+
+def _frozen_list(value: Any) -> tuple[Mapping, ...]:
+    """A JSON list of objects as a tuple of read-only mappings (entries that are not objects are dropped)."""
+    if not isinstance(value, (list, tuple)):
+        return ()
+    return tuple(_frozen(v) for v in value if isinstance(v, Mapping))
 
 
 @dataclass(frozen=True)
@@ -59,13 +68,19 @@ class ModelCard:
     classes: tuple[str, ...] = CLASSES
     temperature: float = 1.0
     ood_threshold: float = math.inf
+    ood_rule: str = ""  # how the OOD threshold was chosen ("99.5th percentile of validation scores")
     flag_rule: FlagRule | None = None
     gradcam_layer: str = ""
     # segmenter
     threshold: float = 0.5
     min_area_frac: float = 0.0
     # descriptive
+    preprocess: str = ""
+    loss: str = ""  # the segmenter's training loss, as the card names it
     data: Mapping = field(default_factory=lambda: MappingProxyType({}))
+    training_sources: tuple[Mapping, ...] = ()  # {source, train_images, licence, commercial_use} per source
+    history: tuple[Mapping, ...] = ()  # one entry per training epoch (losses, validation metrics)
+    best_epoch: int | None = None
     metrics: Mapping = field(default_factory=lambda: MappingProxyType({}))
     train_config: Mapping = field(default_factory=lambda: MappingProxyType({}))
     wall_time_min: float | None = None
@@ -88,7 +103,7 @@ class ModelCard:
         intensity_norm = meta.get("intensity_norm") or None
         check_intensity_norm(intensity_norm)
         ood = meta.get("ood") or {}
-        wall = meta.get("wall_time_min")
+        wall, best = meta.get("wall_time_min"), meta.get("best_epoch")
         return cls(
             task=str(meta.get("task") or task or ""),
             arch=str(meta.get("arch") or ""),
@@ -105,12 +120,18 @@ class ModelCard:
             in_chans=int(meta.get("in_chans", 1)),
             classes=tuple(meta.get("classes") or CLASSES),
             temperature=float(meta.get("temperature") or 1.0),
-            ood_threshold=float(ood.get("threshold", math.inf)),
+            ood_threshold=float(ood.get("threshold") if ood.get("threshold") is not None else math.inf),
+            ood_rule=str(ood.get("threshold_rule") or ""),
             flag_rule=FlagRule.from_card(meta.get("flag_rule")),
             gradcam_layer=str(meta.get("gradcam_layer") or "").strip(),
             threshold=float(meta.get("threshold") if meta.get("threshold") is not None else 0.5),
             min_area_frac=float(meta.get("min_area_frac") or 0.0),
+            preprocess=str(meta.get("preprocess") or ""),
+            loss=str(meta.get("loss") or ""),
             data=_frozen(meta.get("data")),
+            training_sources=_frozen_list(meta.get("training_sources")),
+            history=_frozen_list(meta.get("history")),
+            best_epoch=None if best is None else int(best),
             metrics=_frozen(meta.get("metrics")),
             train_config=_frozen(meta.get("train_config")),
             wall_time_min=None if wall is None else float(wall),
@@ -126,3 +147,8 @@ class ModelCard:
     def validation(self) -> Mapping:
         """The card's validation metrics (empty when it has none)."""
         return self.metrics.get("validation") or {}
+
+    @property
+    def has_ood_threshold(self) -> bool:
+        """True when the card sets an out-of-distribution limit (without one nothing is flagged OOD)."""
+        return math.isfinite(self.ood_threshold)

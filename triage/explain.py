@@ -1,8 +1,9 @@
 """Class-activation heatmaps (Grad-CAM family) for the classifier, via pytorch-grad-cam.
 
 The map is computed on the same model input as a prediction (brain crop -> zero-pad to
-square -> resize to ``meta["input_size"]`` -> ``(x - mean) / std``) and mapped back to the
-crop, then optionally pasted into the full scan with :func:`explain_to_scan`.
+square -> resize to the card's ``input_size`` -> ``(x - mean) / std``, all read off the
+:class:`~triage.card.ModelCard`) and mapped back to the crop, then optionally pasted into the full
+scan with :func:`explain_to_scan`.
 
 Thread safety: the library registers forward hooks on a layer of the (shared) model, so two
 concurrent calls on the same model would record each other's activations. Every call is
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from triage.card import ModelCard
 from triage.models import resolve_module
 from triage.preprocess import paste_into_scan
 from triage.records import CLASSES
@@ -59,13 +62,10 @@ ALL_METHODS: tuple[str, ...] = (SEGMENTER_METHOD, *METHODS)
 # Serialises every heatmap computation on shared models (hooks are not thread-safe).
 EXPLAIN_LOCK = threading.Lock()
 
-# Used only when a model card has no normalisation block (same values as triage.train).
-_DEFAULT_MEAN, _DEFAULT_STD = 0.2, 0.25
-
 
 def explain(
     net: nn.Module,
-    meta: dict,
+    card: ModelCard | Mapping,
     crop_image: np.ndarray,
     target_class: str,
     method: str = "gradcam",
@@ -73,8 +73,9 @@ def explain(
 ) -> np.ndarray:
     """Heatmap of the evidence for ``target_class`` in a brain crop.
 
-    net: the classifier (kept in eval mode; its parameters are not changed). meta: its model
-    card (``input_size``, ``normalization``, ``gradcam_layer``). crop_image: uint8 (h, w)
+    net: the classifier (kept in eval mode; its parameters are not changed). card: its
+    :class:`~triage.card.ModelCard` (or the card dict, parsed here): input size, normalisation,
+    Grad-CAM layer. crop_image: uint8 (h, w)
     brain crop. target_class: one of ``CLASSES``. method: a key of :data:`METHODS`.
     Returns float32 (h, w) in [0, 1] at the crop's resolution (1 = strongest evidence).
     Raises ValueError for an unknown class, method or layer, or a bad crop.
@@ -82,10 +83,10 @@ def explain(
     cam_cls = _method_class(method)
     class_index = _class_index(target_class)
     crop = _check_crop(crop_image)
-    size = int(meta["input_size"])
-    x = _normalised_input(crop, size, meta)
+    card = ModelCard.of(card)
+    x = _normalised_input(crop, card)
     with lock or EXPLAIN_LOCK:
-        cam_sq = _run_cam(net, cam_cls, _target_layer(net, meta), x, class_index)
+        cam_sq = _run_cam(net, cam_cls, _target_layer(net, card), x, class_index)
     return _to_crop(cam_sq, crop.shape)
 
 
@@ -97,14 +98,15 @@ def _to_crop(cam_sq: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def explain_segmenter(
     net: nn.Module,
-    meta: dict,
+    card: ModelCard | Mapping,
     crop_image: np.ndarray,
     lock: threading.Lock | None = None,
 ) -> np.ndarray:
     """Seg-Grad-CAM of the segmenter: the evidence behind the pixels it calls tumour.
 
-    net: the segmenter (its output is (1, 1, S, S) tumour logits). meta: its model card
-    (``input_size``, ``normalization``, optional ``gradcam_layer``, ``threshold``). The target is the
+    net: the segmenter (its output is (1, 1, S, S) tumour logits). card: its
+    :class:`~triage.card.ModelCard` or card dict (input size, normalisation, optional Grad-CAM
+    layer, mask threshold). The target is the
     sum of the logits over the pixels at or above the card's threshold, or over every pixel when
     there are none (then the map shows the most tumour-like region of a slice called tumour-free).
     Returns float32 (h, w) in [0, 1] at the crop's resolution.
@@ -112,10 +114,10 @@ def explain_segmenter(
     from pytorch_grad_cam import GradCAM
 
     crop = _check_crop(crop_image)
-    size = int(meta["input_size"])
-    x = _normalised_input(crop, size, meta)
-    layer = _segmenter_layer(net, str(meta.get("gradcam_layer") or ""))
-    threshold = float(meta.get("threshold", 0.5))
+    card = ModelCard.of(card)
+    x = _normalised_input(crop, card)
+    layer = _segmenter_layer(net, card.gradcam_layer)
+    threshold = card.threshold
     logit_cut = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
     with lock or EXPLAIN_LOCK:
         cam_sq = _run_cam(net, GradCAM, layer, x, _RegionTarget(logit_cut))
@@ -206,11 +208,11 @@ def _run_cam(net: nn.Module, cam_cls: type[BaseCAM], layer: nn.Module, x: np.nda
     return np.asarray(out[0], dtype=np.float32)
 
 
-def _target_layer(net: nn.Module, meta: dict) -> nn.Module:
-    """The module named by ``meta["gradcam_layer"]``, or the last Conv2d when it is not set."""
+def _target_layer(net: nn.Module, card: ModelCard) -> nn.Module:
+    """The module named by the card's ``gradcam_layer``, or the last Conv2d when it is not set."""
     from torch import nn
 
-    name = str(meta.get("gradcam_layer") or "").strip()
+    name = card.gradcam_layer
     if name:
         try:
             return resolve_module(net, name)
@@ -223,14 +225,8 @@ def _target_layer(net: nn.Module, meta: dict) -> nn.Module:
     return convs[-1]
 
 
-def _normalised_input(crop: np.ndarray, size: int, meta: dict) -> np.ndarray:
-    """uint8 (h, w) crop -> float32 (size, size), ``(x / 255 - mean) / std``."""
-    norm = meta.get("normalization") or {}
-    card = {
-        **meta,
-        "input_size": size,
-        "normalization": {"mean": float(norm.get("mean", _DEFAULT_MEAN)), "std": float(norm.get("std", _DEFAULT_STD))},
-    }
+def _normalised_input(crop: np.ndarray, card: ModelCard) -> np.ndarray:
+    """uint8 (h, w) crop -> float32 (S, S) model input, S the card's input size (the inference transform)."""
     return np.ascontiguousarray(model_array([crop], card)[0, 0], dtype=np.float32)
 
 

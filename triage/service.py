@@ -182,7 +182,7 @@ class TriageService:
                 from triage.explain import explain as run_cam
 
                 self.torch_ready()
-                run_cam(bundle.classifier.net, bundle.classifier.model.meta, head, CLASSES[1], lock=MODEL_LOCK)
+                run_cam(bundle.classifier.net, bundle.classifier.model.card, head, CLASSES[1], lock=MODEL_LOCK)
         except Exception:  # a broken model is reported where it is used; warming must not kill the server
             log.exception("warming the models failed")
             return
@@ -375,10 +375,10 @@ class TriageService:
         self.torch_ready()
         if method == SEGMENTER_METHOD:  # the segmenter's evidence for tumour pixels: one map for every class
             seg = self.models().segmenter
-            cam = explain_segmenter(seg.model.net, seg.model.meta, result.crop.image, lock=MODEL_LOCK)
+            cam = explain_segmenter(seg.model.net, seg.model.card, result.crop.image, lock=MODEL_LOCK)
         else:
             clf = self.models().classifier
-            cam = run_cam(clf.net, clf.model.meta, result.crop.image, target, method=method, lock=MODEL_LOCK)
+            cam = run_cam(clf.net, clf.model.card, result.crop.image, target, method=method, lock=MODEL_LOCK)
         heat = explain_to_scan(cam, result.crop.bbox, result.scan.shape)
         return Explanation(heatmap=heat, target_class=target, method=method)
 

@@ -4,9 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from triage.errors import TriageError
-from triage.lifecycle.promotion import RULE_TEXT, model_changes
-from triage.models import list_versions
-from triage.risk import describe_policy
 from triage.ui.format import escape_md
 from triage.ui.model_card import (
     METHOD_LABEL,
@@ -16,8 +13,12 @@ from triage.ui.model_card import (
     licence_rows,
     markdown_table,
     metric_rows,
+    model_change_rows,
     per_class_rows,
+    promotion_rule,
     reports,
+    risk_policy,
+    versions_on_disk,
 )
 from triage.ui.resources import model_cards, settings
 from triage.ui.state import init_state
@@ -39,18 +40,18 @@ except TriageError as exc:
     cards = {}
 
 if cards:
-    untrained_warning(all(bool(c.get("trained")) for c in cards.values()))
-    for col, (task, meta) in zip(st.columns(len(cards)), cards.items()):
+    untrained_warning(all(c.trained for c in cards.values()))
+    for col, (task, card) in zip(st.columns(len(cards)), cards.items()):
         with col:
             st.subheader(TASK_TITLE.get(task, task))
-            _table(card_rows(task, meta))
-            metrics = metric_rows(task, meta)
+            _table(card_rows(card))
+            metrics = metric_rows(card)
             st.markdown("**Validation metrics**")
             if metrics:
                 _table(metrics)
             else:
                 st.caption("No validation metrics in this model card.")
-            per_class = per_class_rows(meta)
+            per_class = per_class_rows(card)
             if per_class:
                 with st.expander("Per-class validation metrics"):
                     st.dataframe(
@@ -60,7 +61,7 @@ if cards:
                             k: st.column_config.NumberColumn(k, format="%.3f") for k in ("precision", "recall", "f1")
                         },
                     )
-            licences = licence_rows(meta)
+            licences = licence_rows(card)
             if licences:
                 if any(r["commercial use"] != "allowed" for r in licences):
                     st.warning(
@@ -71,35 +72,18 @@ if cards:
                 st.dataframe(pd.DataFrame(licences), hide_index=True)
             with st.expander("Training data and all versions"):
                 st.markdown("**Data**")
-                st.json(meta.get("data") or {}, expanded=False)
-                versions = list_versions(settings().weights_dir, task)
+                st.json(dict(card.data), expanded=False)
+                versions = versions_on_disk(settings(), task)
                 st.markdown(
                     "**Versions on disk** (active in bold): "
-                    + ", ".join(f"**{escape_md(v)}**" if v == meta.get("version") else escape_md(v) for v in versions)
+                    + ", ".join(f"**{escape_md(v)}**" if v == card.version else escape_md(v) for v in versions)
                 )
 
 st.subheader("Model changes")
-changes = model_changes(settings().data_dir)
+changes = model_change_rows(settings())
 if changes:
-    st.caption("Every promotion and rollback, newest first (append-only log; " + escape_md(RULE_TEXT) + ")")
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "time (UTC)": c.time.replace("T", " ")[:19],
-                    "model": c.task,
-                    "from": c.from_version or "",
-                    "to": c.to_version,
-                    "kind": c.kind,
-                    "by": c.by,
-                    "reason": c.reason,
-                    "images compared": (c.figures or {}).get("n", ""),
-                }
-                for c in reversed(changes)
-            ]
-        ),
-        hide_index=True,
-    )
+    st.caption("Every promotion and rollback, newest first (append-only log; " + escape_md(promotion_rule()) + ")")
+    st.dataframe(pd.DataFrame(changes), hide_index=True)
 else:
     st.caption("No model change recorded in this data folder yet.")
 
@@ -130,7 +114,7 @@ st.subheader("What the models are NOT for")
 st.markdown(NOT_FOR)
 
 st.subheader("Risk policy")
-st.markdown(describe_policy(settings()))
+st.markdown(risk_policy(settings()))
 
 st.subheader("Evaluation reports")
 found = reports()

@@ -3,12 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from triage.health import health_report
-from triage.housekeeping import human_bytes
 from triage.ui.auth import require_admin
 from triage.ui.format import escape_md
 from triage.ui.resources import get_service, settings
 from triage.ui.state import init_state
+from triage.ui.status import health_report, human_bytes, usage_rows, version_rows
 
 init_state()
 require_admin()
@@ -24,12 +23,7 @@ else:
 left, right = st.columns(2)
 with left:
     st.subheader("Versions")
-    rows = [("triage", health.app_version)]
-    rows += [
-        (f"{task} model", f"{v or 'unusable'} ({health.backends.get(task, '–')})") for task, v in health.models.items()
-    ]
-    rows += list(health.packages.items())
-    st.dataframe(pd.DataFrame(rows, columns=["component", "version"]), hide_index=True)
+    st.dataframe(pd.DataFrame(version_rows(health), columns=["component", "version"]), hide_index=True)
     st.subheader("Background work")
     st.markdown(
         "Training running: " + (escape_md(", ".join(health.training_running)) if health.training_running else "none")
@@ -40,10 +34,7 @@ with right:
         f"{escape_md(health.data_dir)} · {human_bytes(health.free)} free on its disk · "
         f"sizes measured {health.usage_age_s:.0f} s ago"
     )
-    st.dataframe(
-        pd.DataFrame([{"part": u.part, "size": human_bytes(u.bytes), "files": u.files} for u in health.usage]),
-        hide_index=True,
-    )
+    st.dataframe(pd.DataFrame(usage_rows(health)), hide_index=True)
     st.subheader("Last backup")
     b = health.last_backup
     if b is None:

@@ -1,18 +1,15 @@
 """Training: check new data, retrain in the background, compare with the active model, promote or roll back."""
 
 import logging
-import uuid
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from triage import lifecycle
 from triage.errors import TriageError
-from triage.models import TASKS, active_version
 from triage.records import CLASSES, JobPhase, SourceKind
-from triage.ui import state
+from triage.ui import state, training
 from triage.ui.auth import require_admin, reviewer_input
 from triage.ui.format import escape_md
 from triage.ui.resources import get_worklist, settings
@@ -86,10 +83,10 @@ def _check_value(source: str) -> object:
 
 @st.fragment(run_every=1)
 def _check_progress(key: str) -> None:
-    status, _ = lifecycle.BACKGROUND.state(key)
+    status, _ = training.task_state(key)
     if status != JobPhase.RUNNING:
         st.rerun()
-    done, total = lifecycle.BACKGROUND.progress(key)
+    done, total = training.task_progress(key)
     st.progress(done / total if total else 0.0, text=f"Checking images… {done}/{total}")
 
 
@@ -101,24 +98,24 @@ def _check_state() -> str:
     key = st.session_state[state.TRAIN_CHECK]
     if not key:
         return JobPhase.MISSING
-    status, value = lifecycle.BACKGROUND.state(key)
+    status, value = training.task_state(key)
     if status in (JobPhase.DONE, JobPhase.MISSING):
-        lifecycle.BACKGROUND.forget(key)
+        training.forget_task(key)
         st.session_state[state.TRAIN_CHECK] = None
         if status == JobPhase.DONE:
             st.session_state[state.TRAIN_SUMMARY] = value.to_dict()
     return status
 
 
-def _data_check(task: str, status: str) -> lifecycle.ImportSummary | None:
+def _data_check(task: str, status: str) -> "training.ImportSummary | None":
     key = st.session_state[state.TRAIN_CHECK]
     if status == JobPhase.FAILED:
-        _error(lifecycle.BACKGROUND.state(key)[1])
+        _error(training.task_state(key)[1])
     elif status == JobPhase.RUNNING:
         _check_progress(key)
     if not st.session_state[state.TRAIN_SUMMARY]:
         return None
-    summary = lifecycle.recheck(lifecycle.ImportSummary.from_dict(st.session_state[state.TRAIN_SUMMARY]), task)
+    summary = training.checked_summary(st.session_state[state.TRAIN_SUMMARY], task)
     st.markdown(f"**Checked data** from {escape_md(summary.source)}: {summary.total} images, {summary.masks} masks")
     st.dataframe(pd.DataFrame(summary.table()), hide_index=True)
     c = st.columns(4)
@@ -150,7 +147,7 @@ def _data_check(task: str, status: str) -> lifecycle.ImportSummary | None:
 # ----- charts -----------------------------------------------------------------------------------
 
 
-def _curves(status: lifecycle.JobStatus) -> None:
+def _curves(status: "training.JobStatus") -> None:
     left, right = st.columns(2)
     loss = go.Figure()
     if status.steps:
@@ -198,8 +195,8 @@ def _confusion(cm: list, title: str) -> go.Figure:
 @st.fragment(run_every=2)
 def _live(job_id: str) -> None:
     cfg = settings()
-    job = lifecycle.load_job(cfg, job_id)
-    status = lifecycle.poll(cfg, job)  # the live panel is the one place the page moves a job on
+    job = training.load_run(cfg, job_id)
+    status = training.poll_run(cfg, job)  # the live panel is the one place the page moves a job on
     if not status.running:
         st.rerun()
     text = PHASE_TEXT.get(status.phase, status.phase)
@@ -215,44 +212,37 @@ def _live(job_id: str) -> None:
     if status.phase != JobPhase.CANCELLING and st.button(
         "Cancel training", key=state.keyed(state.TRAIN_RUN, "cancel", job_id)
     ):
-        lifecycle.cancel(cfg, job)
+        training.cancel_run(cfg, job)
         st.rerun()
 
 
 @st.fragment(run_every=2)
 def _comparison_progress(key: str) -> None:
-    if lifecycle.BACKGROUND.state(key)[0] != JobPhase.RUNNING:
+    if training.task_state(key)[0] != JobPhase.RUNNING:
         st.rerun()
-    done, total = lifecycle.BACKGROUND.progress(key)
+    done, total = training.task_progress(key)
     st.progress(
         (done + 0.5) / total if total else 0.05,
         text="Comparing the new version with the active one on held-out images…",
     )
 
 
-def _comparison(cfg, job: lifecycle.Job, active: str) -> tuple[dict, lifecycle.PromotionVerdict] | None:
+def _comparison(cfg, job: "training.Job", active: str) -> "tuple[dict, training.PromotionVerdict] | None":
     """Show the comparison of the run's version with the active one and the rule's verdict on it;
     return both once the comparison exists (the bootstrap runs once per page run, not per use)."""
-    saved = lifecycle.saved_comparison(job.run_dir, active, job.version)
-    if saved is None:
-        key = f"compare-{job.job_id}-{active}"
-        status, value = lifecycle.BACKGROUND.state(key)
-        if status == JobPhase.MISSING:
-            lifecycle.BACKGROUND.submit(key, lifecycle.compare_run, cfg, job.task, job.version, job.data, job.run_dir)
-            status = JobPhase.RUNNING
-        if status == JobPhase.RUNNING:
-            _comparison_progress(key)
-            return None
-        if status == JobPhase.FAILED:
-            log.error(
-                "comparison of %s failed", job.version, exc_info=value if isinstance(value, BaseException) else None
-            )
-            st.error(f"The comparison failed ({type(value).__name__}); the details are in the server log.")
-            if st.button("Retry comparison", key=state.keyed(state.TRAIN_RUN, "retry", job.job_id)):
-                lifecycle.BACKGROUND.forget(key)
-                st.rerun()
-            return None
-        saved = value
+    status, value = training.comparison(cfg, job, active)  # started in the background when missing
+    key = training.comparison_key(job, active)
+    if status == JobPhase.RUNNING:
+        _comparison_progress(key)
+        return None
+    if status == JobPhase.FAILED:
+        log.error("comparison of %s failed", job.version, exc_info=value if isinstance(value, BaseException) else None)
+        st.error(f"The comparison failed ({type(value).__name__}); the details are in the server log.")
+        if st.button("Retry comparison", key=state.keyed(state.TRAIN_RUN, "retry", job.job_id)):
+            training.forget_task(key)
+            st.rerun()
+        return None
+    saved = value
     st.markdown(
         f"**New `{job.version}` vs active `{active}`** on {saved['n']} held-out images "
         f"({escape_md(saved.get('source', ''))})"
@@ -276,7 +266,7 @@ def _comparison(cfg, job: lifecycle.Job, active: str) -> tuple[dict, lifecycle.P
         cols = st.columns(2)
         for col, (side, cm) in zip(cols, cms):
             col.plotly_chart(_confusion(cm, f"{side} ({active if side == 'active' else job.version})"), width="stretch")
-    verdict = lifecycle.judge(saved)
+    verdict = training.judge(saved)
     _verdict(verdict)
     return saved, verdict
 
@@ -288,7 +278,7 @@ def _ci(ci: tuple[float, float] | list | None, signed: bool = False) -> str:
     return f"[{lo * 100:+.1f}, {hi * 100:+.1f}]" if signed else f"[{lo * 100:.1f}, {hi * 100:.1f}]"
 
 
-def _verdict(verdict: lifecycle.PromotionVerdict) -> None:
+def _verdict(verdict: "training.PromotionVerdict") -> None:
     """The promotion rule applied to the comparison: paired intervals and what it allows."""
     rows = [
         {
@@ -313,7 +303,7 @@ def _verdict(verdict: lifecycle.PromotionVerdict) -> None:
             + escape_md("; ".join(verdict.problems))
             + ". Promoting needs a written reason."
         )
-    st.caption(lifecycle.RULE_TEXT)
+    st.caption(training.rule_text())
 
 
 def _change_form(
@@ -321,10 +311,10 @@ def _change_form(
     task: str,
     version: str,
     current: str | None,
-    compared: tuple[dict, lifecycle.PromotionVerdict] | None,
+    compared: "tuple[dict, training.PromotionVerdict] | None",
     key: str,
 ) -> None:
-    """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by lifecycle.promote
+    """Who, why and a confirmation before ``version`` becomes the active ``task``; logged by training.promote
     (which applies the rule again to the comparison, at the moment of the change)."""
     comparison, verdict = compared if compared is not None else (None, None)
     by = reviewer_input(label="Your name (recorded)", key=f"{key}-by")
@@ -339,7 +329,7 @@ def _change_form(
     label = f"Promote {version} to active {task}" if comparison is not None else f"Make {version} active"
     if st.button(label, type="primary", key=key, disabled=not sure):
         try:
-            change = lifecycle.promote(cfg, task, version, by=by, reason=reason, comparison=comparison)
+            change = training.promote(cfg, task, version, by=by, reason=reason, comparison=comparison)
         except TriageError as exc:
             _error(exc)
         else:
@@ -350,8 +340,8 @@ def _change_form(
             st.rerun()
 
 
-def _run_panel(cfg, job: lifecycle.Job) -> None:
-    status = lifecycle.job_status(cfg, job)
+def _run_panel(cfg, job: "training.Job") -> None:
+    status = training.run_status(cfg, job)
     started = job.started[:16].replace("T", " ")
     st.caption(
         f"{job.task} · preset {job.preset} · "
@@ -366,7 +356,7 @@ def _run_panel(cfg, job: lifecycle.Job) -> None:
             f"Training failed: {escape_md(status.error)}. The active model was not changed.", icon=":material/error:"
         )
         with st.expander("Log"):
-            st.code("\n".join(lifecycle.log_tail(job.run_dir, 60)) or "(empty)")
+            st.code("\n".join(training.run_log(job, 60)) or "(empty)")
         return
     if status.phase == JobPhase.CANCELLED:
         st.info("Training was cancelled. The active model was not changed and no new version was kept.")
@@ -382,7 +372,7 @@ def _run_panel(cfg, job: lifecycle.Job) -> None:
         with st.expander("Training curves"):
             _curves(status)
     try:
-        active = active_version(cfg.weights_dir, job.task)
+        active = training.active(cfg, job.task)
     except TriageError as exc:
         _error(exc)
         return
@@ -449,16 +439,13 @@ if st.button("Check data", key=state.keyed(state.TRAIN_CHECK, "button"), disable
     except (ValueError, TriageError) as exc:
         _error(exc)
     else:
-        if st.session_state[state.TRAIN_CHECK]:
-            lifecycle.BACKGROUND.forget(st.session_state[state.TRAIN_CHECK])
-        previous = st.session_state[state.TRAIN_SUMMARY]
-        if previous and previous["dataset_dir"] not in {j.data for j in lifecycle.list_jobs(cfg)}:
-            lifecycle.discard(previous["dataset_dir"], cfg)  # an unused earlier check of this session
-        check_key = f"import-{uuid.uuid4().hex}"
+        # replaces this session's earlier check (its dataset folder is discarded unless a run uses it)
+        check_key = training.start_check(
+            cfg, source, value, task, st.session_state[state.TRAIN_CHECK], st.session_state[state.TRAIN_SUMMARY]
+        )
         check_status = JobPhase.RUNNING
         st.session_state[state.TRAIN_SUMMARY] = None
         st.session_state[state.TRAIN_CHECK] = check_key
-        lifecycle.BACKGROUND.submit(check_key, lifecycle.import_source, source, value, task, cfg)
 summary = _data_check(task, check_status)
 
 st.subheader("2. Train")
@@ -479,7 +466,7 @@ if st.button(
 ):
     overrides = {"epochs": int(epochs) or None, "time_budget_min": float(budget) or None}
     try:
-        started = lifecycle.start_jobs(cfg, task, summary.dataset_dir, preset, init == "finetune", overrides)
+        started = training.start_runs(cfg, task, summary.dataset_dir, preset, init == "finetune", overrides)
     except (TriageError, ValueError) as exc:
         _error(exc)
     else:
@@ -489,12 +476,12 @@ if st.button(
         st.rerun()
 
 st.subheader("3. Runs")
-all_jobs = lifecycle.list_jobs(cfg)[:30]
+all_jobs = training.runs(cfg, 30)
 if not all_jobs:
     st.caption("No training runs yet.")
 else:
     by_id = {j.job_id: j for j in all_jobs}
-    running = [j for j in all_jobs if not j.finished and lifecycle.job_status(cfg, j).running]
+    running = [j for j in all_jobs if not j.finished and training.run_status(cfg, j).running]
     if running:
         st.info(f"{len(running)} run(s) in progress: " + ", ".join(f"{j.task} {j.version}" for j in running))
     if st.session_state.get(RUN_PICK) not in by_id:
@@ -512,8 +499,8 @@ st.caption(
     "Any version can be made active again (rollback) with a written reason; the change is atomic, picked up by the "
     "next analysis and recorded in the model-change log (Model page)."
 )
-for t in TASKS:
-    rows = lifecycle.versions_table(cfg, t)
+for t in training.TASKS:
+    rows = training.versions_table(cfg, t)
     st.markdown(f"**{t.capitalize()}**")
     if not rows:
         st.caption("No versions.")

@@ -1,12 +1,18 @@
-"""Model cards for the Model page: metadata.json -> readable rows (no streamlit here)."""
+"""What the Model page shows: model cards as readable rows, the versions on disk, the model-change log,
+the risk policy, the evaluation and heatmap reports (no streamlit here; the page only renders)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from triage.config import REPO_DIR
+from triage import lifecycle  # the facade: names load their module when used, so importing it is cheap
+from triage.card import ModelCard
+from triage.config import REPO_DIR, Settings
+from triage.models import list_versions
+from triage.risk import describe_policy
 from triage.ui.format import escape_md
 
 REPORTS_DIR = REPO_DIR / "reports"
@@ -35,51 +41,42 @@ def _pct(value: object) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
-def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
-    """(field, value) rows describing a model version from its metadata.json."""
-    data = meta.get("data") or {}
+def card_rows(card: ModelCard) -> list[tuple[str, str]]:
+    """(field, value) rows describing a model version from its card (the values the model runs with)."""
     rows = [
-        ("Architecture", str(meta.get("arch", "—"))),
-        ("Version", str(meta.get("version", "—"))),
-        ("Created", str(meta.get("created", "—"))),
-        ("Trained", "yes" if meta.get("trained") else "NO — untrained placeholder"),
-        ("Input size", f"{meta.get('input_size', '—')} px, 1 channel (greyscale brain crop)"),
+        ("Architecture", card.arch or "—"),
+        ("Version", card.version or "—"),
+        ("Created", card.created or "—"),
+        ("Trained", "yes" if card.trained else "NO — untrained placeholder"),
+        ("Input size", f"{card.input_size} px, 1 channel (greyscale brain crop)"),
     ]
-    if meta.get("preprocess"):
-        rows.append(("Preprocessing", str(meta["preprocess"])))
-    if isinstance(meta.get("crop"), dict) and meta["crop"]:
-        rows.append(("Brain-crop settings", ", ".join(f"{k}={v}" for k, v in meta["crop"].items())))
-    if meta.get("intensity_norm"):
+    if card.preprocess:
+        rows.append(("Preprocessing", card.preprocess))
+    if card.crop:
+        rows.append(("Brain-crop settings", ", ".join(f"{k}={v}" for k, v in card.crop.items())))
+    if card.intensity_norm:
         rows.append(
             (
                 "Intensity standardisation",
                 (
-                    f"{meta['intensity_norm']}: each crop's head 10/50/90/99th "
+                    f"{card.intensity_norm}: each crop's head 10/50/90/99th "
                     "percentiles mapped to fixed values before the model sees it"
                 ),
             )
         )
-    if task == "classifier":
-        rows.append(("Class order", ", ".join(meta.get("classes") or []) or "—"))
-        rows.append(("Temperature (calibration)", _num(meta.get("temperature"))))
-        ood = meta.get("ood") or {}
-        if ood.get("threshold") is not None:
-            rule = ood.get("threshold_rule", "score limit")
-            rows.append(("Out-of-distribution threshold", f"{_num(float(ood['threshold']), 1)} ({rule})"))
+    if card.task == "classifier":
+        rows.append(("Class order", ", ".join(card.classes) or "—"))
+        rows.append(("Temperature (calibration)", _num(card.temperature)))
+        if card.has_ood_threshold:
+            rule = card.ood_rule or "score limit"
+            rows.append(("Out-of-distribution threshold", f"{_num(card.ood_threshold, 1)} ({rule})"))
     else:
-        rows.append(("Mask threshold", _num(meta.get("threshold"), 2)))
-        rows.append(
-            (
-                "Minimum mask area",
-                _pct(meta.get("min_area_frac"))
-                + (" of the brain crop" if meta.get("min_area_frac") is not None else ""),
-            )
-        )
-        if meta.get("loss"):
-            rows.append(("Training loss", str(meta["loss"])))
-    if meta.get("tta") is not None:
-        rows.append(("Test-time augmentation", "mean of the slice and its mirror image" if meta["tta"] else "none"))
-    cfg = meta.get("train_config") or {}
+        rows.append(("Mask threshold", _num(card.threshold, 2)))
+        rows.append(("Minimum mask area", _pct(card.min_area_frac) + " of the brain crop"))
+        if card.loss:
+            rows.append(("Training loss", card.loss))
+    rows.append(("Test-time augmentation", "mean of the slice and its mirror image" if card.tta else "none"))
+    cfg = card.train_config
     if cfg.get("init_from"):
         rows.append(("Lineage", f"fine-tuned from version {cfg['init_from']} (its card records how that was trained)"))
     if cfg.get("sequence_aug"):
@@ -104,21 +101,21 @@ def card_rows(task: str, meta: dict) -> list[tuple[str, str]]:
                 ),
             )
         )
-    rows.extend(_data_rows(data))
-    if meta.get("wall_time_min") is not None:
-        rows.append(("Training wall time", f"{meta['wall_time_min']} min"))
-    if meta.get("best_epoch") is not None:
-        rows.append(("Best epoch", str(meta["best_epoch"])))
+    rows.extend(_data_rows(card.data))
+    if card.wall_time_min is not None:
+        rows.append(("Training wall time", f"{card.wall_time_min} min"))
+    if card.best_epoch is not None:
+        rows.append(("Best epoch", str(card.best_epoch)))
     return rows
 
 
 def _counts(counts: object) -> str:
-    if not isinstance(counts, dict) or not counts:
+    if not isinstance(counts, Mapping) or not counts:
         return ""
     return " (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
 
 
-def _data_rows(data: dict) -> list[tuple[str, str]]:
+def _data_rows(data: Mapping) -> list[tuple[str, str]]:
     """Image counts of the training data block (known keys first, other integers as they are)."""
     if not data:
         return []
@@ -128,13 +125,13 @@ def _data_rows(data: dict) -> list[tuple[str, str]]:
     if data.get("used_val") is not None:
         rows.append(("Validation images", f"{data['used_val']}{_counts(data.get('val_counts'))}"))
     sources = data.get("sources")
-    if isinstance(sources, dict) and sources:
+    if isinstance(sources, Mapping) and sources:
         rows.append(
             (
                 "Sources",
                 "; ".join(
                     f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in part.items())
-                    if isinstance(part, dict)
+                    if isinstance(part, Mapping)
                     else f"{name}: {part}"
                     for name, part in sources.items()
                 ),
@@ -151,12 +148,12 @@ def _data_rows(data: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def metric_rows(task: str, meta: dict) -> list[tuple[str, str]]:
+def metric_rows(card: ModelCard) -> list[tuple[str, str]]:
     """Validation metrics of the model card (empty when the model was never evaluated)."""
-    val = (meta.get("metrics") or {}).get("validation") or {}
+    val = card.validation()
     if not val:
         return []
-    if task == "classifier":
+    if card.task == "classifier":
         after = val.get("after_calibration") or {}
         rows = [("Validation images", _num(after.get("n")))] if after.get("n") is not None else []
         ci = after.get("accuracy_ci95")
@@ -180,10 +177,42 @@ def metric_rows(task: str, meta: dict) -> list[tuple[str, str]]:
     ]
 
 
-def per_class_rows(meta: dict) -> list[dict]:
+def per_class_rows(card: ModelCard) -> list[dict]:
     """Per-class precision/recall/F1/support of the calibrated classifier (validation)."""
-    after = ((meta.get("metrics") or {}).get("validation") or {}).get("after_calibration") or {}
+    after = card.validation().get("after_calibration") or {}
     return [{"class": c, **m} for c, m in (after.get("per_class") or {}).items()]
+
+
+def versions_on_disk(settings: Settings, task: str) -> list[str]:
+    """The version folders of ``task`` in the weights folder, oldest first by name."""
+    return list_versions(settings.weights_dir, task)
+
+
+def model_change_rows(settings: Settings) -> list[dict]:
+    """Every promotion and rollback of the data folder's append-only log, newest first, as table rows."""
+    return [
+        {
+            "time (UTC)": c.time.replace("T", " ")[:19],
+            "model": c.task,
+            "from": c.from_version or "",
+            "to": c.to_version,
+            "kind": c.kind,
+            "by": c.by,
+            "reason": c.reason,
+            "images compared": (c.figures or {}).get("n", ""),
+        }
+        for c in reversed(lifecycle.model_changes(settings.data_dir))
+    ]
+
+
+def promotion_rule() -> str:
+    """The promotion rule a comparison must pass, in one paragraph."""
+    return lifecycle.RULE_TEXT
+
+
+def risk_policy(settings: Settings) -> str:
+    """Markdown description of the active malignancy-risk policy."""
+    return describe_policy(settings)
 
 
 def markdown_table(rows: list[tuple[str, str]]) -> str:
@@ -209,7 +238,7 @@ def reports(directory: Path | None = None) -> list[tuple[str, str]]:
     return out
 
 
-def licence_rows(meta: dict) -> list[dict]:
+def licence_rows(card: ModelCard) -> list[dict]:
     """The card's training sources with their licences (empty for cards that predate the list)."""
     return [
         {
@@ -218,7 +247,7 @@ def licence_rows(meta: dict) -> list[dict]:
             "licence": s.get("licence", "unknown"),
             "commercial use": "allowed" if s.get("commercial_use") else "NOT allowed",
         }
-        for s in meta.get("training_sources") or []
+        for s in card.training_sources
     ]
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from triage.config import Settings, get_settings
+from triage.errors import ModelBrokenError
 from triage.worklist import Worklist
+
+if TYPE_CHECKING:  # triage.card pulls in cv2 (preprocess): the default page does not need it
+    from triage.card import ModelCard
 
 # triage.service is imported lazily so pages that only read the worklist (the default page)
 # render without loading the model runtime.
@@ -54,17 +59,24 @@ def settings() -> Settings:
     return get_settings()
 
 
-def model_cards() -> dict[str, dict]:
-    """metadata.json of the active version of each task, read from disk (cheap; no weights loaded).
+def model_cards() -> dict[str, ModelCard]:
+    """The card of the active version of each task, read from disk (cheap; no weights loaded).
 
-    Raises ModelNotFoundError when a task has no model.
+    Raises ModelNotFoundError when a task has no model, ModelBrokenError when a card cannot be read.
     """
-    from triage.models import TASKS, active_version, read_metadata
+    from triage.models import TASKS, active_version, read_card
 
     wd = settings().weights_dir
-    return {task: read_metadata(wd, task, active_version(wd, task)) for task in TASKS}
+    cards = {}
+    for task in TASKS:
+        version = active_version(wd, task)
+        try:
+            cards[task] = read_card(wd, task, version)
+        except (OSError, ValueError) as exc:  # unreadable or invalid JSON, a field the card cannot have
+            raise ModelBrokenError(f"{task} version {version!r} has an unusable model card: {exc}") from exc
+    return cards
 
 
 def models_trained() -> bool:
     """True when both active model cards say ``trained``; raises ModelNotFoundError without models."""
-    return all(bool(card.get("trained", False)) for card in model_cards().values())
+    return all(card.trained for card in model_cards().values())

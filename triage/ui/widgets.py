@@ -65,6 +65,14 @@ def storage_failure(exc: StorageError) -> None:
     st.error(escape_md(exc), icon=":material/database:")
 
 
+def run_page(page) -> None:
+    """Run the page ``st.navigation`` chose; a damaged or unreadable worklist stops it with its reason."""
+    try:
+        page.run()
+    except StorageError as exc:
+        storage_failure(exc)
+
+
 def recovery_notice(run) -> None:
     """Uploads received before a restart: 'being finished' while the background run works, then
     (once per session) what became of them."""

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lifecycle.test_importer import write_class_folders
 from tests.model_fixtures import make_tiny_weights
-from tests.test_importer import write_class_folders
 from triage.config import get_settings
 from triage.errors import TrainingError
 from triage.lifecycle import compare, importer, jobs

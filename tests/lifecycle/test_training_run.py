@@ -52,7 +52,7 @@ def test_fine_tune_keeps_the_parents_augmentation_unless_overridden(tmp_path):
 
 
 def test_standardized_set_changes_only_the_images():
-    from tests.test_train import _synthetic_set
+    from tests.lifecycle.test_train import _synthetic_set
 
     s = _synthetic_set(2)
     bright = dataclasses.replace(s, images=np.clip(s.images * 1.3, 0, 255).astype(np.uint8))
