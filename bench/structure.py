@@ -34,6 +34,9 @@ from _common import table
 
 LIFECYCLE = {
     "train",
+    "train_config",
+    "losses",
+    "fitting",
     "training_run",
     "recipe",
     "sources",

@@ -7,7 +7,9 @@ The modules, from import to promotion:
 - :mod:`.jobs`: training runs as background processes (a pure :func:`~.jobs.job_status` read and an
   explicit :func:`~.jobs.poll`), and short background tasks for the page (:data:`~.jobs.BACKGROUND`);
 - :mod:`.training_run` (one run: data recipe and settings) over :mod:`.recipe` (BRISC + Sartaj
-  split), :mod:`.sources` (every shared source) and :mod:`.train` (the loops, calibration, saving);
+  split), :mod:`.sources` (every shared source) and :mod:`.train` (the loops, checkpoints, saving), which
+  takes a :mod:`.train_config` (presets, :class:`~.train_config.TrainConfig`; no torch), trains with
+  :mod:`.losses` and fits the temperature, OOD statistics and mask post-processing with :mod:`.fitting`;
 - :mod:`.calibrate`: re-fit a version's temperature, segmenter threshold or review-flag rule;
 - :mod:`.compare` (both versions on the same held-out images) and :mod:`.promotion` (the rule a
   comparison must pass, the audited change log).
@@ -15,7 +17,7 @@ The modules, from import to promotion:
 This package is also the facade the Training page and the ``train``, ``calibrate`` and ``promote``
 commands call: ``lifecycle.start_jobs(...)``, ``lifecycle.promote(...)``. Each name is looked up
 in its module when it is used (PEP 562), so importing the facade loads nothing heavy (torch comes
-with :mod:`.train` only) and a test that patches a module's function patches the facade too.
+with :mod:`.train`, :mod:`.losses` and :mod:`.fitting` only) and a test that patches a module's function patches the facade too.
 """
 
 from __future__ import annotations

@@ -190,8 +190,8 @@ def new_version_name(
 
 def check_finetune(weights_dir: Path, task: str, version: str, preset: str) -> None:
     """TrainingError unless ``version`` has the architecture the preset trains (weights can load)."""
-    from triage.lifecycle.train import ARCH_KWARGS
-    from triage.lifecycle.train import PRESETS as TRAIN_PRESETS
+    from triage.lifecycle.train_config import ARCH_KWARGS
+    from triage.lifecycle.train_config import PRESETS as TRAIN_PRESETS
 
     try:
         card = read_card(weights_dir, task, version)
