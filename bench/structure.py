@@ -43,6 +43,7 @@ LIFECYCLE = {
     "promotion",
     "calibrate",
     "jobs",
+    "background",
     "importer",
     "compare",
     "crossval",

@@ -5,7 +5,7 @@ The modules, from import to promotion:
 
 - :mod:`.importer`: a zip, folder, manifest or reviewed worklist cases into a clean dataset folder;
 - :mod:`.jobs`: training runs as background processes (a pure :func:`~.jobs.job_status` read and an
-  explicit :func:`~.jobs.poll`), and short background tasks for the page (:data:`~.jobs.BACKGROUND`);
+  explicit :func:`~.jobs.poll`), and :mod:`.background`, the page's short tasks on server threads (:data:`~.background.BACKGROUND`);
 - :mod:`.training_run` (one run: data recipe and settings) over :mod:`.recipe` (BRISC + Sartaj
   split), :mod:`.sources` (every shared source) and :mod:`.train` (the loops, checkpoints, saving), which
   takes a :mod:`.train_config` (presets, :class:`~.train_config.TrainConfig`; no torch), trains with
@@ -33,7 +33,7 @@ _FACADE: dict[str, str] = {
     "recheck": "importer",
     "discard": "importer",
     # training jobs
-    "BACKGROUND": "jobs",
+    "BACKGROUND": "background",
     "Job": "jobs",
     "JobStatus": "jobs",
     "start_jobs": "jobs",
