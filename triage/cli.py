@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seg-dice",
         dest="seg_dice",
         choices=SEG_DICE_CHOICES,
-        help="segmenter loss (default: batch; see train._seg_loss)",
+        help="segmenter loss (default: batch; see lifecycle.losses.seg_loss)",
     )
     t.add_argument(
         "--intensity-norm",

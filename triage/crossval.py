@@ -37,7 +37,9 @@ def cross_validate(
     data: Path, k: int, cache_dir: Path, preset: str = "quick", progress: bool = True, **overrides: object
 ) -> dict:
     """Train/score ``k`` folds; returns per-fold metrics and mean/sd."""
-    from triage.lifecycle.train import TrainConfig, predict_logits, softmax, train_classifier
+    from triage.lifecycle.fitting import predict_logits, softmax
+    from triage.lifecycle.train import train_classifier
+    from triage.lifecycle.train_config import TrainConfig
     from triage.models import load_model
 
     samples = [s for s in load_manifest(data) if s.label in CLASSES]

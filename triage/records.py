@@ -60,7 +60,7 @@ class JobPhase(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    MISSING = "missing"  # a background task that was never started (jobs.BACKGROUND)
+    MISSING = "missing"  # a background task that was never started (lifecycle.background.BACKGROUND)
 
 
 class SourceKind(StrEnum):

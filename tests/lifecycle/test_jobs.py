@@ -156,6 +156,11 @@ def _fake_job(settings, tmp_path: Path, code: str, task: str = "classifier") -> 
         weights_dir=str(settings.weights_dir),
     )
     jobs.save_job(settings, job)
+    # Keep the Popen as the launcher does: a dropped Popen of a running child is reaped by the next
+    # subprocess call anywhere in the process (subprocess._cleanup), which stole the exit code and
+    # made the failed-run test flaky under load (returncode None, 1 run in 2 at load 8).
+    with jobs._PROCS_LOCK:
+        jobs._PROCS[job.job_id] = proc
     return job
 
 

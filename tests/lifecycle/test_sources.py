@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from triage.datasets import Sample
+from triage.lifecycle.losses import partial_label_loss
 from triage.lifecycle.sources import (
     BRATS,
     BRATS_TEST_PATIENTS,
@@ -19,7 +20,6 @@ from triage.lifecycle.sources import (
     source_splits,
     split_lgg,
 )
-from triage.lifecycle.train import partial_label_loss
 
 
 def _groups(rows):

@@ -8,16 +8,10 @@ import torch
 
 from tests.conftest import draw_synthetic_slice
 from triage.datasets import CachedSet, Sample, prepare_sample, thumbnail_vector
-from triage.lifecycle.train import (
-    SEG_LOSS_NAMES,
-    TrainConfig,
-    _seg_loss,
-    fit_temperature,
-    sequence_probabilities,
-    softmax,
-    train_classifier,
-    train_segmenter,
-)
+from triage.lifecycle.fitting import fit_temperature, softmax
+from triage.lifecycle.losses import seg_loss
+from triage.lifecycle.train import sequence_probabilities, train_classifier, train_segmenter
+from triage.lifecycle.train_config import SEG_LOSS_NAMES, TrainConfig
 from triage.models import load_model
 
 # Slow tier: real models, training runs, subprocesses or full pages (`pytest -m 'not slow'` skips them).
@@ -142,7 +136,7 @@ def test_per_image_dice_weighs_a_missed_small_lesion_like_a_large_one():
     small[..., 30:34, 30:34] = 1
     masks = torch.cat([big, small])
     missed_small = _logits(torch.cat([big, torch.zeros_like(small)]))
-    both, batch = _seg_loss("batch+image"), _seg_loss("batch")
+    both, batch = seg_loss("batch+image"), seg_loss("batch")
     # one Dice over the batch barely notices the missed 16-pixel lesion; per image it costs half a Dice term
     assert batch(missed_small, masks) < 0.05
     assert both(missed_small, masks) - batch(missed_small, masks) > 0.45
@@ -154,7 +148,7 @@ def test_tversky_costs_a_missed_pixel_more_than_a_false_one():
     under, over = torch.zeros_like(truth), torch.zeros_like(truth)
     under[..., 16:48, 24:40] = 1  # half the tumor missed
     over[..., 16:48, 8:56] = 1  # the tumor plus as many false pixels
-    tversky, dice = _seg_loss("tversky"), _seg_loss("batch")
+    tversky, dice = seg_loss("tversky"), seg_loss("batch")
     # both add the same cross-entropy for the same number of wrong pixels, so the gaps compare the overlap terms:
     # Dice prefers the larger mask by 0.13, Tversky by 0.28
     dice_gap = dice(_logits(under), truth) - dice(_logits(over), truth)
@@ -165,9 +159,9 @@ def test_tversky_costs_a_missed_pixel_more_than_a_false_one():
 def test_per_image_dice_leaves_tumor_free_batches_to_the_batch_loss():
     empty = torch.zeros(2, 1, 32, 32)
     logits = torch.randn(2, 1, 32, 32)
-    assert torch.isclose(_seg_loss("batch+image")(logits, empty), _seg_loss("batch")(logits, empty))
+    assert torch.isclose(seg_loss("batch+image")(logits, empty), seg_loss("batch")(logits, empty))
     with pytest.raises(ValueError, match="seg_dice"):
-        _seg_loss("focal")
+        seg_loss("focal")
 
 
 def test_resume_after_interruption(tmp_path, data):
@@ -250,7 +244,7 @@ def test_source_shares_must_be_non_negative_and_not_all_zero(shares):
 
 
 def test_card_describes_the_intensity_standardisation_step():
-    from triage.lifecycle.train import preprocess_description
+    from triage.lifecycle.train_config import preprocess_description
 
     plain = TrainConfig.from_preset("classifier", "quick")
     normed = TrainConfig.from_preset("classifier", "quick", intensity_norm="head_percentiles_v1")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.model_fixtures import make_tiny_weights
 from triage.lifecycle.recipe import standardized
-from triage.lifecycle.train import TrainConfig
+from triage.lifecycle.train_config import TrainConfig
 from triage.lifecycle.training_run import _inherit_from_parent, run_training
 from triage.models import read_metadata
 from triage.preprocess import INTENSITY_NORM, LEGACY_CROP, standardize_intensity

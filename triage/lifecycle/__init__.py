@@ -5,9 +5,11 @@ The modules, from import to promotion:
 
 - :mod:`.importer`: a zip, folder, manifest or reviewed worklist cases into a clean dataset folder;
 - :mod:`.jobs`: training runs as background processes (a pure :func:`~.jobs.job_status` read and an
-  explicit :func:`~.jobs.poll`), and short background tasks for the page (:data:`~.jobs.BACKGROUND`);
+  explicit :func:`~.jobs.poll`), and :mod:`.background`, the page's short tasks on server threads (:data:`~.background.BACKGROUND`);
 - :mod:`.training_run` (one run: data recipe and settings) over :mod:`.recipe` (BRISC + Sartaj
-  split), :mod:`.sources` (every shared source) and :mod:`.train` (the loops, calibration, saving);
+  split), :mod:`.sources` (every shared source) and :mod:`.train` (the loops, checkpoints, saving), which
+  takes a :mod:`.train_config` (presets, :class:`~.train_config.TrainConfig`; no torch), trains with
+  :mod:`.losses` and fits the temperature, OOD statistics and mask post-processing with :mod:`.fitting`;
 - :mod:`.calibrate`: re-fit a version's temperature, segmenter threshold or review-flag rule;
 - :mod:`.compare` (both versions on the same held-out images) and :mod:`.promotion` (the rule a
   comparison must pass, the audited change log).
@@ -15,7 +17,7 @@ The modules, from import to promotion:
 This package is also the facade the Training page and the ``train``, ``calibrate`` and ``promote``
 commands call: ``lifecycle.start_jobs(...)``, ``lifecycle.promote(...)``. Each name is looked up
 in its module when it is used (PEP 562), so importing the facade loads nothing heavy (torch comes
-with :mod:`.train` only) and a test that patches a module's function patches the facade too.
+with :mod:`.train`, :mod:`.losses` and :mod:`.fitting` only) and a test that patches a module's function patches the facade too.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _FACADE: dict[str, str] = {
     "recheck": "importer",
     "discard": "importer",
     # training jobs
-    "BACKGROUND": "jobs",
+    "BACKGROUND": "background",
     "Job": "jobs",
     "JobStatus": "jobs",
     "start_jobs": "jobs",

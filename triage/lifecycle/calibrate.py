@@ -67,14 +67,14 @@ def _write_metadata(folder: Path, meta: dict) -> None:
 def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
     """Re-pick threshold and minimum component area on the version's validation split, with or
     without mirror test-time augmentation; records both searches and switches the card's ``tta``."""
-    from triage.lifecycle.train import _resize_masks, predict_masks, search_postprocess
+    from triage.lifecycle.fitting import predict_masks, resize_masks, search_postprocess
     from triage.lifecycle.training_run import _segmentation_subset
 
     model = load_model(weights_dir, "segmenter", version)
     meta, card = model.meta, model.card  # the record is read; the dict is what gets rewritten
     val = _segmentation_subset(_validation_set(card, shared, cache_dir))
     size = card.input_size
-    truth = _resize_masks(val.masks, size)
+    truth = resize_masks(val.masks, size)
     old = dict(card.validation())
     chosen, grid = search_postprocess(predict_masks(model.net, val.images, size, tta=tta), truth)
     entry = {
@@ -93,8 +93,8 @@ def retune_segmenter(weights_dir: Path, version: str, shared: Path, cache_dir: P
 
 def recalibrate_classifier(weights_dir: Path, version: str, shared: Path, cache_dir: Path, tta: bool = True) -> dict:
     """Fit T on the version's validation images with/without TTA; returns the new calibration block."""
+    from triage.lifecycle.fitting import fit_temperature_sets, predict_logits, softmax
     from triage.lifecycle.sources import label_matrix
-    from triage.lifecycle.train import fit_temperature_sets, predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
     meta, card = model.meta, model.card
@@ -131,8 +131,8 @@ def fit_flags(weights_dir: Path, version: str, shared: Path, cache_dir: Path) ->
     """Fit the card's review-flag rule (:func:`triage.flags.fit_flag_rule`) on the version's validation
     images, through the same transform, TTA and temperature as inference; rewrites ``metadata.json``."""
     from triage.flags import call_errors, fit_flag_rule
+    from triage.lifecycle.fitting import predict_logits, softmax
     from triage.lifecycle.sources import label_matrix
-    from triage.lifecycle.train import predict_logits, softmax
 
     model = load_model(weights_dir, "classifier", version)
     meta, card = model.meta, model.card

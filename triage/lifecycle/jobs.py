@@ -29,8 +29,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,8 +188,8 @@ def new_version_name(
 
 def check_finetune(weights_dir: Path, task: str, version: str, preset: str) -> None:
     """TrainingError unless ``version`` has the architecture the preset trains (weights can load)."""
-    from triage.lifecycle.train import ARCH_KWARGS
-    from triage.lifecycle.train import PRESETS as TRAIN_PRESETS
+    from triage.lifecycle.train_config import ARCH_KWARGS
+    from triage.lifecycle.train_config import PRESETS as TRAIN_PRESETS
 
     try:
         card = read_card(weights_dir, task, version)
@@ -658,58 +656,3 @@ def _poll_by_id(settings: Settings, job_id: str) -> None:
         poll(settings, load_job(settings, job_id))
     except Exception as exc:  # a timer thread must never raise into the server
         log.warning("poll of job %s failed: %s", job_id, exc)
-
-
-# ----- threads for shorter work -------------------------------------------------------------------
-
-
-class BackgroundTasks:
-    """Named functions on worker threads of the server process, shared by every tab.
-
-    ``submit`` is idempotent per key while the task runs; ``state`` returns
-    ``("missing" | "running" | "done" | "failed", result or exception)``; a task may report
-    progress through the ``report(done, total)`` callable it receives.
-    """
-
-    def __init__(self, workers: int = 2):
-        self._workers = workers
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._tasks: dict[str, Future] = {}
-        self._progress: dict[str, tuple[int, int]] = {}
-
-    def submit(self, key: str, fn: Callable[..., object], *args: object, **kwargs: object) -> None:
-        """Run ``fn(*args, report=..., **kwargs)`` on a worker thread under ``key``."""
-        with self._lock:
-            running = self._tasks.get(key)
-            if running is not None and not running.done():
-                return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="triage-bg")
-            self._progress[key] = (0, 0)
-
-            def report(done: int, total: int) -> None:
-                self._progress[key] = (done, total)
-
-            self._tasks[key] = self._pool.submit(fn, *args, report=report, **kwargs)
-
-    def state(self, key: str) -> tuple[str, object]:
-        with self._lock:
-            fut = self._tasks.get(key)
-        if fut is None:
-            return JobPhase.MISSING, None
-        if not fut.done():
-            return JobPhase.RUNNING, None
-        exc = fut.exception()
-        return (JobPhase.FAILED, exc) if exc is not None else (JobPhase.DONE, fut.result())
-
-    def progress(self, key: str) -> tuple[int, int]:
-        return self._progress.get(key, (0, 0))
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._tasks.pop(key, None)
-            self._progress.pop(key, None)
-
-
-BACKGROUND = BackgroundTasks()

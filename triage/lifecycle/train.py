@@ -1,4 +1,8 @@
-"""Training and calibration of the classifier and the segmenter; writes a new model version.
+"""The training loops of the classifier and the segmenter; a run writes a new model version.
+
+What a run is asked to do is :mod:`triage.lifecycle.train_config`; its losses are
+:mod:`triage.lifecycle.losses`; the temperature, OOD statistics and mask post-processing it fits
+at the end are :mod:`triage.lifecycle.fitting`.
 
 A run lives in ``run_dir`` (config.json, train.log, progress.jsonl, checkpoint.pt for resume,
 a CANCEL file stops it) and ends by writing ``weights/<task>/<version>/``. Nothing here
@@ -13,7 +17,7 @@ import math
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,218 +30,28 @@ from triage.augment import augment_batch, jpeg_degrade
 from triage.clock import utc_now
 from triage.datasets import CachedSet
 from triage.errors import TrainingError
+from triage.lifecycle.fitting import (
+    SELECTION_MIN_AREA,
+    fit_ood_stats,
+    fit_temperature_sets,
+    mahalanobis_score,
+    pooled_features,
+    predict_logits,
+    predict_masks,
+    resize_masks,
+    search_postprocess,
+    seg_scores,
+    seg_selection_score,
+    softmax,
+)
+from triage.lifecycle.losses import partial_label_loss, seg_loss
 from triage.lifecycle.sources import training_sources
-from triage.metrics import classification_report, dice_iou
+from triage.lifecycle.train_config import GRADCAM_LAYERS, MEAN, SEG_LOSS_NAMES, STD, TrainConfig, preprocess_description
+from triage.metrics import classification_report
 from triage.models import build_model, load_model, save_model
-from triage.preprocess import DEFAULT_CROP, check_intensity_norm
 from triage.records import CLASSES
-from triage.segment import probability_maps, remove_small_components
-from triage.transforms import squares_to_tensor
 
 log = logging.getLogger(__name__)
-
-# Presets: "full" trains a model from scratch in <= 90 min for both models on 2 cores (side by
-# side, 1 thread each); "quick" (<= 10 min) is for the retraining page. The shipped versions are
-# longer fine-tune lineages of the full preset (weights/README.md). Epoch caps are high enough that
-# the time budget, not the cap, ends a run: caps of 16 / 14 stopped the classifier and segmenter
-# after 50 / 35 min of a 65-80 min budget (measured on this CPU, 1 thread each).
-PRESETS: dict[str, dict[str, dict]] = {
-    "classifier": {
-        # Issue 23: every shared source, per-source balance, ImageNet-initialised EfficientNet-Lite0.
-        # The remap is the same for every class now that tumours come on real T2/FLAIR too.
-        "multi": dict(
-            arch="timm:efficientnet_lite0",
-            input_size=160,
-            epochs=60,
-            batch_size=32,
-            lr=1e-3,
-            time_budget_min=150.0,
-            recipe="multi_source",
-            pretrained="efficientnet_lite0_imagenet",
-            epoch_images=4800,
-            sequence_aug=0.3,
-            sequence_aug_no_tumor=0.3,
-            enhancement_aug=0.3,
-            skull_strip_aug=0.15,
-            jpeg_aug=0.3,
-        ),
-        # Augmentation as shipped since v4 (class-conditional T2/FLAIR remap + enhancement suppression).
-        "full": dict(
-            arch="timm:regnetx_004",
-            input_size=160,
-            epochs=30,
-            batch_size=32,
-            lr=3e-3,
-            time_budget_min=65.0,
-            sequence_aug=0.5,
-            sequence_aug_no_tumor=0.1,
-            enhancement_aug=0.35,
-        ),
-        # Epoch and image caps high enough that the 8-min budget, not the cap, ends the run (the
-        # v1 caps of 3 epochs x 1200 images stopped after 1.1-1.4 min: 5-fold CV 0.537).
-        "quick": dict(
-            arch="timm:regnetx_004",
-            input_size=128,
-            epochs=12,
-            batch_size=32,
-            lr=3e-3,
-            max_train_images=2400,
-            time_budget_min=8.0,
-        ),
-    },
-    "segmenter": {
-        # Issue 23: every shared source, U-Net on an ImageNet-initialised EfficientNet-Lite0 encoder.
-        "multi": dict(
-            arch="smp:Unet",
-            input_size=160,
-            epochs=60,
-            batch_size=16,
-            lr=1e-3,
-            time_budget_min=150.0,
-            recipe="multi_source",
-            pretrained="efficientnet_lite0_imagenet",
-            epoch_images=3200,
-            sequence_aug=0.3,
-            sequence_aug_no_tumor=0.3,
-            enhancement_aug=0.3,
-            skull_strip_aug=0.15,
-            jpeg_aug=0.3,
-            seg_dice="batch+image",
-        ),
-        "full": dict(arch="monai:UNet", input_size=160, epochs=30, batch_size=16, lr=3e-3, time_budget_min=65.0),
-        "quick": dict(
-            arch="monai:UNet",
-            input_size=128,
-            epochs=10,
-            batch_size=16,
-            lr=2e-3,
-            max_train_images=1600,
-            time_budget_min=8.0,
-        ),
-    },
-}
-
-ARCH_KWARGS = {
-    "timm:regnetx_004": {"num_classes": len(CLASSES), "in_chans": 1, "drop_rate": 0.2},
-    "monai:UNet": {
-        "in_channels": 1,
-        "out_channels": 1,
-        "channels": [16, 32, 64, 128, 256],
-        "strides": [2, 2, 2, 2],
-        "num_res_units": 1,
-    },
-    "timm:efficientnet_lite0": {"num_classes": len(CLASSES), "in_chans": 1, "drop_rate": 0.2},
-    # A light decoder: the default (256..16) doubles the segmenter's CPU time for no measured gain here.
-    "smp:Unet": {
-        "encoder_name": "tu-efficientnet_lite0",
-        "in_channels": 1,
-        "classes": 1,
-        "decoder_channels": [96, 48, 24, 16, 8],
-    },
-}
-GRADCAM_LAYERS = {"timm:regnetx_004": "s4", "timm:efficientnet_lite0": "bn2"}
-# Minimum component area (fraction of the input square) used when selecting the best segmenter epoch.
-SELECTION_MIN_AREA = 0.002
-MEAN, STD = 0.2, 0.25  # normalisation of [0, 1] grey crops (close to the BRISC crop statistics)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; saved as config.json beside the run and in the model metadata."""
-
-    task: str
-    preset: str = "full"
-    arch: str = ""
-    arch_kwargs: dict = field(default_factory=dict)
-    input_size: int = 160
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.05
-    patience: int = 5
-    seed: int = 0
-    threads: int = 2
-    max_train_images: int | None = None
-    time_budget_min: float = 60.0
-    aug_strength: float = 1.0
-    # Per-image probability of the cross-sequence remap in augment.sequence_remap (0 in v1).
-    sequence_aug: float = 0.4
-    # The same probability for no-tumor images (None: as sequence_aug). Lower than sequence_aug
-    # because the no_tumor class already holds real T2/FLAIR/CT slices (Sartaj/BRISC READMEs)
-    # while nearly every tumor slice is T1: a uniform remap leaves "looks like T2 -> no tumor"
-    # as a shortcut, which is how v2 still missed T2 tumors on navoneel.
-    sequence_aug_no_tumor: float | None = None
-    # Per-image probability (any class) of augment.suppress_enhancement (0 before v4).
-    enhancement_aug: float = 0.0
-    # True: the LR schedule also follows wall time so the run always ends annealed inside
-    # time_budget_min (not bit-reproducible on a busy machine). False: purely step-based.
-    schedule_by_time: bool = True
-    # Brain-crop settings used for training; recorded in the model card so inference matches.
-    crop: dict = field(default_factory=lambda: dict(DEFAULT_CROP))
-    # Test-time augmentation (mean of the slice and its mirror image) for the classifier;
-    # the temperature is fitted on TTA logits so calibration matches inference.
-    tta: bool = True
-    init_from: str | None = None
-    tumor_oversample: float = 1.0
-    # Segmenter loss: "batch" (one Dice over the batch, v1-v4), "batch+image" (plus the mean of each
-    # tumor slice's own Dice, as the evaluation averages it) or "tversky" (misses cost more); see _seg_loss.
-    seg_dice: str = "batch"
-    # None, or preprocess.INTENSITY_NORM: every crop's head percentiles are standardised before the
-    # model sees it (training, calibration and inference alike; the card records it).
-    intensity_norm: str | None = None
-    # "standard" (triage.recipe: BRISC + Sartaj) or "multi_source" (triage.sources: every shared set).
-    recipe: str = "standard"
-    # None, or a name in triage.pretrained.PRETRAINED_NAMES: ImageNet start, training time only.
-    pretrained: str | None = None
-    # Images per epoch drawn with per-source balance (None: one pass over the training set).
-    epoch_images: int | None = None
-    # Per-image probabilities of augment.strip_skull and augment.jpeg_degrade (source shortcuts).
-    skull_strip_aug: float = 0.0
-    jpeg_aug: float = 0.0
-    # Multi-source recipe: per-source batch shares that replace the defaults in triage.sources
-    # (None: CLASSIFIER_SHARES / SEGMENTER_SHARES). v13 raised Sartaj's share after v12 missed more Sartaj tumours.
-    source_shares: dict | None = None
-    notes: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_preset(cls, task: str, preset: str = "full", **overrides: object) -> TrainConfig:
-        if task not in PRESETS:
-            raise ValueError(f"task must be classifier or segmenter, got {task!r}")
-        if preset not in PRESETS[task]:
-            raise ValueError(f"preset must be one of {sorted(PRESETS[task])}, got {preset!r}")
-        values = dict(PRESETS[task][preset])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = cls(task=task, preset=preset, **values)
-        if not cfg.arch_kwargs:
-            cfg.arch_kwargs = dict(ARCH_KWARGS[cfg.arch])
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        """Raise ValueError for option names this code does not know, before any data is read."""
-        if self.seg_dice not in SEG_LOSS_NAMES:
-            raise ValueError(f"unknown seg_dice {self.seg_dice!r}; expected one of {sorted(SEG_LOSS_NAMES)}")
-        check_intensity_norm(self.intensity_norm)
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
-        if not 0.0 <= self.skull_strip_aug <= 1.0:
-            raise ValueError(f"skull_strip_aug is a probability, got {self.skull_strip_aug}")
-        if self.source_shares is not None:
-            bad = {k: v for k, v in self.source_shares.items() if not (isinstance(v, (int, float)) and v >= 0)}
-            if bad or not any(self.source_shares.values()):
-                raise ValueError(f"source_shares must be non-negative numbers, not all zero; got {self.source_shares}")
-
-
-RECIPES = ("standard", "multi_source")
-
-
-def preprocess_description(cfg: TrainConfig) -> str:
-    """The card's one-line account of what happens to a scan before the model sees it."""
-    steps = ["crop_brain (head mask, extreme points, margin)"]
-    if cfg.intensity_norm:
-        steps.append(f"standardize_intensity ({cfg.intensity_norm})")
-    return " -> ".join(steps + ["zero-pad to square", "resize"])
 
 
 def sequence_probabilities(cfg: TrainConfig, tumor: np.ndarray) -> torch.Tensor:
@@ -310,75 +124,6 @@ def _batches(
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).unsqueeze(1)
-
-
-@torch.no_grad()
-def predict_logits(net: nn.Module, images: np.ndarray, size: int, bs: int = 64, tta: bool = False) -> np.ndarray:
-    """Logits for cached uint8 crops (N, S, S) resized to ``size`` without augmentation.
-
-    ``tta``: average with the left-right mirrored image (as :class:`triage.classify.Classifier`
-    does when the model card says ``tta``).
-    """
-    net.eval()
-    out = []
-    for i in range(0, len(images), bs):
-        x = squares_to_tensor(images[i : i + bs], size, MEAN, STD)
-        logits = net(x).float()
-        if tta:
-            logits = (logits + net(x.flip(-1)).float()) / 2
-        out.append(logits)
-    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASSES)), np.float32)
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature scaling: the T > 0 minimising validation NLL of softmax(logits / T)."""
-    lt = torch.from_numpy(logits).float()
-    yt = torch.from_numpy(y).long()
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(lt / log_t.exp(), yt)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.exp().item())
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-@torch.no_grad()
-def pooled_features(net: nn.Module, images: np.ndarray, size: int, bs: int = 64) -> np.ndarray:
-    """Penultimate (pre-logits) features of a timm classifier for OOD statistics."""
-    net.eval()
-    feats = []
-    for i in range(0, len(images), bs):
-        x = squares_to_tensor(images[i : i + bs], size, MEAN, STD)
-        feats.append(net.forward_head(net.forward_features(x), pre_logits=True).float())
-    return torch.cat(feats).numpy()
-
-
-def fit_ood_stats(train_feats: np.ndarray, train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class means (C, D) and a shared Ledoit-Wolf precision matrix (D, D) for Mahalanobis OOD."""
-    from sklearn.covariance import LedoitWolf
-
-    means = np.stack([train_feats[train_y == c].mean(0) for c in range(len(CLASSES))])
-    centred = train_feats - means[train_y]
-    lw = LedoitWolf().fit(centred)
-    return means.astype(np.float32), lw.precision_.astype(np.float32)
-
-
-def mahalanobis_score(feats: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Minimum over classes of the squared Mahalanobis distance (higher = more unusual)."""
-    d = feats[:, None, :] - means[None, :, :]
-    return np.einsum("ncd,de,nce->nc", d, precision, d).min(1)
 
 
 def _environment() -> dict:
@@ -555,34 +300,6 @@ def _fit(
     return history, best
 
 
-def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy against a *set* of allowed classes: ``-log(sum of their probabilities)``.
-
-    A one-class set is ordinary cross-entropy (with label smoothing, as F.cross_entropy does it);
-    the set "every tumour class" teaches that a lesion of another type (Feltrin's schwannomas,
-    granulomas...) is anything but ``no_tumor`` without inventing which tumour it is.
-    """
-    logp = F.log_softmax(logits.float(), dim=1)
-    nll = -torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=1)
-    return ((1 - smoothing) * nll - smoothing * logp.mean(1)).mean()
-
-
-def fit_temperature_sets(logits: np.ndarray, allowed: np.ndarray) -> float:
-    """Temperature minimising the validation partial-label NLL (:func:`partial_label_loss`)."""
-    lt, at = torch.from_numpy(logits).float(), torch.from_numpy(allowed)
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = partial_label_loss(lt / log_t.exp(), at)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.exp().item())
-
-
 def source_scores(probs: np.ndarray, allowed: np.ndarray, sources: list[str]) -> dict[str, dict]:
     """Per validation source: accuracy (the top class is allowed) and tumour-miss rate."""
     no = CLASSES.index("no_tumor")
@@ -739,101 +456,6 @@ def train_classifier(
     return folder
 
 
-SEG_LOSS_NAMES = {
-    "batch": "MONAI DiceCELoss(sigmoid, batch=True)",
-    "batch+image": "MONAI DiceCELoss(sigmoid, batch=True) + mean per-tumor-slice DiceLoss",
-    "tversky": "MONAI TverskyLoss(sigmoid, batch=True, alpha=0.3, beta=0.7) + BCE",
-}
-
-
-def _seg_loss(kind: str = "batch"):
-    """Segmentation loss for ``TrainConfig.seg_dice``.
-
-    "batch": Dice over the whole batch, so empty (no-tumor) masks do not blow up the loss, but a
-    missed small or faint lesion weighs little next to a large meningioma in the same batch.
-    "batch+image": adds each tumor slice's own Dice, as the evaluation averages it. The batch term
-    stays because its denominator is what penalises masks on tumor-free slices: a per-image Dice
-    alone (with BCE) raised validation false-positive masks from about 10% to 24-47% in 3 epochs.
-    Dice+BCE converged faster than Dice+focal here (focal: probabilities still ~0.45 everywhere
-    after one epoch on BRISC, val Dice 0.00).
-    "tversky": seed 003's loss family. A missed tumor pixel costs more than a false one
-    (beta 0.7 vs alpha 0.3), aimed at the faint gliomas that get no mask. Over the batch, like
-    "batch", so tumor-free slices are not divided by zero.
-    """
-    from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
-
-    if kind not in SEG_LOSS_NAMES:
-        raise ValueError(f"seg_dice must be one of {sorted(SEG_LOSS_NAMES)}, got {kind!r}")
-    if kind == "tversky":
-        tversky = TverskyLoss(sigmoid=True, batch=True, alpha=0.3, beta=0.7)
-        bce = nn.BCEWithLogitsLoss()
-        return lambda logits, masks: tversky(logits, masks) + bce(logits, masks)
-    batch = DiceCELoss(sigmoid=True, batch=True)
-    if kind == "batch":
-        return batch
-    per_image = DiceLoss(sigmoid=True, reduction="none")
-
-    def loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        total = batch(logits, masks)
-        tumor = masks.flatten(1).any(1)
-        if tumor.any():
-            total = total + per_image(logits[tumor], masks[tumor]).mean()
-        return total
-
-    return loss
-
-
-@torch.no_grad()
-def predict_masks(net: nn.Module, images: np.ndarray, size: int, bs: int = 32, tta: bool = False) -> np.ndarray:
-    """Tumor probability maps (N, size, size) for cached crops (``tta``: mean with the mirror image's map)."""
-    net.eval()
-    out = []
-    for i in range(0, len(images), bs):
-        out.append(probability_maps(net, squares_to_tensor(images[i : i + bs], size, MEAN, STD), tta))
-    return torch.cat(out).numpy() if out else np.zeros((0, size, size), np.float32)
-
-
-def seg_selection_score(s: dict) -> float:
-    """Segmenter selection: Dice on tumor slices, penalised by false-positive masks on empty ones."""
-    return s["dice"] - 0.5 * s["fp_rate"]
-
-
-def search_postprocess(probs: np.ndarray, truth: np.ndarray) -> tuple[dict, list[dict]]:
-    """Threshold and minimum component area chosen on validation: keep Dice while pushing
-    false-positive masks on tumor-free slices down. Returns (chosen, whole grid)."""
-    grid = []
-    for thr in (0.4, 0.5, 0.6):
-        for maf in (0.0, 0.001, 0.002, 0.004):
-            grid.append({"threshold": thr, "min_area_frac": maf, **seg_scores(probs, truth, thr, maf)})
-    return max(grid, key=seg_selection_score), grid
-
-
-def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    t = torch.from_numpy(masks).float().unsqueeze(1)
-    return (F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False) >= 0.5).squeeze(1).numpy()
-
-
-def seg_scores(probs: np.ndarray, truth: np.ndarray, threshold: float, min_area_frac: float) -> dict:
-    """Mean Dice/IoU over tumor slices, false-positive rate over empty slices."""
-    dices, ious, fps = [], [], []
-    min_area = min_area_frac * probs.shape[1] * probs.shape[2]
-    for p, t in zip(probs, truth):
-        m = remove_small_components(p >= threshold, min_area)
-        if t.any():
-            d, j = dice_iou(m, t)
-            dices.append(d)
-            ious.append(j)
-        else:
-            fps.append(bool(m.any()))
-    return {
-        "dice": float(np.mean(dices)) if dices else 0.0,
-        "iou": float(np.mean(ious)) if ious else 0.0,
-        "fp_rate": float(np.mean(fps)) if fps else 0.0,
-        "n_tumor": len(dices),
-        "n_empty": len(fps),
-    }
-
-
 def train_segmenter(
     cfg: TrainConfig,
     train: CachedSet,
@@ -860,13 +482,13 @@ def train_segmenter(
     (Path(run_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
     meta = {"task": "segmenter", "arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs}
     net = _init_net(cfg, meta, weights_dir)
-    loss_fn = _seg_loss(cfg.seg_dice)
+    loss_fn = seg_loss(cfg.seg_dice)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     has_tumor = train.masks.reshape(len(train.masks), -1).any(1)
     weights = np.where(has_tumor, cfg.tumor_oversample, 1.0).astype(np.float64)
     if sample_weights is not None:
         weights = sample_weights * weights
-    val_truth = _resize_masks(val.masks, cfg.input_size) if val.masks is not None else None
+    val_truth = resize_masks(val.masks, cfg.input_size) if val.masks is not None else None
     src = np.asarray(val_sources if val_sources is not None else ["validation"] * len(val.samples))
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:

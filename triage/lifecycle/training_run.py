@@ -31,7 +31,8 @@ from triage.lifecycle.recipe import (
     standardized,
     write_split_file,
 )
-from triage.lifecycle.train import TrainConfig, train_classifier, train_segmenter
+from triage.lifecycle.train import train_classifier, train_segmenter
+from triage.lifecycle.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
