@@ -122,13 +122,15 @@ class RunSummary:
 
 
 def iter_inputs(paths: Iterable[str]) -> Iterator[Path]:
-    """Files given directly, and every file under given folders (recursive, sorted, hidden skipped)."""
+    """Files given directly, and every file under given folders (recursive, sorted, junk skipped by the
+    rules of :func:`triage.folders.is_junk`: hidden files and folders, ``__MACOSX``, ``Thumbs.db``...).
+    A file named directly is always read: it was asked for."""
+    from triage.folders import files_under  # lazily: the CLI starts without numpy
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts):
-                    yield f
+            yield from files_under(p)
         else:
             yield p
 
