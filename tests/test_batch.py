@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from triage.batch import (
-    CSV_COLUMNS,
+    RESULT_COLUMNS,
     OutputRow,
     ResultsError,
     ResultWriter,
@@ -20,14 +20,23 @@ from triage.config import get_settings
 
 
 def row(path: str, frame: object = "", status: str = "ok", **values) -> OutputRow:
-    base = dict.fromkeys(CSV_COLUMNS, "")
+    base = dict.fromkeys(RESULT_COLUMNS, "")
     base.update(path=path, status=status, frame=frame, label="glioma", p_glioma=0.9, risk=0.8, ms=1.5, **values)
     return OutputRow(base)
 
 
 def test_the_first_columns_keep_the_historical_order():
-    assert CSV_COLUMNS[:3] == ["path", "status", "error"] and CSV_COLUMNS[14:17] == ["mask_path", "frame", "ms"]
-    assert {"scan_id", "classifier_version", "segmenter_version", "ood_score"} <= set(CSV_COLUMNS[17:])
+    assert RESULT_COLUMNS[:3] == ("path", "status", "error") and RESULT_COLUMNS[14:17] == ("mask_path", "frame", "ms")
+    assert {"scan_id", "classifier_version", "segmenter_version", "ood_score"} <= set(RESULT_COLUMNS[17:])
+
+
+def test_the_columns_are_defined_once():
+    from triage.batch import FLOAT_COLUMNS, IMPORT_COLUMNS, INT_COLUMNS, PROB_COLUMNS
+    from triage.records import CLASSES
+
+    assert PROB_COLUMNS == tuple(f"p_{c}" for c in CLASSES) and set(PROB_COLUMNS) <= set(RESULT_COLUMNS)
+    assert len(set(RESULT_COLUMNS)) == len(RESULT_COLUMNS) == 21
+    assert (FLOAT_COLUMNS | INT_COLUMNS | set(IMPORT_COLUMNS)) <= set(RESULT_COLUMNS)
 
 
 def test_csv_resume_drops_a_cut_line_and_the_last_file(tmp_path):
@@ -64,7 +73,7 @@ def test_without_resume_the_output_starts_again(tmp_path):
     w = ResultWriter(out)
     assert w.done == set()
     w.close()
-    assert out.read_text().strip() == ",".join(CSV_COLUMNS)
+    assert out.read_text().strip() == ",".join(RESULT_COLUMNS)
 
 
 def test_parquet_parts_are_typed_and_resumable(tmp_path):

@@ -25,18 +25,18 @@ from triage.export import csv_cell, csv_text
 
 log = logging.getLogger(__name__)
 
-# The first 17 columns are the historical order of `analyze` (README); the last four were added
-# for `import-results` (the worklist needs the content id, the OOD score and the model versions).
-CSV_COLUMNS = [
+# The per-file result columns, in their order: the one definition for the CSV and Parquet writers, the
+# resume check, the Ray engine's batches, `import-results` and the README. The first 17 are the historical
+# order of `analyze`; the last four were added for `import-results` (the worklist needs the content id,
+# the OOD score and the model versions).
+PROB_COLUMNS: tuple[str, ...] = ("p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary")  # records.CLASSES order
+RESULT_COLUMNS: tuple[str, ...] = (
     "path",
     "status",
     "error",
     "label",
     "suspected_tumor",
-    "p_no_tumor",
-    "p_glioma",
-    "p_meningioma",
-    "p_pituitary",
+    *PROB_COLUMNS,
     "risk",
     "ood",
     "flags",
@@ -49,15 +49,14 @@ CSV_COLUMNS = [
     "ood_score",
     "classifier_version",
     "segmenter_version",
-]
-# Parquet column types (everything else is a string); "" in a row is a null there.
-FLOAT_COLUMNS = frozenset(
-    {"p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary", "risk", "ood_score", "tumor_area_mm2", "ms"}
 )
+# Parquet column types (everything else is a string); "" in a row is a null there.
+FLOAT_COLUMNS = frozenset({*PROB_COLUMNS, "risk", "ood_score", "tumor_area_mm2", "ms"})
 INT_COLUMNS = frozenset({"suspected_tumor", "ood", "tumor_area_px", "frame"})
+# The columns `import-results` needs in a row (a file written by an older version may lack some).
+IMPORT_COLUMNS = ("path", "status", "scan_id", "label", "risk", "flags", "classifier_version", "segmenter_version")
 # Rows buffered before a Parquet part is written: few, large files rather than one per batch.
 PARQUET_PART_ROWS = 5000
-IMPORT_COLUMNS = ("path", "status", "scan_id", "label", "risk", "flags", "classifier_version", "segmenter_version")
 
 
 class ResultsError(TriageError):
@@ -88,7 +87,7 @@ class FileInput:
 
 @dataclass(frozen=True)
 class OutputRow:
-    """One CSV row (``CSV_COLUMNS`` -> value) and, with ``--masks-dir``, the mask PNG to write
+    """One CSV row (``RESULT_COLUMNS`` -> value) and, with ``--masks-dir``, the mask PNG to write
     beside it (the writer writes it, so masks land where the output is, whichever machine analysed)."""
 
     values: dict
@@ -200,7 +199,7 @@ def analyze_inputs(service, inputs: list[FileInput], masks_dir: Path | None, exp
             if masks_dir and result.ok and seg is not None and seg.area_px > 0:
                 mask = mask_png(seg.mask)
                 values["mask_path"] = str(Path(masks_dir) / mask_file_name(f.path, result.scan_id, frame))
-            rows.append(OutputRow({c: values.get(c, "") for c in CSV_COLUMNS}, mask))
+            rows.append(OutputRow({c: values.get(c, "") for c in RESULT_COLUMNS}, mask))
     return rows
 
 
@@ -256,11 +255,11 @@ class ResultWriter:
             self._fh = self.out.open("a", newline="", encoding="utf-8")
             self._csv = csv.writer(self._fh)
             if keep == 0:
-                self._csv.writerow(CSV_COLUMNS)
+                self._csv.writerow(RESULT_COLUMNS)
         else:
             self._fh = self.out.open("w", newline="", encoding="utf-8")
             self._csv = csv.writer(self._fh)
-            self._csv.writerow(CSV_COLUMNS)
+            self._csv.writerow(RESULT_COLUMNS)
         self._fh.flush()
 
     # -- Parquet --
@@ -290,10 +289,12 @@ class ResultWriter:
         schema = pa.schema(
             [
                 (c, pa.float64() if c in FLOAT_COLUMNS else pa.int64() if c in INT_COLUMNS else pa.string())
-                for c in CSV_COLUMNS
+                for c in RESULT_COLUMNS
             ]
         )
-        table = pa.Table.from_pylist([{c: _typed(c, r[c]) for c in CSV_COLUMNS} for r in self._buffer], schema=schema)
+        table = pa.Table.from_pylist(
+            [{c: _typed(c, r[c]) for c in RESULT_COLUMNS} for r in self._buffer], schema=schema
+        )
         final = self.out / f"part-{self._part:05d}.parquet"
         with atomic.atomic_path(final) as tmp:  # a part is there whole or not at all
             pq.write_table(table, tmp)
@@ -311,7 +312,7 @@ class ResultWriter:
             if len(self._buffer) >= PARQUET_PART_ROWS:
                 self._flush_parquet()
         else:
-            self._csv.writerows([[_cell(r.values.get(c)) for c in CSV_COLUMNS] for r in rows])
+            self._csv.writerows([[_cell(r.values.get(c)) for c in RESULT_COLUMNS] for r in rows])
             self._fh.flush()
         self.done.update(r.path for r in rows)
 
@@ -343,7 +344,7 @@ def _csv_resume_point(out: Path) -> tuple[int, set[str]]:
         offsets.append(pos)
     if not records:
         return 0, set()
-    if records[0] != CSV_COLUMNS:
+    if tuple(records[0]) != RESULT_COLUMNS:
         raise ResultsError(
             f"cannot resume {out}: its columns are not this version's ({len(records[0])} columns); "
             "write to a new file instead"
@@ -493,7 +494,7 @@ def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict |
         "pixel_spacing": list(scan.pixel_spacing) if scan.pixel_spacing else None,
         "dicom": scan.meta,
         "batch_results": str(results),  # where the case came from (kept in the case's extra)
-        **{f"p_{c}": float(row[f"p_{c}"]) for c in ("no_tumor", "glioma", "meningioma", "pituitary")},
+        **{c: float(row[c]) for c in PROB_COLUMNS},
     }
     return case, ""
 
