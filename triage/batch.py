@@ -1,6 +1,11 @@
-"""Batch analysis shared by both engines of ``python -m triage analyze``: the per-file result rows,
-the output writer (CSV file or a folder of Parquet parts, resumable) and the local engine; plus
-``import-results``, which puts a batch run's rows into the worklist without analysing again.
+"""Analysing many files, and the batch runs of ``python -m triage analyze``.
+
+:func:`analyze_many` is the one loop that decodes many files and analyses them in model batches
+through :class:`~triage.service.TriageService` (the CLI's local and Ray engines and the evaluation
+reports call it), yielding each file's results or its rejection. Around it: the per-file
+result rows (their columns, :data:`RESULT_COLUMNS`, are defined here once), the output writer
+(CSV file or a folder of Parquet parts, resumable) and the local engine; plus ``import-results``,
+which puts a batch run's rows into the worklist without analysing again.
 
 The Ray engine (:mod:`triage.batch_ray`) calls the same :func:`read_input` and
 :func:`analyze_inputs` inside its read tasks and actors, so a row is built by one piece of code
@@ -12,9 +17,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,53 +160,98 @@ def mask_file_name(path: str, scan_id: str, frame: int | None) -> str:
     return f"{Path(path).stem}_{scan_id[:8]}{suffix}_mask.png"
 
 
-def analyze_inputs(service, inputs: list[FileInput], masks_dir: Path | None, explain: bool = False) -> list[OutputRow]:
-    """Decode and analyse a batch of read files through ``service.analyze_scans`` (one model batch):
-    one row per frame, one ``rejected`` row for a file that cannot be read or decoded, in input order."""
+@dataclass(frozen=True)
+class FileResults:
+    """One input file analysed: a result per frame or slice, or one rejected result saying why it could
+    not be read or decoded. ``ms``: the file's share of its batch's time (decode and analysis)."""
+
+    file: FileInput
+    results: tuple  # of triage.records.CaseResult
+    ms: float = 0.0
+
+
+def decode_input(f: FileInput, settings: Settings) -> list:
+    """The scans of a read file (a NIfTI volume: its axial slices, ``frame`` = slice index), or a list
+    holding one rejected :class:`~triage.records.CaseResult` with the reason."""
     from triage.errors import InvalidScanError
     from triage.io import content_id, read_scans
     from triage.records import CaseResult
     from triage.series import is_nifti, read_nifti
+
+    name = Path(f.path).name
+    if f.data is None:
+        return [CaseResult(name=name, status="rejected", error=f.error)]
+    try:
+        if is_nifti(name, f.data):
+            return [s.scan for s in read_nifti(f.data, name, settings).slices]
+        return read_scans(f.data, name, settings)
+    except InvalidScanError as exc:
+        sid = content_id(f.data) if f.data else ""
+        return [CaseResult(name=name, status="rejected", scan_id=sid, error=str(exc))]
+
+
+def analyze_many(
+    service,
+    inputs: Iterable[FileInput],
+    batch_size: int = 16,
+    explain: bool = False,
+    prepare: Callable | None = None,
+) -> Iterator[FileResults]:
+    """Decode and analyse many files, ``batch_size`` files per batch through ``service.analyze_scans``
+    (which bounds each network call at :data:`triage.service.MAX_BATCH` scans), yielding each file's
+    :class:`FileResults` in input order once its batch is done. ``inputs`` is read lazily, one batch at
+    a time, so a generator of :func:`read_input` keeps one batch of files in memory. One bad file is
+    its own rejected result; the others go on. ``prepare(scan) -> scan``: applied to every decoded scan
+    before the analysis (an evaluation that degrades its inputs)."""
+    from triage.records import CaseResult
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    it = iter(inputs)
+    while batch := list(itertools.islice(it, batch_size)):
+        t0 = time.perf_counter()
+        decoded = [(f, decode_input(f, service.settings)) for f in batch]
+        if prepare is not None:
+            decoded = [(f, [s if isinstance(s, CaseResult) else prepare(s) for s in items]) for f, items in decoded]
+        scans = [s for _, items in decoded for s in items if not isinstance(s, CaseResult)]
+        analysed = iter(service.analyze_scans(scans, explain=explain))
+        ms = round((time.perf_counter() - t0) * 1000 / len(batch), 1)
+        for f, items in decoded:
+            results = tuple(item if isinstance(item, CaseResult) else next(analysed) for item in items)
+            yield FileResults(f, results, ms)
+
+
+def file_rows(done: FileResults, masks_dir: Path | None) -> list[OutputRow]:
+    """The CSV rows of an analysed file (one per frame), with its mask PNGs when ``masks_dir`` is given."""
     from triage.service import case_row, mask_png
 
-    t0 = time.perf_counter()
-    pending: list[tuple[FileInput, list]] = []
-    for f in inputs:
-        name = Path(f.path).name
-        if f.data is None:
-            pending.append((f, [CaseResult(name=name, status="rejected", error=f.error)]))
-            continue
-        try:
-            if is_nifti(name, f.data):  # a volume: one row per axial slice (frame = slice index)
-                pending.append((f, [s.scan for s in read_nifti(f.data, name, service.settings).slices]))
-            else:
-                pending.append((f, read_scans(f.data, name, service.settings)))
-        except InvalidScanError as exc:
-            sid = content_id(f.data) if f.data else ""
-            pending.append((f, [CaseResult(name=name, status="rejected", scan_id=sid, error=str(exc))]))
-    scans = [s for _, items in pending for s in items if not isinstance(s, CaseResult)]
-    analysed = iter(service.analyze_scans(scans, explain=explain))
-    ms = round((time.perf_counter() - t0) * 1000 / max(1, len(inputs)), 1)
+    path = done.file.path
     rows = []
-    for f, items in pending:
-        for item in items:
-            result = item if isinstance(item, CaseResult) else next(analysed)
-            frame = None if result.scan is None else result.scan.frame
-            values = case_row(result)
-            values.update(
-                path=f.path,
-                ms=ms,
-                frame="" if frame is None else frame,
-                mask_path="",
-                classifier_version=result.model_versions.get("classifier", ""),
-                segmenter_version=result.model_versions.get("segmenter", ""),
-            )
-            seg, mask = result.segmentation, None
-            if masks_dir and result.ok and seg is not None and seg.area_px > 0:
-                mask = mask_png(seg.mask)
-                values["mask_path"] = str(Path(masks_dir) / mask_file_name(f.path, result.scan_id, frame))
-            rows.append(OutputRow({c: values.get(c, "") for c in RESULT_COLUMNS}, mask))
+    for result in done.results:
+        frame = None if result.scan is None else result.scan.frame
+        values = case_row(result)
+        values.update(
+            path=path,
+            ms=done.ms,
+            frame="" if frame is None else frame,
+            mask_path="",
+            classifier_version=result.model_versions.get("classifier", ""),
+            segmenter_version=result.model_versions.get("segmenter", ""),
+        )
+        seg, mask = result.segmentation, None
+        if masks_dir and result.ok and seg is not None and seg.area_px > 0:
+            mask = mask_png(seg.mask)
+            values["mask_path"] = str(Path(masks_dir) / mask_file_name(path, result.scan_id, frame))
+        rows.append(OutputRow({c: values.get(c, "") for c in RESULT_COLUMNS}, mask))
     return rows
+
+
+def analyze_inputs(service, inputs: list[FileInput], masks_dir: Path | None, explain: bool = False) -> list[OutputRow]:
+    """The rows of one batch of read files (:func:`analyze_many` as one batch, :func:`file_rows`): one row
+    per frame, one ``rejected`` row for a file that cannot be read or decoded, in input order. What a Ray
+    actor runs on each batch it is given."""
+    done = analyze_many(service, inputs, batch_size=max(1, len(inputs)), explain=explain)
+    return [row for f in done for row in file_rows(f, masks_dir)]
 
 
 # ----- output ------------------------------------------------------------------------------
@@ -392,13 +443,13 @@ def run_local(job: BatchJob, files: list[Path]) -> RunSummary:
     summary = RunSummary(out=str(job.out))
     todo = pending_files(files, writer, summary)
     bar = tqdm(total=len(todo), unit="file", desc="analyze", disable=job.quiet)
+    inputs = (read_input(f, service.settings) for f in todo)  # read one batch at a time
     try:
-        for start in range(0, len(todo), job.batch_size):
-            batch = todo[start : start + job.batch_size]
-            rows = analyze_inputs(service, [read_input(f, service.settings) for f in batch], job.masks_dir, job.explain)
+        for done in analyze_many(service, inputs, job.batch_size, job.explain):
+            rows = file_rows(done, job.masks_dir)
             writer.write(rows)
             count_rows(rows, summary)
-            bar.update(len(batch))
+            bar.update(1)
     finally:
         bar.close()
         writer.close()
