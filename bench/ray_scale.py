@@ -140,9 +140,9 @@ def run(folder: Path, out: Path, engine: str, workers: int | None, batch_size: i
 
 def driver_write_rate(tmp: Path, n: int = 20000) -> float:
     """Rows per second the driver's CSV writer takes (the part of a run that does not scale out)."""
-    from triage.batch import CSV_COLUMNS, OutputRow, ResultWriter
+    from triage.batch import RESULT_COLUMNS, OutputRow, ResultWriter
 
-    values = dict.fromkeys(CSV_COLUMNS, "0.1234")
+    values = dict.fromkeys(RESULT_COLUMNS, "0.1234")
     values.update(path=str(tmp / "some/folder/brisc2025_test_00001_gl_ax_t1.jpg"), status="ok", flags="uncertain")
     rows = [OutputRow(dict(values, path=f"{values['path']}{i}")) for i in range(n)]
     w = ResultWriter(tmp / "write_rate.csv")

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import REPO_DIR, draw_synthetic_slice
 from tests.model_fixtures import make_tiny_weights
-from triage.batch import CSV_COLUMNS, BatchJob, import_results, iter_inputs, run_local
+from triage.batch import RESULT_COLUMNS, BatchJob, import_results, iter_inputs, run_local
 
 pytestmark = pytest.mark.slow  # a Ray cluster, subprocesses
 
@@ -93,7 +93,7 @@ def assert_same_rows(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
     for key, w in want.items():
         g = got[key]
-        for c in CSV_COLUMNS:
+        for c in RESULT_COLUMNS:
             if c in ("ms", "mask_path"):
                 continue
             if w[c] and (c.startswith("p_") or c in ("risk", "ood_score", "tumor_area_mm2")):
@@ -234,7 +234,7 @@ def test_cli_ray_engine_and_no_ray_on_the_local_path(env, slices, tmp_path):
     import pyarrow.parquet as pq
 
     table = pq.read_table(out)
-    assert table.column_names == CSV_COLUMNS and table.num_rows == 4
+    assert tuple(table.column_names) == RESULT_COLUMNS and table.num_rows == 4
     code = (
         "import sys; from triage.cli import main; "
         f"rc = main(['analyze', {str(some)!r}, '--out', {str(tmp_path / 'local.csv')!r}, '--quiet']); "

@@ -93,3 +93,37 @@ def test_unreadable_truth_masks_are_counted_not_dropped(tmp_path):
     seg = m["segmentation"]
     assert seg["truth_masks_unreadable"] == 2 and seg["tumor_slices"] == 0
     assert any("broken_mask.png" in e for e in seg["truth_masks_unreadable_examples"])
+
+
+def test_predict_cached_gives_one_result_per_sample_through_analyze_many(tmp_path):
+    """The evaluation reads its files through triage.batch.analyze_many: one result per sample (its
+    first frame), a rejected one for a file that is gone, batches of ``batch`` files."""
+    import cv2
+
+    from tests.conftest import draw_synthetic_slice
+    from triage.config import get_settings
+    from triage.evaluate import predict_cached
+
+    class Service:
+        def __init__(self):
+            self.settings, self.calls = get_settings(), []
+
+        def analyze_scans(self, scans, explain=False):
+            self.calls.append(len(scans))
+            return [CaseResult(name=s.name, status="ok", scan_id=s.scan_id, scan=s) for s in scans]
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"s{i}.png")
+        cv2.imwrite(str(paths[-1]), draw_synthetic_slice((64, 64), seed=i)[0])
+    paths.insert(1, tmp_path / "gone.png")
+    test = SimpleNamespace(samples=[SimpleNamespace(path=p) for p in paths])
+    service = Service()
+    results = predict_cached(service, test, batch=2, progress=False)
+    assert [(r.name, r.status) for r in results] == [
+        ("s0.png", "ok"),
+        ("gone.png", "rejected"),
+        ("s1.png", "ok"),
+        ("s2.png", "ok"),
+    ]
+    assert results[1].error.startswith("cannot read file") and service.calls == [1, 2]

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import draw_synthetic_slice
 from tests.model_fixtures import make_tiny_weights
-from triage.cli import CSV_COLUMNS
+from triage.batch import RESULT_COLUMNS
 from triage.records import CLASSES
 from triage.worklist import PROB_COLUMNS, Worklist
 
@@ -140,7 +140,7 @@ def test_a_cli_killed_mid_run_leaves_a_readable_csv(weights, slices, tmp_path, i
     with out.open(newline="", encoding="utf-8") as fh:
         records = list(csv.reader(fh))
     header, rows = records[0], records[1:]
-    assert header == CSV_COLUMNS
+    assert tuple(header) == RESULT_COLUMNS
     assert 8 <= len(rows) < 60
     for rec in rows:
         assert len(rec) == len(header), rec

@@ -1,6 +1,11 @@
-"""Batch analysis shared by both engines of ``python -m triage analyze``: the per-file result rows,
-the output writer (CSV file or a folder of Parquet parts, resumable) and the local engine; plus
-``import-results``, which puts a batch run's rows into the worklist without analysing again.
+"""Analysing many files, and the batch runs of ``python -m triage analyze``.
+
+:func:`analyze_many` is the one loop that decodes many files and analyses them in model batches
+through :class:`~triage.service.TriageService` (the CLI's local and Ray engines and the evaluation
+reports call it), yielding each file's results or its rejection. Around it: the per-file
+result rows (their columns, :data:`RESULT_COLUMNS`, are defined here once), the output writer
+(CSV file or a folder of Parquet parts, resumable) and the local engine; plus ``import-results``,
+which puts a batch run's rows into the worklist without analysing again.
 
 The Ray engine (:mod:`triage.batch_ray`) calls the same :func:`read_input` and
 :func:`analyze_inputs` inside its read tasks and actors, so a row is built by one piece of code
@@ -12,9 +17,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,18 +31,18 @@ from triage.export import csv_cell, csv_text
 
 log = logging.getLogger(__name__)
 
-# The first 17 columns are the historical order of `analyze` (README); the last four were added
-# for `import-results` (the worklist needs the content id, the OOD score and the model versions).
-CSV_COLUMNS = [
+# The per-file result columns, in their order: the one definition for the CSV and Parquet writers, the
+# resume check, the Ray engine's batches, `import-results` and the README. The first 17 are the historical
+# order of `analyze`; the last four were added for `import-results` (the worklist needs the content id,
+# the OOD score and the model versions).
+PROB_COLUMNS: tuple[str, ...] = ("p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary")  # records.CLASSES order
+RESULT_COLUMNS: tuple[str, ...] = (
     "path",
     "status",
     "error",
     "label",
     "suspected_tumor",
-    "p_no_tumor",
-    "p_glioma",
-    "p_meningioma",
-    "p_pituitary",
+    *PROB_COLUMNS,
     "risk",
     "ood",
     "flags",
@@ -49,15 +55,14 @@ CSV_COLUMNS = [
     "ood_score",
     "classifier_version",
     "segmenter_version",
-]
-# Parquet column types (everything else is a string); "" in a row is a null there.
-FLOAT_COLUMNS = frozenset(
-    {"p_no_tumor", "p_glioma", "p_meningioma", "p_pituitary", "risk", "ood_score", "tumor_area_mm2", "ms"}
 )
+# Parquet column types (everything else is a string); "" in a row is a null there.
+FLOAT_COLUMNS = frozenset({*PROB_COLUMNS, "risk", "ood_score", "tumor_area_mm2", "ms"})
 INT_COLUMNS = frozenset({"suspected_tumor", "ood", "tumor_area_px", "frame"})
+# The columns `import-results` needs in a row (a file written by an older version may lack some).
+IMPORT_COLUMNS = ("path", "status", "scan_id", "label", "risk", "flags", "classifier_version", "segmenter_version")
 # Rows buffered before a Parquet part is written: few, large files rather than one per batch.
 PARQUET_PART_ROWS = 5000
-IMPORT_COLUMNS = ("path", "status", "scan_id", "label", "risk", "flags", "classifier_version", "segmenter_version")
 
 
 class ResultsError(TriageError):
@@ -88,7 +93,7 @@ class FileInput:
 
 @dataclass(frozen=True)
 class OutputRow:
-    """One CSV row (``CSV_COLUMNS`` -> value) and, with ``--masks-dir``, the mask PNG to write
+    """One CSV row (``RESULT_COLUMNS`` -> value) and, with ``--masks-dir``, the mask PNG to write
     beside it (the writer writes it, so masks land where the output is, whichever machine analysed)."""
 
     values: dict
@@ -122,13 +127,15 @@ class RunSummary:
 
 
 def iter_inputs(paths: Iterable[str]) -> Iterator[Path]:
-    """Files given directly, and every file under given folders (recursive, sorted, hidden skipped)."""
+    """Files given directly, and every file under given folders (recursive, sorted, junk skipped by the
+    rules of :func:`triage.folders.is_junk`: hidden files and folders, ``__MACOSX``, ``Thumbs.db``...).
+    A file named directly is always read: it was asked for."""
+    from triage.folders import files_under  # lazily: the CLI starts without numpy
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts):
-                    yield f
+            yield from files_under(p)
         else:
             yield p
 
@@ -153,53 +160,98 @@ def mask_file_name(path: str, scan_id: str, frame: int | None) -> str:
     return f"{Path(path).stem}_{scan_id[:8]}{suffix}_mask.png"
 
 
-def analyze_inputs(service, inputs: list[FileInput], masks_dir: Path | None, explain: bool = False) -> list[OutputRow]:
-    """Decode and analyse a batch of read files through ``service.analyze_scans`` (one model batch):
-    one row per frame, one ``rejected`` row for a file that cannot be read or decoded, in input order."""
+@dataclass(frozen=True)
+class FileResults:
+    """One input file analysed: a result per frame or slice, or one rejected result saying why it could
+    not be read or decoded. ``ms``: the file's share of its batch's time (decode and analysis)."""
+
+    file: FileInput
+    results: tuple  # of triage.records.CaseResult
+    ms: float = 0.0
+
+
+def decode_input(f: FileInput, settings: Settings) -> list:
+    """The scans of a read file (a NIfTI volume: its axial slices, ``frame`` = slice index), or a list
+    holding one rejected :class:`~triage.records.CaseResult` with the reason."""
     from triage.errors import InvalidScanError
     from triage.io import content_id, read_scans
     from triage.records import CaseResult
     from triage.series import is_nifti, read_nifti
+
+    name = Path(f.path).name
+    if f.data is None:
+        return [CaseResult(name=name, status="rejected", error=f.error)]
+    try:
+        if is_nifti(name, f.data):
+            return [s.scan for s in read_nifti(f.data, name, settings).slices]
+        return read_scans(f.data, name, settings)
+    except InvalidScanError as exc:
+        sid = content_id(f.data) if f.data else ""
+        return [CaseResult(name=name, status="rejected", scan_id=sid, error=str(exc))]
+
+
+def analyze_many(
+    service,
+    inputs: Iterable[FileInput],
+    batch_size: int = 16,
+    explain: bool = False,
+    prepare: Callable | None = None,
+) -> Iterator[FileResults]:
+    """Decode and analyse many files, ``batch_size`` files per batch through ``service.analyze_scans``
+    (which bounds each network call at :data:`triage.service.MAX_BATCH` scans), yielding each file's
+    :class:`FileResults` in input order once its batch is done. ``inputs`` is read lazily, one batch at
+    a time, so a generator of :func:`read_input` keeps one batch of files in memory. One bad file is
+    its own rejected result; the others go on. ``prepare(scan) -> scan``: applied to every decoded scan
+    before the analysis (an evaluation that degrades its inputs)."""
+    from triage.records import CaseResult
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    it = iter(inputs)
+    while batch := list(itertools.islice(it, batch_size)):
+        t0 = time.perf_counter()
+        decoded = [(f, decode_input(f, service.settings)) for f in batch]
+        if prepare is not None:
+            decoded = [(f, [s if isinstance(s, CaseResult) else prepare(s) for s in items]) for f, items in decoded]
+        scans = [s for _, items in decoded for s in items if not isinstance(s, CaseResult)]
+        analysed = iter(service.analyze_scans(scans, explain=explain))
+        ms = round((time.perf_counter() - t0) * 1000 / len(batch), 1)
+        for f, items in decoded:
+            results = tuple(item if isinstance(item, CaseResult) else next(analysed) for item in items)
+            yield FileResults(f, results, ms)
+
+
+def file_rows(done: FileResults, masks_dir: Path | None) -> list[OutputRow]:
+    """The CSV rows of an analysed file (one per frame), with its mask PNGs when ``masks_dir`` is given."""
     from triage.service import case_row, mask_png
 
-    t0 = time.perf_counter()
-    pending: list[tuple[FileInput, list]] = []
-    for f in inputs:
-        name = Path(f.path).name
-        if f.data is None:
-            pending.append((f, [CaseResult(name=name, status="rejected", error=f.error)]))
-            continue
-        try:
-            if is_nifti(name, f.data):  # a volume: one row per axial slice (frame = slice index)
-                pending.append((f, [s.scan for s in read_nifti(f.data, name, service.settings).slices]))
-            else:
-                pending.append((f, read_scans(f.data, name, service.settings)))
-        except InvalidScanError as exc:
-            sid = content_id(f.data) if f.data else ""
-            pending.append((f, [CaseResult(name=name, status="rejected", scan_id=sid, error=str(exc))]))
-    scans = [s for _, items in pending for s in items if not isinstance(s, CaseResult)]
-    analysed = iter(service.analyze_scans(scans, explain=explain))
-    ms = round((time.perf_counter() - t0) * 1000 / max(1, len(inputs)), 1)
+    path = done.file.path
     rows = []
-    for f, items in pending:
-        for item in items:
-            result = item if isinstance(item, CaseResult) else next(analysed)
-            frame = None if result.scan is None else result.scan.frame
-            values = case_row(result)
-            values.update(
-                path=f.path,
-                ms=ms,
-                frame="" if frame is None else frame,
-                mask_path="",
-                classifier_version=result.model_versions.get("classifier", ""),
-                segmenter_version=result.model_versions.get("segmenter", ""),
-            )
-            seg, mask = result.segmentation, None
-            if masks_dir and result.ok and seg is not None and seg.area_px > 0:
-                mask = mask_png(seg.mask)
-                values["mask_path"] = str(Path(masks_dir) / mask_file_name(f.path, result.scan_id, frame))
-            rows.append(OutputRow({c: values.get(c, "") for c in CSV_COLUMNS}, mask))
+    for result in done.results:
+        frame = None if result.scan is None else result.scan.frame
+        values = case_row(result)
+        values.update(
+            path=path,
+            ms=done.ms,
+            frame="" if frame is None else frame,
+            mask_path="",
+            classifier_version=result.model_versions.get("classifier", ""),
+            segmenter_version=result.model_versions.get("segmenter", ""),
+        )
+        seg, mask = result.segmentation, None
+        if masks_dir and result.ok and seg is not None and seg.area_px > 0:
+            mask = mask_png(seg.mask)
+            values["mask_path"] = str(Path(masks_dir) / mask_file_name(path, result.scan_id, frame))
+        rows.append(OutputRow({c: values.get(c, "") for c in RESULT_COLUMNS}, mask))
     return rows
+
+
+def analyze_inputs(service, inputs: list[FileInput], masks_dir: Path | None, explain: bool = False) -> list[OutputRow]:
+    """The rows of one batch of read files (:func:`analyze_many` as one batch, :func:`file_rows`): one row
+    per frame, one ``rejected`` row for a file that cannot be read or decoded, in input order. What a Ray
+    actor runs on each batch it is given."""
+    done = analyze_many(service, inputs, batch_size=max(1, len(inputs)), explain=explain)
+    return [row for f in done for row in file_rows(f, masks_dir)]
 
 
 # ----- output ------------------------------------------------------------------------------
@@ -254,11 +306,11 @@ class ResultWriter:
             self._fh = self.out.open("a", newline="", encoding="utf-8")
             self._csv = csv.writer(self._fh)
             if keep == 0:
-                self._csv.writerow(CSV_COLUMNS)
+                self._csv.writerow(RESULT_COLUMNS)
         else:
             self._fh = self.out.open("w", newline="", encoding="utf-8")
             self._csv = csv.writer(self._fh)
-            self._csv.writerow(CSV_COLUMNS)
+            self._csv.writerow(RESULT_COLUMNS)
         self._fh.flush()
 
     # -- Parquet --
@@ -288,10 +340,12 @@ class ResultWriter:
         schema = pa.schema(
             [
                 (c, pa.float64() if c in FLOAT_COLUMNS else pa.int64() if c in INT_COLUMNS else pa.string())
-                for c in CSV_COLUMNS
+                for c in RESULT_COLUMNS
             ]
         )
-        table = pa.Table.from_pylist([{c: _typed(c, r[c]) for c in CSV_COLUMNS} for r in self._buffer], schema=schema)
+        table = pa.Table.from_pylist(
+            [{c: _typed(c, r[c]) for c in RESULT_COLUMNS} for r in self._buffer], schema=schema
+        )
         final = self.out / f"part-{self._part:05d}.parquet"
         with atomic.atomic_path(final) as tmp:  # a part is there whole or not at all
             pq.write_table(table, tmp)
@@ -309,7 +363,7 @@ class ResultWriter:
             if len(self._buffer) >= PARQUET_PART_ROWS:
                 self._flush_parquet()
         else:
-            self._csv.writerows([[_cell(r.values.get(c)) for c in CSV_COLUMNS] for r in rows])
+            self._csv.writerows([[_cell(r.values.get(c)) for c in RESULT_COLUMNS] for r in rows])
             self._fh.flush()
         self.done.update(r.path for r in rows)
 
@@ -341,7 +395,7 @@ def _csv_resume_point(out: Path) -> tuple[int, set[str]]:
         offsets.append(pos)
     if not records:
         return 0, set()
-    if records[0] != CSV_COLUMNS:
+    if tuple(records[0]) != RESULT_COLUMNS:
         raise ResultsError(
             f"cannot resume {out}: its columns are not this version's ({len(records[0])} columns); "
             "write to a new file instead"
@@ -389,13 +443,13 @@ def run_local(job: BatchJob, files: list[Path]) -> RunSummary:
     summary = RunSummary(out=str(job.out))
     todo = pending_files(files, writer, summary)
     bar = tqdm(total=len(todo), unit="file", desc="analyze", disable=job.quiet)
+    inputs = (read_input(f, service.settings) for f in todo)  # read one batch at a time
     try:
-        for start in range(0, len(todo), job.batch_size):
-            batch = todo[start : start + job.batch_size]
-            rows = analyze_inputs(service, [read_input(f, service.settings) for f in batch], job.masks_dir, job.explain)
+        for done in analyze_many(service, inputs, job.batch_size, job.explain):
+            rows = file_rows(done, job.masks_dir)
             writer.write(rows)
             count_rows(rows, summary)
-            bar.update(len(batch))
+            bar.update(1)
     finally:
         bar.close()
         writer.close()
@@ -491,7 +545,7 @@ def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict |
         "pixel_spacing": list(scan.pixel_spacing) if scan.pixel_spacing else None,
         "dicom": scan.meta,
         "batch_results": str(results),  # where the case came from (kept in the case's extra)
-        **{f"p_{c}": float(row[f"p_{c}"]) for c in ("no_tumor", "glioma", "meningioma", "pituitary")},
+        **{c: float(row[c]) for c in PROB_COLUMNS},
     }
     return case, ""
 

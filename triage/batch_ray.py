@@ -40,7 +40,7 @@ import numpy as np
 
 from triage import atomic
 from triage.batch import (
-    CSV_COLUMNS,
+    RESULT_COLUMNS,
     BatchJob,
     FileInput,
     OutputRow,
@@ -138,7 +138,7 @@ class Analyzer:
         rows = analyze_inputs(self.service, inputs, self.masks_dir, self.explain)
         out = {
             c: np.array(["" if r.values[c] is None else str(r.values[c]) for r in rows], dtype=object)
-            for c in CSV_COLUMNS
+            for c in RESULT_COLUMNS
         }
         out[MASK_COLUMN] = np.array([r.mask or b"" for r in rows], dtype=object)
         return out
@@ -146,7 +146,7 @@ class Analyzer:
 
 def _rows_of(batch: dict) -> list[OutputRow]:
     n = len(batch["path"])
-    return [OutputRow({c: batch[c][i] for c in CSV_COLUMNS}, bytes(batch[MASK_COLUMN][i]) or None) for i in range(n)]
+    return [OutputRow({c: batch[c][i] for c in RESULT_COLUMNS}, bytes(batch[MASK_COLUMN][i]) or None) for i in range(n)]
 
 
 # Ray binds its servers to every interface and turns 127.0.0.1 into the machine's address, unless

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from triage import __version__
-from triage.batch import CSV_COLUMNS, iter_inputs  # noqa: F401 (CSV_COLUMNS: the analyze columns, re-exported)
+from triage.batch import iter_inputs
 
 log = logging.getLogger("triage")
 

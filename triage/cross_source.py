@@ -247,14 +247,15 @@ def _shortcut_probe(service, shared: Path, sha: set) -> dict:
     """Tumour calls on tumour-free BRISC test slices after :func:`strip_and_degrade`."""
     from dataclasses import replace
 
-    from triage.io import read_path
+    from triage.batch import analyze_many, read_input
 
     samples = [s for s in load_manifest(shared / "brisc2025") if s.split == "test" and s.label == "no_tumor"]
-    scans = []
-    for s in samples:
-        scan = read_path(s.path, service.settings)[0]
-        scans.append(replace(scan, pixels=strip_and_degrade(scan.pixels), scan_id=scan.scan_id + "-probe"))
-    results = service.analyze_scans(scans)
+
+    def degrade(scan):
+        return replace(scan, pixels=strip_and_degrade(scan.pixels), scan_id=scan.scan_id + "-probe")
+
+    inputs = (read_input(s.path, service.settings) for s in samples)
+    results = [f.results[0] for f in analyze_many(service, inputs, batch_size=32, prepare=degrade)]
     part = Part("probe", tuple(samples))
     return score_part(part, results, [None] * len(samples))
 

@@ -4,12 +4,11 @@ One documented layout is understood everywhere: a ``manifest.csv`` with at least
 ``label`` (optional ``mask_path``, ``split``, ``patient_id``, ``sha1``), paths relative to the
 manifest's folder — the format of every dataset in ``../shared/data``. A class-folder tree
 (``glioma/ meningioma/ no_tumor/ pituitary/`` with aliases, optional ``masks/``) is converted
-to the same records by :func:`scan_class_folders`.
+to the same records by :func:`scan_class_folders` (the rules of :mod:`triage.folders`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 from collections import Counter
@@ -19,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from triage import atomic
+from triage import atomic, folders
 from triage.brain_check import is_blank
 from triage.errors import DatasetError, InvalidScanError
-from triage.io import IMAGE_SUFFIXES, read_mask_path, read_path
+from triage.io import read_mask_path, read_path
 from triage.preprocess import CROP_VERSION, DEFAULT_CROP, LEGACY_CROP, crop_brain
 from triage.records import normalize_label
 from triage.transforms import square, square_mask
@@ -48,72 +47,52 @@ class Sample:
 
 
 def load_manifest(dataset_dir: str | Path, name: str | None = None) -> list[Sample]:
-    """Read ``manifest.csv`` of a dataset folder into samples (labels normalised)."""
+    """Read ``manifest.csv`` of a dataset folder (:func:`triage.folders.manifest_rows`) into samples
+    (labels normalised)."""
     root = Path(dataset_dir)
-    mf = root / "manifest.csv"
+    mf = root / folders.MANIFEST
     if not mf.is_file():
         raise DatasetError(f"{root} has no manifest.csv")
     name = name or root.name
     out = []
-    with mf.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
-            raise DatasetError(f"{mf} needs at least the columns 'path' and 'label'")
-        for row in reader:
-            raw = (row.get("label") or "").strip()
-            label = normalize_label(raw) or ("tumor" if raw.lower() in {"yes", "tumor"} else None)
-            if label is None:
-                raise DatasetError(f"{mf}: unknown label {raw!r} for {row['path']}")
-            mp = (row.get("mask_path") or "").strip()
-            out.append(
-                Sample(
-                    path=(root / row["path"]).resolve(),
-                    label=label,
-                    dataset=name,
-                    split=(row.get("split") or "").strip(),
-                    mask_path=(root / mp).resolve() if mp else None,
-                    patient_id=(row.get("patient_id") or "").strip(),
-                    sha1=(row.get("sha1") or "").strip(),
-                )
+    for row in folders.manifest_rows(mf):
+        raw = row.get("label", "")
+        label = normalize_label(raw) or ("tumor" if raw.lower() in {"yes", "tumor"} else None)
+        if label is None:
+            raise DatasetError(f"{mf}: unknown label {raw!r} for {row['path']}")
+        mp = row.get("mask_path", "")
+        out.append(
+            Sample(
+                path=folders.manifest_path(root, row["path"]),
+                label=label,
+                dataset=name,
+                split=row.get("split", ""),
+                mask_path=folders.manifest_path(root, mp) if mp else None,
+                patient_id=row.get("patient_id", ""),
+                sha1=row.get("sha1", ""),
             )
+        )
     return out
 
 
 def scan_class_folders(root: str | Path) -> tuple[list[Sample], list[str]]:
-    """Walk a class-folder tree. Returns samples and human-readable notes on skipped files.
-
-    Masks are matched by file stem in any folder named ``masks`` (or ``<stem>_mask.*`` beside
-    the image).
-    """
+    """Walk a class-folder tree by the rules of :mod:`triage.folders` (junk, image files, masks paired by
+    file stem, class and split from folder names). Returns samples and human-readable notes on skipped files."""
     root = Path(root)
-    masks: dict[str, Path] = {}
-    for p in root.rglob("*"):
-        if p.is_file() and "masks" in [q.lower() for q in p.relative_to(root).parts[:-1]]:
-            masks[p.stem] = p
-        elif p.is_file() and p.stem.endswith("_mask"):
-            masks[p.stem[:-5]] = p
-    samples, notes = [], []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        rel = p.relative_to(root)
-        parts = [q.lower() for q in rel.parts[:-1]]
-        if "masks" in parts or p.stem.endswith("_mask") or p.name == "manifest.csv":
-            continue
-        label = next((normalize_label(q) for q in reversed(parts) if normalize_label(q)), None)
-        if label is None:
-            notes.append(f"{rel}: not inside a class folder, skipped")
-            continue
-        if p.suffix.lower() not in IMAGE_SUFFIXES or p.suffix == "":
-            notes.append(f"{rel}: not an image file, skipped")
-            continue
-        split = (
-            "test"
-            if any(q in ("test", "testing") for q in parts)
-            else ("train" if any(q in ("train", "training") for q in parts) else "")
-        )
-        samples.append(Sample(path=p, label=label, dataset=root.name, split=split, mask_path=masks.get(p.stem)))
-    return samples, notes
+    found = folders.scan_class_folders(root)
+    samples = [
+        Sample(path=f.path, label=f.label, dataset=root.name, split=f.split, mask_path=f.mask) for f in found.images
+    ]
+    return samples, found.skipped + found.unpaired_masks
+
+
+def load_folder(folder: str | Path) -> tuple[list[Sample], list[str]]:
+    """The samples of a dataset folder: its ``manifest.csv`` when it has one, else its class folders
+    (:func:`scan_class_folders`); with notes on skipped files."""
+    folder = Path(folder)
+    if (folder / folders.MANIFEST).is_file():
+        return load_manifest(folder), []
+    return scan_class_folders(folder)
 
 
 def file_sha1(path: Path) -> str:

@@ -67,28 +67,17 @@ def _pick_eval_samples(data: Path) -> tuple[list, str]:
 
 
 def predict_cached(service, test: CachedSet, batch: int = 32, progress: bool = True) -> list:
-    """Run the full pipeline on each sample's original file, in batches."""
-    from triage.errors import InvalidScanError
-    from triage.io import read_path
-    from triage.records import CaseResult
+    """Run the full pipeline on each sample's original file, ``batch`` files per model batch
+    (:func:`triage.batch.analyze_many`): one result per sample, its first frame (or a rejected result)."""
+    from triage.batch import analyze_many, read_input
 
-    results = []
-    it = range(0, len(test.samples), batch)
+    inputs = (read_input(s.path, service.settings) for s in test.samples)
+    done = analyze_many(service, inputs, batch_size=batch)
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="evaluate", unit="batch")
-    for start in it:
-        scans, slots = [], []
-        for s in test.samples[start : start + batch]:
-            try:
-                scans.append(read_path(s.path, service.settings)[0])
-                slots.append(True)
-            except InvalidScanError as exc:
-                slots.append(CaseResult(name=s.path.name, status="rejected", error=str(exc)))
-        analysed = iter(service.analyze_scans(scans))
-        results.extend(next(analysed) if slot is True else slot for slot in slots)
-    return results
+        done = tqdm(done, total=len(test.samples), desc="evaluate", unit="img")
+    return [f.results[0] for f in done]
 
 
 def score(test: CachedSet, results: list, per_image: bool = False) -> dict:

@@ -27,8 +27,7 @@ from triage.datasets import (
     Sample,
     build_cache,
     file_sha1,
-    load_manifest,
-    scan_class_folders,
+    load_folder,
     stratified_split,
 )
 from triage.errors import DatasetError, ModelNotFoundError
@@ -54,7 +53,7 @@ def dataset_samples(folder: str | Path) -> list[Sample]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"dataset folder not found: {folder}")
-    samples = load_manifest(folder) if (folder / "manifest.csv").is_file() else scan_class_folders(folder)[0]
+    samples = load_folder(folder)[0]
     return [s for s in samples if s.label in CLASSES]
 
 

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
 import re
 import shutil
 import tempfile
@@ -41,14 +40,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from triage import archive, atomic
+from triage import archive, atomic, folders
 from triage.brain_check import is_blank
 from triage.clock import utc_now
 from triage.config import Settings, get_settings
 from triage.datasets import dedup_sources, file_sha1, read_mask, thumbnail_u8
 from triage.errors import DatasetError, InvalidScanError
 from triage.export import csv_row
-from triage.io import IMAGE_SUFFIXES, declared_pixels, read_path
+from triage.io import declared_pixels, read_path
 from triage.lifecycle.training_run import MIN_IMAGES_PER_CLASS
 from triage.privacy import shown_name
 from triage.records import CLASSES, SourceKind, normalize_label
@@ -70,9 +69,7 @@ MAX_IMPORT_PIXELS = 20_000_000_000
 MAX_FOLDER_FILES = 200_000  # a server folder with more files is refused (e.g. "/" typed by mistake)
 
 TASKS = ("classifier", "segmenter", "both")
-MASK_FOLDERS = {"masks", "mask"}
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-_TEST_FOLDERS = {"test", "testing"}
 
 Progress = Callable[[int, int], None]
 
@@ -280,7 +277,7 @@ def import_zip(
         raw = Path(tempfile.mkdtemp(dir=root, prefix=".unzip-"))
         try:
             skipped += _extract(zf, plan, raw)
-            manifests = sorted(raw.rglob("manifest.csv"), key=lambda p: len(p.parts))
+            manifests = sorted(raw.rglob(folders.MANIFEST), key=lambda p: len(p.parts))
             if manifests:
                 items, more, rejected, mismatches = _collect_manifest(manifests[0], raw)
             else:
@@ -338,11 +335,10 @@ def _check_archive(zf: zipfile.ZipFile) -> tuple[list[tuple[zipfile.ZipInfo, str
             raise DatasetError(f"archive inflates to more than {limits.max_total_bytes / 1e9:.0f} GB")
         parts = archive.member_parts(info.filename)
         clean = "/".join(parts)
-        if any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
+        if folders.is_junk(parts):  # the rules of triage.folders, as for a server folder
             skipped.append(f"{clean}: hidden or system file, skipped")
             continue
-        suffix = posixpath.splitext(parts[-1])[1].lower()
-        if suffix not in IMAGE_SUFFIXES and parts[-1].lower() != "manifest.csv":
+        if not folders.is_image_name(parts[-1]) and parts[-1].lower() != folders.MANIFEST:
             skipped.append(f"{clean}: not an image file, skipped")
             continue
         plan.append((info, clean))
@@ -380,10 +376,6 @@ def _extract(zf: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, str]], targe
 # ----- collecting items ----------------------------------------------------------------------
 
 
-def _class_of(parts: list[str]) -> str | None:
-    return next((normalize_label(p) for p in reversed(parts) if normalize_label(p)), None)
-
-
 def _inside(items: list[_Item], root: Path) -> tuple[list[_Item], list[list[str]]]:
     """Items whose file (and mask) resolve inside ``root``; a symlink pointing out is refused."""
     kept, refused = [], []
@@ -398,50 +390,11 @@ def _inside(items: list[_Item], root: Path) -> tuple[list[_Item], list[list[str]
 
 
 def _collect_class_folders(root: Path) -> tuple[list[_Item], list[str], list[str]]:
-    """Images under class folders and their masks (by stem). Returns items, skipped, mask notes."""
-    images: list[tuple[Path, str, str]] = []
-    masks: dict[str, list[tuple[Path, str | None]]] = {}
-    skipped, mismatches = [], []
-    files = []
-    for p in root.rglob("*"):
-        if p.is_file():
-            files.append(p)
-            if len(files) > MAX_FOLDER_FILES:
-                raise DatasetError(f"{root} holds more than {MAX_FOLDER_FILES} files; choose the dataset folder itself")
-    for p in sorted(files):
-        rel = p.relative_to(root)
-        parts = list(rel.parts[:-1])
-        if any(q.startswith(".") for q in rel.parts) or (parts and parts[0] == "__MACOSX"):
-            skipped.append(f"{rel.as_posix()}: hidden or system file, skipped")
-            continue
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
-            if p.name.lower() != "manifest.csv":
-                skipped.append(f"{rel.as_posix()}: not an image file, skipped")
-            continue
-        lowered = [q.lower() for q in parts]
-        if MASK_FOLDERS & set(lowered) or p.stem.lower().endswith("_mask"):
-            stem = p.stem[:-5] if p.stem.lower().endswith("_mask") else p.stem
-            masks.setdefault(stem, []).append((p, _class_of(parts)))
-            continue
-        label = _class_of(parts)
-        if label is None:
-            skipped.append(f"{rel.as_posix()}: not inside a class folder, skipped")
-            continue
-        images.append((p, label, rel.as_posix()))
-    items, used = [], set()
-    for p, label, name in images:
-        choices = masks.get(p.stem, [])
-        mask = next((m for m, lab in choices if lab == label), None) or next(
-            (m for m, lab in choices if lab is None), None
-        )
-        if mask is not None:
-            used.add(mask)
-        items.append(_Item(path=p, label=label, name=name, mask=mask))
-    for _stem, choices in sorted(masks.items()):
-        for m, _ in choices:
-            if m not in used:
-                mismatches.append(f"{m.relative_to(root).as_posix()}: mask without a matching image, dropped")
-    return items, skipped, mismatches
+    """Images under class folders and their masks (:func:`triage.folders.scan_class_folders`).
+    Returns items, skipped, mask notes."""
+    found = folders.scan_class_folders(root, max_files=MAX_FOLDER_FILES)
+    items = [_Item(path=f.path, label=f.label, name=f.rel, mask=f.mask) for f in found.images]
+    return items, found.skipped, found.unpaired_masks
 
 
 def _collect_manifest(
@@ -451,22 +404,10 @@ def _collect_manifest(
     base = csv_path.parent
     items, skipped, rejected, mismatches = [], [], [], []
     n_test = 0
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-            if "path" not in cols or "label" not in cols:
-                raise DatasetError(f"{csv_path.name} needs at least the columns 'path' and 'label'")
-            rows = [
-                {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
-                for row in reader
-            ]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"{csv_path.name} is not a readable CSV file ({exc})") from exc
-    for i, row in enumerate(rows, start=2):
+    for i, row in enumerate(folders.manifest_rows(csv_path), start=2):
         rel = row.get("path", "")
         name = rel or f"row {i}"
-        if not include_test and row.get("split", "").lower() in _TEST_FOLDERS:
+        if not include_test and row.get("split", "").lower() in folders.TEST_FOLDERS:
             n_test += 1
             continue
         raw_label = row.get("label", "")
@@ -501,7 +442,7 @@ def _collect_manifest(
 def _manifest_path(base: Path, rel: str, confine: Path | None) -> Path | None:
     if not rel:
         return None
-    p = (base / rel.replace("\\", "/")).resolve()
+    p = folders.manifest_path(base, rel)
     if confine is not None and not p.is_relative_to(confine.resolve()):
         return None
     return p
@@ -687,7 +628,7 @@ def _write_dataset(
         for c in CLASSES
         if counts_d[c] == 0 and sum(counts_d.values()) > 0
     ]
-    n_test = sum(1 for i in kept_idx if _TEST_FOLDERS & {q.lower() for q in Path(accepted[i][0].name).parts[:-1]})
+    n_test = sum(1 for i in kept_idx if folders.split_of(Path(accepted[i][0].name).parts[:-1]) == "test")
     if n_test:
         warnings.append(f"{n_test} images come from a test/Testing folder and will be used for training")
     if task in ("segmenter", "both") and sum(masks_d.values()) and counts_d["no_tumor"] == 0:

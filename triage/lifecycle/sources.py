@@ -23,7 +23,6 @@ Near-duplicates of any test image are dropped from training and validation, as i
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 
 from triage.datasets import CachedSet, Sample, build_cache, near_duplicate_of, stratified_split
 from triage.errors import DatasetError
+from triage.folders import MANIFEST, manifest_path, manifest_rows
 from triage.lifecycle.recipe import CACHE_SIZE, SplitBundle, cached, concat
 from triage.records import CLASSES
 
@@ -84,27 +84,26 @@ class Row:
 def read_rows(shared: Path, name: str) -> list[Row]:
     """Manifest rows of an added dataset with their patient / site / subtype / sequence."""
     root = Path(shared) / name
-    mf = root / "manifest.csv"
+    mf = root / MANIFEST
     if not mf.is_file():
         raise DatasetError(f"dataset {name} not found under {shared}")
     out = []
-    with mf.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            raw = row["label"].strip()
-            label = FELTRIN_LABELS.get(raw, raw) if name == FELTRIN else raw
-            if label not in CLASSES and label != "tumor":
-                raise DatasetError(f"{mf}: unknown label {raw!r}")
-            mp = (row.get("mask_path") or "").strip()
-            sample = Sample(
-                path=(root / row["path"]).resolve(),
-                label=label,
-                dataset=name,
-                mask_path=(root / mp).resolve() if mp else None,
-                patient_id=(row.get("patient_id") or "").strip(),
-                sha1=row.get("sha1", "").strip(),
-            )
-            group = row.get("subtype") or sample.patient_id
-            out.append(Row(sample, group, row.get("site", ""), row.get("sequence", "")))
+    for row in manifest_rows(mf):
+        raw = row["label"]
+        label = FELTRIN_LABELS.get(raw, raw) if name == FELTRIN else raw
+        if label not in CLASSES and label != "tumor":
+            raise DatasetError(f"{mf}: unknown label {raw!r}")
+        mp = row.get("mask_path", "")
+        sample = Sample(
+            path=manifest_path(root, row["path"]),
+            label=label,
+            dataset=name,
+            mask_path=manifest_path(root, mp) if mp else None,
+            patient_id=row.get("patient_id", ""),
+            sha1=row.get("sha1", ""),
+        )
+        group = row.get("subtype") or sample.patient_id
+        out.append(Row(sample, group, row.get("site", ""), row.get("sequence", "")))
     return out
 
 

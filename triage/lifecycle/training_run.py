@@ -18,9 +18,8 @@ from triage.datasets import (
     CachedSet,
     build_cache,
     dedup_groups,
-    load_manifest,
+    load_folder,
     near_duplicate_of,
-    scan_class_folders,
     stratified_split,
 )
 from triage.errors import DatasetError
@@ -53,11 +52,7 @@ def folder_split(
 ) -> SplitBundle:
     """De-duplicate and split one dataset folder (manifest.csv or class folders)."""
     data = Path(data)
-    notes: list[str] = []
-    if (data / "manifest.csv").is_file():
-        samples = load_manifest(data)
-    else:
-        samples, notes = scan_class_folders(data)
+    samples, notes = load_folder(data)
     samples = [s for s in samples if s.label != "tumor"]
     if not samples:
         raise DatasetError(f"no labelled images found in {data}")

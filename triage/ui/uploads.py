@@ -20,16 +20,16 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from triage import archive
+from triage import archive, folders
 from triage.errors import InvalidScanError
 from triage.housekeeping import free_bytes
 from triage.intake import display_name, ingest
 from triage.io import content_id, declared_pixels, read_mask_bytes
 from triage.pending import BatchOptions, claim_orphans, pending_count, save_batch
 from triage.privacy import case_ref, shown_name
-from triage.records import CLASSES, normalize_label
+from triage.records import CLASSES
 from triage.series import NamedFile, SeriesInfo, SeriesInput, group_files, is_nifti
 from triage.service import TriageService
 from triage.studies import ingest_series
@@ -49,9 +49,6 @@ COLLAPSE_REFUSED = 3
 # PNGs (80 G, 20 minutes of CPU) stops after 100 of them, the rest listed as not analysed.
 MAX_BATCH_PIXELS = 4_000_000_000
 
-# System clutter skipped silently inside folders and archives.
-_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
-_MASK_SUFFIXES = ("_mask", "-mask", " mask")
 
 Progress = Callable[[int, int, str], None]
 Notice = Callable[[str], None]
@@ -73,12 +70,6 @@ class UploadItem:
 
 def _parts(name: str) -> list[str]:
     return archive.member_parts(str(name))
-
-
-def _is_junk(parts: Sequence[str]) -> bool:
-    return (
-        any(p.startswith("__MACOSX") for p in parts) or parts[-1].lower() in _JUNK_NAMES or parts[-1].startswith("._")
-    )
 
 
 def is_zip(name: str, data: bytes) -> bool:
@@ -134,7 +125,7 @@ def expand_zip(
                 skipped.append(_row(shown, "rejected", reason=unsafe))
                 continue
             parts = _parts(info.filename)
-            if not parts or _is_junk(parts):
+            if not parts or folders.is_junk(parts):  # system clutter, skipped silently
                 continue
             problem = archive.member_problem(info, limits)
             if problem:
@@ -183,7 +174,7 @@ def expand_uploads(files: Sequence[tuple[str, bytes]], **zip_limits: int) -> tup
     skipped: list[dict] = []
     for name, data in files:
         parts = _parts(name) or ["upload"]
-        if _is_junk(parts):
+        if folders.is_junk(parts):
             continue
         if is_zip(name, data):
             got, refused = expand_zip(name, data, **zip_limits)
@@ -194,31 +185,19 @@ def expand_uploads(files: Sequence[tuple[str, bytes]], **zip_limits: int) -> tup
     return items, skipped
 
 
-def _stem_key(name: str) -> str:
-    stem = PurePosixPath(_parts(name)[-1] if _parts(name) else name).stem.casefold()
-    for suffix in _MASK_SUFFIXES:
-        if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
 def match_masks(images: Sequence[UploadItem], masks: Sequence[UploadItem]) -> dict[str, bytes]:
-    """Ground-truth mask bytes per image name, matched by file stem.
-
-    Image ``x.jpg`` matches mask ``x_mask.png`` (or ``x-mask.png``) or ``x.png``; folders and
-    case are ignored. Images without a mask are left out.
-    """
-    by_stem = {_stem_key(m.name): m.data for m in masks}
-    return {img.name: by_stem[_stem_key(img.name)] for img in images if _stem_key(img.name) in by_stem}
+    """Ground-truth mask bytes per image name, paired by :func:`triage.folders.pair_masks` (the file
+    stem without a ``_mask`` / ``-mask`` ending, any case: ``x.jpg`` pairs with ``x_mask.png`` or
+    ``X.png``; a mask under another class's folder does not pair). Images without a mask are left out."""
+    picks = folders.pair_masks(
+        [(i.name, folders.class_of(i.folders)) for i in images], [(m.name, folders.class_of(m.folders)) for m in masks]
+    )
+    return {img.name: masks[j].data for img, j in zip(images, picks) if j is not None}
 
 
 def label_from_folders(item: UploadItem) -> str | None:
     """The class named by the nearest parent folder ('glioma/', 'notumor/', ...), or None."""
-    for folder in reversed(item.folders):
-        label = normalize_label(folder)
-        if label is not None:
-            return label
-    return None
+    return folders.class_of(item.folders)
 
 
 def _row(name: str, status: str, **kw: object) -> dict:
