@@ -314,7 +314,7 @@ def test_c_review_killed_repeatedly(tmp_path):
                 trail = [a for a in audit if a["field"] == field]
                 if not trail:
                     continue
-                value = row[field]
+                value = getattr(row, field)
                 value = str(int(value)) if isinstance(value, bool) else value
                 assert trail[-1]["new_value"] == value, (sid, field, trail[-1], value)
                 for prev, nxt in itertools.pairwise(trail):  # an unbroken chain: nothing lost in between
