@@ -421,13 +421,16 @@ class Case:
         columns), without the checks: the worklist checked it when it was written, and a page
         lists every case on each run."""
         case = object.__new__(cls)
-        for name in _STORED_FIELDS:
-            object.__setattr__(case, name, values[name])
-        object.__setattr__(case, "probs", tuple(values[c] for c in PROB_COLUMNS))
-        object.__setattr__(case, "flags", _flags(values["flags"]))
-        object.__setattr__(case, "ood", bool(values["ood"]))
-        object.__setattr__(case, "mask_rejected", bool(values["mask_rejected"]))
-        object.__setattr__(case, "review_status", ReviewState(values["review_status"]))
+        # Straight into the instance dict: a frozen dataclass's __setattr__ refuses, and
+        # object.__setattr__ per field made reading 5,000 cases half as slow again.
+        case.__dict__.update(
+            {name: values[name] for name in _STORED_FIELDS},
+            probs=tuple(values[c] for c in PROB_COLUMNS),
+            flags=_flags(values["flags"]),
+            ood=bool(values["ood"]),
+            mask_rejected=bool(values["mask_rejected"]),
+            review_status=ReviewState(values["review_status"]),
+        )
         return case
 
     def prob(self, cls: str) -> float:
