@@ -91,7 +91,7 @@ def main() -> int:
     st.cache_data.clear()
     at = AppTest.from_file(str(app_dir / "app.py"), default_timeout=TIMEOUT_S)
     open_s = _timed_run(at)  # Worklist, first run (models load in the app's own service)
-    at.session_state["selected_case"] = wl.list_cases()[0]["scan_id"]
+    at.session_state["selected_case"] = wl.list_cases()[0].scan_id
     at.switch_page("views/case_review.py")
     first_case_s = _timed_run(at)
     n_total = wl.count()

@@ -76,7 +76,7 @@ def test_a_missing_result_is_computed_once_and_a_new_model_version_recomputes(en
     service, _ = env
     _, case = _case(env, seed=1)
     store = store_for(service)
-    folder = store.folder(case["scan_id"], service.active_versions())
+    folder = store.folder(case.scan_id, service.active_versions())
     (folder / "analysis.npz").write_bytes(b"not a zip")  # damaged: recomputed, never shown
     store._memory.clear()
     analyse = Counter(monkeypatch, service, "analyze_bytes")

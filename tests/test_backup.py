@@ -92,7 +92,7 @@ def test_restore_brings_the_worklist_back_and_keeps_the_current_one(settings, tm
     restored = restore(settings, summary.folder)
     assert restored.integrity == "ok" and restored.cases == 5
     case = Worklist(settings.db_path).get(f"{0:064x}")
-    assert case["review_status"] == "signed_off" and case["reviewed_label"] == "meningioma"
+    assert case.review_status == "signed_off" and case.reviewed_label == "meningioma"
     assert len(list(settings.scans_dir.glob("*.png"))) == 6  # the 5 restored uploads and the newer one
     kept = list(settings.data_dir.glob(f"{DB_NAME}.before-restore-*"))
     assert len(kept) == 1

@@ -206,13 +206,13 @@ def test_import_results_fills_the_worklist_once(cluster, env, files, reference):
         if row["status"] != "ok":
             continue
         case = worklist.get(row["scan_id"])
-        assert case["label"] == row["label"] and abs(case["risk"] - float(row["risk"])) < 1e-9
-        assert abs(case["p_glioma"] - float(row["p_glioma"])) < 1e-9
-        assert case["classifier_version"] == "tiny" and case["thumbnail"]
-        stored = Path(case["stored_path"])
+        assert case.label == row["label"] and abs(case.risk - float(row["risk"])) < 1e-9
+        assert abs(case.prob("glioma") - float(row["p_glioma"])) < 1e-9
+        assert case.classifier_version == "tiny" and case.thumbnail
+        stored = Path(case.stored_path)
         assert stored.parent == settings.scans_dir and stored.read_bytes() == Path(path).read_bytes()
         if Path(path) != uploaded:
-            assert (case["mask_path"] is not None) == bool(row["mask_path"])
+            assert (case.mask_path is not None) == bool(row["mask_path"])
 
 
 def test_cli_ray_engine_and_no_ray_on_the_local_path(env, slices, tmp_path):

@@ -85,7 +85,7 @@ def test_series_upload_stack_scroll_and_study_sign_off(tmp_path: Path) -> None:
             _button(wait, "Sign off study").click()
             wait.until(_body_has("Study signed off by"))
             assert wl.study_review(study.study_key)["reviewer"] == "Dr Browser"
-            assert {c["review_status"] for c in wl.series_cases(study.series[0].series_key)} == {"signed_off"}
+            assert {c.review_status for c in wl.series_cases(study.series[0].series_key)} == {"signed_off"}
         except Exception:
             _dump_failure(driver, tmp_path, log)
             raise

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.test_importer import synthetic_image
+from tests.lifecycle.test_importer import synthetic_image
 from triage import folders
 from triage.errors import DatasetError
 

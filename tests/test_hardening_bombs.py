@@ -252,7 +252,7 @@ def test_an_implausible_header_value_is_dropped_and_the_case_flagged(service, tm
     case = wl.get(r.scan_id)
     assert case is not None
     if "Spacing" in name:
-        assert case["tumor_area_mm2"] is None  # never an infinite or absurd area
+        assert case.tumor_area_mm2 is None  # never an infinite or absurd area
     assert r.risk >= service.settings.review_risk_floor  # a flagged case never sinks
 
 

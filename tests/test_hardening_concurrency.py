@@ -109,7 +109,7 @@ def test_two_sessions_upload_and_review_each_other(service):
     assert wl.integrity_check() == "ok"
     all_ids = ids["A"] + ids["B"]
     assert len(set(all_ids)) == 20
-    cases = {c["scan_id"]: c for c in wl.list_cases()}
+    cases = {c.scan_id: c for c in wl.list_cases()}
     lost_cases = set(all_ids) - set(cases)
     assert not lost_cases
     audit = wl.audit()
@@ -124,13 +124,13 @@ def test_two_sessions_upload_and_review_each_other(service):
     for session_me, other in (("A", "B"), ("B", "A")):
         for k, sid in enumerate(ids[other]):
             c = cases[sid]
-            assert c["reviewer"] == f"dr_{session_me}"
-            assert c["reviewed_label"] == review_label(k + 1)
-            assert c["note"] == f"{session_me} round 1"
+            assert c.reviewer == f"dr_{session_me}"
+            assert c.reviewed_label == review_label(k + 1)
+            assert c.note == f"{session_me} round 1"
             expected_status = (
-                "signed_off" if k % 2 == 0 else ("corrected" if review_label(k + 1) != c["label"] else "confirmed")
+                "signed_off" if k % 2 == 0 else ("corrected" if review_label(k + 1) != c.label else "confirmed")
             )
-            assert c["review_status"] == expected_status, (k, c["review_status"])
+            assert c.review_status == expected_status, (k, c.review_status)
             notes = [a["new_value"] for a in audit if a["scan_id"] == sid and a["field"] == "note"]
             assert notes == [f"{session_me} round 0", f"{session_me} round 1"]  # both reviews, in order
     added = [a for a in audit if a["action"] == "added"]
@@ -225,13 +225,11 @@ def test_two_processes_same_worklist(tmp_path):
         assert p.returncode == 0 and out.strip() == "done", err[-3000:]
     wl = Worklist(db)
     assert wl.integrity_check() == "ok"
-    cases = {c["scan_id"]: c for c in wl.list_cases()}
+    cases = {c.scan_id: c for c in wl.list_cases()}
     expected = {f"{tag}-{i}" for tag in ("p1", "p2") for i in range(n)}
     lost = expected - set(cases)
     assert not lost
-    assert all(
-        cases[s]["reviewed_label"] == "meningioma" and cases[s]["note"] == f"by {s.split('-')[0]}" for s in expected
-    )
+    assert all(cases[s].reviewed_label == "meningioma" and cases[s].note == f"by {s.split('-')[0]}" for s in expected)
     audit = wl.audit()
     assert sum(a["action"] == "added" for a in audit) == 2 * n
     assert sum(a["action"] == "review" and a["field"] == "note" for a in audit) == 2 * n

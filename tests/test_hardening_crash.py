@@ -220,7 +220,7 @@ def test_b_ingest_killed_mid_batch(ingest_child):
     wl = Worklist(data / "worklist.sqlite3")
     assert wl.integrity_check() == "ok"
     cases = wl.list_cases()
-    ids = {c["scan_id"] for c in cases}
+    ids = {c.scan_id for c in cases}
     assert set(printed) <= ids, set(printed) - ids  # every reported commit survived
     assert len(printed) <= len(cases) <= len(printed) + 1  # at most one commit not yet reported
     with sqlite3.connect(data / "worklist.sqlite3") as conn:
@@ -229,12 +229,12 @@ def test_b_ingest_killed_mid_batch(ingest_child):
         added = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'added'").fetchone()[0]
     assert added == len(cases)
     for c in cases:
-        stored = Path(c["stored_path"])
+        stored = Path(c.stored_path)
         assert stored.is_file(), stored
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == stored.stem  # complete file, not a torn one
-        assert c["label"] in CLASSES and c["classifier_version"] == "tiny"
-        if c["mask_path"]:
-            assert Path(c["mask_path"]).is_file()
+        assert c.label in CLASSES and c.classifier_version == "tiny"
+        if c.mask_path:
+            assert Path(c.mask_path).is_file()
     leftovers = sorted(p.name for p in (data / "scans").glob(".tmp-*"))
     print(
         f"\n(b) ingest SIGKILLed after {len(printed)} reported commits: {len(cases)} cases, integrity ok, "
@@ -314,14 +314,14 @@ def test_c_review_killed_repeatedly(tmp_path):
                 trail = [a for a in audit if a["field"] == field]
                 if not trail:
                     continue
-                value = row[field]
+                value = getattr(row, field)
                 value = str(int(value)) if isinstance(value, bool) else value
                 assert trail[-1]["new_value"] == value, (sid, field, trail[-1], value)
                 for prev, nxt in itertools.pairwise(trail):  # an unbroken chain: nothing lost in between
                     assert nxt["old_value"] == prev["new_value"], (sid, field, prev, nxt)
         last = int(printed[-1])  # the last reported review is in the database
         sid = ids[last % len(ids)]
-        assert check.get(sid)["note"] in (f"pass {last}", f"pass {last + len(ids)}")
+        assert check.get(sid).note in (f"pass {last}", f"pass {last + len(ids)}")
     n_audit = len(Worklist(db).audit())
     print(
         f"\n(c) review loop SIGKILLed {rounds} times after {reported} reported reviews: integrity ok, "

@@ -200,14 +200,14 @@ def test_b_ingest_counts_rejections_and_keeps_existing_cases(env):
                 rejected.append((display_name(item.upload_name), r.error))
     cases = fresh.list_cases()
     assert fresh.count() == len(ok_ids) == len(cases)  # identical bytes (same content hash) = one case
-    assert {c["scan_id"] for c in cases} == ok_ids
+    assert {c.scan_id for c in cases} == ok_ids
     logged = fresh.rejections(limit=10_000)
     assert len(logged) == len(rejected)
     assert collections.Counter(r["name"] for r in logged) == collections.Counter(n for n, _ in rejected)
     assert all(readable(r["reason"]) for r in logged), [r["reason"] for r in logged if not readable(r["reason"])]
     assert fresh.integrity_check() == "ok"
     for c in cases:
-        assert Path(c["stored_path"]).is_file()
+        assert Path(c.stored_path).is_file()
 
     # a worklist with 3 good cases already in it: the hostile files must not touch them
     seeded = Worklist(root / "ingest" / "seeded.sqlite3")
@@ -335,7 +335,7 @@ def test_d_upload_page_stores_only_content_hash_names(env, tmp_path, monkeypatch
     contents = {hashlib.sha256(d).hexdigest(): d for _, d in files}
     cases = worklist.list_cases()
     for case in cases:
-        stored = Path(case["stored_path"])
+        stored = Path(case.stored_path)
         assert stored.parent == scans_dir, stored
         assert re.fullmatch(r"[0-9a-f]{64}\.(png|jpg|tif|bmp|dcm)", stored.name), stored.name
         assert stored.is_file() and stored.stem in contents
@@ -343,15 +343,15 @@ def test_d_upload_page_stores_only_content_hash_names(env, tmp_path, monkeypatch
             assert "DICOGNITO" in str(pydicom.dcmread(stored).DeidentificationMethod)
         else:
             assert hashlib.sha256(stored.read_bytes()).hexdigest() == stored.stem
-        if case["mask_path"]:
-            assert Path(case["mask_path"]).parent == scans_dir
-        assert "/" not in case["name"] and "\\" not in case["name"]
+        if case.mask_path:
+            assert Path(case.mask_path).parent == scans_dir
+        assert "/" not in case.name and "\\" not in case.name
     for p in new:  # every stored file is content-addressed, none carries a user name
         if p.parent == scans_dir:
             assert re.fullmatch(
                 r"[0-9a-f]{64}(_mask)?\.(png|jpg|tif|bmp|dcm)|[0-9a-f]{32}(-f\d+)?_mask\.png", p.name
             ), p.name
-    names = {c["name"] for c in cases}
+    names = {c.name for c in cases}
     assert {"x.png", "x_win.png", "x_deep.png", "脑部扫描 ①.png", "tabnewline.png"} <= names, names
     statuses = collections.Counter(r["status"] for r in rows)
     assert statuses["error"] == 0, [r for r in rows if r["status"] == "error"]

@@ -90,7 +90,7 @@ def test_pending_batches_are_finished_at_the_next_start_exactly_once(weights, tm
     report = uploads.recover_pending(service, wl)
     assert (report.batches, report.files, report.accepted, report.known, report.not_added) == (1, 5, 3, 2, 0)
     assert report.message().startswith("5 uploads from before the restart were analysed: 3 added to the worklist")
-    assert {c["scan_id"] for c in wl.list_cases()} == {content_id(d) for _, d in files}
+    assert {c.scan_id for c in wl.list_cases()} == {content_id(d) for _, d in files}
     added = [a["scan_id"] for a in wl.audit() if a["action"] == "added"]
     assert len(added) == len(set(added)) == 5
     assert uploads.recover_pending(service, wl).files == 0  # nothing left for a later start
@@ -211,7 +211,7 @@ def test_a_server_killed_mid_batch_finishes_it_after_the_restart(tmp_path: Path)
             driver.quit()
         be._stop(proc)
     wl = Worklist(db)
-    assert {c["scan_id"] for c in wl.list_cases()} == ids  # every file, each once
+    assert {c.scan_id for c in wl.list_cases()} == ids  # every file, each once
     added = [a["scan_id"] for a in wl.audit() if a["action"] == "added"]
     assert sorted(added) == sorted(ids)
     assert wl.rejections() == []

@@ -146,7 +146,7 @@ def test_a_read_only_data_folder_opens_read_only(weights, app_env) -> None:
         review = _pages(ids[0])["views/case_review.py"]
         assert "file **s0.png**" in _texts(review) and "Calibrated probabilities" in _texts(review)
     assert _files(app_env) == before  # nothing written, nothing lost
-    assert Worklist(app_env / "worklist.sqlite3").review(ids[0], "dr.a", label="glioma")["reviewed_label"] == "glioma"
+    assert Worklist(app_env / "worklist.sqlite3").review(ids[0], "dr.a", label="glioma").reviewed_label == "glioma"
 
 
 # ----- (b) damaged database ---------------------------------------------------------------------
@@ -298,8 +298,8 @@ def test_d_a_full_disk_refuses_uploads_leaves_nothing_and_reads_work(weights, tm
         journal = ("-wal", "-shm")
         assert {p for p in _files(data) if not p.name.endswith(journal)} == before
         assert not list(data.rglob(".tmp-*"))
-        assert [c["scan_id"] for c in wl.list_cases()] == [c["scan_id"] for c in wl.list_cases()]  # reads work
-        assert {c["scan_id"] for c in wl.list_cases()} == set(ids)
+        assert [c.scan_id for c in wl.list_cases()] == [c.scan_id for c in wl.list_cases()]  # reads work
+        assert {c.scan_id for c in wl.list_cases()} == set(ids)
         filler.unlink()
         rows = uploads.receive_and_process([("a.png", _png(80))], service, wl)
         assert rows[0]["status"] == "accepted"

@@ -326,9 +326,9 @@ def _results_in_orthanc(orth: Orthanc, series_uid: str, source_uids: set) -> dic
 
 def _analysed_mask(wl: Worklist, scan_id: str, shape) -> np.ndarray:
     case = wl.get(scan_id)
-    if not case.get("mask_path"):
+    if not case.mask_path:
         return np.zeros(shape, bool)
-    return cv2.imread(case["mask_path"], cv2.IMREAD_GRAYSCALE) > 0
+    return cv2.imread(case.mask_path, cv2.IMREAD_GRAYSCALE) > 0
 
 
 @pytest.mark.slow
@@ -370,7 +370,7 @@ def test_poll_end_to_end_with_orthanc(pacs, weights, tmp_path):
             for i in se.ReferencedSOPSequence
         }
         assert set(uids) <= evidence
-        risks = [wl.get(analysed[u])["risk"] for u in uids]
+        risks = [wl.get(analysed[u]).risk for u in uids]
         assert results["sc"][0].SourceImageSequence[0].ReferencedSOPInstanceUID == uids[risks.index(max(risks))]
         assert results["sc"][0].StudyInstanceUID == srcs[0].StudyInstanceUID
         assert results["seg"][0].SeriesInstanceUID != series_uid  # results never overwrite sources
@@ -717,4 +717,4 @@ def test_a_series_still_arriving_waits_then_gets_one_result_set(weights, tmp_pat
     assert int(seg.NumberOfFrames) == 3
     refs = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert refs == {pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID for b in files}
-    assert len({c["study_key"] for c in wl.list_cases()}) == 1  # one study in the worklist
+    assert len({c.study_key for c in wl.list_cases()}) == 1  # one study in the worklist

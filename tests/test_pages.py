@@ -161,7 +161,7 @@ def test_process_uploads_zip_folder_labels_masks_and_bad_files(core, synthetic_s
     assert by_file["empty.png"]["status"] == "rejected" and "empty" in by_file["empty.png"]["reason"]
     assert seen[-1] == (3, 3)
     case = wl.get(good["scan_id"])
-    assert case["truth_label"] == "glioma" and Path(case["truth_mask_path"]).is_file()
+    assert case.truth_label == "glioma" and Path(case.truth_mask_path).is_file()
     rejected = {r["name"] for r in wl.rejections()}
     assert {"study.zip/../evil.png", "notes.txt", "empty.png"} <= rejected
 
@@ -257,8 +257,8 @@ def test_upload_review_sign_off_flow(core, shared_data: Path) -> None:
     _by_label(at.button, "Sign off").click().run()
     assert not at.exception
     case = wl.get(scan_id)
-    assert case["review_status"] == "signed_off" and case["reviewed_label"] == "glioma"
-    assert case["reviewer"] == "Dr Test" and case["note"] == "enhancing mass, left"
+    assert case.review_status == "signed_off" and case.reviewed_label == "glioma"
+    assert case.reviewer == "Dr Test" and case.note == "enhancing mass, left"
     assert "Signed off by Dr Test" in _texts(at)
     audit = at.dataframe[-1].value
     assert "sign off" in audit["action"].tolist() and "Dr Test" in audit["who"].tolist()
@@ -290,17 +290,17 @@ def test_case_review_with_missing_file(core, synthetic_slice) -> None:
     img, _ = synthetic_slice()
     rows = process_uploads([("gone.png", _png(img))], service, wl)
     case = wl.get(rows[0]["scan_id"])
-    Path(case["stored_path"]).unlink()
+    Path(case.stored_path).unlink()
     at = _app()
-    at.session_state[state.SELECTED_CASE] = case["scan_id"]
+    at.session_state[state.SELECTED_CASE] = case.scan_id
     at.switch_page("views/case_review.py").run()
     assert not at.exception
     # The analysis stored at intake still shows the slice; the reader is told the file is gone.
     assert any("stored image file is missing" in e.value for e in at.warning)
-    assert at.session_state[state.SELECTED_CASE] == case["scan_id"]
+    assert at.session_state[state.SELECTED_CASE] == case.scan_id
     _by_label(at.text_input, "Reviewer").input("Dr Who")
     _by_label(at.button, "Save review").click().run()
-    assert wl.get(case["scan_id"])["review_status"] == "confirmed"
+    assert wl.get(case.scan_id).review_status == "confirmed"
 
 
 def test_case_review_empty_worklist(app_env) -> None:
@@ -422,21 +422,21 @@ def test_sign_off_after_a_label_correction_stays_on_the_case(core, synthetic_sli
     _, wl = core
     first, other = _two_cases(core, synthetic_slice)
     at = _open_case(first)
-    model_label = wl.get(first)["label"]
+    model_label = wl.get(first).label
     corrected = next(c for c in CLASSES if c != model_label)
     _by_label(at.text_input, "Reviewer").input("Dr A")
     _by_label(at.selectbox, "Label (confirm or correct)").select(corrected)
     _by_label(at.button, "Save review").click().run()
-    assert not at.exception and wl.get(first)["review_status"] == "corrected"
+    assert not at.exception and wl.get(first).review_status == "corrected"
     assert at.session_state[state.SELECTED_CASE] == first
     assert "no longer in the worklist" not in _texts(at)
     _by_label(at.text_area, "Note").input("checked twice")
     _by_label(at.button, "Sign off").click().run()
     assert not at.exception
     case = wl.get(first)
-    assert case["review_status"] == "signed_off" and case["reviewed_label"] == corrected
-    assert case["note"] == "checked twice" and case["reviewer"] == "Dr A"
-    assert wl.get(other)["review_status"] == "unreviewed"  # nothing landed on another case
+    assert case.review_status == "signed_off" and case.reviewed_label == corrected
+    assert case.note == "checked twice" and case.reviewer == "Dr A"
+    assert wl.get(other).review_status == "unreviewed"  # nothing landed on another case
 
 
 def test_a_stale_tab_cannot_undo_a_sign_off(core, synthetic_slice) -> None:
@@ -446,8 +446,8 @@ def test_a_stale_tab_cannot_undo_a_sign_off(core, synthetic_slice) -> None:
     tab_a, tab_b = _open_case(sid), _open_case(sid)
     _by_label(tab_a.text_input, "Reviewer").input("Dr A")
     _by_label(tab_a.button, "Sign off").click().run()
-    assert wl.get(sid)["review_status"] == "signed_off"
-    wrong = next(c for c in CLASSES if c != wl.get(sid)["label"])
+    assert wl.get(sid).review_status == "signed_off"
+    wrong = next(c for c in CLASSES if c != wl.get(sid).label)
     _by_label(tab_b.text_input, "Reviewer").input("Dr B")
     _by_label(tab_b.selectbox, "Label (confirm or correct)").select(wrong)
     _by_label(tab_b.text_area, "Note").input("B's careful note")
@@ -456,7 +456,7 @@ def test_a_stale_tab_cannot_undo_a_sign_off(core, synthetic_slice) -> None:
     assert any("changed since you opened it" in e.value for e in tab_b.error)
     assert any("B's careful note" in c.value for c in tab_b.code)
     case = wl.get(sid)
-    assert case["review_status"] == "signed_off" and case["reviewer"] == "Dr A"
+    assert case.review_status == "signed_off" and case.reviewer == "Dr A"
 
 
 def test_a_signed_off_case_takes_addenda_only(core, synthetic_slice) -> None:
@@ -473,7 +473,7 @@ def test_a_signed_off_case_takes_addenda_only(core, synthetic_slice) -> None:
     assert not at.exception
     (add,) = wl.addenda(sid)
     assert add["actor"] == "Dr C" and add["new_value"] == "Compare with prior study."
-    assert wl.get(sid)["note"] == "signed"
+    assert wl.get(sid).note == "signed"
     assert escape_md("Compare with prior study.") in _texts(at)  # user text is shown escaped
 
 
@@ -546,16 +546,16 @@ def test_case_review_shows_no_server_path_or_exception_text(core, synthetic_slic
 
     real = case_view.case_analysis
     monkeypatch.setattr(case_view, "case_analysis", broken)
-    at = _open_case(case["scan_id"])
+    at = _open_case(case.scan_id)
     joined = "\n".join(_markdown_values(at))
     assert "could not be analysed again" in joined
     assert "/srv/secret" not in joined and "Input/output" not in joined
-    Path(case["stored_path"]).unlink()
+    Path(case.stored_path).unlink()
     monkeypatch.setattr(case_view, "case_analysis", real)
     shutil.rmtree(service.settings.data_dir / "results")  # no stored analysis left either
-    at = _open_case(case["scan_id"])
+    at = _open_case(case.scan_id)
     joined = "\n".join(_markdown_values(at))
-    assert "stored image file is missing" in joined and str(Path(case["stored_path"]).parent) not in joined
+    assert "stored image file is missing" in joined and str(Path(case.stored_path).parent) not in joined
 
 
 # ----- sign-in and roles (issue 19, item 1) -------------------------------------------------
@@ -593,7 +593,7 @@ def test_sign_in_roles_and_the_reviewer_identity(core, synthetic_slice) -> None:
     reviewer = _by_label(at.text_input, "Reviewer")
     assert reviewer.value == "dr.reader" and reviewer.disabled
     next(b for b in at.button if b.label == "Sign off").click().run()
-    assert wl.get(scan_id)["reviewer"] == "dr.reader"
+    assert wl.get(scan_id).reviewer == "dr.reader"
     # readers get no admin pages in the navigation, and an admin page run anyway stops at once
     with pytest.raises(ValueError, match="Known pages"):
         at.switch_page("views/training.py")
@@ -640,7 +640,7 @@ def test_switching_case_class_or_method_runs_no_model_once_stored(core, syntheti
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(TriageService, name, counted)
-    other_class = next(c for c in CLASSES if c != core[1].get(first)["label"])
+    other_class = next(c for c in CLASSES if c != core[1].get(first).label)
     at = _open_case(first)
     assert calls == {"analyze_bytes": 0, "explain": 0}  # the heatmap is computed when turned on
     _by_label(at.toggle, "Heatmap").set_value(True).run()

@@ -77,7 +77,7 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     assert "mL" in next(m for m in at.metric if m.label == "Tumour volume").value
     assert len(at.get("plotly_chart")) == 3  # the viewer, the probabilities and the stack plot
 
-    ids = [c["scan_id"] for c in wl.series_cases(study.series[0].series_key)]
+    ids = [c.scan_id for c in wl.series_cases(study.series[0].series_key)]
     target = 1 if key_position != 1 else 2
     _by_label(at.slider, "Slice").set_value(target).run()
     assert not at.exception
@@ -101,7 +101,7 @@ def test_study_worklist_and_stack_viewer(core) -> None:
     _by_label(at.button, "Sign off study").click().run()
     assert not at.exception
     assert wl.study_review(study.study_key)["reviewer"] == "Dr Stack"
-    assert {c["review_status"] for c in wl.series_cases(study.series[0].series_key)} == {"signed_off"}
+    assert {c.review_status for c in wl.series_cases(study.series[0].series_key)} == {"signed_off"}
     assert any("Study signed off by" in str(e.value) for e in at.success)
     at.switch_page("views/worklist.py").run()
     assert "nothing left to read" in " ".join(i.value for i in at.info)  # signed off: out of "To read"

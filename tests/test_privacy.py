@@ -67,7 +67,7 @@ def test_dicom_identifiers_do_not_reach_the_worklist(weights, tmp_path, caplog):
         (r,) = ingest(service, wl, data, "mr_with_phi.dcm")
     assert r.ok, r.error
     case = wl.get(r.scan_id)
-    assert case["extra"]["dicom"].get("Modality") == "MR"  # safe tags are kept
+    assert case.extra["dicom"].get("Modality") == "MR"  # safe tags are kept
     assert not contains_phi(json.dumps(case, default=repr, ensure_ascii=False).encode())
     assert not contains_phi(wl.export_csv())
     assert not contains_phi(caplog.text.encode())
@@ -76,7 +76,7 @@ def test_dicom_identifiers_do_not_reach_the_worklist(weights, tmp_path, caplog):
         assert not contains_phi(f.read_bytes()), f
     # Nothing under the data dir holds an identifier, the stored upload included: it is kept under
     # its content-hash name (never the user's file name), de-identified (issue 19, triage.deid).
-    stored = Path(case["stored_path"])
+    stored = Path(case.stored_path)
     assert stored == data_dir / "scans" / f"{hashlib.sha256(data).hexdigest()}.dcm"
     kept = pydicom.dcmread(stored)
     original = pydicom.dcmread(io.BytesIO(data))
@@ -99,9 +99,9 @@ def test_allow_phi_keeps_identifiers(weights, tmp_path):
     (r,) = ingest(service, wl, data, "mr_with_phi.dcm")
     assert r.ok, r.error
     case = wl.get(r.scan_id)
-    dicom = case["extra"]["dicom"]
+    dicom = case.extra["dicom"]
     assert dicom["PatientName"] == PATIENT_NAME and dicom["PatientID"] == PATIENT_ID
-    assert Path(case["stored_path"]).read_bytes() == data  # PHI allowed: the original is kept byte for byte
+    assert Path(case.stored_path).read_bytes() == data  # PHI allowed: the original is kept byte for byte
     assert Settings().allow_phi is False  # off unless explicitly enabled
 
 
@@ -313,4 +313,4 @@ def test_hidden_file_names_stay_out_of_the_upload_rows_and_the_logs(weights, tmp
     assert "Doe" not in json.dumps(rows) and "MRN" not in json.dumps(rows)
     assert "Doe" not in caplog.text and "MRN" not in caplog.text
     assert "Doe" not in wl.export_csv().decode()
-    assert wl.get(rows[0]["scan_id"])["name"] == "Doe^John_19310417_MRN12345.png"  # kept, only not shown
+    assert wl.get(rows[0]["scan_id"]).name == "Doe^John_19310417_MRN12345.png"  # kept, only not shown

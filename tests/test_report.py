@@ -63,7 +63,7 @@ def test_report_without_the_stored_image_still_has_the_findings(weights: Path, t
     service, wl = TriageService(settings), Worklist(settings.db_path)
     process_uploads([(f"exam/{n}", d) for n, d in dicom_series(stack(3))], service, wl)
     (study,) = list_studies(wl)
-    Path(study.key_case["stored_path"]).unlink()
+    Path(study.key_case.stored_path).unlink()
     text, images = _pdf_text_and_images(study_pdf(wl, study))
     assert "stored image missing" in text and not images
 

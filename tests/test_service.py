@@ -120,7 +120,7 @@ def test_a_case_records_the_versions_that_analysed_it(tmp_path, monkeypatch):
     wl = Worklist(tmp_path / "wl.sqlite")
     (r,) = ingest(svc, wl, png(img), "slice.png")
     assert r.model_versions == {"classifier": "b", "segmenter": "b"}
-    assert wl.get(r.scan_id)["classifier_version"] == "b"
+    assert wl.get(r.scan_id).classifier_version == "b"
 
 
 def test_reuploading_a_case_with_its_mask_attaches_the_truth(tmp_path):
@@ -132,10 +132,10 @@ def test_reuploading_a_case_with_its_mask_attaches_the_truth(tmp_path):
     wl = Worklist(tmp_path / "wl.sqlite")
     img, mask = draw_synthetic_slice(seed=5)
     (r,) = ingest(svc, wl, png(img), "slice.png")
-    assert wl.get(r.scan_id)["truth_mask_path"] is None
+    assert wl.get(r.scan_id).truth_mask_path is None
     ingest(svc, wl, png(img), "slice again.png", truth_label="glioma", truth_mask=png(mask.astype(np.uint8) * 255))
     case = wl.get(r.scan_id)
-    assert case["truth_label"] == "glioma" and case["truth_mask_path"]
+    assert case.truth_label == "glioma" and case.truth_mask_path
     assert {(a["action"], a["field"], a["actor"]) for a in wl.audit(r.scan_id)} >= {
         ("truth", "truth_label", "upload"),
         ("truth", "truth_mask_path", "upload"),
@@ -207,9 +207,9 @@ def test_a_broken_active_model_refuses_uploads_and_keeps_the_worklist_readable(t
     assert [r["status"] for r in rows] == ["refused"] * 3
     assert all("classifier" in r["reason"] and "cannot be used" in r["reason"] for r in rows)
     assert caplog.text.count("cannot be used") == 1  # reported once, not once per file
-    assert [c["scan_id"] for c in wl.list_cases()] == [case.scan_id]
+    assert [c.scan_id for c in wl.list_cases()] == [case.scan_id]
     wl.review(case.scan_id, "Dr A", label="glioma", sign_off=True)
-    assert wl.get(case.scan_id)["review_status"] == "signed_off"
+    assert wl.get(case.scan_id).review_status == "signed_off"
     for name, data in saved.items():
         (folder / name).write_bytes(data)
     assert svc.model_problem() is None

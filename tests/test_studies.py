@@ -14,6 +14,7 @@ from tests.model_fixtures import make_tiny_weights
 from tests.series_fixtures import dicom_series, dicom_slice, lps_volume_from_slices, nifti_bytes, stack
 from triage.config import get_settings
 from triage.io import read_scans
+from triage.records import Case
 from triage.series import NamedFile, group_files
 from triage.service import TriageService
 from triage.studies import list_studies, summarize_studies
@@ -47,21 +48,21 @@ def test_a_dicom_series_becomes_one_study_of_ordered_slices(env) -> None:
     assert study.n_slices == len(accepted) > 0 and not study.single
     (series,) = study.series
     cases = wl.series_cases(series.series_key)
-    assert [c["slice_order"] for c in cases] == sorted(c["slice_order"] for c in cases)
-    assert study.risk == max(c["risk"] for c in cases) == study.key_case["risk"]
+    assert [c.slice_order for c in cases] == sorted(c.slice_order for c in cases)
+    assert study.risk == max(c.risk for c in cases) == study.key_case.risk
     assert series.scan_ids[series.key_position - 1] == study.key_scan_id
     assert study.description == "AX T1 POST" and study.modality == "MR"
-    assert study.n_suspicious == sum(c["label"] != "no_tumor" or "disagreement" in c["flags"] for c in cases)
+    assert study.n_suspicious == sum(c.label != "no_tumor" or "disagreement" in c.flags for c in cases)
     # Volume: the stored tumour areas (mm², from the 0.9 mm pixel spacing) times the 5 mm spacing.
     assert series.spacing_mm == pytest.approx(5.0)
-    areas = [c["tumor_area_mm2"] for c in cases if c["tumor_area_px"] > 0]
+    areas = [c.tumor_area_mm2 for c in cases if c.tumor_area_px > 0]
     assert series.volume_ml == pytest.approx(sum(areas) * 5.0 / 1000.0)
     # No PHI in the database: the patient's name, id and the UIDs never reach it.
     dump = "\n".join(sqlite3.connect(wl.db_path).iterdump())
     for secret in ("Doe^John", "MRN12345", "1.2.826.0.1.3680043.8.498.1"):
         assert secret not in dump
     for c in cases:  # the stored DICOM files are de-identified (PHI not allowed), as single uploads are
-        stored = Path(c["stored_path"]).read_bytes()
+        stored = Path(c.stored_path).read_bytes()
         assert b"Doe^John" not in stored and b"MRN12345" not in stored
 
 
@@ -75,14 +76,14 @@ def test_a_series_sent_in_two_parts_is_completed_and_resends_are_duplicates(env)
     studies = list_studies(wl)
     assert len(studies) == 1 and len(studies[0].series) == 1
     assert studies[0].n_slices == wl.count()
-    assert len({c["scan_id"] for c in wl.list_cases()}) == wl.count()
+    assert len({c.scan_id for c in wl.list_cases()}) == wl.count()
 
 
 def test_same_uid_with_different_content_is_refused_and_the_stored_slice_kept(env) -> None:
     _, wl = env
     slices = stack(4)
     _upload(env, dicom_series(slices))
-    before = {c["scan_id"]: c for c in wl.list_cases()}
+    before = {c.scan_id: c for c in wl.list_cases()}
     wl.review(next(iter(before)), "Dr A", note="read")
     changed = dicom_slice(slices[1][::-1].copy(), 1)  # instance 2's UID, other pixels
     bigger = dicom_slice(stack(1, shape=(160, 160))[0], 7)  # new instance, same series UID, other size
@@ -92,9 +93,9 @@ def test_same_uid_with_different_content_is_refused_and_the_stored_slice_kept(en
     assert reasons["IM0001.dcm"]["status"] == "rejected"
     assert "already stored with different content" in reasons["IM0001.dcm"]["reason"]
     assert reasons["IM0007.dcm"]["status"] == "rejected" and "same UID" in reasons["IM0007.dcm"]["reason"]
-    after = {c["scan_id"]: c for c in wl.list_cases()}
+    after = {c.scan_id: c for c in wl.list_cases()}
     assert after.keys() == before.keys()
-    assert after[next(iter(before))]["note"] == "read"  # reviews untouched
+    assert after[next(iter(before))].note == "read"  # reviews untouched
     assert {r["name"] for r in wl.rejections()} >= {"resend/IM0001.dcm", "resend/IM0007.dcm"}
 
 
@@ -111,11 +112,11 @@ def test_a_nifti_volume_is_a_study_with_stored_slices_and_volume(env) -> None:
     assert series.source == "nifti" and series.spacing_mm == pytest.approx(2.0)
     cases = wl.series_cases(series.series_key)
     for c in cases:
-        (scan,) = read_scans(Path(c["stored_path"]).read_bytes(), "x.png")  # the slice as shown
+        (scan,) = read_scans(Path(c.stored_path).read_bytes(), "x.png")  # the slice as shown
         assert scan.shape == (128, 128)
-        assert Path(c["extra"]["source_path"]).read_bytes() == data  # the volume itself is kept
-    areas = [c["tumor_area_mm2"] for c in cases if c["tumor_area_px"] > 0]
-    assert all(a == pytest.approx(c["tumor_area_px"] * 0.25) for a, c in zip(areas, cases) if c["tumor_area_px"])
+        assert Path(c.extra["source_path"]).read_bytes() == data  # the volume itself is kept
+    areas = [c.tumor_area_mm2 for c in cases if c.tumor_area_px > 0]
+    assert all(a == pytest.approx(c.tumor_area_px * 0.25) for a, c in zip(areas, cases) if c.tumor_area_px)
     assert series.volume_ml == pytest.approx(sum(areas) * 2.0 / 1000.0)
     again = process_uploads([("copy.nii.gz", data)], service, wl)
     assert {r["status"] for r in again} <= {"already in worklist", "rejected"}
@@ -145,7 +146,7 @@ def test_loose_slices_stay_single_studies_and_rank_with_series(env) -> None:
     assert len(studies) == 2
     assert [s.risk for s in studies] == sorted((s.risk for s in studies), reverse=True)
     single = next(s for s in studies if s.single)
-    assert single.n_slices == 1 and single.volume_ml is None and single.key_case["name"] == "loose.png"
+    assert single.n_slices == 1 and single.volume_ml is None and single.key_case.name == "loose.png"
     assert list_studies(wl, label="meningioma", review_status="signed_off") == []
 
 
@@ -164,7 +165,7 @@ def test_a_v2_worklist_is_migrated_and_its_cases_are_single_studies(tmp_path: Pa
         )
     wl = Worklist(db)
     case = wl.get("old")
-    assert case["series_key"] is None and case["note"] == "kept" and case["review_status"] == "signed_off"
+    assert case.series_key is None and case.note == "kept" and case.review_status == "signed_off"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     (study,) = summarize_studies(wl.list_cases(), wl.all_series())
@@ -172,12 +173,11 @@ def test_a_v2_worklist_is_migrated_and_its_cases_are_single_studies(tmp_path: Pa
 
 
 def test_study_review_state_and_key_slice_ties() -> None:
-    base = {"received_at": "2026-01-01T00:00:00+00:00", "flags": [], "label": "glioma", "tumor_area_px": 0}
+    base = {"received_at": "2026-01-01T00:00:00+00:00", "label": "glioma", "probs": (0.1, 0.7, 0.1, 0.1)}
     cases = [
-        {**base, "scan_id": f"s{i}", "study_key": "st", "series_key": "se", "slice_order": float(i), "risk": r,
-         "review_status": st}
+        Case(**base, scan_id=f"s{i}", study_key="st", series_key="se", slice_order=float(i), risk=r, review_status=st)
         for i, (r, st) in enumerate([(0.2, "signed_off"), (0.8, "unreviewed"), (0.8, "unreviewed")])
-    ]  # fmt: skip
+    ]
     (study,) = summarize_studies(cases, [{"series_key": "se", "positions_in_mm": False, "spacing_mm": None}])
     assert study.key_scan_id == "s1"  # the earlier of two equal risks
     assert study.review_status == "partly_reviewed" and study.volume_ml is None
@@ -229,20 +229,20 @@ def test_one_sign_off_per_study_keeps_slice_corrections_and_audits_each_slice(en
     _upload(env, dicom_series(stack(4)))
     (study,) = list_studies(wl)
     cases = wl.series_cases(study.series[0].series_key)
-    corrected = wl.review(cases[0]["scan_id"], "Dr A", label="meningioma")
+    corrected = wl.review(cases[0].scan_id, "Dr A", label="meningioma")
     with pytest.raises(ReviewConflictError):  # the reader's page showed slice 0 before the correction
-        wl.sign_off_study(study.study_key, "Dr B", expected_revisions={cases[0]["scan_id"]: 0})
+        wl.sign_off_study(study.study_key, "Dr B", expected_revisions={cases[0].scan_id: 0})
     assert wl.study_review(study.study_key) is None
     record = wl.sign_off_study(
-        study.study_key, "Dr B", note="one lesion", expected_revisions={cases[0]["scan_id"]: corrected["revision"]}
+        study.study_key, "Dr B", note="one lesion", expected_revisions={cases[0].scan_id: corrected.revision}
     )
     assert record["slices"] == len(cases) and record["note"] == "one lesion"
     after = wl.series_cases(study.series[0].series_key)
-    assert {c["review_status"] for c in after} == {"signed_off"}
-    assert after[0]["reviewed_label"] == "meningioma"  # the per-slice correction stays
-    assert all(c["reviewed_label"] == c["label"] for c in after[1:])
+    assert {c.review_status for c in after} == {"signed_off"}
+    assert after[0].reviewed_label == "meningioma"  # the per-slice correction stays
+    assert all(c.reviewed_label == c.label for c in after[1:])
     audited = {a["scan_id"] for a in wl.audit() if a["action"] == "study_sign_off"}
-    assert audited == {c["scan_id"] for c in cases}
+    assert audited == {c.scan_id for c in cases}
     with pytest.raises(SignedOffError):
         wl.sign_off_study(study.study_key, "Dr C")
     (study,) = list_studies(wl)

@@ -61,16 +61,12 @@ def test_pages_never_import_torch_or_sqlite3(path: Path) -> None:
 def test_there_are_pages_to_check() -> None:
     names = {p.name for p in PAGES}
     assert {"worklist.py", "new_scans.py", "case_review.py", "model.py"} <= names
-    assert PAGES_PENDING <= names, "a page listed as pending no longer exists"
 
 
 # Pages (views/*.py) and the router (app.py) stay thin: they import the UI layer, the analysis service, the
 # typed records, the exception contracts and third-party modules, never another core module (issue 24). A page
 # that needs the core gets a thin function in a triage/ui/ module (triage/ui/training.py for the Training page).
 PAGE_MAY_IMPORT = ("triage.ui", "triage.service", "triage.records", "triage.errors")
-# TEMPORARY, issue 24: these pages are being moved behind triage/ui on another branch. Delete this set when
-# that branch is merged: their test is a strict xfail, so it fails as soon as a listed page follows the rule.
-PAGES_PENDING = {"case_review.py", "worklist.py"}
 
 
 def project_imports(path: Path) -> set[str]:
@@ -116,17 +112,7 @@ def test_page_rule_parser_reads_every_import_form(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(
-            p,
-            marks=pytest.mark.xfail(
-                strict=True, reason="pending (issue 24): remove it from PAGES_PENDING once it passes"
-            ),
-        )
-        if p.name in PAGES_PENDING
-        else p
-        for p in [*PAGES, REPO / "app.py"]
-    ],
+    [*PAGES, REPO / "app.py"],
     ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_pages_import_only_the_ui_the_service_records_and_errors(path: Path) -> None:

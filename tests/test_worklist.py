@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from triage.records import CLASSES
+from triage.records import CLASSES, Case
 from triage.worklist import CaseNotFoundError, Worklist, WorklistError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ def make_case(scan_id: str, risk: float = 0.5, label: str = "glioma", **kw: obje
     }
 
 
-def _ids(rows: list[dict]) -> list[str]:
-    return [r["scan_id"] for r in rows]
+def _ids(rows: list[Case]) -> list[str]:
+    return [r.scan_id for r in rows]
 
 
 @pytest.fixture()
@@ -86,8 +86,8 @@ def test_ordering_by_risk_then_arrival(wl: Worklist) -> None:
     wl.add_case(make_case("high", 0.9, received_at="2024-01-03T00:00:00+00:00"))
     wl.add_case(make_case("mid-late", 0.5, received_at="2024-01-02T12:00:00+00:00"))
     wl.add_case(make_case("mid-early", 0.5, received_at="2024-01-02T00:00:00+00:00"))
-    assert [c["scan_id"] for c in wl.list_cases()] == ["high", "mid-early", "mid-late", "low"]
-    assert [c["scan_id"] for c in wl.list_cases(limit=2)] == ["high", "mid-early"]
+    assert [c.scan_id for c in wl.list_cases()] == ["high", "mid-early", "mid-late", "low"]
+    assert [c.scan_id for c in wl.list_cases(limit=2)] == ["high", "mid-early"]
     assert wl.neighbours("mid-early") == ("high", "mid-late")
     assert wl.neighbours("high") == (None, "mid-early")
     assert wl.neighbours("low") == ("mid-late", None)
@@ -98,11 +98,11 @@ def test_get_decodes_and_extra(wl: Worklist) -> None:
     assert wl.add_case(make_case("a", flags=["uncertain", "ood"], thumbnail=b"\x89PNG", dice=0.8))
     case = wl.get("a")
     assert case is not None and not isinstance(case, sqlite3.Row)
-    assert case["flags"] == ["uncertain", "ood"]
-    assert case["extra"] == {"dice": 0.8}
-    assert case["thumbnail"] == b"\x89PNG"
-    assert case["review_status"] == "unreviewed" and case["note"] == ""
-    assert case["received_at"].endswith("+00:00")
+    assert case.flags == ("uncertain", "ood")
+    assert case.extra == {"dice": 0.8}
+    assert case.thumbnail == b"\x89PNG"
+    assert case.review_status == "unreviewed" and case.note == ""
+    assert case.received_at.endswith("+00:00")
     assert wl.get("nope") is None
 
 
@@ -130,7 +130,7 @@ def test_duplicate_add_is_noop(wl: Worklist) -> None:
     assert wl.add_case(make_case("dup", 0.3))
     assert not wl.add_case(make_case("dup", 0.99, name="other.png"))
     case = wl.get("dup")
-    assert case is not None and case["risk"] == 0.3 and case["name"] == "dup.png"
+    assert case is not None and case.risk == 0.3 and case.name == "dup.png"
     assert wl.count() == 1
     assert [a["action"] for a in wl.audit("dup")] == ["added"]
 
@@ -150,13 +150,13 @@ def test_invalid_cases_rejected(wl: Worklist) -> None:
 def test_review_writes_audit_and_status(wl: Worklist) -> None:
     wl.add_case(make_case("c", label="glioma"))
     case = wl.review("c", "dr_a")
-    assert case["review_status"] == "confirmed" and case["reviewer"] == "dr_a"
-    assert case["reviewed_label"] == "glioma" and case["reviewed_at"]
+    assert case.review_status == "confirmed" and case.reviewer == "dr_a"
+    assert case.reviewed_label == "glioma" and case.reviewed_at
     case = wl.review("c", "dr_a", label="meningioma", mask_rejected=True, note="see prior")
-    assert case["review_status"] == "corrected" and case["mask_rejected"] is True
+    assert case.review_status == "corrected" and case.mask_rejected is True
     case = wl.review("c", "dr_b", sign_off=True)
-    assert case["review_status"] == "signed_off" and case["reviewer"] == "dr_b"
-    assert case["reviewed_label"] == "meningioma"
+    assert case.review_status == "signed_off" and case.reviewer == "dr_b"
+    assert case.reviewed_label == "meningioma"
 
     rows = wl.audit("c")
     assert rows[0]["action"] == "added"
@@ -169,7 +169,7 @@ def test_review_writes_audit_and_status(wl: Worklist) -> None:
     assert ("sign_off", "review_status", "corrected", "signed_off", "dr_b") in changes
     assert ("sign_off", "reviewer", "dr_a", "dr_b", "dr_b") in changes
     assert len(changes) == 3 + 4 + 2
-    assert [r["scan_id"] for r in wl.reviewed_cases()] == ["c"]
+    assert [r.scan_id for r in wl.reviewed_cases()] == ["c"]
 
 
 def test_review_validation(wl: Worklist) -> None:
@@ -181,14 +181,14 @@ def test_review_validation(wl: Worklist) -> None:
     with pytest.raises(CaseNotFoundError):
         wl.review("missing", "dr_a")
     case = wl.get("c")
-    assert case is not None and case["review_status"] == "unreviewed"
+    assert case is not None and case.review_status == "unreviewed"
     assert len(wl.audit("c")) == 1
 
 
 def test_set_truth(wl: Worklist) -> None:
     wl.add_case(make_case("t"))
     case = wl.set_truth("t", "pituitary", "/masks/t.png", actor="importer")
-    assert case["truth_label"] == "pituitary" and case["truth_mask_path"] == "/masks/t.png"
+    assert case.truth_label == "pituitary" and case.truth_mask_path == "/masks/t.png"
     truth = [r for r in wl.audit("t") if r["action"] == "truth"]
     assert {r["field"] for r in truth} == {"truth_label", "truth_mask_path"}
     with pytest.raises(WorklistError):
@@ -224,7 +224,7 @@ def test_persistence_across_instances(tmp_path: Path) -> None:
     Worklist(path).review("p", "dr_a", label="no_tumor")
     again = Worklist(path)
     case = again.get("p")
-    assert again.count() == 1 and case is not None and case["review_status"] == "corrected"
+    assert again.count() == 1 and case is not None and case.review_status == "corrected"
     assert len(again.audit("p")) == 4
 
 
@@ -307,7 +307,7 @@ def test_crash_safety_sigkill(tmp_path: Path) -> None:
     assert wl.integrity_check() == "ok"
     n = wl.count()
     assert len(printed) <= n <= len(printed) + 1  # at most one commit not yet reported
-    assert {c["scan_id"] for c in wl.list_cases()} >= set(printed)
+    assert {c.scan_id for c in wl.list_cases()} >= set(printed)
     with sqlite3.connect(path) as conn:
         for col in REQUIRED_COLUMNS:
             assert conn.execute(f"SELECT COUNT(*) FROM cases WHERE {col} IS NULL").fetchone()[0] == 0
@@ -319,15 +319,15 @@ def test_a_stale_save_is_refused_and_changes_nothing(wl: Worklist) -> None:
     from triage.worklist import ReviewConflictError
 
     wl.add_case(make_case("c", label="glioma"))
-    opened = wl.get("c")["revision"]
+    opened = wl.get("c").revision
     assert opened == 0
     signed = wl.review("c", "dr_a", sign_off=True, expected_revision=opened)
-    assert signed["revision"] == 1
+    assert signed.revision == 1
     with pytest.raises(ReviewConflictError, match="changed since you opened it") as info:
         wl.review("c", "dr_b", label="meningioma", note="B's note", expected_revision=opened)
-    assert info.value.case["review_status"] == "signed_off"
+    assert info.value.case.review_status == "signed_off"
     case = wl.get("c")
-    assert case["review_status"] == "signed_off" and case["reviewer"] == "dr_a" and case["note"] == ""
+    assert case.review_status == "signed_off" and case.reviewer == "dr_a" and case.note == ""
     assert not [a for a in wl.audit("c") if a["actor"] == "dr_b"]
 
 
@@ -339,8 +339,8 @@ def test_a_sign_off_is_final_and_remarks_are_addenda(wl: Worklist) -> None:
     with pytest.raises(SignedOffError, match="read-only"):
         wl.review("c", "dr_b", label="glioma")
     case = wl.addendum("c", "dr_b", "Follow-up MRI in 3 months.")
-    assert case["reviewed_label"] == "meningioma" and case["note"] == "signed text"
-    assert case["review_status"] == "signed_off" and case["revision"] == 2
+    assert case.reviewed_label == "meningioma" and case.note == "signed text"
+    assert case.review_status == "signed_off" and case.revision == 2
     (add,) = wl.addenda("c")
     assert (add["actor"], add["new_value"]) == ("dr_b", "Follow-up MRI in 3 months.")
     wl.add_case(make_case("d"))
@@ -364,8 +364,8 @@ def test_a_v1_worklist_is_migrated_with_its_reviews(tmp_path: Path) -> None:
             " 'confirmed', 'kept')"
         )
     case = Worklist(db).get("old")
-    assert case["revision"] == 0 and case["note"] == "kept" and case["review_status"] == "confirmed"
-    assert Worklist(db).review("old", "dr_a", note="new", expected_revision=0)["revision"] == 1
+    assert case.revision == 0 and case.note == "kept" and case.review_status == "confirmed"
+    assert Worklist(db).review("old", "dr_a", note="new", expected_revision=0).revision == 1
 
 
 def test_export_csv_a_bare_cr_in_a_note_cannot_forge_a_row(wl: Worklist) -> None:

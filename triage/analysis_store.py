@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from triage.atomic import atomic_path
-from triage.records import CLASSES, BrainCrop, CaseResult, Scan
+from triage.records import CLASSES, BrainCrop, Case, CaseResult, Scan
 
 if TYPE_CHECKING:
     from triage.service import TriageService
@@ -267,7 +267,7 @@ def remember_result(service: TriageService, result: CaseResult) -> None:
         log.warning("analysis of %s not stored (computed again when opened): %s", result.scan_id[:12], exc)
 
 
-def case_analysis(service: TriageService, case: dict, read_bytes=None) -> StoredAnalysis:
+def case_analysis(service: TriageService, case: Case, read_bytes=None) -> StoredAnalysis:
     """The analysis of a worklist case by the active models: read from the store, else computed
     from the case's stored file once and stored.
 
@@ -275,24 +275,24 @@ def case_analysis(service: TriageService, case: dict, read_bytes=None) -> Stored
     (path -> bytes) is for tests."""
     store = store_for(service)
     versions = versions_key(service.active_versions())
-    found = store.load(case["scan_id"], versions)
+    found = store.load(case.scan_id, versions)
     if found is not None:
         return found
-    path = case.get("stored_path") or ""
+    path = case.stored_path
     if not path or not Path(path).is_file():
         raise FileNotFoundError(path or "(no stored path recorded)")
-    frame = (case.get("extra") or {}).get("frame")
+    frame = case.extra.get("frame")
     data = read_bytes(path) if read_bytes else Path(path).read_bytes()
-    results = service.analyze_bytes(data, case.get("name") or "upload", frame=frame)
-    pick = next((r for r in results if r.scan_id == case["scan_id"]), None)
+    results = service.analyze_bytes(data, case.name or "upload", frame=frame)
+    pick = next((r for r in results if r.scan_id == case.scan_id), None)
     pick = pick or next((r for r in results if r.scan is not None and r.scan.frame == frame), results[0])
     analysed = from_result(pick, pick.model_versions or versions)
     # Stored under the case's id (a re-encoded stored file may hash differently) and the versions used.
-    analysed = StoredAnalysis(**{**analysed.__dict__, "scan_id": case["scan_id"]})
+    analysed = StoredAnalysis(**{**analysed.__dict__, "scan_id": case.scan_id})
     try:
         store.save(analysed)
     except OSError as exc:
-        log.warning("analysis of %s not stored: %s", case["scan_id"][:12], exc)
+        log.warning("analysis of %s not stored: %s", case.scan_id[:12], exc)
     return analysed
 
 

@@ -23,11 +23,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from triage import atomic
 from triage.config import Settings
 from triage.errors import TriageError
 from triage.export import csv_cell, csv_text
+
+if TYPE_CHECKING:
+    from triage.records import Case
 
 log = logging.getLogger(__name__)
 
@@ -494,13 +498,14 @@ def _number(value: object, cast=float):
     return None if value is None or value == "" else cast(value)
 
 
-def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict | None, str]:
-    """The worklist case of an ``ok`` row (the ingest dict, see :func:`triage.intake.ingest`), or
+def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[Case | None, str]:
+    """The worklist case of an ``ok`` row (as :func:`triage.intake.case_record` builds it), or
     (None, why). The file is read again: it must still be the bytes that were analysed."""
     from triage.errors import InvalidScanError
     from triage.intake import display_name, storable_bytes, store_upload
     from triage.io import read_scans
     from triage.overlay import thumbnail_png
+    from triage.records import Case
     from triage.series import is_nifti
 
     if is_nifti(str(row["path"]), b""):
@@ -526,27 +531,29 @@ def _case_from_row(row: dict, results: Path, settings: Settings) -> tuple[dict |
     if row.get("mask_path") and Path(row["mask_path"]).is_file():
         mask_path = store_upload(Path(row["mask_path"]).read_bytes(), "png", scans_dir / "masks")
     flags = [f for f in str(row.get("flags") or "").split(";") if f]
-    case = {
-        "scan_id": str(row["scan_id"]),
-        "name": scan.name,
-        "stored_path": str(stored),
-        "label": row["label"],
-        "risk": float(row["risk"]),
-        "flags": flags,
-        "ood": bool(_number(row.get("ood"), int)),
-        "tumor_area_px": _number(row.get("tumor_area_px"), int) or 0,
-        "tumor_area_mm2": _number(row.get("tumor_area_mm2")),
-        "mask_path": str(mask_path) if mask_path else None,
-        "thumbnail": thumbnail_png(scan.pixels),
-        "classifier_version": row.get("classifier_version") or "",
-        "segmenter_version": row.get("segmenter_version") or "",
-        "frame": scan.frame,
-        "ood_score": _number(row.get("ood_score")),
-        "pixel_spacing": list(scan.pixel_spacing) if scan.pixel_spacing else None,
-        "dicom": scan.meta,
-        "batch_results": str(results),  # where the case came from (kept in the case's extra)
-        **{c: float(row[c]) for c in PROB_COLUMNS},
-    }
+    case = Case(
+        scan_id=str(row["scan_id"]),
+        name=scan.name,
+        stored_path=str(stored),
+        label=row["label"],
+        probs=tuple(float(row[c]) for c in PROB_COLUMNS),  # RESULT_COLUMNS order = records.CLASSES
+        risk=float(row["risk"]),
+        flags=tuple(flags),
+        ood=bool(_number(row.get("ood"), int)),
+        tumor_area_px=_number(row.get("tumor_area_px"), int) or 0,
+        tumor_area_mm2=_number(row.get("tumor_area_mm2")),
+        mask_path=str(mask_path) if mask_path else None,
+        thumbnail=thumbnail_png(scan.pixels),
+        classifier_version=row.get("classifier_version") or "",
+        segmenter_version=row.get("segmenter_version") or "",
+        extra={
+            "frame": scan.frame,
+            "ood_score": _number(row.get("ood_score")),
+            "pixel_spacing": list(scan.pixel_spacing) if scan.pixel_spacing else None,
+            "dicom": scan.meta,
+            "batch_results": str(results),  # where the case came from
+        },
+    )
     return case, ""
 
 

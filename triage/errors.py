@@ -23,3 +23,25 @@ class DatasetError(TriageError):
 
 class TrainingError(TriageError):
     """A training run failed or was cancelled."""
+
+
+class WorklistError(TriageError):
+    """A worklist operation was refused (invalid case, label, reviewer, newer schema...)."""
+
+
+class CaseNotFoundError(WorklistError):
+    """No case with the given scan_id is in the worklist."""
+
+
+class ReviewConflictError(WorklistError):
+    """The case changed since the reader opened it (``expected_revision`` is stale); nothing was written.
+
+    ``case``: the case as it is now (a :class:`triage.records.Case`)."""
+
+    def __init__(self, message: str, case: object):
+        super().__init__(message)
+        self.case = case
+
+
+class SignedOffError(WorklistError):
+    """The case is signed off: it is read-only, and further remarks are addenda."""

@@ -15,7 +15,7 @@ from triage import atomic
 from triage.analysis_store import remember_result
 from triage.errors import InvalidScanError
 from triage.overlay import thumbnail_png
-from triage.records import CaseResult
+from triage.records import CLASSES, Case, CaseResult
 from triage.service import TriageService, case_row, mask_png
 from triage.worklist import Worklist
 
@@ -97,31 +97,33 @@ def case_record(
     mask_path: Path | None,
     truth_label: str | None = None,
     truth_path: Path | None = None,
-) -> dict:
+) -> Case:
     """The worklist case of an analysed, stored slice (``ok`` results only)."""
-    row = case_row(r)
-    return {
-        "scan_id": r.scan_id,
-        "name": shown,
-        "stored_path": str(stored),
-        "label": row["label"],
-        "risk": r.risk,
-        "flags": list(r.flags),
-        "ood": bool(r.prediction.ood),
-        "tumor_area_px": r.segmentation.area_px if r.segmentation else 0,
-        "tumor_area_mm2": r.segmentation.area_mm2 if r.segmentation else None,
-        "mask_path": str(mask_path) if mask_path else None,
-        "thumbnail": thumbnail_png(r.scan.pixels),
-        "classifier_version": r.model_versions.get("classifier", ""),
-        "segmenter_version": r.model_versions.get("segmenter", ""),
-        "truth_label": truth_label,
-        "truth_mask_path": str(truth_path) if truth_path else None,
-        "frame": r.scan.frame,
-        "ood_score": r.prediction.ood_score,
-        "pixel_spacing": list(r.scan.pixel_spacing) if r.scan.pixel_spacing else None,
-        "dicom": r.scan.meta,
-        **{k: row[k] for k in row if k.startswith("p_")},
-    }
+    row = case_row(r)  # the probabilities as the CSV has them (rounded)
+    return Case(
+        scan_id=r.scan_id,
+        name=shown,
+        stored_path=str(stored),
+        label=row["label"],
+        probs=tuple(row[f"p_{c}"] for c in CLASSES),
+        risk=r.risk,
+        flags=r.flags,
+        ood=bool(r.prediction.ood),
+        tumor_area_px=r.segmentation.area_px if r.segmentation else 0,
+        tumor_area_mm2=r.segmentation.area_mm2 if r.segmentation else None,
+        mask_path=str(mask_path) if mask_path else None,
+        thumbnail=thumbnail_png(r.scan.pixels),
+        classifier_version=r.model_versions.get("classifier", ""),
+        segmenter_version=r.model_versions.get("segmenter", ""),
+        truth_label=truth_label,
+        truth_mask_path=str(truth_path) if truth_path else None,
+        extra={
+            "frame": r.scan.frame,
+            "ood_score": r.prediction.ood_score,
+            "pixel_spacing": list(r.scan.pixel_spacing) if r.scan.pixel_spacing else None,
+            "dicom": r.scan.meta,
+        },
+    )
 
 
 def write_mask(r: CaseResult, scans_dir: Path) -> Path | None:

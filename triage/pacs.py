@@ -560,7 +560,6 @@ def _write_series_results(settings: Settings, worklist, series, ok_ids: dict, qu
     import pydicom
 
     from triage.pacs_results import SeriesFindings, SliceFinding, build_results
-    from triage.records import CLASSES
     from triage.studies import summarize_series
 
     slices, cases, sources = [], [], {}
@@ -576,8 +575,8 @@ def _write_series_results(settings: Settings, worklist, series, ok_ids: dict, qu
         if s.file_name not in sources:
             sources[s.file_name] = pydicom.dcmread(io.BytesIO(s.data), force=True)
         mask = np.zeros(s.scan.shape, bool)
-        if case.get("mask_path"):
-            stored = cv2.imread(case["mask_path"], cv2.IMREAD_GRAYSCALE)
+        if case.mask_path:
+            stored = cv2.imread(case.mask_path, cv2.IMREAD_GRAYSCALE)
             if stored is not None and stored.shape == mask.shape:
                 mask = stored > 0
         cases.append(case)
@@ -586,19 +585,19 @@ def _write_series_results(settings: Settings, worklist, series, ok_ids: dict, qu
                 source=sources[s.file_name],
                 pixels=s.scan.pixels,
                 mask=mask,
-                label=str(case["label"]),
-                probs=tuple(float(case.get(f"p_{c}") or 0.0) for c in CLASSES),
-                risk=float(case["risk"]),
-                flags=tuple(case.get("flags") or ()),
-                area_px=int(case.get("tumor_area_px") or 0),
-                area_mm2=case.get("tumor_area_mm2"),
+                label=case.label,
+                probs=case.probs,
+                risk=case.risk,
+                flags=case.flags,
+                area_px=case.tumor_area_px,
+                area_mm2=case.tumor_area_mm2,
             )
         )
     if not slices:
         return None
     summary = summarize_series(cases, worklist.get_series(series.info.series_key))
-    key = max(cases, key=lambda c: float(c["risk"]))
-    versions = {"classifier": key.get("classifier_version", ""), "segmenter": key.get("segmenter_version", "")}
+    key = max(cases, key=lambda c: c.risk)
+    versions = {"classifier": key.classifier_version, "segmenter": key.segmenter_version}
     findings = SeriesFindings(tuple(slices), versions, summary.volume_ml)
     objects, problems = build_results(findings)
     for problem in problems:

@@ -6,10 +6,17 @@ metadata all follow ``CLASSES``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import numpy as np
+
+from triage.clock import utc_now
+from triage.errors import WorklistError
 
 
 class TumorClass(StrEnum):
@@ -197,3 +204,269 @@ class CaseResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+# ----- the worklist's case (issue 24: one record on both sides of the worklist) -----------------
+
+# The states a case can be in (the schema's CHECK); a study can also be partly reviewed.
+REVIEW_STATUSES: tuple[str, ...] = tuple(
+    s.value for s in (ReviewState.UNREVIEWED, ReviewState.CONFIRMED, ReviewState.CORRECTED, ReviewState.SIGNED_OFF)
+)
+PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CLASSES)
+# The fields only the worklist's review methods write (refused by ``Case.from_mapping``).
+REVIEW_FIELDS: tuple[str, ...] = (
+    "review_status",
+    "reviewed_label",
+    "mask_rejected",
+    "note",
+    "reviewer",
+    "reviewed_at",
+    "revision",
+)
+_FLAGS = {f.value: f for f in Flag}
+
+
+def check_label(label: object, what: str = "label") -> str:
+    """``label`` as a class name; :class:`WorklistError` when it is not one of ``CLASSES``."""
+    if label not in CLASSES:
+        raise WorklistError(f"{what} must be one of {', '.join(CLASSES)}; got {label!r}")
+    return str(label)
+
+
+def finite(value: object, column: str) -> float:
+    """``value`` as a finite float; :class:`WorklistError` naming ``column`` otherwise."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise WorklistError(f"{column} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise WorklistError(f"{column} must be finite, got {number}")
+    return number
+
+
+def iso_utc(value: object) -> str:
+    """Normalise a datetime or ISO string to ISO-8601 UTC (naive values are taken as UTC)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise WorklistError(f"received_at is not an ISO-8601 time: {value!r}") from exc
+    if not isinstance(value, datetime):
+        raise WorklistError(f"received_at must be a datetime or ISO string, got {type(value).__name__}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _json_default(obj: object) -> object:
+    """JSON fallback for numpy scalars/arrays, paths and anything else (as text)."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def dumps(obj: object) -> str:
+    """JSON as the worklist stores it (sorted keys; numpy values as lists, anything else as text)."""
+    return json.dumps(obj, default=_json_default, sort_keys=True)
+
+
+def _flags(flags: object) -> tuple[str, ...]:
+    """Flags as a tuple: the known ones as :class:`Flag`, any other as its text."""
+    if flags is None:
+        return ()
+    if isinstance(flags, str):
+        flags = [flags]
+    if not isinstance(flags, (list, tuple, set, frozenset)):
+        raise WorklistError(f"flags must be a list of strings, got {type(flags).__name__}")
+    return tuple(_FLAGS.get(str(f), str(f)) for f in flags)
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _key(value: object) -> str | None:
+    return None if not value else str(value)
+
+
+MAX_THUMBNAIL_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Case:
+    """One worklist case (a slice): what :meth:`Worklist.add_case` takes and every case read returns.
+
+    ``probs``: the calibrated probabilities in ``CLASSES`` order (``p_<class>`` columns when stored).
+    ``flags``: :class:`Flag` members (a flag this version does not know stays its text).
+    ``extra``: anything else known of the slice (frame, pixel spacing, DICOM header summary...), as JSON
+    values. The review fields (``review_status`` to ``revision``) are written by the worklist's review
+    methods only. Construction checks and normalises every field (errors are :class:`WorklistError`),
+    so a ``Case`` read back from the worklist equals the one added.
+    """
+
+    scan_id: str
+    label: str
+    probs: tuple[float, ...]
+    risk: float
+    name: str = ""
+    stored_path: str = ""
+    received_at: str = ""  # ISO-8601 UTC; empty: now
+    flags: tuple[str, ...] = ()
+    ood: bool = False
+    tumor_area_px: int = 0
+    tumor_area_mm2: float | None = None
+    mask_path: str | None = None
+    thumbnail: bytes | None = field(default=None, repr=False)  # PNG
+    classifier_version: str = ""
+    segmenter_version: str = ""
+    truth_label: str | None = None
+    truth_mask_path: str | None = None
+    study_key: str | None = None
+    series_key: str | None = None
+    instance_key: str | None = None
+    slice_order: float | None = None
+    extra: dict = field(default_factory=dict)
+    review_status: str = ReviewState.UNREVIEWED
+    reviewed_label: str | None = None
+    mask_rejected: bool = False
+    note: str = ""
+    reviewer: str | None = None
+    reviewed_at: str | None = None
+    revision: int = 0
+
+    def __post_init__(self) -> None:
+        # The one home of the case rules (formerly the worklist's _case_values / _column_values).
+        if self.scan_id in (None, "") or self.label in (None, "") or self.risk in (None, ""):
+            missing = [n for n in ("scan_id", "label", "risk") if getattr(self, n) in (None, "")]
+            raise WorklistError(f"case is missing required fields: {', '.join(missing)}")
+        probs = self.probs
+        if probs is None or isinstance(probs, (str, bytes)) or len(probs) != len(CLASSES):
+            raise WorklistError(f"probs must have {len(CLASSES)} values (order {', '.join(CLASSES)})")
+        thumbnail = self.thumbnail
+        if thumbnail is not None:
+            if not isinstance(thumbnail, (bytes, bytearray, memoryview)):
+                raise WorklistError("thumbnail must be PNG bytes")
+            thumbnail = bytes(thumbnail)
+            if len(thumbnail) > MAX_THUMBNAIL_BYTES:
+                raise WorklistError(f"thumbnail is {len(thumbnail)} bytes; the limit is {MAX_THUMBNAIL_BYTES}")
+        extra = self.extra
+        if extra is not None and not isinstance(extra, Mapping):
+            raise WorklistError(f"extra must be a mapping, got {type(extra).__name__}")
+        if self.review_status not in REVIEW_STATUSES:
+            raise WorklistError(f"review_status must be one of {', '.join(REVIEW_STATUSES)}")
+        values = {
+            "scan_id": str(self.scan_id),
+            "label": check_label(self.label),
+            "probs": tuple(finite(p, c) for p, c in zip(probs, PROB_COLUMNS)),
+            "risk": finite(self.risk, "risk"),
+            "name": str(self.name or ""),
+            "stored_path": str(self.stored_path or ""),
+            "received_at": iso_utc(self.received_at) if self.received_at else utc_now(),
+            "flags": _flags(self.flags),
+            "ood": bool(self.ood),
+            "tumor_area_px": int(self.tumor_area_px or 0),
+            "tumor_area_mm2": None if self.tumor_area_mm2 is None else finite(self.tumor_area_mm2, "tumor_area_mm2"),
+            "mask_path": _optional_text(self.mask_path),
+            "thumbnail": thumbnail,
+            "classifier_version": str(self.classifier_version or ""),
+            "segmenter_version": str(self.segmenter_version or ""),
+            "truth_label": None if self.truth_label is None else check_label(self.truth_label, "truth_label"),
+            "truth_mask_path": _optional_text(self.truth_mask_path),
+            "study_key": _key(self.study_key),
+            "series_key": _key(self.series_key),
+            "instance_key": _key(self.instance_key),
+            "slice_order": None if self.slice_order is None else finite(self.slice_order, "slice_order"),
+            # Through JSON once, as the worklist stores it: the case read back equals this one.
+            "extra": json.loads(dumps(dict(extra or {}))),
+            "review_status": ReviewState(self.review_status),
+            "reviewed_label": (
+                None if self.reviewed_label is None else check_label(self.reviewed_label, "reviewed_label")
+            ),
+            "mask_rejected": bool(self.mask_rejected),
+            "note": str(self.note or ""),
+            "reviewer": _optional_text(self.reviewer),
+            "reviewed_at": _optional_text(self.reviewed_at),
+            "revision": int(self.revision or 0),
+        }
+        if (values["series_key"] is None) != (values["study_key"] is None):
+            raise WorklistError("a case in a series needs both study_key and series_key")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
+
+    @classmethod
+    def from_mapping(cls, case: Mapping) -> Case:
+        """A new case from a dict of worklist columns (``p_<class>`` or ``probs``; unknown keys go to
+        ``extra``). Review fields are refused: only the review methods write them."""
+        case = dict(case)
+        probs = case.pop("probs", None)
+        if probs is not None and not any(c in case for c in PROB_COLUMNS):
+            if len(probs) != len(CLASSES):
+                raise WorklistError(f"probs must have {len(CLASSES)} values (order {', '.join(CLASSES)})")
+            case.update(zip(PROB_COLUMNS, probs))
+        forbidden = sorted(set(REVIEW_FIELDS) & case.keys())
+        if forbidden:
+            raise WorklistError(f"add_case cannot set review fields {forbidden}; use review()")
+        missing = [c for c in ("scan_id", "label", *PROB_COLUMNS, "risk") if case.get(c) in (None, "")]
+        if missing:
+            raise WorklistError(f"case is missing required fields: {', '.join(missing)}")
+        probs = tuple(case.pop(c) for c in PROB_COLUMNS)
+        extra = dict(case.pop("extra", None) or {})
+        known = _INPUT_FIELDS & case.keys()
+        extra.update({k: v for k, v in case.items() if k not in known})
+        return cls(probs=probs, extra=extra, **{k: case[k] for k in known})
+
+    @classmethod
+    def from_stored(cls, values: Mapping) -> Case:
+        """A case from a worklist row already decoded (flags/extra as JSON values, ``p_<class>``
+        columns), without the checks: the worklist checked it when it was written, and a page
+        lists every case on each run."""
+        case = object.__new__(cls)
+        # Straight into the instance dict: a frozen dataclass's __setattr__ refuses, and
+        # object.__setattr__ per field made reading 5,000 cases half as slow again.
+        case.__dict__.update(
+            {name: values[name] for name in _STORED_FIELDS},
+            probs=tuple(values[c] for c in PROB_COLUMNS),
+            flags=_flags(values["flags"]),
+            ood=bool(values["ood"]),
+            mask_rejected=bool(values["mask_rejected"]),
+            review_status=ReviewState(values["review_status"]),
+        )
+        return case
+
+    def prob(self, cls: str) -> float:
+        """The calibrated probability of class ``cls``."""
+        return self.probs[CLASSES.index(cls)]
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """``{class: probability}`` in ``CLASSES`` order."""
+        return dict(zip(CLASSES, self.probs))
+
+    @property
+    def effective_label(self) -> str:
+        """The reviewer's label when there is one, else the model's."""
+        return self.reviewed_label or self.label
+
+    @property
+    def study(self) -> str:
+        """The study this slice belongs to (``case:<scan_id>`` for a slice outside any series)."""
+        return self.study_key or f"case:{self.scan_id}"
+
+    @property
+    def reviewed(self) -> bool:
+        return self.review_status != ReviewState.UNREVIEWED
+
+    def as_row(self) -> dict:
+        """The case as worklist columns (``p_<class>`` probabilities, flags a list of text): for CSV
+        export and JSON."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("probs", "flags")}
+        row.update(zip(PROB_COLUMNS, self.probs))
+        row["flags"] = [str(f) for f in self.flags]
+        row["review_status"] = str(self.review_status)
+        return row
+
+
+_INPUT_FIELDS = frozenset(f.name for f in fields(Case)) - set(REVIEW_FIELDS) - {"probs", "extra"}
+_STORED_FIELDS = tuple(
+    f.name for f in fields(Case) if f.name not in ("probs", "flags", "ood", "mask_rejected", "review_status")
+)

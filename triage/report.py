@@ -19,7 +19,7 @@ from triage.clock import utc_now
 from triage.errors import InvalidScanError, TriageError
 from triage.io import read_mask_path, read_scans
 from triage.overlay import mask_contour_overlay
-from triage.records import CLASSES, ReviewState
+from triage.records import Case, ReviewState
 from triage.studies import StudySummary, list_studies
 from triage.worklist import Worklist
 
@@ -33,10 +33,10 @@ class ReportError(TriageError):
     """A report cannot be made (unknown study...)."""
 
 
-def key_image(case: dict) -> np.ndarray | None:
+def key_image(case: Case) -> np.ndarray | None:
     """The stored slice of a case with its stored predicted outline, uint8 (H, W) or (H, W, 3); None
     when the stored file is missing or unreadable (the report says so instead)."""
-    path = case.get("stored_path") or ""
+    path = case.stored_path
     if not path or not Path(path).is_file():
         return None
     try:
@@ -44,10 +44,10 @@ def key_image(case: dict) -> np.ndarray | None:
     except (InvalidScanError, OSError) as exc:
         log.warning("report: slice %s not readable: %s", Path(path).name, exc)
         return None
-    frame = (case.get("extra") or {}).get("frame")
+    frame = case.extra.get("frame")
     scan = next((s for s in scans if s.frame == frame), scans[0])
-    mask_path = case.get("mask_path")
-    if mask_path and Path(mask_path).is_file() and not case.get("mask_rejected"):
+    mask_path = case.mask_path
+    if mask_path and Path(mask_path).is_file() and not case.mask_rejected:
         try:
             mask = read_mask_path(mask_path)
         except InvalidScanError:
@@ -108,8 +108,8 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
     )
     story: list = []
     title = f"study {study.study_key[:12]}" if not study.single else f"case {study.key_scan_id[:12]}"
-    if study.single and not hide_names and study.key_case.get("name"):
-        title += f" ({study.key_case['name']})"
+    if study.single and not hide_names and study.key_case.name:
+        title += f" ({study.key_case.name})"
     elif study.description and (not hide_names or (study.series and study.series[0].source == "dicom")):
         title += f" ({study.description})"
     story.append(Paragraph(f"Brain-MRI triage report: {_text(title)}", styles["Title"]))
@@ -137,9 +137,9 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
     elif study.review_status == ReviewState.SIGNED_OFF and study.single:
         key = study.key_case
         signed = [
-            ["Signed off by", key.get("reviewer") or "-"],
-            ["Signed off at (UTC)", (key.get("reviewed_at") or "")[:19].replace("T", " ")],
-            ["Note", key.get("note") or "-"],
+            ["Signed off by", key.reviewer or "-"],
+            ["Signed off at (UTC)", (key.reviewed_at or "")[:19].replace("T", " ")],
+            ["Note", key.note or "-"],
         ]
     else:
         signed = [["Sign-off", f"NOT SIGNED OFF ({study.review_status.replace('_', ' ')})"]]
@@ -176,15 +176,15 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
         if case is None:
             continue
         image = key_image(case)
-        label = case.get("reviewed_label") or case.get("label")
+        label = case.effective_label
         shown = (s.description or s.series_key[:12]) if (s.source == "dicom" or not hide_names) else s.series_key[:12]
         caption = (
             f"Series {shown}, slice {s.key_position} of {s.n_slices}: {CLASS_TEXT.get(label, label)}, "
-            f"risk {float(case['risk']):.2f}"
+            f"risk {case.risk:.2f}"
         )
-        if case.get("tumor_area_mm2") is not None and case.get("tumor_area_px"):
-            caption += f", tumour area {float(case['tumor_area_mm2']):.0f} mm²"
-        if case.get("mask_rejected"):
+        if case.tumor_area_mm2 is not None and case.tumor_area_px:
+            caption += f", tumour area {case.tumor_area_mm2:.0f} mm²"
+        if case.mask_rejected:
             caption += " (mask rejected by the reviewer)"
         if image is None:
             story.append(Paragraph(_text(caption + " — stored image missing"), body))
@@ -193,11 +193,11 @@ def study_pdf(worklist: Worklist, study: StudySummary, hide_names: bool = True) 
         side = 80 * mm
         story.append(Image(io.BytesIO(_png(image)), width=side * min(1.0, w / h), height=side * min(1.0, h / w)))
         story.append(Paragraph(_text(caption), body))
-        probs = ", ".join(f"{CLASS_TEXT[c]} {float(case.get(f'p_{c}') or 0):.0%}" for c in CLASSES)
+        probs = ", ".join(f"{CLASS_TEXT[c]} {p:.0%}" for c, p in case.probabilities.items())
         story.append(Paragraph(_text(f"Calibrated probabilities: {probs}"), body))
         story.append(Spacer(1, 3 * mm))
 
-    versions = sorted({(c.get("classifier_version") or "", c.get("segmenter_version") or "") for c in cases})
+    versions = sorted({(c.classifier_version, c.segmenter_version) for c in cases})
     story.append(Paragraph("Models", head))
     story.append(
         Paragraph(_text("; ".join(f"classifier {a or '?'}, segmenter {b or '?'}" for a, b in versions) or "-"), body)

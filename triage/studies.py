@@ -15,7 +15,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -25,7 +25,7 @@ from triage.analysis_store import remember_result
 from triage.config import Settings, get_settings
 from triage.errors import InvalidScanError
 from triage.intake import case_record, display_name, storable_bytes, store_upload, write_mask
-from triage.records import CLASSES, Flag, ReviewState, SeriesSource
+from triage.records import CLASSES, Case, Flag, ReviewState, SeriesSource
 from triage.risk import risk_score, suspected_tumor
 from triage.series import SeriesInput, dicom_header, is_nifti, stack_geometry, volume_ml
 from triage.service import TriageService
@@ -105,7 +105,7 @@ def ingest_series(
             )
             continue
         prev = worklist.find_instance(s.place.instance_key)
-        if prev is not None and prev["scan_id"] != s.scan.scan_id:
+        if prev is not None and prev.scan_id != s.scan.scan_id:
             out.append(
                 SliceOutcome(
                     s.file_name,
@@ -125,10 +125,10 @@ def ingest_series(
                 SliceOutcome(
                     s.file_name,
                     "already in worklist",
-                    scan_id=existing["scan_id"],
-                    label=existing["label"],
-                    risk=round(float(existing["risk"]), 3),
-                    flags=tuple(existing["flags"]),
+                    scan_id=existing.scan_id,
+                    label=existing.label,
+                    risk=round(existing.risk, 3),
+                    flags=existing.flags,
                     reason="the same slice was analysed before; the earlier case is kept",
                     series_key=info.series_key,
                 )
@@ -188,14 +188,14 @@ def ingest_series(
             mask_path = write_mask(r, scans_dir)
             case = case_record(r, display_name(s.file_name), stored, mask_path, truth_label)
             remember_result(service, r)  # Case review then opens it without running a model (issue 16)
-            case.update(
+            case = replace(
+                case,
                 study_key=info.study_key,
                 series_key=info.series_key,
                 instance_key=s.place.instance_key,
                 slice_order=s.place.order,
+                extra=case.extra if source_path is None else {**case.extra, "source_path": str(source_path)},
             )
-            if source_path is not None:
-                case["source_path"] = str(source_path)
             status = "accepted" if worklist.add_case(case) else "already in worklist"
             out.append(
                 SliceOutcome(
@@ -254,7 +254,7 @@ class StudySummary:
     n_suspicious: int
     n_flagged: int
     risk: float
-    key_case: dict
+    key_case: Case
     received_at: str
     review_status: str  # a case status, or "partly_reviewed"
     volume_ml: float | None
@@ -262,88 +262,87 @@ class StudySummary:
 
     @property
     def key_scan_id(self) -> str:
-        return str(self.key_case["scan_id"])
+        return self.key_case.scan_id
 
 
-def is_suspicious(case: dict) -> bool:
+def is_suspicious(case: Case) -> bool:
     """The worklist's tumour call for a stored case (:func:`triage.risk.suspected_tumor`)."""
-    return suspected_tumor(str(case.get("label") or ""), case.get("flags") or ())
+    return suspected_tumor(case.label, case.flags)
 
 
-def is_flagged(case: dict) -> bool:
+def is_flagged(case: Case) -> bool:
     """A case with a flag that asks for a closer look (uncertain, ood, disagreement)."""
-    return bool(ATTENTION_FLAGS & set(case.get("flags") or ()))
+    return bool(ATTENTION_FLAGS & set(case.flags))
 
 
-def _review_state(cases: Sequence[dict]) -> str:
-    states = {c.get("review_status") or ReviewState.UNREVIEWED for c in cases}
+def _review_state(cases: Sequence[Case]) -> str:
+    states = {c.review_status for c in cases}
     if len(states) == 1:
         return next(iter(states))
     return ReviewState.PARTLY_REVIEWED
 
 
-def _key_case(cases: Sequence[dict]) -> dict:
+def _key_case(cases: Sequence[Case]) -> Case:
     """The most suspicious slice: highest risk, the earliest in the stack on ties."""
-    return max(enumerate(cases), key=lambda ic: (float(ic[1].get("risk") or 0.0), -ic[0]))[1]
+    return max(enumerate(cases), key=lambda ic: (ic[1].risk, -ic[0]))[1]
 
 
-def summarize_series(cases: Sequence[dict], record: dict | None) -> SeriesSummary:
+def summarize_series(cases: Sequence[Case], record: dict | None) -> SeriesSummary:
     """A series from its cases (any order) and its stored record (None for a loose slice)."""
-    stack = sorted(cases, key=lambda c: (c.get("slice_order") is None, c.get("slice_order") or 0.0, c["received_at"]))
+    stack = sorted(cases, key=lambda c: (c.slice_order is None, c.slice_order or 0.0, c.received_at))
     key = _key_case(stack)
     record = record or {}
     geometry = stack_geometry(
-        [c["slice_order"] for c in stack if c.get("slice_order") is not None],
+        [c.slice_order for c in stack if c.slice_order is not None],
         bool(record.get("positions_in_mm")),
         record.get("spacing_mm"),
     )
-    tumour = [c for c in stack if int(c.get("tumor_area_px") or 0) > 0 and not c.get("mask_rejected")]
-    volume = volume_ml([c.get("tumor_area_mm2") for c in tumour], geometry.spacing_mm) if record else None
+    tumour = [c for c in stack if c.tumor_area_px > 0 and not c.mask_rejected]
+    volume = volume_ml([c.tumor_area_mm2 for c in tumour], geometry.spacing_mm) if record else None
     return SeriesSummary(
-        series_key=str(stack[0].get("series_key") or stack[0]["scan_id"]),
+        series_key=stack[0].series_key or stack[0].scan_id,
         description=str(record.get("description") or ""),
         modality=str(record.get("modality") or ""),
         source=str(record.get("source") or SeriesSource.SINGLE),
         n_slices=len(stack),
         n_suspicious=sum(is_suspicious(c) for c in stack),
         n_flagged=sum(is_flagged(c) for c in stack),
-        risk=float(key.get("risk") or 0.0),
-        key_scan_id=str(key["scan_id"]),
+        risk=key.risk,
+        key_scan_id=key.scan_id,
         key_position=stack.index(key) + 1,
-        scan_ids=tuple(str(c["scan_id"]) for c in stack),
+        scan_ids=tuple(c.scan_id for c in stack),
         spacing_mm=geometry.spacing_mm,
         volume_ml=volume,
         missing=geometry.missing,
     )
 
 
-def ranked_risk(case: dict, settings: Settings | None = None) -> float:
+def ranked_risk(case: Case, settings: Settings | None = None) -> float:
     """The risk the worklist ranks a case by: the model's, or, once a reader corrected the class,
     the risk of the corrected class (its malignancy weight, as if certain). A slice corrected from
     glioma to no tumour sinks; one corrected to a tumour rises (issue 16)."""
-    reviewed, label = case.get("reviewed_label"), case.get("label")
+    reviewed, label = case.reviewed_label, case.label
     if reviewed and reviewed != label and reviewed in CLASSES:
         one_hot = np.eye(len(CLASSES))[CLASSES.index(reviewed)]
         return float(risk_score(one_hot, (settings or get_settings()).risk_weights))
-    return float(case.get("risk") or 0.0)
+    return case.risk
 
 
-def summarize_studies(cases: Iterable[dict], series_records: Sequence[dict] = ()) -> list[StudySummary]:
+def summarize_studies(cases: Iterable[Case], series_records: Sequence[dict] = ()) -> list[StudySummary]:
     """Group cases into studies, highest key-slice risk first (then the earliest received).
 
     The risk of a slice whose class a reader corrected is that of the corrected class
-    (:func:`ranked_risk`; the model's stays in ``model_risk``).
+    (:func:`ranked_risk`); the cases' own ``risk`` (the model's) is not changed.
     ``series_records``: :meth:`Worklist.all_series` (descriptions, spacing)."""
     settings = get_settings()
-    cases = [
-        {**c, "risk": ranked_risk(c, settings), "model_risk": c.get("risk")} if c.get("reviewed_label") else c
-        for c in cases
-    ]
+    cases = list(cases)
+    ranked = {c.scan_id: ranked_risk(c, settings) for c in cases if c.reviewed_label}
+    # Ranked by the corrected class's risk (the StudySummary shows it); the model's stays on the case.
+    cases = [replace(c, risk=ranked[c.scan_id]) if c.scan_id in ranked else c for c in cases]
     records = {r["series_key"]: r for r in series_records}
-    by_study: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    by_study: dict[str, dict[str, list[Case]]] = defaultdict(lambda: defaultdict(list))
     for c in cases:
-        study = c.get("study_key") or f"case:{c['scan_id']}"
-        by_study[study][c.get("series_key") or f"case:{c['scan_id']}"].append(c)
+        by_study[c.study][c.series_key or f"case:{c.scan_id}"].append(c)
     studies = []
     for study_key, groups in by_study.items():
         series = sorted(
@@ -353,7 +352,7 @@ def summarize_studies(cases: Iterable[dict], series_records: Sequence[dict] = ()
         members = [c for g in groups.values() for c in g]
         key = _key_case(members)
         volumes = [s.volume_ml for s in series if s.volume_ml is not None]
-        record = records.get(str(key.get("series_key") or ""), {})
+        record = records.get(key.series_key or "", {})
         studies.append(
             StudySummary(
                 study_key=study_key,
@@ -363,9 +362,9 @@ def summarize_studies(cases: Iterable[dict], series_records: Sequence[dict] = ()
                 n_slices=len(members),
                 n_suspicious=sum(is_suspicious(c) for c in members),
                 n_flagged=sum(is_flagged(c) for c in members),
-                risk=float(key.get("risk") or 0.0),
+                risk=key.risk,
                 key_case=key,
-                received_at=min(str(c["received_at"]) for c in members),
+                received_at=min(c.received_at for c in members),
                 review_status=_review_state(members),
                 # The largest series volume: series of one study image the same tumour (T1, FLAIR...).
                 volume_ml=max(volumes) if volumes else None,
@@ -383,7 +382,7 @@ def list_studies(worklist: Worklist, **filters: object) -> list[StudySummary]:
     studies = summarize_studies(everything, worklist.all_series())
     if not any(v for k, v in filters.items() if k != "search_in"):
         return studies
-    matching = {c.get("study_key") or f"case:{c['scan_id']}" for c in worklist.list_cases(**filters)}  # type: ignore[arg-type]
+    matching = {c.study for c in worklist.list_cases(**filters)}  # type: ignore[arg-type]
     return [s for s in studies if s.study_key in matching]
 
 
@@ -420,7 +419,7 @@ def export_studies_csv(worklist: Worklist, studies: Sequence[StudySummary], hide
         review = None if s.single else worklist.study_review(s.study_key)
         first = s.series[0] if s.series else None
         if s.single:
-            description = "" if hide_names else str(s.key_case.get("name") or "")
+            description = "" if hide_names else s.key_case.name
         elif first is not None and (first.source == "dicom" or not hide_names):
             description = s.description or first.description
         else:
@@ -436,14 +435,14 @@ def export_studies_csv(worklist: Worklist, studies: Sequence[StudySummary], hide
             "risk": round(s.risk, 4),
             "key_slice": key_series.key_position if key_series else 1,
             "key_scan_id": s.key_scan_id,
-            "key_label": s.key_case.get("reviewed_label") or s.key_case.get("label") or "",
+            "key_label": s.key_case.effective_label,
             "tumor_volume_ml": "" if s.volume_ml is None else round(s.volume_ml, 3),
             "review_status": s.review_status,
-            "reviewer": (review or {}).get("reviewer") or (s.key_case.get("reviewer") if s.single else "") or "",
+            "reviewer": (review or {}).get("reviewer") or (s.key_case.reviewer if s.single else "") or "",
             "signed_off_at": (review or {}).get("reviewed_at")
-            or (s.key_case.get("reviewed_at") if s.single and s.review_status == "signed_off" else "")
+            or (s.key_case.reviewed_at if s.single and s.review_status == "signed_off" else "")
             or "",
-            "note": (review or {}).get("note") or (s.key_case.get("note") if s.single else "") or "",
+            "note": (review or {}).get("note") or (s.key_case.note if s.single else "") or "",
         }
         writer.writerow(csv_row(row, STUDY_EXPORT_COLUMNS))
     return buf.getvalue().encode("utf-8")

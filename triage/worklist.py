@@ -21,31 +21,25 @@ import errno
 import io
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from datetime import UTC, datetime
+from dataclasses import fields
 from pathlib import Path
 
 from triage.clock import utc_now
 from triage.config import get_settings
-from triage.errors import TriageError
+from triage.errors import CaseNotFoundError, ReviewConflictError, SignedOffError, WorklistError
 from triage.export import csv_row
 from triage.privacy import case_ref, shown_name
-from triage.records import CLASSES, ReviewState
+from triage.records import PROB_COLUMNS, REVIEW_FIELDS, REVIEW_STATUSES, Case, ReviewState, check_label, dumps, finite
 
 log = logging.getLogger(__name__)
 
-# The states a case can be in (the schema's CHECK); a study can also be partly reviewed.
-REVIEW_STATUSES: tuple[str, ...] = tuple(
-    s.value for s in (ReviewState.UNREVIEWED, ReviewState.CONFIRMED, ReviewState.CORRECTED, ReviewState.SIGNED_OFF)
-)
-PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CLASSES)
 CASE_COLUMNS: tuple[str, ...] = (
     "scan_id",
     "name",
@@ -102,8 +96,6 @@ _INPUT_COLUMNS: tuple[str, ...] = (
     "instance_key",
     "slice_order",
 )
-_REVIEW_COLUMNS = frozenset(CASE_COLUMNS) - frozenset(_INPUT_COLUMNS)
-_REQUIRED_INPUT: tuple[str, ...] = ("scan_id", "label", *PROB_COLUMNS, "risk")
 CSV_COLUMNS: tuple[str, ...] = tuple(c for c in CASE_COLUMNS if c != "thumbnail")
 
 BUSY_TIMEOUT_S = 10.0
@@ -113,7 +105,6 @@ BUSY_TIMEOUT_S = 10.0
 WRITE_WAIT_S = 180.0
 WRITE_TRY_S = 2.0
 SQLITE_MAGIC = b"SQLite format 3\x00"
-MAX_THUMBNAIL_BYTES = 1024 * 1024
 MAX_NOTE_CHARS = 10_000
 
 _SCHEMA_V1: tuple[str, ...] = (
@@ -213,10 +204,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class WorklistError(TriageError):
-    """A worklist operation was refused (invalid case, label, reviewer, newer schema...)."""
-
-
 class StorageError(WorklistError):
     """The worklist's storage cannot do what was asked (read-only, damaged, full, locked)."""
 
@@ -302,146 +289,22 @@ def _classify(exc: BaseException, db_path: Path) -> StorageError | None:
     return None
 
 
-class CaseNotFoundError(WorklistError):
-    """No case with the given scan_id is in the worklist."""
-
-
-class ReviewConflictError(WorklistError):
-    """The case changed since the reader opened it (``expected_revision`` is stale); nothing was written."""
-
-    def __init__(self, message: str, case: dict):
-        super().__init__(message)
-        self.case = case
-
-
-class SignedOffError(WorklistError):
-    """The case is signed off: it is read-only, and further remarks are addenda."""
-
-
-def _iso_utc(value: object) -> str:
-    """Normalise a datetime or ISO string to ISO-8601 UTC (naive values are taken as UTC)."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise WorklistError(f"received_at is not an ISO-8601 time: {value!r}") from exc
-    if not isinstance(value, datetime):
-        raise WorklistError(f"received_at must be a datetime or ISO string, got {type(value).__name__}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _json_default(obj: object) -> object:
-    """JSON fallback for numpy scalars/arrays, paths and anything else (as text)."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
-
-
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, default=_json_default, sort_keys=True)
-
-
-def _check_label(label: object, what: str = "label") -> str:
-    if label not in CLASSES:
-        raise WorklistError(f"{what} must be one of {', '.join(CLASSES)}; got {label!r}")
-    return str(label)
-
-
-def _finite(value: object, column: str) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise WorklistError(f"{column} must be a number, got {value!r}") from exc
-    if not math.isfinite(number):
-        raise WorklistError(f"{column} must be finite, got {number}")
-    return number
-
-
-def _encode_flags(flags: object) -> str:
-    if flags is None:
-        return "[]"
-    if isinstance(flags, str):
-        flags = [flags]
-    if not isinstance(flags, (list, tuple, set, frozenset)):
-        raise WorklistError(f"flags must be a list of strings, got {type(flags).__name__}")
-    return json.dumps([str(f) for f in flags])
-
-
-def _encode_thumbnail(thumbnail: object) -> bytes | None:
-    if thumbnail is None:
-        return None
-    if not isinstance(thumbnail, (bytes, bytearray, memoryview)):
-        raise WorklistError("thumbnail must be PNG bytes")
-    data = bytes(thumbnail)
-    if len(data) > MAX_THUMBNAIL_BYTES:
-        raise WorklistError(f"thumbnail is {len(data)} bytes; the limit is {MAX_THUMBNAIL_BYTES}")
-    return data
-
-
-def _case_values(case: dict) -> dict:
-    """Validate a case dict and turn it into column values (unknown keys go to ``extra``)."""
-    case = dict(case)
-    probs = case.pop("probs", None)
-    if probs is not None and not any(c in case for c in PROB_COLUMNS):
-        if len(probs) != len(CLASSES):
-            raise WorklistError(f"probs must have {len(CLASSES)} values (order {', '.join(CLASSES)})")
-        case.update(zip(PROB_COLUMNS, probs))
-    forbidden = sorted(_REVIEW_COLUMNS & case.keys())
-    if forbidden:
-        raise WorklistError(f"add_case cannot set review fields {forbidden}; use review()")
-    missing = [c for c in _REQUIRED_INPUT if case.get(c) in (None, "")]
-    if missing:
-        raise WorklistError(f"case is missing required fields: {', '.join(missing)}")
-    extra = dict(case.pop("extra", None) or {})
-    extra.update({k: case.pop(k) for k in list(case) if k not in _INPUT_COLUMNS})
-    return _column_values(case, extra)
-
-
-def _column_values(case: dict, extra: dict) -> dict:
-    values = {
-        "scan_id": str(case["scan_id"]),
-        "name": str(case.get("name") or ""),
-        "stored_path": str(case.get("stored_path") or ""),
-        "received_at": _iso_utc(case["received_at"]) if case.get("received_at") else utc_now(),
-        "label": _check_label(case["label"]),
-        "risk": _finite(case["risk"], "risk"),
-        "flags": _encode_flags(case.get("flags")),
-        "ood": int(bool(case.get("ood", False))),
-        "tumor_area_px": int(case.get("tumor_area_px") or 0),
-        "tumor_area_mm2": (
-            None if case.get("tumor_area_mm2") is None else _finite(case["tumor_area_mm2"], "tumor_area_mm2")
-        ),
-        "mask_path": None if case.get("mask_path") is None else str(case["mask_path"]),
-        "thumbnail": _encode_thumbnail(case.get("thumbnail")),
-        "classifier_version": str(case.get("classifier_version") or ""),
-        "segmenter_version": str(case.get("segmenter_version") or ""),
-        "truth_label": (None if case.get("truth_label") is None else _check_label(case["truth_label"], "truth_label")),
-        "truth_mask_path": None if case.get("truth_mask_path") is None else str(case["truth_mask_path"]),
-        "extra": _dumps(extra),
-        "study_key": None if not case.get("study_key") else str(case["study_key"]),
-        "series_key": None if not case.get("series_key") else str(case["series_key"]),
-        "instance_key": None if not case.get("instance_key") else str(case["instance_key"]),
-        "slice_order": None if case.get("slice_order") is None else _finite(case["slice_order"], "slice_order"),
-    }
-    if (values["series_key"] is None) != (values["study_key"] is None):
-        raise WorklistError("a case in a series needs both study_key and series_key")
-    values.update({c: _finite(case[c], c) for c in PROB_COLUMNS})
+def _column_values(case: Case) -> dict:
+    """The columns ``add_case`` writes for a (checked) case: flags and extra as JSON, bools as 0/1."""
+    values = {c: getattr(case, c) for c in _INPUT_COLUMNS if c not in PROB_COLUMNS}
+    values.update(zip(PROB_COLUMNS, case.probs))
+    values["flags"] = json.dumps([str(f) for f in case.flags])
+    values["ood"] = int(case.ood)
+    values["extra"] = dumps(case.extra)
     return values
 
 
-def _row_to_case(row: sqlite3.Row) -> dict:
-    """A plain dict with flags/extra decoded and 0/1 columns as bools."""
-    case = dict(row)
-    if "flags" in case:
-        case["flags"] = json.loads(case["flags"] or "[]")
-    if "extra" in case:
-        case["extra"] = json.loads(case["extra"] or "{}")
-    for col in ("ood", "mask_rejected"):
-        if col in case:
-            case[col] = bool(case[col])
-    return case
+def _row_to_case(row: sqlite3.Row) -> Case:
+    """The :class:`Case` of a ``cases`` row (flags/extra decoded)."""
+    values = dict(row)
+    values["flags"] = json.loads(values["flags"] or "[]")
+    values["extra"] = json.loads(values["extra"] or "{}")
+    return Case.from_stored(values)
 
 
 def _series_row(row: sqlite3.Row) -> dict:
@@ -471,7 +334,7 @@ def _filter_sql(
     params: list = []
     if label is not None:
         clauses.append("COALESCE(reviewed_label, label) = ?")
-        params.append(_check_label(label))
+        params.append(check_label(label))
     if review_status is not None:
         if review_status not in REVIEW_STATUSES:
             raise WorklistError(f"review_status must be one of {', '.join(REVIEW_STATUSES)}")
@@ -489,6 +352,8 @@ def _filter_sql(
 
 
 _ORDER_SQL = " ORDER BY risk DESC, received_at ASC, scan_id ASC"
+# The review fields of a case nobody reviewed yet (what add_case requires).
+_UNREVIEWED = {f.name: f.default for f in fields(Case) if f.name in REVIEW_FIELDS}
 
 
 class Worklist:
@@ -733,9 +598,17 @@ class Worklist:
 
     # -- cases -------------------------------------------------------------------------
 
-    def add_case(self, case: dict, actor: str = "system") -> bool:
-        """Insert a case; False (and nothing written) when its scan_id is already present."""
-        values = _case_values(case)
+    def add_case(self, case: Case | Mapping, actor: str = "system") -> bool:
+        """Insert a new case; False (and nothing written) when its scan_id is already present.
+
+        A mapping of columns is taken too (converted by :meth:`Case.from_mapping`). A case that
+        carries a review is refused: only :meth:`review` and friends write the review fields."""
+        if not isinstance(case, Case):
+            case = Case.from_mapping(case)
+        reviewed = [f for f in REVIEW_FIELDS if getattr(case, f) != _UNREVIEWED[f]]
+        if reviewed:
+            raise WorklistError(f"add_case cannot set review fields {reviewed}; use review()")
+        values = _column_values(case)
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._write() as conn:
@@ -749,8 +622,8 @@ class Worklist:
         log.info("worklist: added case %s (%s, risk %.3f)", values["scan_id"], values["label"], values["risk"])
         return True
 
-    def get(self, scan_id: str) -> dict | None:
-        """The case as a plain dict, or None."""
+    def get(self, scan_id: str) -> Case | None:
+        """The case, or None."""
         with self._read() as conn:
             row = conn.execute("SELECT * FROM cases WHERE scan_id = ?", (scan_id,)).fetchone()
         return None if row is None else _row_to_case(row)
@@ -763,7 +636,7 @@ class Worklist:
         search: str | None = None,
         limit: int | None = None,
         search_in: str = "name",
-    ) -> list[dict]:
+    ) -> list[Case]:
         """Cases by risk (highest first), then arrival (oldest first), optionally filtered."""
         where, params = _filter_sql(label, review_status, flag, search, search_in)
         sql = "SELECT * FROM cases" + where + _ORDER_SQL + " LIMIT ?"
@@ -813,7 +686,7 @@ class Worklist:
         with self._read() as conn:
             return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0])
 
-    def reviewed_cases(self) -> list[dict]:
+    def reviewed_cases(self) -> list[Case]:
         """Cases a reviewer has looked at (status != unreviewed), for retraining."""
         with self._read() as conn:
             rows = conn.execute("SELECT * FROM cases WHERE review_status != 'unreviewed'" + _ORDER_SQL).fetchall()
@@ -838,10 +711,10 @@ class Worklist:
             str(series.get("description") or "")[:200],
             str(series.get("modality") or "")[:32],
             str(series.get("study_description") or "")[:200],
-            None if spacing is None else _finite(spacing, "spacing_mm"),
+            None if spacing is None else finite(spacing, "spacing_mm"),
             int(bool(series.get("positions_in_mm"))),
             utc_now(),
-            _dumps(series.get("extra") or {}),
+            dumps(series.get("extra") or {}),
         )
         with self._write() as conn:
             cur = conn.execute(
@@ -863,7 +736,7 @@ class Worklist:
         with self._read() as conn:
             return [_series_row(r) for r in conn.execute("SELECT * FROM series ORDER BY created_at")]
 
-    def series_cases(self, series_key: str) -> list[dict]:
+    def series_cases(self, series_key: str) -> list[Case]:
         """The cases (slices) of a series in stack order."""
         with self._read() as conn:
             rows = conn.execute(
@@ -871,7 +744,7 @@ class Worklist:
             ).fetchall()
         return [_row_to_case(r) for r in rows]
 
-    def find_instance(self, instance_key: str) -> dict | None:
+    def find_instance(self, instance_key: str) -> Case | None:
         """The case holding a DICOM instance (hashed SOPInstanceUID and frame), or None."""
         with self._read() as conn:
             row = conn.execute("SELECT * FROM cases WHERE instance_key = ? LIMIT 1", (instance_key,)).fetchone()
@@ -942,7 +815,7 @@ class Worklist:
         note: str | None = None,
         sign_off: bool = False,
         expected_revision: int | None = None,
-    ) -> dict:
+    ) -> Case:
         """Record a reviewer's decision; one audit row per changed field. Returns the case.
 
         ``expected_revision``: the case's ``revision`` when the reader opened it. If another save
@@ -952,7 +825,7 @@ class Worklist:
         """
         reviewer = _check_reviewer(reviewer)
         if label is not None:
-            _check_label(label)
+            check_label(label)
         if note is not None and len(note) > MAX_NOTE_CHARS:
             raise WorklistError(f"note is longer than {MAX_NOTE_CHARS} characters")
         action = "sign_off" if sign_off else "review"
@@ -974,7 +847,7 @@ class Worklist:
         log.info("worklist: %s of %s by %s changed %s", action, scan_id, reviewer, sorted(changed))
         return result
 
-    def addendum(self, scan_id: str, reviewer: str, text: str, expected_revision: int | None = None) -> dict:
+    def addendum(self, scan_id: str, reviewer: str, text: str, expected_revision: int | None = None) -> Case:
         """Append a remark to a signed-off case: its own audit row (action ``addendum``); the signed
         fields stay as signed. Returns the case."""
         reviewer = _check_reviewer(reviewer)
@@ -997,11 +870,11 @@ class Worklist:
 
     def set_truth(
         self, scan_id: str, truth_label: str | None, truth_mask_path: str | Path | None = None, actor: str = "system"
-    ) -> dict:
+    ) -> Case:
         """Attach the ground-truth label and/or mask path to a case; audited. Returns the case."""
         if truth_label is None and truth_mask_path is None:
             raise WorklistError("set_truth needs a truth label or a truth mask")
-        new = {} if truth_label is None else {"truth_label": _check_label(truth_label, "truth_label")}
+        new = {} if truth_label is None else {"truth_label": check_label(truth_label, "truth_label")}
         if truth_mask_path is not None:
             new["truth_mask_path"] = str(truth_mask_path)
         with self._write() as conn:
@@ -1047,8 +920,9 @@ class Worklist:
             rows = conn.execute("PRAGMA integrity_check").fetchall()
         return "\n".join(str(r[0]) for r in rows)
 
-    def export_csv(self, rows: Sequence[dict] | None = None, hide_names: bool | None = None) -> bytes:
-        """UTF-8 CSV of ``rows`` (default: the whole worklist in order), without thumbnails.
+    def export_csv(self, rows: Sequence[Case | dict] | None = None, hide_names: bool | None = None) -> bytes:
+        """UTF-8 CSV of ``rows`` (cases, or dicts of columns; default: the whole worklist in order),
+        without thumbnails.
 
         Cells go through :func:`triage.export.csv_cell` (formulas defused, one row per case).
         ``hide_names`` (default: :attr:`Settings.file_names_hidden`) writes ``case <id>`` in the
@@ -1061,6 +935,8 @@ class Worklist:
         writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
+            if isinstance(row, Case):
+                row = row.as_row()
             if hide_names:
                 row = {**row, "name": case_ref(row.get("scan_id"))}
             writer.writerow(csv_row(row, CSV_COLUMNS))

@@ -6,13 +6,10 @@ User text (file names, notes, reviewer names, error texts) reaches Markdown only
 import logging
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
-from triage.errors import TriageError
-from triage.metrics import dice_iou
-from triage.records import CLASSES
-from triage.report import find_study, study_pdf
+from triage.errors import ReviewConflictError, TriageError, WorklistError
+from triage.records import CLASSES, Case, ReviewState
 from triage.ui import state
 from triage.ui.auth import reviewer_input
 from triage.ui.case_view import (
@@ -20,8 +17,10 @@ from triage.ui.case_view import (
     StoredFileMissing,
     analyse_case,
     explanation,
+    mask_agreement,
     probability_figure,
     read_mask,
+    study_report,
 )
 from triage.ui.format import REVIEW_TEXT, audit_frame, case_name, class_text, effective_label, escape_md
 from triage.ui.resources import get_worklist, settings
@@ -29,7 +28,6 @@ from triage.ui.stack_view import stack_viewer
 from triage.ui.state import init_state
 from triage.ui.viewer import slice_viewer
 from triage.ui.widgets import show_flags, show_flash
-from triage.worklist import ReviewConflictError, WorklistError
 
 log = logging.getLogger(__name__)
 init_state()
@@ -48,7 +46,7 @@ view_col, side = st.columns([3, 2], gap="medium")
 with side:
     st.title("Case review")
     show_flash()
-by_id = {c["scan_id"]: c for c in cases}
+by_id = {c.scan_id: c for c in cases}
 # A deep link ?case=<id> (issue 16; from the Worklist's "open in a new tab" column, a bookmark or a
 # colleague) opens that case once; afterwards the address follows the case on screen, so it can be copied.
 linked = st.query_params.get("case")
@@ -62,7 +60,7 @@ selected = st.session_state[state.SELECTED_CASE]
 if selected is not None and selected not in by_id:
     side.warning("The case selected earlier is no longer in the worklist; showing the highest-risk case.")
 if selected not in by_id:
-    selected = cases[0]["scan_id"]
+    selected = cases[0].scan_id
 st.session_state[state.SELECTED_CASE] = selected
 if st.query_params.get("case") != selected:
     st.query_params["case"] = selected
@@ -83,7 +81,7 @@ def _title(sid: str) -> str:
     # Only fields that never change: the picker matches its selection by this text, so a title
     # holding the label or risk lost the case as soon as a review changed them (issue 16, bug 1).
     c = by_id[sid]
-    return f"{case_name(c, hide_names)} · received {c['received_at'][:16].replace('T', ' ')} · {sid[:8]}"
+    return f"{case_name(c, hide_names)} · received {c.received_at[:16].replace('T', ' ')} · {sid[:8]}"
 
 
 filters = st.session_state[state.WORKLIST_FILTERS] or {}
@@ -122,17 +120,17 @@ if case is None:
 # since (bug 2), and the form the reader submitted is the one they saw, even if the case was signed
 # off meanwhile, so their input reaches the conflict check instead of vanishing.
 opened = st.session_state[state.OPENED_REVISION]
-opened_revision, opened_status = opened.setdefault(selected, (case["revision"], case["review_status"]))
+opened_revision, opened_status = opened.setdefault(selected, (case.revision, case.review_status))
 
 # Issue 16: a case flagged out-of-distribution or uncertain says so before its class, and the class
 # is not shown as a confident result.
-doubtful = bool({"ood", "uncertain"} & set(case["flags"]))
+doubtful = bool({"ood", "uncertain"} & set(case.flags))
 if doubtful:
     with side:
-        show_flags(case["flags"])
+        show_flags(case.flags)
 
 result = None
-file_missing = not case.get("stored_path") or not Path(case["stored_path"]).is_file()
+file_missing = not case.stored_path or not Path(case.stored_path).is_file()
 with side:
     try:
         result = analyse_case(case)  # stored with the case: no model runs when it is there (issue 16)
@@ -163,35 +161,35 @@ with side:
     m1, m2 = st.columns([3, 1.3])
     m1.metric(
         "Model class, not confident" if doubtful else "Model class",
-        class_text(case["label"]),
+        class_text(case.label),
         help="Flagged: read the slice without leaning on this class" if doubtful else None,
     )
-    m2.metric("Risk", f"{case['risk']:.2f}")
+    m2.metric("Risk", f"{case.risk:.2f}")
     st.markdown(
-        f"Review: **{REVIEW_TEXT.get(case['review_status'], case['review_status'])}** · reviewed class: "
-        f"**{class_text(case['reviewed_label']) if case['reviewed_label'] else '–'}**"
+        f"Review: **{REVIEW_TEXT.get(case.review_status, case.review_status)}** · reviewed class: "
+        f"**{class_text(case.reviewed_label) if case.reviewed_label else '–'}**"
     )
-    area = f"{case['tumor_area_px']:,} px" if case["tumor_area_px"] else "none segmented"
-    if case["tumor_area_px"] and case["tumor_area_mm2"] is not None:
-        area += f" · {case['tumor_area_mm2']:.1f} mm²"
-    elif case["tumor_area_px"]:
+    area = f"{case.tumor_area_px:,} px" if case.tumor_area_px else "none segmented"
+    if case.tumor_area_px and case.tumor_area_mm2 is not None:
+        area += f" · {case.tumor_area_mm2:.1f} mm²"
+    elif case.tumor_area_px:
         area += " (mm² unknown: no pixel spacing)"
     st.caption(
         f"Tumour area **{area}** · file **{escape_md(case_name(case, hide_names))}** · received "
-        f"{case['received_at'][:16].replace('T', ' ')} UTC · classifier `{case['classifier_version']}` · "
-        f"segmenter `{case['segmenter_version']}`"
-        + (f" · ground truth: **{class_text(case['truth_label'])}**" if case["truth_label"] else "")
+        f"{case.received_at[:16].replace('T', ' ')} UTC · classifier `{case.classifier_version}` · "
+        f"segmenter `{case.segmenter_version}`"
+        + (f" · ground truth: **{class_text(case.truth_label)}**" if case.truth_label else "")
     )
     if not doubtful:
-        show_flags(case["flags"])
+        show_flags(case.flags)
 
 mask = truth = None
 if viewable:
     pixels = result.pixels
-    pred = result.label or case["label"]
-    stored_mask = read_mask(case["mask_path"], pixels.shape)
+    pred = result.label or case.label
+    stored_mask = read_mask(case.mask_path, pixels.shape)
     mask = stored_mask if stored_mask is not None else result.mask
-    truth = read_mask(case["truth_mask_path"], pixels.shape)
+    truth = read_mask(case.truth_mask_path, pixels.shape)
     slice_viewer(
         view_col,
         side,
@@ -203,18 +201,18 @@ if viewable:
         list(METHODS),
     )
     with side:
-        if pred != case["label"]:
+        if pred != case.label:
             st.info(
                 f"Re-analysed with the active models, which now predict {class_text(pred)}; the stored result "
-                f"({class_text(case['label'])}) came from classifier `{case['classifier_version']}`."
+                f"({class_text(case.label)}) came from classifier `{case.classifier_version}`."
             )
         if truth is not None:
-            dice, iou = dice_iou(mask if mask is not None else np.zeros_like(truth), truth)
+            dice, iou = mask_agreement(mask, truth)
             st.caption(f"Prediction vs ground truth: Dice {dice:.2f}, IoU {iou:.2f}")
-        elif case["truth_mask_path"]:
+        elif case.truth_mask_path:
             st.warning("The ground-truth mask file is missing or cannot be read as a mask image.")
-elif case["thumbnail"]:
-    view_col.image(case["thumbnail"], caption="Stored thumbnail", width="stretch")
+elif case.thumbnail:
+    view_col.image(case.thumbnail, caption="Stored thumbnail", width="stretch")
 
 e1, e2 = st.columns(2)
 with e1.expander("Class probabilities", icon=":material/bar_chart:", expanded=True):
@@ -233,8 +231,7 @@ if viewable:
 r1, r2, _ = st.columns([1, 1, 3])
 if r1.button("Prepare study report", icon=":material/picture_as_pdf:", help="key images, findings, sign-off"):
     try:
-        made = find_study(wl, selected)
-        st.session_state[state.STUDY_REPORT] = (selected, made.study_key, study_pdf(wl, made, hide_names=hide_names))
+        st.session_state[state.STUDY_REPORT] = (selected, *study_report(wl, selected, hide_names))
     except TriageError as exc:
         st.error(f"Report not made: {escape_md(exc)}")
 report = st.session_state.get(state.STUDY_REPORT)
@@ -256,29 +253,29 @@ def _reload() -> None:
     opened.pop(selected, None)
 
 
-def _saved(updated: dict, reviewer: str, what: str) -> None:
+def _saved(updated: Case, reviewer: str, what: str) -> None:
     """After a successful write: the page now shows that revision; remember the reviewer."""
-    opened[selected] = (updated["revision"], updated["review_status"])
+    opened[selected] = (updated.revision, updated.review_status)
     st.session_state[state.REVIEWER] = reviewer.strip()
     state.flash("success", f"{what} by {escape_md(reviewer.strip())}.")
     st.rerun()
 
 
-if opened_revision != case["revision"]:
+if opened_revision != case.revision:
     st.warning(
-        f"Another reader changed this case since you opened it (now {REVIEW_TEXT.get(case['review_status'], '')}, "
-        f"by {escape_md(case['reviewer'])}). A save from this page will be refused.",
+        f"Another reader changed this case since you opened it (now {REVIEW_TEXT.get(case.review_status, '')}, "
+        f"by {escape_md(case.reviewer)}). A save from this page will be refused.",
         icon=":material/sync_problem:",
     )
     st.button("Reload the case", on_click=_reload, icon=":material/refresh:")
-if opened_status == "signed_off":
+if opened_status == ReviewState.SIGNED_OFF:
     st.success(
-        f"Signed off by **{escape_md(case['reviewer'])}** at {(case['reviewed_at'] or '')[:19].replace('T', ' ')} UTC as "
+        f"Signed off by **{escape_md(case.reviewer)}** at {(case.reviewed_at or '')[:19].replace('T', ' ')} UTC as "
         f"**{class_text(effective_label(case))}**. The case is read-only; further remarks are addenda.",
         icon=":material/verified:",
     )
-    if case["note"]:
-        st.markdown(f"**Note:** {escape_md(case['note'])}")
+    if case.note:
+        st.markdown(f"**Note:** {escape_md(case.note)}")
     for add in wl.addenda(selected):
         st.markdown(
             f"**Addendum** by {escape_md(add['actor'])} at {add['at'][:19].replace('T', ' ')} UTC: "
@@ -304,10 +301,10 @@ else:
             "Label (confirm or correct)",
             CLASSES,
             index=CLASSES.index(current) if current in CLASSES else 0,
-            format_func=lambda c: class_text(c) + (" — model's prediction" if c == case["label"] else ""),
+            format_func=lambda c: class_text(c) + (" — model's prediction" if c == case.label else ""),
         )
-        mask_rejected = st.checkbox("Reject the tumor mask", value=bool(case["mask_rejected"]))
-        note = st.text_area("Note", value=case["note"] or "", max_chars=10_000)
+        mask_rejected = st.checkbox("Reject the tumor mask", value=case.mask_rejected)
+        note = st.text_area("Note", value=case.note, max_chars=10_000)
         s1, s2, s3 = st.columns([1, 1, 4], vertical_alignment="center")
         # Keyboard (issue 16): Alt+S saves (confirms the label shown), Alt+O signs off.
         save = s1.form_submit_button("Save review", width="stretch", shortcut="Alt+S", help="confirm / save (Alt+S)")

@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from triage.records import CLASSES
-from triage.studies import export_studies_csv, list_studies
+from triage.records import CLASSES, REVIEW_STATUSES, ReviewState
 from triage.ui import state
 from triage.ui.format import (
     CASE_FLAGS,
@@ -17,7 +16,7 @@ from triage.ui.format import (
 )
 from triage.ui.resources import get_worklist, settings
 from triage.ui.state import init_state
-from triage.worklist import REVIEW_STATUSES
+from triage.ui.worklist_view import cases_csv, list_studies, studies_csv
 
 ALL = "All"
 TO_READ, SIGNED_OFF = "To read", "Signed off"
@@ -35,7 +34,7 @@ everything = list_studies(wl)  # read from SQLite on every run: all tabs see the
 
 c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
 c1.metric("Studies", len(everything))
-c2.metric("Unreviewed", sum(s.review_status == "unreviewed" for s in everything))
+c2.metric("Unreviewed", sum(s.review_status == ReviewState.UNREVIEWED for s in everything))
 c3.metric(
     "Flagged",
     sum(s.n_flagged > 0 for s in everything),
@@ -80,9 +79,9 @@ filters = {
 st.session_state[state.WORKLIST_FILTERS] = filters
 studies = list_studies(wl, **filters)
 if view == TO_READ:
-    studies = [s for s in studies if s.review_status != "signed_off"]
+    studies = [s for s in studies if s.review_status != ReviewState.SIGNED_OFF]
 elif view == SIGNED_OFF:
-    studies = [s for s in studies if s.review_status == "signed_off"]
+    studies = [s for s in studies if s.review_status == ReviewState.SIGNED_OFF]
 
 if not everything:
     st.info("The worklist is empty. Add scans on the **New scans** page.")
@@ -160,13 +159,9 @@ else:
     if o2.button("Open", type="primary", width="stretch"):
         st.session_state[state.SELECTED_CASE] = chosen
         st.switch_page("views/case_review.py")
-    shown_ids = {s.study_key for s in studies}
     o3.download_button(
         "Export CSV",
-        data=wl.export_csv(
-            [c for c in wl.list_cases() if (c.get("study_key") or f"case:{c['scan_id']}") in shown_ids],
-            hide_names=hide_names,
-        ),
+        data=cases_csv(wl, studies, hide_names),
         file_name="worklist.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -175,7 +170,7 @@ else:
     )
     o4.download_button(
         "Export studies",
-        data=export_studies_csv(wl, studies, hide_names=hide_names),
+        data=studies_csv(wl, studies, hide_names),
         file_name="studies.csv",
         mime="text/csv",
         icon=":material/download:",

@@ -20,6 +20,7 @@ from triage.datasets import load_manifest
 from triage.errors import DatasetError
 from triage.lifecycle import importer
 from triage.lifecycle.training_run import MIN_IMAGES_PER_CLASS
+from triage.records import Case
 
 FOLDERS = {"no_tumor": "notumor", "glioma": "glioma_tumor", "meningioma": "meningioma", "pituitary": "pituitary_tumor"}
 
@@ -274,23 +275,31 @@ def test_zip_with_manifest_cannot_point_outside_the_archive(tmp_path, settings):
     assert any("outside" in reason for _, reason in s.rejected)
 
 
+def _reviewed(scan_id: str, name: str, reviewed_label: str | None, stored_path: str) -> Case:
+    """A worklist case the model called glioma, with the reviewer's label."""
+    status = "unreviewed" if reviewed_label is None else "confirmed"
+    return Case(
+        scan_id=scan_id,
+        name=name,
+        label="glioma",
+        probs=(0.1, 0.7, 0.1, 0.1),
+        risk=0.5,
+        stored_path=stored_path,
+        reviewed_label=reviewed_label,
+        review_status=status,
+    )
+
+
 def test_reviewed_worklist_cases(tmp_path, settings):
     src = write_class_folders(tmp_path / "src", masks=False)
     cases = []
     for label, folder in FOLDERS.items():
         for i in range(6):
             cases.append(
-                {
-                    "scan_id": f"{label}{i:02d}abcdef",
-                    "name": f"{folder}_{i}.png",
-                    "label": "glioma",
-                    "reviewed_label": label,
-                    "stored_path": str(src / folder / f"{folder}_{i}.png"),
-                    "extra": {},
-                }
+                _reviewed(f"{label}{i:02d}abcdef", f"{folder}_{i}.png", label, str(src / folder / f"{folder}_{i}.png"))
             )
-    cases.append({"scan_id": "gone", "name": "gone.png", "reviewed_label": "glioma", "stored_path": "/nope.png"})
-    cases.append({"scan_id": "nolabel", "name": "x.png", "reviewed_label": None, "stored_path": "/nope.png"})
+    cases.append(_reviewed("gone", "gone.png", "glioma", "/nope.png"))
+    cases.append(_reviewed("nolabel", "x.png", None, "/nope.png"))
     s = importer.import_reviewed(cases, "classifier", settings)
     assert s.counts == dict.fromkeys(FOLDERS, 6) and s.ok
     assert any(r[1] == "the stored scan file is missing" for r in s.rejected)

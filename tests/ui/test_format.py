@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from triage.records import Case
 from triage.ui.format import case_name, case_title, escape_md, rejections_frame, worklist_frame
 
 HOSTILE = [
@@ -50,7 +51,9 @@ def test_escape_md_of_none_and_numbers() -> None:
 
 
 def test_names_hidden_behind_the_case_id() -> None:
-    case = {"scan_id": "0123456789abcdef", "name": "Doe^John_19310417.png", "label": "glioma", "risk": 0.9}
+    case = Case(
+        scan_id="0123456789abcdef", name="Doe^John_19310417.png", label="glioma", probs=(0.1, 0.7, 0.1, 0.1), risk=0.9
+    )
     assert case_name(case) == "Doe^John_19310417.png"
     assert case_name(case, hide_names=True) == "case 0123456789ab"
     assert "Doe" not in case_title(case, hide_names=True)

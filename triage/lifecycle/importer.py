@@ -50,7 +50,7 @@ from triage.export import csv_row
 from triage.io import declared_pixels, read_path
 from triage.lifecycle.training_run import MIN_IMAGES_PER_CLASS
 from triage.privacy import shown_name
-from triage.records import CLASSES, SourceKind, normalize_label
+from triage.records import CLASSES, Case, SourceKind, normalize_label
 
 log = logging.getLogger(__name__)
 
@@ -219,25 +219,24 @@ def import_manifest(
 
 
 def import_reviewed(
-    cases: list[dict], task: str = "classifier", settings: Settings | None = None, progress: Progress | None = None
+    cases: list[Case], task: str = "classifier", settings: Settings | None = None, progress: Progress | None = None
 ) -> ImportSummary:
     """Import reviewed worklist cases: the reviewer's label and the stored scan (and truth mask)."""
     settings = settings or get_settings()
     items, skipped, rejected = [], [], []
     for case in cases:
-        name = shown_name(case.get("name"), str(case.get("scan_id") or ""), settings)
-        label = normalize_label(str(case.get("reviewed_label") or ""))
+        name = shown_name(case.name, case.scan_id, settings)
+        label = normalize_label(case.reviewed_label or "")
         if label is None:
             skipped.append(f"{name}: no reviewed class label")
             continue
-        stored = str(case.get("stored_path") or "")
+        stored = case.stored_path
         if not stored or not Path(stored).is_file():
             rejected.append([name, "the stored scan file is missing"])
             continue
-        extra = case.get("extra") or {}
-        frame = extra.get("frame") if isinstance(extra, dict) else None
-        mask = case.get("truth_mask_path")
-        sid = str(case.get("scan_id") or "")[:12]
+        frame = case.extra.get("frame")
+        mask = case.truth_mask_path
+        sid = case.scan_id[:12]
         items.append(
             _Item(
                 path=Path(stored),

@@ -14,9 +14,12 @@ from triage.analysis_store import StoredAnalysis, case_analysis, case_heatmap
 from triage.errors import InvalidScanError
 from triage.explain import ALL_METHODS as METHODS
 from triage.io import read_mask_path
-from triage.records import CLASSES
+from triage.metrics import dice_iou
+from triage.records import CLASSES, Case
+from triage.report import find_study, study_pdf
 from triage.ui.format import class_text
 from triage.ui.resources import get_service
+from triage.worklist import Worklist
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +28,12 @@ __all__ = [
     "StoredFileMissing",
     "analyse_case",
     "explanation",
+    "mask_agreement",
     "probability_figure",
     "read_mask",
     "stack_figure",
     "stack_slice",
+    "study_report",
 ]
 
 METHOD_TEXT: dict[str, str] = {
@@ -44,7 +49,7 @@ class StoredFileMissing(FileNotFoundError):
     """The case's stored slice is no longer on disk."""
 
 
-def analyse_case(case: dict) -> StoredAnalysis:
+def analyse_case(case: Case) -> StoredAnalysis:
     """The case's analysis by the active models: stored with the case at intake (or at its first
     opening) and read back, so switching case, class or method runs no model (issue 16).
 
@@ -81,10 +86,22 @@ def read_mask(path: str | None, shape: tuple[int, int]) -> np.ndarray | None:
     return img > 127
 
 
-def probability_figure(case: dict) -> go.Figure:
+def mask_agreement(mask: np.ndarray | None, truth: np.ndarray) -> tuple[float, float]:
+    """(Dice, IoU) of the predicted mask (None: nothing segmented) against the ground-truth mask."""
+    return dice_iou(mask if mask is not None else np.zeros_like(truth), truth)
+
+
+def study_report(wl: Worklist, scan_id: str, hide_names: bool) -> tuple[str, bytes]:
+    """(study key, PDF bytes) of the report of the study holding case ``scan_id``
+    (:func:`triage.report.study_pdf`); :class:`triage.errors.TriageError` when it cannot be made."""
+    study = find_study(wl, scan_id)
+    return study.study_key, study_pdf(wl, study, hide_names=hide_names)
+
+
+def probability_figure(case: Case) -> go.Figure:
     """Horizontal bar chart of the stored calibrated probabilities; the predicted class highlighted."""
-    probs = [float(case.get(f"p_{c}") or 0.0) for c in CLASSES]
-    colors = ["#e4572e" if c == case.get("label") else "#6c8ebf" for c in CLASSES]
+    probs = list(case.probs)
+    colors = ["#e4572e" if c == case.label else "#6c8ebf" for c in CLASSES]
     fig = go.Figure(
         go.Bar(
             x=probs,
@@ -109,14 +126,13 @@ def probability_figure(case: dict) -> go.Figure:
 # ----- stack viewer (issue 18) ------------------------------------------------------------------
 
 
-def stack_slice(case: dict) -> np.ndarray | None:
+def stack_slice(case: Case) -> np.ndarray | None:
     """The stored slice of a case as uint8 (H, W) with its stored tumour outline drawn (RGB), or
     None when the stored file is missing or unreadable (cached per case; no model runs)."""
-    path = case.get("stored_path") or ""
+    path = case.stored_path
     if not path or not Path(path).is_file():
         return None
-    frame = (case.get("extra") or {}).get("frame")
-    return _stack_slice(path, frame, case.get("mask_path") or "", case.get("source_format") or "")
+    return _stack_slice(path, case.extra.get("frame"), case.mask_path or "", case.extra.get("source_format") or "")
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -136,12 +152,12 @@ def _stack_slice(path: str, frame: int | None, mask_path: str, _fmt: str) -> np.
     return mask_contour_overlay(scan.pixels, mask)
 
 
-def stack_figure(cases: list[dict], current: int, key_index: int) -> go.Figure:
+def stack_figure(cases: list[Case], current: int, key_index: int) -> go.Figure:
     """Tumour probability (1 - P(no tumour)) and risk along a stack (slice numbers from 1), the
     current slice marked with a vertical line and the key slice with a star. Click a point to jump."""
     x = list(range(1, len(cases) + 1))
-    p_tumour = [1.0 - float(c.get("p_no_tumor") or 0.0) for c in cases]
-    risk = [float(c.get("risk") or 0.0) for c in cases]
+    p_tumour = [1.0 - c.prob("no_tumor") for c in cases]
+    risk = [c.risk for c in cases]
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(

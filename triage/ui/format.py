@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from triage.privacy import case_ref
-from triage.records import CLASSES, Flag, ReviewState
+from triage.records import CLASSES, Case, Flag, ReviewState
 
 # Every ASCII punctuation character may be backslash-escaped in CommonMark, and escaping all of
 # them is the only rule that needs no list of today's syntax: emphasis, links and images
@@ -75,14 +75,14 @@ def flag_text(flags: Iterable[str]) -> str:
     return ", ".join(FLAG_TEXT.get(f, str(f)) for f in flags if f != Flag.REJECTED)
 
 
-def effective_label(case: dict) -> str:
+def effective_label(case: Case) -> str:
     """The reviewer's label when the case was reviewed, else the model's."""
-    return case.get("reviewed_label") or case.get("label") or ""
+    return case.effective_label
 
 
-def is_flagged(case: dict) -> bool:
+def is_flagged(case: Case) -> bool:
     """True when the case carries a flag that asks for a closer look."""
-    return bool(ATTENTION_FLAGS & set(case.get("flags") or ()))
+    return bool(ATTENTION_FLAGS & set(case.flags))
 
 
 def thumbnail_uri(png: bytes | None) -> str | None:
@@ -92,16 +92,14 @@ def thumbnail_uri(png: bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
 
 
-def case_name(case: dict, hide_names: bool = False) -> str:
+def case_name(case: Case, hide_names: bool = False) -> str:
     """The file name of a case as a page shows it: ``case <id>`` when names are hidden (or missing)."""
-    return case_ref(case.get("scan_id")) if hide_names or not case.get("name") else str(case["name"])
+    return case_ref(case.scan_id) if hide_names or not case.name else case.name
 
 
-def case_title(case: dict, hide_names: bool = False) -> str:
+def case_title(case: Case, hide_names: bool = False) -> str:
     """One-line description of a case for pickers: name, class, risk."""
-    return (
-        f"{case_name(case, hide_names)} — {class_text(effective_label(case))} — risk {float(case.get('risk', 0.0)):.2f}"
-    )
+    return f"{case_name(case, hide_names)} — {class_text(case.effective_label)} — risk {case.risk:.2f}"
 
 
 WORKLIST_COLUMNS: tuple[str, ...] = (
@@ -116,7 +114,7 @@ WORKLIST_COLUMNS: tuple[str, ...] = (
 )
 
 
-def worklist_frame(cases: Sequence[dict], hide_names: bool = False) -> pd.DataFrame:
+def worklist_frame(cases: Sequence[Case], hide_names: bool = False) -> pd.DataFrame:
     """The worklist table: one row per case, in the given order, indexed 0..n-1.
 
     Columns: thumbnail (data URI), name, class (effective, '(reviewed)' when changed by a
@@ -125,21 +123,20 @@ def worklist_frame(cases: Sequence[dict], hide_names: bool = False) -> pd.DataFr
     """
     rows = []
     for c in cases:
-        label = effective_label(c)
-        shown = class_text(label)
-        if c.get("reviewed_label") and c["reviewed_label"] != c.get("label"):
+        shown = class_text(c.effective_label)
+        if c.reviewed_label and c.reviewed_label != c.label:
             shown += " (corrected)"
         rows.append(
             {
-                "thumbnail": thumbnail_uri(c.get("thumbnail")),
+                "thumbnail": thumbnail_uri(c.thumbnail),
                 "name": case_name(c, hide_names),
                 "class": shown,
-                **{f"p_{k}": float(c.get(f"p_{k}") or 0.0) for k in CLASSES},
-                "risk": float(c.get("risk") or 0.0),
-                "flags": flag_text(c.get("flags") or ()),
-                "review": REVIEW_TEXT.get(c.get("review_status") or "", c.get("review_status") or ""),
-                "received": pd.to_datetime(c.get("received_at"), utc=True, errors="coerce"),
-                "scan_id": c["scan_id"],
+                **{f"p_{k}": p for k, p in c.probabilities.items()},
+                "risk": c.risk,
+                "flags": flag_text(c.flags),
+                "review": REVIEW_TEXT.get(c.review_status, c.review_status),
+                "received": pd.to_datetime(c.received_at, utc=True, errors="coerce"),
+                "scan_id": c.scan_id,
             }
         )
     columns = [*WORKLIST_COLUMNS, "scan_id"]
@@ -232,19 +229,18 @@ def studies_frame(studies: Sequence, hide_names: bool = False) -> pd.DataFrame:
         key = s.key_case
         rows.append(
             {
-                "thumbnail": thumbnail_uri(key.get("thumbnail")),
+                "thumbnail": thumbnail_uri(key.thumbnail),
                 "name": study_title(s, hide_names),
                 "slices": s.n_slices,
                 "suspicious": s.n_suspicious,
                 "flagged": s.n_flagged,
-                "class": class_text(effective_label(key)),
+                "class": class_text(key.effective_label),
                 "risk": float(s.risk),
                 "volume_ml": EMPTY if s.volume_ml is None else f"{float(s.volume_ml):.1f}",
                 "review": REVIEW_TEXT.get(s.review_status, s.review_status),
-                "flags": flag_text(key.get("flags") or ()) or EMPTY,
+                "flags": flag_text(key.flags) or EMPTY,
                 "sequence": study_sequence(s) or EMPTY,
-                "model": " · ".join(v for v in (key.get("classifier_version"), key.get("segmenter_version")) if v)
-                or EMPTY,
+                "model": " · ".join(v for v in (key.classifier_version, key.segmenter_version) if v) or EMPTY,
                 "received": pd.to_datetime(s.received_at, utc=True, errors="coerce"),
                 "open": f"case_review?case={s.key_scan_id}",
                 "scan_id": s.key_scan_id,

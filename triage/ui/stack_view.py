@@ -5,33 +5,35 @@ from __future__ import annotations
 
 import streamlit as st
 
+from triage.errors import WorklistError
+from triage.records import Case
 from triage.studies import summarize_series
 from triage.ui import state
 from triage.ui.auth import reviewer_input
 from triage.ui.case_view import stack_figure
 from triage.ui.format import escape_md
-from triage.worklist import Worklist, WorklistError
+from triage.worklist import Worklist
 
 
 def _open(scan_id: str) -> None:
     st.session_state[state.SELECTED_CASE] = scan_id
 
 
-def stack_viewer(wl: Worklist, case: dict, hide_names: bool, opened: dict) -> None:
+def stack_viewer(wl: Worklist, case: Case, hide_names: bool, opened: dict) -> None:
     """Render the stack viewer for ``case`` when it belongs to a series of more than one slice.
 
     Moving the slider (or the buttons, or a click on the plot) selects another slice of the series
     as the page's case. ``opened``: {scan_id: (revision, status)} the reader's page showed, so the
     study sign-off is refused when a slice changed since."""
-    stack = wl.series_cases(case["series_key"]) if case.get("series_key") else []
+    stack = wl.series_cases(case.series_key) if case.series_key else []
     if len(stack) < 2:
         return
-    record = wl.get_series(case["series_key"])
+    record = wl.get_series(case.series_key)
     summary = summarize_series(stack, record)
-    ids = [c["scan_id"] for c in stack]
-    here = ids.index(case["scan_id"])
+    ids = [c.scan_id for c in stack]
+    here = ids.index(case.scan_id)
     key_index = summary.key_position - 1
-    slider_key = state.keyed(state.STACK_SLIDER, case["series_key"])
+    slider_key = state.keyed(state.STACK_SLIDER, case.series_key)
     if st.session_state.get(slider_key) != here + 1:  # follow the case opened from elsewhere
         st.session_state[slider_key] = here + 1
 
@@ -85,10 +87,10 @@ def stack_viewer(wl: Worklist, case: dict, hide_names: bool, opened: dict) -> No
         config={"displayModeBar": False},
         on_select="rerun",
         selection_mode="points",
-        key=state.keyed(state.STACK_PLOT, case["series_key"], here),
+        key=state.keyed(state.STACK_PLOT, case.series_key, here),
     )
     v2.caption("Tumour probability along the stack (★ the key slice); click a point to go to that slice.")
-    study_done = wl.study_review(case["study_key"])
+    study_done = wl.study_review(case.study_key)
     if study_done is not None:
         v1.success(
             f"Study signed off by **{escape_md(study_done['reviewer'])}** at "
@@ -98,7 +100,7 @@ def stack_viewer(wl: Worklist, case: dict, hide_names: bool, opened: dict) -> No
         )
     else:
         with v1.expander("Sign off the whole study", icon=":material/verified:"):
-            with st.form(state.keyed(state.STUDY_FORM, case["study_key"])):
+            with st.form(state.keyed(state.STUDY_FORM, case.study_key)):
                 st.caption(
                     "Signs off every slice of the study with its current label (corrections made per slice stay). "
                     "Each slice's change is in its audit trail."
@@ -109,7 +111,7 @@ def stack_viewer(wl: Worklist, case: dict, hide_names: bool, opened: dict) -> No
             if sign_study:
                 try:
                     wl.sign_off_study(
-                        case["study_key"],
+                        case.study_key,
                         study_reviewer,
                         note=study_note,
                         expected_revisions={k: v[0] for k, v in opened.items() if k in set(ids)},
@@ -125,6 +127,6 @@ def stack_viewer(wl: Worklist, case: dict, hide_names: bool, opened: dict) -> No
     points = getattr(getattr(clicked, "selection", None), "points", None) or []
     if points:
         target = round(float(points[0].get("x", here + 1))) - 1
-        if 0 <= target < len(ids) and ids[target] != case["scan_id"]:
+        if 0 <= target < len(ids) and ids[target] != case.scan_id:
             st.session_state[state.SELECTED_CASE] = ids[target]
             st.rerun()

@@ -206,7 +206,7 @@ def _row(name: str, status: str, **kw: object) -> dict:
         "status": status,
         "label": kw.get("label", ""),
         "risk": kw.get("risk"),
-        "flags": list(kw.get("flags", ())),
+        "flags": [str(f) for f in kw.get("flags", ())],  # plain text (a Case's flags are Flag members)
         "truth": kw.get("truth", ""),
         "reason": kw.get("reason", ""),
         "scan_id": kw.get("scan_id", ""),
@@ -454,14 +454,14 @@ def _ingest_one(
         # analysed again (40 copies of a 40 MP slice in one zip took 182 s, issue 22, item 6).
         sid = content_id(item.data)
         case = worklist.get(sid)
-        if case is not None and Path(str(case.get("stored_path") or "")).is_file():  # else: stored again
+        if case is not None and Path(case.stored_path).is_file():  # else: stored again
             return [
                 _row(
                     item.name,
                     "already in worklist",
-                    label=case.get("label") or "",
-                    risk=round(float(case.get("risk") or 0.0), 3),
-                    flags=case.get("flags") or (),
+                    label=case.label,
+                    risk=round(case.risk, 3),
+                    flags=case.flags,
                     reason="the same file was analysed before; the earlier case is kept",
                     scan_id=sid,
                 )
@@ -503,7 +503,7 @@ def _ingest_one(
             out.append(_row(shown, "rejected", reason=r.error, scan_id=r.scan_id))
             continue
         case = worklist.get(r.scan_id)
-        earlier = case is not None and str(case.get("received_at", "")) < started
+        earlier = case is not None and case.received_at < started
         out.append(
             _row(
                 shown,

@@ -23,7 +23,7 @@ import streamlit as st
 from triage.analysis_store import StoredAnalysis
 from triage.display import PRESETS, WindowLevel, compose_view, preset_window
 from triage.explain import SEGMENTER_METHOD
-from triage.records import CLASSES
+from triage.records import CLASSES, Case
 from triage.ui import state
 from triage.ui.case_view import METHOD_TEXT
 from triage.ui.format import class_text
@@ -83,7 +83,7 @@ def _custom() -> None:
 def slice_viewer(
     image_col,
     controls,
-    case: dict,
+    case: Case,
     analysis: StoredAnalysis,
     mask: np.ndarray | None,
     truth: np.ndarray | None,
@@ -97,7 +97,7 @@ def slice_viewer(
     when the reader turns it on.
     """
     pixels = analysis.pixels
-    sid = case["scan_id"]
+    sid = case.scan_id
     has_mask = mask is not None and bool(mask.any())
     with controls:
         t1, t2, t3 = st.columns(3)
@@ -109,7 +109,7 @@ def slice_viewer(
         target = method = None
         if show_heat:
             h1, h2 = st.columns(2)
-            pred = analysis.label if analysis.label in CLASSES else case["label"]
+            pred = analysis.label if analysis.label in CLASSES else case.label
             method = h1.selectbox(
                 "Heatmap method", methods, format_func=lambda m: METHOD_TEXT.get(m, m), key=state.CAM_METHOD
             )
@@ -156,9 +156,9 @@ def slice_viewer(
         sid,
         analysis.versions,
         bool(show_mask and has_mask),
-        case.get("mask_path") or "",
+        case.mask_path or "",
         bool(show_truth and truth is not None),
-        case.get("truth_mask_path") or "",
+        case.truth_mask_path or "",
         (target, method) if heat is not None else None,
     )
     uri, _ = _picture_uri(
@@ -179,9 +179,7 @@ def slice_viewer(
         )
         parts = [f"{pixels.shape[1]}×{pixels.shape[0]} px", f"W {window} / L {level}"]
         if show_mask and has_mask:
-            parts.append(
-                "red: predicted outline" + (" (rejected by the reviewer)" if case.get("mask_rejected") else "")
-            )
+            parts.append("red: predicted outline" + (" (rejected by the reviewer)" if case.mask_rejected else ""))
         elif not has_mask:
             parts.append("no tumour region segmented")
         if show_truth and truth is not None:
