@@ -7,16 +7,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from triage.lifecycle import background as bg
 from triage.lifecycle import compare, importer, jobs
 from triage.records import JobPhase
 from triage.ui import training
 
 
 @pytest.fixture
-def background(monkeypatch) -> jobs.BackgroundTasks:
+def background(monkeypatch) -> bg.BackgroundTasks:
     """A fresh task pool, so no task of another test is seen."""
-    tasks = jobs.BackgroundTasks(workers=1)
-    monkeypatch.setattr(jobs, "BACKGROUND", tasks)
+    tasks = bg.BackgroundTasks(workers=1)
+    monkeypatch.setattr(bg, "BACKGROUND", tasks)
     return tasks
 
 

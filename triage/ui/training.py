@@ -4,7 +4,7 @@ Pages import ``triage.ui`` only (``tests/test_ui_imports.py``); this module is t
 :mod:`triage.lifecycle`. Each function is a thin call of the lifecycle facade, looked up when it runs, so
 importing this module loads no lifecycle module and a test that patches a lifecycle function patches the
 page too. Short background tasks (a data check, a comparison) are keyed strings of
-:data:`triage.lifecycle.jobs.BACKGROUND`; their state is a ``(JobPhase, value)`` pair.
+:data:`triage.lifecycle.background.BACKGROUND`; their state is a ``(JobPhase, value)`` pair.
 """
 
 from __future__ import annotations
