@@ -215,6 +215,29 @@ def test_a_broken_active_model_refuses_uploads_and_keeps_the_worklist_readable(t
     assert svc.model_problem() is None
 
 
+def test_an_upload_reports_already_there_from_the_worklists_answer_not_the_clock(tmp_path):
+    """Issue 24 trap: "already in worklist" was re-derived from timestamps (the case's received_at
+    before the upload started), so a case received "later" (another machine's clock, an import with
+    its own time) was reported as newly accepted although nothing was added."""
+    import dataclasses
+
+    from triage.intake import ingest
+    from triage.ui.uploads import process_uploads
+    from triage.worklist import Worklist
+
+    svc = TriageService(get_settings(weights_dir=make_tiny_weights(tmp_path / "w"), data_dir=tmp_path / "d"))
+    first, second = Worklist(tmp_path / "first.sqlite"), Worklist(tmp_path / "second.sqlite")
+    img, _ = draw_synthetic_slice(seed=7)
+    (r,) = ingest(svc, first, png(img), "slice.png")
+    imported = dataclasses.replace(first.get(r.scan_id), received_at="2999-01-01T00:00:00+00:00")
+    assert second.add_case(imported)
+    (row,) = process_uploads([("slice.png", png(img))], svc, second, truth_label="glioma")
+    assert row["status"] == "already in worklist"
+    assert len(second.list_cases()) == 1 and second.get(r.scan_id).truth_label == "glioma"
+    (row,) = process_uploads([("other.png", png(draw_synthetic_slice(seed=8)[0]))], svc, second)
+    assert row["status"] == "accepted"
+
+
 def test_a_missing_or_dangling_active_pointer_never_picks_the_newest(tmp_path):
     from triage.errors import ModelNotFoundError
     from triage.models import active_version

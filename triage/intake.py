@@ -142,12 +142,14 @@ def ingest(
     name: str,
     truth_label: str | None = None,
     truth_mask: bytes | None = None,
+    added: set[str] | None = None,
 ) -> list[CaseResult]:
     """Analyse one upload and record it: cases for good scans, a rejection entry otherwise.
 
     Returns the analysis results (one per frame). A scan already in the worklist is not added
     twice. Truth labels/masks, when given, are attached to the new cases, and to an existing case
-    when its slice is uploaded again with them.
+    when its slice is uploaded again with them. ``added``, when given, receives the scan ids this
+    call added as new cases: the worklist's own answer, for callers that report "already there".
     """
     shown = display_name(name)
     # A decode that overruns the limit is stopped and this upload rejected; the batch goes on.
@@ -187,7 +189,10 @@ def ingest(
                 _note_new(fresh, truth_path, existed)
             case = case_record(r, shown, stored, mask_path, truth_label, truth_path)
             remember_result(service, r)  # Case review then opens it without running a model (issue 16)
-            if not worklist.add_case(case) and (truth_label or truth_path):
+            if worklist.add_case(case):
+                if added is not None:
+                    added.add(r.scan_id)
+            elif truth_label or truth_path:
                 # The slice is already a case: its new ground truth is attached (and audited), not dropped.
                 worklist.set_truth(r.scan_id, truth_label, truth_path, actor="upload")
         except BaseException:

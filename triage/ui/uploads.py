@@ -19,7 +19,6 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from triage import archive, folders
@@ -448,7 +447,6 @@ def _hidden_file(row: dict) -> str:
 def _ingest_one(
     service: TriageService, worklist: Worklist, item: UploadItem, truth: str | None, mask: bytes | None
 ) -> list[dict]:
-    started = datetime.now(UTC).isoformat(timespec="microseconds")
     if truth is None and mask is None:
         # The same bytes are already a case: nothing new to record, so they are not decoded and
         # analysed again (40 copies of a 40 MP slice in one zip took 182 s, issue 22, item 6).
@@ -473,7 +471,8 @@ def _ingest_one(
         except InvalidScanError as exc:
             mask, mask_refused = None, f"ground-truth mask refused: {exc}"
     try:
-        results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask)
+        added: set[str] = set()
+        results = ingest(service, worklist, item.data, item.name, truth_label=truth, truth_mask=mask, added=added)
     except Exception as exc:  # one broken file must not stop the batch; the details go to the log only
         sid = content_id(item.data)
         if isinstance(exc, StorageError):  # read-only, damaged, full or locked: said as it is
@@ -502,8 +501,9 @@ def _ingest_one(
         if not r.ok:
             out.append(_row(shown, "rejected", reason=r.error, scan_id=r.scan_id))
             continue
-        case = worklist.get(r.scan_id)
-        earlier = case is not None and case.received_at < started
+        # add_case's own answer (issue 24: it was re-derived from timestamps, wrong when the earlier
+        # case's received_at is not before this upload's clock, e.g. a case imported from another machine).
+        earlier = r.scan_id not in added
         out.append(
             _row(
                 shown,
