@@ -248,7 +248,9 @@ def test_sign_in_in_browser_reader_and_admin(tmp_path: Path) -> None:
             wait.until(_body_has("Signed in as"))
             wait.until(lambda d: "Worklist" in _nav_links(d))
             assert "Training" not in _nav_links(driver) and "Status" not in _nav_links(driver)
-            driver.find_element(By.XPATH, "//button[.//p[normalize-space()='Sign out']]").click()
+            # Waited for, not looked up: the sidebar's nav can be drawn before its Sign out button (seen in CI).
+            sign_out = (By.XPATH, "//button[.//p[normalize-space()='Sign out']]")
+            wait.until(ec.element_to_be_clickable(sign_out)).click()
             _sign_in(driver, wait, "it.admin", "admin password 1")
             wait.until(lambda d: "Training" in _nav_links(d))
             driver.find_element(By.XPATH, "//*[@data-testid='stSidebarNav']//a[contains(., 'Training')]").click()
