@@ -152,7 +152,7 @@ def scan_class_folders(root: str | Path, max_files: int | None = None) -> Folder
     images or in ``masks/``) by the rules of this module. Every file is an image, a mask, the manifest, or
     named in :attr:`FolderScan.skipped` with the reason."""
     root = Path(root)
-    images: list[tuple[Path, str, list[str]]] = []
+    images: list[tuple[Path, str, list[str], str]] = []  # file, relative name, its folders, its class
     masks: list[tuple[Path, str]] = []
     out = FolderScan()
     for p in all_files(root, max_files):
@@ -165,15 +165,15 @@ def scan_class_folders(root: str | Path, max_files: int | None = None) -> Folder
                 out.skipped.append(f"{name}: not an image file, skipped")
         elif is_mask(parts):
             masks.append((p, name))
-        elif class_of(parts[:-1]) is None:
+        elif (label := class_of(parts[:-1])) is None:
             out.skipped.append(f"{name}: not inside a class folder, skipped")
         else:
-            images.append((p, name, parts[:-1]))
+            images.append((p, name, parts[:-1], label))
     mask_classes = [(name, class_of(Path(name).parts[:-1])) for _, name in masks]
-    picks = pair_masks([(name, class_of(folders)) for _, name, folders in images], mask_classes)
-    for (p, name, folders), j in zip(images, picks):
+    picks = pair_masks([(name, label) for _, name, _, label in images], mask_classes)
+    for (p, name, folders, label), j in zip(images, picks):
         mask = masks[j][0] if j is not None else None
-        out.images.append(FoundImage(p, name, class_of(folders) or "", split_of(folders), mask))
+        out.images.append(FoundImage(p, name, label, split_of(folders), mask))
     used = {j for j in picks if j is not None}
     out.unpaired_masks = [
         f"{name}: mask without a matching image, dropped" for j, (_, name) in enumerate(masks) if j not in used
