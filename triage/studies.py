@@ -336,8 +336,9 @@ def summarize_studies(cases: Iterable[Case], series_records: Sequence[dict] = ()
     ``series_records``: :meth:`Worklist.all_series` (descriptions, spacing)."""
     settings = get_settings()
     cases = list(cases)
-    ranked = {c.scan_id: ranked_risk(c, settings) for c in cases if c.reviewed_label}
-    # Ranked by the corrected class's risk (the StudySummary shows it); the model's stays on the case.
+    # Ranked by the corrected class's risk (the StudySummary shows it); the model's stays on the case. Only a
+    # changed risk is copied: replace() re-runs every check of the Case, and this runs on each Worklist page run.
+    ranked = {c.scan_id: r for c in cases if c.reviewed_label and (r := ranked_risk(c, settings)) != c.risk}
     cases = [replace(c, risk=ranked[c.scan_id]) if c.scan_id in ranked else c for c in cases]
     records = {r["series_key"]: r for r in series_records}
     by_study: dict[str, dict[str, list[Case]]] = defaultdict(lambda: defaultdict(list))
@@ -378,10 +379,14 @@ def summarize_studies(cases: Iterable[Case], series_records: Sequence[dict] = ()
 def list_studies(worklist: Worklist, **filters: object) -> list[StudySummary]:
     """The study worklist: every study with at least one slice matching ``filters``
     (:meth:`Worklist.list_cases` filters), counted over all its slices."""
-    everything = worklist.list_cases()
-    studies = summarize_studies(everything, worklist.all_series())
+    return filter_studies(worklist, summarize_studies(worklist.list_cases(), worklist.all_series()), **filters)
+
+
+def filter_studies(worklist: Worklist, studies: Sequence[StudySummary], **filters: object) -> list[StudySummary]:
+    """The studies of ``studies`` (all of :func:`list_studies`) with at least one slice matching ``filters``:
+    a page that already holds the whole list narrows it without summarising every study again."""
     if not any(v for k, v in filters.items() if k != "search_in"):
-        return studies
+        return list(studies)
     matching = {c.study for c in worklist.list_cases(**filters)}  # type: ignore[arg-type]
     return [s for s in studies if s.study_key in matching]
 

@@ -16,7 +16,7 @@ from triage.ui.format import (
 )
 from triage.ui.resources import get_worklist, settings
 from triage.ui.state import init_state
-from triage.ui.worklist_view import cases_csv, list_studies, studies_csv
+from triage.ui.worklist_view import cases_csv, filter_studies, list_studies, studies_csv
 
 ALL = "All"
 TO_READ, SIGNED_OFF = "To read", "Signed off"
@@ -77,7 +77,7 @@ filters = {
     "search_in": "scan_id" if hide_names else "name",
 }
 st.session_state[state.WORKLIST_FILTERS] = filters
-studies = list_studies(wl, **filters)
+studies = filter_studies(wl, everything, **filters)  # the list read above, narrowed, not read again
 if view == TO_READ:
     studies = [s for s in studies if s.review_status != ReviewState.SIGNED_OFF]
 elif view == SIGNED_OFF:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from triage.studies import StudySummary, export_studies_csv
+from triage.studies import StudySummary, export_studies_csv, filter_studies
 from triage.studies import list_studies as _list_studies
 from triage.worklist import Worklist
 
-__all__ = ["StudySummary", "cases_csv", "list_studies", "studies_csv"]
+__all__ = ["StudySummary", "cases_csv", "filter_studies", "list_studies", "studies_csv"]
 
 
 def list_studies(wl: Worklist, **filters: object) -> list[StudySummary]:
