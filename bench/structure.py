@@ -34,16 +34,12 @@ from _common import table
 
 LIFECYCLE = {
     "train",
-    "train_config",
-    "losses",
-    "fitting",
     "training_run",
     "recipe",
     "sources",
     "promotion",
     "calibrate",
     "jobs",
-    "background",
     "importer",
     "compare",
     "crossval",

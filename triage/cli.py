@@ -112,8 +112,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = get_settings()
     out = Path(args.out)
     weights_dir = Path(args.weights_dir) if args.weights_dir else settings.weights_dir
-    run_dir = Path(args.run_dir) if args.run_dir else settings.run_dir(args.task, out.name)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else settings.cache_dir
+    # Without --run-dir / --cache-dir run_training takes the settings' folders (Settings.run_dir / cache_dir).
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) is not None}
     folder = lifecycle.run_training(
         args.task,

@@ -22,7 +22,7 @@ from triage.ui.case_view import (
     read_mask,
     study_report,
 )
-from triage.ui.format import REVIEW_TEXT, audit_frame, case_name, class_text, effective_label, escape_md
+from triage.ui.format import REVIEW_TEXT, audit_frame, case_name, class_text, escape_md
 from triage.ui.resources import get_worklist, settings
 from triage.ui.stack_view import stack_viewer
 from triage.ui.state import init_state
@@ -271,7 +271,7 @@ if opened_revision != case.revision:
 if opened_status == ReviewState.SIGNED_OFF:
     st.success(
         f"Signed off by **{escape_md(case.reviewer)}** at {(case.reviewed_at or '')[:19].replace('T', ' ')} UTC as "
-        f"**{class_text(effective_label(case))}**. The case is read-only; further remarks are addenda.",
+        f"**{class_text(case.effective_label)}**. The case is read-only; further remarks are addenda.",
         icon=":material/verified:",
     )
     if case.note:
@@ -296,7 +296,7 @@ else:
     with st.form(state.keyed(state.REVIEW_FORM, selected)):
         f1, f2 = st.columns(2)
         reviewer = reviewer_input(f1)
-        current = effective_label(case)
+        current = case.effective_label
         label = f2.selectbox(
             "Label (confirm or correct)",
             CLASSES,

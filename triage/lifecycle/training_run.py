@@ -138,9 +138,8 @@ def run_training(
 
     ``run_dir`` / ``cache_dir`` default to the settings' folders (``Settings.run_dir``, ``Settings.cache_dir``)."""
     out = Path(out)
-    settings = get_settings()
-    run_dir = Path(run_dir) if run_dir else settings.run_dir(task, out.name)
-    cache_dir = Path(cache_dir) if cache_dir else settings.cache_dir
+    run_dir = Path(run_dir) if run_dir else get_settings().run_dir(task, out.name)
+    cache_dir = Path(cache_dir) if cache_dir else get_settings().cache_dir
     cfg = TrainConfig.from_preset(task, preset, init_from=init_from, **overrides)
     if init_from and weights_dir is not None:
         _inherit_from_parent(cfg, Path(weights_dir), overrides)

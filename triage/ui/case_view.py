@@ -32,7 +32,6 @@ __all__ = [
     "probability_figure",
     "read_mask",
     "stack_figure",
-    "stack_slice",
     "study_report",
 ]
 
@@ -124,32 +123,6 @@ def probability_figure(case: Case) -> go.Figure:
 
 
 # ----- stack viewer (issue 18) ------------------------------------------------------------------
-
-
-def stack_slice(case: Case) -> np.ndarray | None:
-    """The stored slice of a case as uint8 (H, W) with its stored tumour outline drawn (RGB), or
-    None when the stored file is missing or unreadable (cached per case; no model runs)."""
-    path = case.stored_path
-    if not path or not Path(path).is_file():
-        return None
-    return _stack_slice(path, case.extra.get("frame"), case.mask_path or "", case.extra.get("source_format") or "")
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def _stack_slice(path: str, frame: int | None, mask_path: str, _fmt: str) -> np.ndarray | None:
-    from triage.io import read_scans
-    from triage.overlay import mask_contour_overlay
-
-    try:
-        scans = read_scans(Path(path).read_bytes(), "slice")
-    except (InvalidScanError, OSError) as exc:
-        log.warning("stack slice %s not shown: %s", Path(path).name, exc)
-        return None
-    scan = next((s for s in scans if s.frame == frame), scans[0])
-    mask = read_mask(mask_path, scan.shape) if mask_path else None
-    if mask is None or not mask.any():
-        return scan.pixels
-    return mask_contour_overlay(scan.pixels, mask)
 
 
 def stack_figure(cases: list[Case], current: int, key_index: int) -> go.Figure:

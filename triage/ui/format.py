@@ -51,8 +51,6 @@ FLAG_TEXT: dict[str, str] = {
 CASE_FLAGS: tuple[str, ...] = tuple(
     f.value for f in (Flag.UNCERTAIN, Flag.OOD, Flag.DISAGREEMENT, Flag.SUSPECT_HEADER, Flag.UNTRAINED_MODEL)
 )
-# Flags that ask for a closer look at this case (untrained_model is a property of the models).
-ATTENTION_FLAGS: frozenset[str] = frozenset({Flag.UNCERTAIN, Flag.OOD, Flag.DISAGREEMENT, Flag.SUSPECT_HEADER})
 
 REVIEW_TEXT: dict[str, str] = {
     ReviewState.UNREVIEWED: "unreviewed",
@@ -73,16 +71,6 @@ def class_text(label: str | None) -> str:
 def flag_text(flags: Iterable[str]) -> str:
     """Readable, comma-separated flags ('' when there are none)."""
     return ", ".join(FLAG_TEXT.get(f, str(f)) for f in flags if f != Flag.REJECTED)
-
-
-def effective_label(case: Case) -> str:
-    """The reviewer's label when the case was reviewed, else the model's."""
-    return case.effective_label
-
-
-def is_flagged(case: Case) -> bool:
-    """True when the case carries a flag that asks for a closer look."""
-    return bool(ATTENTION_FLAGS & set(case.flags))
 
 
 def thumbnail_uri(png: bytes | None) -> str | None:
