@@ -411,7 +411,7 @@ class Case:
             raise WorklistError(f"case is missing required fields: {', '.join(missing)}")
         probs = tuple(case.pop(c) for c in PROB_COLUMNS)
         extra = dict(case.pop("extra", None) or {})
-        known = _INPUT_FIELDS & case.keys()
+        known = INPUT_FIELDS & case.keys()
         extra.update({k: v for k, v in case.items() if k not in known})
         return cls(probs=probs, extra=extra, **{k: case[k] for k in known})
 
@@ -466,7 +466,8 @@ class Case:
         return row
 
 
-_INPUT_FIELDS = frozenset(f.name for f in fields(Case)) - set(REVIEW_FIELDS) - {"probs", "extra"}
+# The fields add_case writes as their own columns (the review fields are review()'s; probs and extra are encoded).
+INPUT_FIELDS = frozenset(f.name for f in fields(Case)) - set(REVIEW_FIELDS) - {"probs", "extra"}
 _STORED_FIELDS = tuple(
     f.name for f in fields(Case) if f.name not in ("probs", "flags", "ood", "mask_rejected", "review_status")
 )

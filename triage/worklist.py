@@ -36,7 +36,17 @@ from triage.config import get_settings
 from triage.errors import CaseNotFoundError, ReviewConflictError, SignedOffError, WorklistError
 from triage.export import csv_row
 from triage.privacy import case_ref, shown_name
-from triage.records import PROB_COLUMNS, REVIEW_FIELDS, REVIEW_STATUSES, Case, ReviewState, check_label, dumps, finite
+from triage.records import (
+    INPUT_FIELDS,
+    PROB_COLUMNS,
+    REVIEW_FIELDS,
+    REVIEW_STATUSES,
+    Case,
+    ReviewState,
+    check_label,
+    dumps,
+    finite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,31 +76,6 @@ CASE_COLUMNS: tuple[str, ...] = (
     "reviewed_at",
     "extra",
     "revision",
-    "study_key",
-    "series_key",
-    "instance_key",
-    "slice_order",
-)
-# Columns add_case() accepts; review columns are only written by review().
-_INPUT_COLUMNS: tuple[str, ...] = (
-    "scan_id",
-    "name",
-    "stored_path",
-    "received_at",
-    "label",
-    *PROB_COLUMNS,
-    "risk",
-    "flags",
-    "ood",
-    "tumor_area_px",
-    "tumor_area_mm2",
-    "mask_path",
-    "thumbnail",
-    "classifier_version",
-    "segmenter_version",
-    "truth_label",
-    "truth_mask_path",
-    "extra",
     "study_key",
     "series_key",
     "instance_key",
@@ -291,7 +276,7 @@ def _classify(exc: BaseException, db_path: Path) -> StorageError | None:
 
 def _column_values(case: Case) -> dict:
     """The columns ``add_case`` writes for a (checked) case: flags and extra as JSON, bools as 0/1."""
-    values = {c: getattr(case, c) for c in _INPUT_COLUMNS if c not in PROB_COLUMNS}
+    values = {c: getattr(case, c) for c in INPUT_FIELDS}  # Case's own list of them, not a copy
     values.update(zip(PROB_COLUMNS, case.probs))
     values["flags"] = json.dumps([str(f) for f in case.flags])
     values["ood"] = int(case.ood)
