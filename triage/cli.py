@@ -79,6 +79,7 @@ def cmd_import_results(args: argparse.Namespace) -> int:
 # TrainConfig fields the train command can set (argparse dest names match the field names).
 TRAIN_OVERRIDES = (
     "epochs",
+    "input_size",
     "threads",
     "time_budget_min",
     "seed",
@@ -429,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights-dir", help="weights folder (for --init-from)")
     t.add_argument("--init-from", help="fine-tune from this existing version of the same task")
     t.add_argument("--epochs", type=int)
+    t.add_argument(
+        "--input-size",
+        type=int,
+        dest="input_size",
+        help="model input in pixels (a fine-tune keeps its parent's unless this is given)",
+    )
     t.add_argument("--threads", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--time-budget-min", type=float, dest="time_budget_min")
