@@ -116,9 +116,13 @@ def test_train_options_match_what_training_knows():
             "batch+image",
             "--intensity-norm",
             INTENSITY_NORM,
+            "--input-size",
+            "224",
         ]
     )
     assert (args.lr, args.seg_dice, args.intensity_norm) == (0.001, "batch+image", INTENSITY_NORM)
+    # A fine-tune at another size (segmenter v13: v12 at 224 px) reaches run_training as an override.
+    assert args.input_size == 224 and "input_size" in cli.TRAIN_OVERRIDES
     shares = cli.build_parser().parse_args(
         ["train", "classifier", "--data", "d", "--out", "o", "--source-shares", "sartaj=0.16, feltrin_44c_tumours=0.2"]
     )
